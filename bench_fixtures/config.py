@@ -1,0 +1,147 @@
+"""The benchmark's settings: two profiles, every value overridable, validated before anything runs."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+FRAMEWORKS = ("torch", "tensorflow")
+MODELS = ("resnet50", "vgg19", "mobilenet_v2")
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # Small enough to run all six cases on 2 CPU cores within a few minutes, big enough to learn:
+    # 16 steps from random init, with BN running statistics that catch up that fast (momentum 0.5).
+    "smoke": dict(dataset="synthetic", train_size=256, test_size=200, epochs=2, batch_size=32, bn_momentum=0.5,
+                  weights="none", image_size=32, finetune_rounds=1, step_rounds=3, step_count=2,
+                  step_warmup=1, min_accuracy_gain=0.05, eval_every_epoch=False, worker_timeout=900.0),
+    # The seed experiment: full CIFAR-10, 5 epochs at batch 32, fine-tuning ImageNet weights.
+    "seed": dict(dataset="cifar10", train_size=0, test_size=0, epochs=5, batch_size=32,
+                 weights="imagenet", image_size=32, finetune_rounds=1, step_rounds=10, step_count=50,
+                 step_warmup=20, min_accuracy_gain=0.10, eval_every_epoch=True, worker_timeout=7200.0),
+}
+COMMON: dict[str, Any] = dict(optimizer="sgd", lr=None, momentum=0.9, seed=0, device="auto",
+                              data_dir=None, precision="fp32", compile="off", preprocess="auto",
+                              bn_momentum=0.1, bn_eps=1e-5, adam_eps=1e-8)
+DEFAULT_LR = {"sgd": 0.01, "adam": 0.001}
+CHOICES = {"profile": ("auto", "smoke", "seed"), "dataset": ("cifar10", "synthetic"),
+           "weights": ("imagenet", "none"), "device": ("auto", "cpu", "gpu"),
+           "optimizer": ("sgd", "adam"), "precision": ("fp32", "tf32"), "compile": ("off", "on"),
+           "preprocess": ("auto", "cifar", "native")}
+# Option name for each field, so an error names what the user typed.
+OPTION = {f: "--" + f.replace("_", "-") for f in (*PROFILES["smoke"], *COMMON)}
+OPTION["profile"] = "--bench-profile"
+
+
+class ConfigError(ValueError):
+    """A bad option value; the message names the option and what is accepted."""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    profile: str
+    profile_reason: str
+    device: str            # resolved: "cpu" or "gpu"
+    device_reason: str
+    dataset: str
+    data_dir: str | None
+    train_size: int        # 0 = all
+    test_size: int
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str
+    momentum: float
+    weights: str
+    image_size: int
+    preprocess: str        # resolved: "cifar" or "native"
+    precision: str
+    compile: str
+    bn_momentum: float     # torch convention; Keras gets 1 - this
+    bn_eps: float
+    adam_eps: float
+    seed: int
+    min_accuracy_gain: float
+    worker_timeout: float
+    finetune_rounds: int
+    step_rounds: int
+    step_count: int
+    step_warmup: int
+    eval_every_epoch: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def headline(self) -> str:
+        return (f"bench: profile={self.profile} ({self.profile_reason}); device={self.device} "
+                f"({self.device_reason}); dataset={self.dataset}; epochs={self.epochs} "
+                f"batch={self.batch_size} weights={self.weights} precision={self.precision}")
+
+
+def _check_choice(field: str, value: Any) -> None:
+    if value not in CHOICES[field]:
+        raise ConfigError(f"{OPTION[field]} {value!r}: choose one of {', '.join(CHOICES[field])}")
+
+
+def _check_number(field: str, value: Any, kind: type, low: float, low_ok: bool = True) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind is int:
+        ok = ok and float(value).is_integer()
+    if not ok or value < low or (value == low and not low_ok):
+        bound = f">= {low}" if low_ok else f"> {low}"
+        raise ConfigError(f"{OPTION[field]} {value!r}: must be a{'n integer' if kind is int else ' number'} {bound}")
+
+
+def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "") -> BenchConfig:
+    """Profile defaults, then explicit options (None = not given); auto choices resolved and said why."""
+    given = {k: v for k, v in options.items() if v is not None}
+    profile = given.pop("profile", "auto")
+    _check_choice("profile", profile)
+    device = given.get("device", "auto")
+    _check_choice("device", device)
+    if profile == "auto":
+        profile = "seed" if gpu_count and device != "cpu" else "smoke"
+        profile_reason = ("auto: a GPU is visible" if profile == "seed"
+                          else "auto: no GPU" + (f", {gpu_reason}" if gpu_reason else "") if device != "cpu"
+                          else "auto: --device cpu")
+    else:
+        profile_reason = "--bench-profile"
+    unknown = set(given) - set(PROFILES[profile]) - set(COMMON)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {sorted(unknown)}")
+    values = {**COMMON, **PROFILES[profile], **given}
+    if device == "auto":
+        values["device"] = "gpu" if gpu_count else "cpu"
+        device_reason = f"auto: {gpu_count} GPU(s) seen by NVML" if gpu_count else "auto: " + (gpu_reason or "no GPU")
+    else:
+        device_reason = "--device"
+
+    for field in ("dataset", "weights", "optimizer", "precision", "compile", "preprocess"):
+        _check_choice(field, values[field])
+    for field in ("train_size", "test_size", "step_warmup"):
+        _check_number(field, values[field], int, 0)
+    for field in ("epochs", "batch_size", "finetune_rounds", "step_rounds", "step_count"):
+        _check_number(field, values[field], int, 1)
+    _check_number("image_size", values["image_size"], int, 32)
+    _check_number("seed", values["seed"], int, 0)
+    if values["lr"] is None:
+        values["lr"] = DEFAULT_LR[values["optimizer"]]
+    _check_number("lr", values["lr"], float, 0, low_ok=False)
+    _check_number("momentum", values["momentum"], float, 0)
+    _check_number("worker_timeout", values["worker_timeout"], float, 0, low_ok=False)
+    _check_number("min_accuracy_gain", values["min_accuracy_gain"], float, -1)
+    for field in ("bn_momentum", "bn_eps", "adam_eps"):
+        _check_number(field, values[field], float, 0, low_ok=False)
+    if values["bn_momentum"] > 1:
+        raise ConfigError(f"--bn-momentum {values['bn_momentum']}: must lie in (0, 1] (torch convention)")
+    if 0 < values["train_size"] < values["batch_size"]:
+        raise ConfigError(f"--batch-size {values['batch_size']} is larger than --train-size "
+                          f"{values['train_size']}: no full batch to train on")
+    if values["preprocess"] == "auto":
+        values["preprocess"] = "native" if values["weights"] == "imagenet" else "cifar"
+    values["eval_every_epoch"] = bool(values["eval_every_epoch"])
+    ints = ("train_size", "test_size", "epochs", "batch_size", "image_size", "seed",
+            "finetune_rounds", "step_rounds", "step_count", "step_warmup")
+    values.update({k: int(values[k]) for k in ints})
+    return BenchConfig(profile=profile, profile_reason=profile_reason, device_reason=device_reason,
+                       **{k: values[k] for k in values if k != "profile"})

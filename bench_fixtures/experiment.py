@@ -1,0 +1,184 @@
+"""One benchmark case, (framework, model), as the five steps of the experiment.
+
+    load -> init -> predict_before -> fine_tune (timed) -> predict_after
+
+Everything runs in the case's own worker process; this object only drives it and collects what it
+reports into the `extra_info` that pytest-benchmark stores. Usable without pytest.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import BenchConfig
+from .data import Bundle, default_data_dir, ensure_cifar10, ensure_synthetic, make_bundle, read_canonical
+from .timeline import epoch_times, time_to_first_step
+from .worker import Worker
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("BENCH_CACHE_DIR") or
+                Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bench_fixtures")
+
+
+def prepare_data(cfg: BenchConfig, out_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """Step 1 for the whole session: read (or download, or synthesise) the data set once, take the
+    seeded subsets and the per-epoch order, and write the arrays every worker will map."""
+    if cfg.dataset == "synthetic":
+        n_train = max(5000, -(-cfg.train_size // 5) * 5)
+        folder = ensure_synthetic(cfg.data_dir or cache_dir(), n_train, max(1000, cfg.test_size), seed=0)
+    else:
+        folder = ensure_cifar10(cfg.data_dir or default_data_dir())
+    dataset = read_canonical(folder)
+    epochs = max(cfg.epochs, 1)
+    bundle = make_bundle(dataset, cfg.train_size, cfg.test_size, cfg.batch_size, epochs, cfg.seed)
+    bundle_dir = bundle.write(Path(out_dir) / "bundle")
+    return bundle_dir, dict(source=str(folder), train_size=len(bundle.train), test_size=len(bundle.test),
+                            steps_per_epoch=bundle.order.shape[1] // cfg.batch_size)
+
+
+class Experiment:
+    def __init__(self, framework: str, model: str, cfg: BenchConfig, bundle_dir: str | os.PathLike,
+                 work_dir: str | os.PathLike, bundle_meta: dict[str, Any] | None = None) -> None:
+        self.framework, self.model, self.cfg = framework, model, cfg
+        self.bundle_dir, self.work_dir = Path(bundle_dir), Path(work_dir)
+        self.bundle_meta = bundle_meta or {}
+        self.name = f"{framework}-{model}"
+        self.worker: Worker | None = None
+        self.description: dict[str, Any] = {}
+        self.rounds: list[dict[str, Any]] = []
+        self.steps: list[dict[str, Any]] = []
+        self.warmup: dict[str, Any] = {}
+
+    # -- the five steps --------------------------------------------------------------------
+    def load(self) -> dict[str, Any]:
+        """Start the case's worker; it maps the shared arrays and reports its framework set-up."""
+        self.worker = Worker(self.framework, self.cfg.as_dict(), self.bundle_dir,
+                             self.work_dir / f"{self.name}.log", self.cfg.worker_timeout, name=self.name)
+        return self.worker.info
+
+    def init(self) -> dict[str, Any]:
+        """A fresh backbone + the shared head + optimizer."""
+        self.description = self._request("build", model=self.model)
+        return self.description
+
+    def predict_before(self) -> dict[str, Any]:
+        result = self._request("evaluate")
+        self.rounds.append({"before": result})
+        return result
+
+    def fine_tune(self) -> dict[str, Any]:
+        """The timed part: `epochs` epochs over the shared order; the worker syncs before answering."""
+        start = time.perf_counter()
+        result = self._request("fit", epochs=self.cfg.epochs)
+        result["seconds"] = time.perf_counter() - start
+        result["events"] = self.worker.events[:] if self.worker else []
+        self.rounds[-1]["fit"] = result
+        return result
+
+    def predict_after(self) -> dict[str, Any]:
+        result = self._request("evaluate")
+        self.rounds[-1]["after"] = result
+        return result
+
+    # -- helpers for pytest-benchmark's rounds ----------------------------------------------
+    def start_round(self) -> None:
+        """pedantic's `setup`: finish the previous round, then init + predict_before (untimed)."""
+        if self.rounds and "after" not in self.rounds[-1]:
+            self.predict_after()
+        if self.worker is not None:
+            self.worker.events.clear()
+        self.init()
+        self.predict_before()
+
+    def warm_up(self) -> dict[str, Any]:
+        """Untimed steps before the steady-state rounds (tracing, autotuning); their time is reported."""
+        start = time.perf_counter()
+        result = self._request("train_steps", count=self.cfg.step_warmup) if self.cfg.step_warmup else {}
+        self.warmup = dict(result, steps=self.cfg.step_warmup, seconds=time.perf_counter() - start)
+        return self.warmup
+
+    def train_steps(self) -> dict[str, Any]:
+        result = self._request("train_steps", count=self.cfg.step_count)
+        self.steps.append(result)
+        return result
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+
+    def _request(self, cmd: str, **args: Any) -> Any:
+        if self.worker is None:
+            raise RuntimeError("load() first")
+        return self.worker.request(cmd, **args)
+
+    # -- results ---------------------------------------------------------------------------
+    def common_info(self) -> dict[str, Any]:
+        cfg, info = self.cfg, self.worker.info if self.worker else {}
+        return dict(framework=self.framework, model=self.model, profile=cfg.profile, dataset=cfg.dataset,
+                    train_size=self.bundle_meta.get("train_size", cfg.train_size),
+                    test_size=self.bundle_meta.get("test_size", cfg.test_size),
+                    batch_size=cfg.batch_size, weights=cfg.weights, device=cfg.device,
+                    device_name=info.get("device_name"), precision=cfg.precision, compile=cfg.compile,
+                    image_size=cfg.image_size, optimizer=cfg.optimizer, lr=cfg.lr, seed=cfg.seed,
+                    bn_momentum=cfg.bn_momentum, bn_eps=cfg.bn_eps,
+                    framework_version=info.get("framework_version"),
+                    trainable_params=self.description.get("trainable_params"),
+                    non_trainable_params=self.description.get("non_trainable_params"),
+                    input_transform=self.description.get("input_transform"))
+
+    def finetune_info(self) -> dict[str, Any]:
+        last = self.rounds[-1]
+        fit = last["fit"]
+        events = fit["events"]
+        times = epoch_times(events, self.cfg.epochs)
+        return dict(self.common_info(), epochs=self.cfg.epochs, steps_per_epoch=fit["steps_per_epoch"],
+                    eval_every_epoch=self.cfg.eval_every_epoch,
+                    accuracy_before=last["before"]["accuracy"], accuracy_after=last["after"]["accuracy"],
+                    loss_before=last["before"]["loss"], loss_after=last["after"]["loss"],
+                    epoch_losses=fit["epoch_losses"], epoch_evals=fit["epoch_evals"],
+                    epoch_times_s=times, time_to_first_step_s=time_to_first_step(events),
+                    finetune_s=fit["seconds"], train_images_per_s=fit["images"] / fit["seconds"],
+                    rounds=[dict(accuracy_before=r["before"]["accuracy"],
+                                 accuracy_after=r.get("after", {}).get("accuracy"),
+                                 finetune_s=r["fit"]["seconds"]) for r in self.rounds if "fit" in r])
+
+    def train_step_info(self) -> dict[str, Any]:
+        rates = [s["images"] / s["seconds"] for s in self.steps]
+        return dict(self.common_info(), steps_per_round=self.cfg.step_count, rounds=len(self.steps),
+                    warmup_steps=self.warmup.get("steps", 0), warmup_s=self.warmup.get("seconds"),
+                    train_images_per_s=statistics.median(rates) if rates else None,
+                    step_time_s=statistics.median(s["seconds"] / self.cfg.step_count for s in self.steps)
+                    if self.steps else None,
+                    final_loss=self.steps[-1]["loss"] if self.steps else None)
+
+
+class CaseRunner:
+    """Holds at most one case's worker at a time: the finetune and train_step tests of a case
+    share it (they are ordered next to each other); switching case closes the previous worker,
+    so two frameworks never hold the device at once."""
+
+    def __init__(self, cfg: BenchConfig, bundle_dir: str | os.PathLike, bundle_meta: dict[str, Any],
+                 work_dir: str | os.PathLike) -> None:
+        self.cfg, self.bundle_dir, self.bundle_meta, self.work_dir = cfg, bundle_dir, bundle_meta, work_dir
+        self.current: Experiment | None = None
+        self.framework_builds: dict[str, dict[str, Any]] = {}
+
+    def get(self, framework: str, model: str) -> Experiment:
+        cur = self.current
+        if cur is not None and (cur.framework, cur.model) == (framework, model) \
+                and cur.worker is not None and cur.worker.proc.poll() is None:
+            return cur
+        self.close()
+        self.current = Experiment(framework, model, self.cfg, self.bundle_dir, self.work_dir, self.bundle_meta)
+        info = self.current.load()
+        self.framework_builds[framework] = info
+        return self.current
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.close()
+            self.current = None

@@ -1,0 +1,69 @@
+"""What machine ran the benchmark, read without importing torch or TensorFlow (NVML, metadata)."""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+from typing import Any
+
+PACKAGES = ("torch", "torchvision", "tensorflow", "keras", "numpy", "pytest-benchmark", "nvidia-ml-py")
+
+
+def nvml_gpus() -> tuple[list[dict[str, Any]], str]:
+    """The GPUs NVML sees (honouring CUDA_VISIBLE_DEVICES="" as none), and a reason when there are none."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return [], "CUDA_VISIBLE_DEVICES is empty"
+    try:
+        import pynvml
+    except ImportError:
+        return [], "nvidia-ml-py (pynvml) not installed"
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as e:
+        return [], f"NVML unavailable ({e})"
+    try:
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        cuda = pynvml.nvmlSystemGetCudaDriverVersion()
+        gpus = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            gpus.append(dict(index=i, name=pynvml.nvmlDeviceGetName(h),
+                             memory_total=pynvml.nvmlDeviceGetMemoryInfo(h).total,
+                             driver=driver, cuda_driver=f"{cuda // 1000}.{cuda % 1000 // 10}"))
+        return gpus, "" if gpus else "NVML reports no GPU"
+    except pynvml.NVMLError as e:
+        return [], f"NVML query failed ({e})"
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except pynvml.NVMLError:
+            pass
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(framework_builds: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Added to pytest-benchmark's machine_info: what makes two runs comparable or not."""
+    gpus, reason = nvml_gpus()
+    return dict(gpus=gpus, gpu_name=gpus[0]["name"] if gpus else None, gpu_reason=reason,
+                cpu_model=cpu_model(), cpu_count=os.cpu_count(), packages=package_versions(),
+                framework_builds=framework_builds or {})

@@ -1,0 +1,137 @@
+"""What both frameworks must agree on for each model: backbone, head, input transform, parity.
+
+Framework-neutral on purpose: the backends read these numbers, so a difference between the two
+implementations can only come from the framework, never from two copies of a constant.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .data import MEAN, NUM_CLASSES, STD
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    feature_dim: int            # channels after global average pooling
+    torchvision: str            # torchvision.models constructor
+    torchvision_weights: str    # weights enum member, the original ImageNet recipe
+    keras: str                  # keras.applications class
+    keras_preprocess: str       # mode of keras.applications.<model>.preprocess_input
+    differences: tuple[str, ...] = ()  # known architectural differences, reported in the parity table
+
+
+SPECS = {
+    "resnet50": ModelSpec(
+        "resnet50", 2048, "resnet50", "ResNet50_Weights.IMAGENET1K_V1", "ResNet50", "caffe",
+        ("keras.applications ResNet50 is v1 (stride 2 in the first 1x1 conv of a downsampling block; "
+         "convolutions carry biases, +26,560 trainable parameters); torchvision's is v1.5 (stride in "
+         "the 3x3 conv, no conv biases)",)),
+    "vgg19": ModelSpec("vgg19", 512, "vgg19", "VGG19_Weights.IMAGENET1K_V1", "VGG19", "caffe"),
+    "mobilenet_v2": ModelSpec(
+        "mobilenet_v2", 1280, "mobilenet_v2", "MobileNet_V2_Weights.IMAGENET1K_V1", "MobileNetV2", "tf",
+        ("keras pads strided convolutions asymmetrically (ZeroPadding2D + valid), torchvision "
+         "symmetrically (padding=1); parameter counts are identical",)),
+}
+
+# Relative difference in trainable parameters tolerated between the two implementations of a model.
+PARITY_TOLERANCE = 0.005
+
+
+def head_init(feature_dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Glorot-uniform kernel (feature_dim, 10) and zero bias, drawn once and loaded into both
+    frameworks, so 'accuracy before' starts from the same head."""
+    limit = np.sqrt(6.0 / (feature_dim + NUM_CLASSES))
+    rng = np.random.default_rng([seed, 0x4EAD])
+    kernel = rng.uniform(-limit, limit, size=(feature_dim, NUM_CLASSES)).astype(np.float32)
+    return kernel, np.zeros(NUM_CLASSES, np.float32)
+
+
+def input_transform(mode: str) -> tuple[tuple[int, int, int], np.ndarray, np.ndarray]:
+    """uint8 RGB pixels -> model input as out[c] = in[order[c]] * scale[c] + offset[c].
+
+    cifar: CIFAR-10 mean/std (both frameworks, random init). torch: ImageNet mean/std (torchvision
+    weights). caffe: BGR minus the ImageNet mean (keras ResNet50/VGG19 weights). tf: [-1, 1]
+    (keras MobileNetV2 weights)."""
+    def mean_std(mean, std):
+        std = np.asarray(std, np.float32) * 255.0
+        return (0, 1, 2), 1.0 / std, -np.asarray(mean, np.float32) * 255.0 / std
+    if mode == "cifar":
+        order, scale, offset = mean_std(MEAN, STD)
+    elif mode == "torch":
+        order, scale, offset = mean_std(IMAGENET_MEAN, IMAGENET_STD)
+    elif mode == "caffe":
+        order, scale, offset = (2, 1, 0), np.ones(3), -np.asarray(CAFFE_MEAN_BGR)
+    elif mode == "tf":
+        order, scale, offset = (0, 1, 2), np.full(3, 1 / 127.5), np.full(3, -1.0)
+    else:
+        raise ValueError(f"unknown input transform {mode!r}")
+    return order, np.asarray(scale, np.float32), np.asarray(offset, np.float32)
+
+
+def transform_mode(framework: str, model: str, preprocess: str) -> str:
+    """'cifar' shares one normalisation; 'native' gives each pretrained backbone what it was trained on."""
+    if preprocess == "cifar":
+        return "cifar"
+    return "torch" if framework == "torch" else SPECS[model].keras_preprocess
+
+
+def parity_rows(descriptions: list[dict]) -> list[dict]:
+    """One row per (model, framework) from the workers' `describe` answers, plus a verdict per model."""
+    rows = []
+    by_model: dict[str, dict[str, dict]] = {}
+    for d in descriptions:
+        by_model.setdefault(d["model"], {})[d["framework"]] = d
+    for model in sorted(by_model):
+        pair = by_model[model]
+        counts = [pair[f]["trainable_params"] for f in pair]
+        rel = (max(counts) - min(counts)) / max(counts) if len(counts) == 2 else None
+        for framework in sorted(pair):
+            d = pair[framework]
+            rows.append(dict(model=model, framework=framework,
+                             trainable_params=d["trainable_params"],
+                             non_trainable_params=d["non_trainable_params"],
+                             bn=d["batchnorm"], optimizer=d["optimizer"], loss=d["loss"],
+                             input_transform=d["input_transform"], precision=d["precision"],
+                             trainable_rel_diff=rel,
+                             explained="; ".join(SPECS[model].differences)))
+    return rows
+
+
+def parity_problems(rows: list[dict]) -> list[str]:
+    """What breaks parity: parameter counts beyond tolerance without an explanation, or BN,
+    optimizer or loss settings that the two frameworks do not share."""
+    problems = []
+    by_model: dict[str, list[dict]] = {}
+    for r in rows:
+        by_model.setdefault(r["model"], []).append(r)
+    for model, pair in by_model.items():
+        if len(pair) != 2:
+            problems.append(f"{model}: described by {len(pair)} framework(s), need both")
+            continue
+        a, b = pair
+        if a["trainable_rel_diff"] > PARITY_TOLERANCE and not SPECS[model].differences:
+            problems.append(f"{model}: trainable parameters {a['trainable_params']} vs "
+                            f"{b['trainable_params']} differ by {a['trainable_rel_diff']:.2%} "
+                            f"(> {PARITY_TOLERANCE:.1%}) with no explanation in models.SPECS")
+        for key in ("bn", "optimizer", "loss", "precision"):
+            if a[key] != b[key]:
+                problems.append(f"{model}: {key} differs: {a['framework']} {a[key]} vs {b['framework']} {b[key]}")
+    return problems
+
+
+def format_parity(rows: list[dict]) -> str:
+    lines = ["| model | framework | trainable | non-trainable | diff | BN (momentum, eps) | optimizer | precision |",
+             "|---|---|---:|---:|---:|---|---|---|"]
+    for r in rows:
+        diff = "" if r["trainable_rel_diff"] is None else f"{r['trainable_rel_diff']:.3%}"
+        lines.append(f"| {r['model']} | {r['framework']} | {r['trainable_params']:,} | "
+                     f"{r['non_trainable_params']:,} | {diff} | {r['bn']} | {r['optimizer']} | {r['precision']} |")
+    notes = sorted({f"- {r['model']}: {r['explained']}" for r in rows if r["explained"]})
+    return "\n".join(lines + ([""] + notes if notes else []))

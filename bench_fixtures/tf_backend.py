@@ -1,0 +1,244 @@
+"""TensorFlow backend: keras.applications backbone + shared head, trained the idiomatic way (`fit`).
+
+Imported only inside a TensorFlow worker process. Keras' own defaults that would make the
+comparison unequal are set explicitly: memory growth on, XLA (`jit_compile`) off unless
+--compile on, TF32 as --precision says, BatchNorm momentum/epsilon and Adam epsilon aligned.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ["KERAS_BACKEND"] = "tensorflow"
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from .backend import BackendError, WeightsError  # noqa: E402
+from .data import Bundle  # noqa: E402
+from .models import SPECS, head_init, input_transform, transform_mode  # noqa: E402
+from .timeline import Timeline  # noqa: E402
+
+
+class InputTransform(keras.layers.Layer):
+    """uint8 NHWC batch -> normalised float NHWC, resized on the device if asked."""
+
+    def __init__(self, mode: str, image_size: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        order, scale, offset = input_transform(mode)
+        self.order, self.scale, self.offset = list(order), scale, offset
+        self.image_size = image_size
+
+    def call(self, x):
+        x = keras.ops.cast(x, "float32")
+        x = keras.ops.take(x, self.order, axis=-1) * self.scale + self.offset
+        if self.image_size != x.shape[1]:
+            x = keras.ops.image.resize(x, (self.image_size,) * 2, interpolation="bilinear", antialias=False)
+        return x
+
+
+class _TimelineCallback(keras.callbacks.Callback):
+    """Epoch and step boundaries from the main thread only: overriding a *_batch_end hook would
+    make Keras convert logs to numpy after every step (a device sync per step)."""
+
+    def __init__(self, timeline: Timeline) -> None:
+        super().__init__()
+        self.timeline, self.epoch, self.steps_done = timeline, 0, False
+
+    def _steps_done(self) -> None:
+        if not self.steps_done:
+            tf.test.experimental.sync_devices()
+            if not any(e["name"] == "first_step_end" and e.get("epoch") == self.epoch
+                       for e in self.timeline.events):
+                self.timeline.record("first_step_end", epoch=self.epoch)
+            self.timeline.record("last_step_end", epoch=self.epoch)
+            self.steps_done = True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch, self.steps_done = epoch, False
+        self.timeline.record("epoch_start", epoch=epoch)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == 1:  # step 0 has been dispatched; wait for it, as the torch loop does
+            tf.test.experimental.sync_devices()
+            self.timeline.record("first_step_end", epoch=self.epoch)
+
+    def on_test_begin(self, logs=None):
+        self._steps_done()
+        self.timeline.record("eval_start", epoch=self.epoch)
+
+    def on_test_end(self, logs=None):
+        self.timeline.record("eval_stop", epoch=self.epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._steps_done()
+        self.timeline.record("epoch_stop", epoch=epoch)
+
+
+class TensorFlowBackend:
+    framework = "tensorflow"
+
+    def __init__(self, cfg: dict[str, Any], bundle: Bundle, timeline: Timeline) -> None:
+        self.cfg, self.bundle, self.timeline = cfg, bundle, timeline
+        gpus = tf.config.list_physical_devices("GPU")
+        for gpu in gpus:  # or TF reserves the whole GPU and its memory figure means nothing
+            tf.config.experimental.set_memory_growth(gpu, True)
+        if cfg["device"] == "gpu" and not gpus:
+            build = tf.sysconfig.get_build_info()
+            raise BackendError(f"--device gpu, but TensorFlow {tf.__version__} (built for CUDA "
+                               f"{build.get('cuda_version')}, cuDNN {build.get('cudnn_version')}) sees no "
+                               f"GPU; install tensorflow[and-cuda] matching the driver")
+        tf.config.experimental.enable_tensor_float_32_execution(cfg["precision"] == "tf32")
+        keras.utils.set_random_seed(cfg["seed"])
+        self.gpu = bool(gpus) and cfg["device"] == "gpu"
+        with tf.device("/CPU:0"):  # host-side arrays; batches go to the device through tf.data
+            self.train_x = tf.constant(np.asarray(bundle.train.images))
+            self.train_y = tf.constant(np.asarray(bundle.train.labels))
+        self.model: keras.Model | None = None
+
+    def info(self) -> dict[str, Any]:
+        build = tf.sysconfig.get_build_info()
+        details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0]) \
+            if self.gpu else {}
+        return dict(framework="tensorflow", framework_version=tf.__version__, keras_version=keras.__version__,
+                    cuda_build=build.get("cuda_version"), cudnn_version=build.get("cudnn_version"),
+                    device=self.cfg["device"], device_name=details.get("device_name", "cpu"),
+                    cpu_threads=tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count(),
+                    tf32_matmul=tf.config.experimental.tensor_float_32_execution_enabled(),
+                    tf32_conv=tf.config.experimental.tensor_float_32_execution_enabled(),
+                    cudnn_autotune=os.environ.get("TF_CUDNN_USE_AUTOTUNE", "1") != "0",
+                    memory_growth=True)
+
+    # -- model -----------------------------------------------------------------------------
+    def _backbone(self, name: str) -> keras.Model:
+        spec, size = SPECS[name], self.cfg["image_size"]
+        cls = getattr(keras.applications, spec.keras)
+        if self.cfg["weights"] != "imagenet":
+            return cls(include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg")
+        cache = os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "models")
+        try:
+            return cls(include_top=False, weights="imagenet", input_shape=(size, size, 3), pooling="avg")
+        except Exception as e:  # keras.utils.get_file raises a bare Exception when offline
+            raise WeightsError(f"ImageNet weights for tensorflow {name} are not in the Keras cache ({cache}) "
+                               f"and cannot be downloaded ({str(e).splitlines()[0][:200]}); put the file "
+                               f"there or run with --weights none") from None
+
+    def _torchvision_init(self, backbone: keras.Model) -> None:
+        """Random init as torchvision does it (He normal, fan_out, zero bias): Keras' glorot-uniform
+        default would hand TensorFlow a different, for VGG19 untrainable, starting point."""
+        rng = np.random.default_rng([self.cfg["seed"], 0x1917])
+        for layer in backbone.layers:
+            depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
+            if not (depthwise or isinstance(layer, keras.layers.Conv2D)):
+                continue
+            # Conv2D kernel (kh, kw, in, out) is torch's (out, in, kh, kw): fan_out = out * kh * kw.
+            # Depthwise (kh, kw, C, 1) is torch's (C, 1, kh, kw): fan_out = C * kh * kw.
+            kernel = layer.kernel
+            kh, kw, c_in, c_out = kernel.shape
+            fan_out = kh * kw * (c_in * c_out if depthwise else c_out)
+            kernel.assign(rng.normal(0.0, np.sqrt(2.0 / fan_out), kernel.shape).astype(np.float32))
+            if layer.use_bias:
+                layer.bias.assign(np.zeros(layer.bias.shape, np.float32))
+
+    def build(self, name: str) -> dict[str, Any]:
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(self.cfg["seed"])
+        spec = SPECS[name]
+        self.transform = transform_mode("tensorflow", name, self.cfg["preprocess"])
+        inputs = keras.Input((32, 32, 3), dtype="uint8")
+        self.backbone = backbone = self._backbone(name)
+        if self.cfg["weights"] != "imagenet":
+            self._torchvision_init(backbone)
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = 1.0 - self.cfg["bn_momentum"]  # Keras' m is torch's 1 - m
+                layer.epsilon = self.cfg["bn_eps"]
+        head = keras.layers.Dense(10, name="head")
+        outputs = head(backbone(InputTransform(self.transform, self.cfg["image_size"])(inputs)))
+        head.set_weights(list(head_init(spec.feature_dim, self.cfg["seed"])))
+        self.model = keras.Model(inputs, outputs)
+        if self.cfg["optimizer"] == "sgd":
+            opt = keras.optimizers.SGD(self.cfg["lr"], momentum=self.cfg["momentum"])
+        else:
+            opt = keras.optimizers.Adam(self.cfg["lr"], epsilon=self.cfg["adam_eps"])
+        self.model.compile(optimizer=opt,
+                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                           metrics=["accuracy"], jit_compile=self.cfg["compile"] == "on")
+        self.step_iterator = None
+        return self.describe(name)
+
+    def describe(self, name: str) -> dict[str, Any]:
+        assert self.model is not None
+        bns = [layer for layer in self.backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        opt = self.model.optimizer
+        if self.cfg["optimizer"] == "sgd":
+            optimizer = dict(name="sgd", lr=float(opt.learning_rate), momentum=opt.momentum,
+                             nesterov=opt.nesterov, weight_decay=opt.weight_decay or 0)
+        else:
+            optimizer = dict(name="adam", lr=float(opt.learning_rate), beta_1=opt.beta_1, beta_2=opt.beta_2,
+                             eps=opt.epsilon, weight_decay=opt.weight_decay or 0)
+        count = lambda ws: int(sum(np.prod(w.shape) for w in ws))  # noqa: E731
+        return dict(framework="tensorflow", model=name,
+                    trainable_params=count(self.model.trainable_weights),
+                    non_trainable_params=count(self.model.non_trainable_weights),
+                    batchnorm=sorted({(round(1.0 - b.momentum, 6), b.epsilon) for b in bns}) or "none",
+                    optimizer=optimizer, loss="softmax cross-entropy from logits, mean over batch",
+                    input_transform=self.transform, precision=self.cfg["precision"],
+                    image_size=self.cfg["image_size"], compile=self.cfg["compile"],
+                    init="imagenet" if self.cfg["weights"] == "imagenet" else "he_normal(fan_out), as torchvision")
+
+    # -- data ------------------------------------------------------------------------------
+    def _train_dataset(self, order: np.ndarray, repeat: bool = False) -> tf.data.Dataset:
+        bs = self.cfg["batch_size"]
+        ds = tf.data.Dataset.from_tensor_slices(np.asarray(order).reshape(-1))
+        if repeat:
+            ds = ds.repeat()
+        gather = lambda idx: (tf.gather(self.train_x, idx), tf.gather(self.train_y, idx))  # noqa: E731
+        return ds.batch(bs, drop_remainder=True).map(gather, num_parallel_calls=tf.data.AUTOTUNE) \
+            .prefetch(tf.data.AUTOTUNE)
+
+    def _test_dataset(self) -> tf.data.Dataset:
+        test = self.bundle.test
+        return tf.data.Dataset.from_tensor_slices((np.asarray(test.images), np.asarray(test.labels))) \
+            .batch(self.cfg["batch_size"]).prefetch(tf.data.AUTOTUNE)
+
+    # -- running ---------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, Any]:
+        assert self.model is not None
+        start = time.perf_counter()
+        logs = self.model.evaluate(self._test_dataset(), verbose=0, return_dict=True)
+        return dict(accuracy=float(logs["accuracy"]), loss=float(logs["loss"]), n=len(self.bundle.test),
+                    seconds=time.perf_counter() - start)
+
+    def fit(self, epochs: int) -> dict[str, Any]:
+        assert self.model is not None
+        order, bs = self.bundle.order, self.cfg["batch_size"]
+        steps = order.shape[1] // bs
+        callback = _TimelineCallback(self.timeline)
+        self.timeline.record("run_start")
+        history = self.model.fit(
+            self._train_dataset(order[:epochs]), epochs=epochs, steps_per_epoch=steps, verbose=0,
+            validation_data=self._test_dataset() if self.cfg["eval_every_epoch"] else None,
+            callbacks=[callback], shuffle=False)
+        self.timeline.record("run_stop")
+        h = history.history
+        evals = [dict(accuracy=a, loss=lo) for a, lo in zip(h.get("val_accuracy", []), h.get("val_loss", []))]
+        return dict(epoch_losses=[float(v) for v in h["loss"]], epoch_evals=evals, steps_per_epoch=steps,
+                    images=epochs * steps * bs)
+
+    def train_steps(self, count: int) -> dict[str, Any]:
+        """COUNT calls of Keras' compiled train function on a persistent iterator, then synchronise."""
+        assert self.model is not None
+        if self.step_iterator is None:
+            self.step_iterator = iter(self._train_dataset(self.bundle.order, repeat=True))
+            self.model.make_train_function()
+        self.model.reset_metrics()
+        start = time.perf_counter()
+        for _ in range(count):
+            logs = self.model.train_function(self.step_iterator)
+        tf.test.experimental.sync_devices()
+        seconds = time.perf_counter() - start
+        return dict(seconds=seconds, images=count * self.cfg["batch_size"], loss=float(logs["loss"]))

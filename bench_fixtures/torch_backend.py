@@ -1,0 +1,216 @@
+"""PyTorch backend: torchvision backbone + shared head, a plain hand-written training loop.
+
+Imported only inside a torch worker process. Synchronises the device wherever a time is taken.
+"""
+from __future__ import annotations
+
+import os
+import time
+import urllib.error
+import urllib.parse
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from .backend import BackendError, WeightsError
+from .data import Bundle
+from .models import SPECS, head_init, input_transform, transform_mode
+from .timeline import Timeline
+
+
+class InputTransform(nn.Module):
+    """uint8 NHWC batch -> normalised float NCHW (contiguous), resized on the device if asked."""
+
+    def __init__(self, mode: str, image_size: int) -> None:
+        super().__init__()
+        order, scale, offset = input_transform(mode)
+        self.register_buffer("order", torch.tensor(order), persistent=False)
+        self.register_buffer("scale", torch.from_numpy(scale).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("offset", torch.from_numpy(offset).view(1, 3, 1, 1), persistent=False)
+        self.image_size = image_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2).index_select(1, self.order).float()
+        x = (x * self.scale + self.offset).contiguous()
+        if x.shape[-1] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size,) * 2, mode="bilinear", align_corners=False)
+        return x
+
+
+class TorchBackend:
+    framework = "torch"
+
+    def __init__(self, cfg: dict[str, Any], bundle: Bundle, timeline: Timeline) -> None:
+        self.cfg, self.bundle, self.timeline = cfg, bundle, timeline
+        torch.manual_seed(cfg["seed"])
+        self.device = torch.device("cuda" if cfg["device"] == "gpu" else "cpu")
+        if cfg["device"] == "gpu" and not torch.cuda.is_available():
+            raise BackendError(f"--device gpu, but torch {torch.__version__} (CUDA {torch.version.cuda}) "
+                               f"sees no CUDA device; check the driver and CUDA_VISIBLE_DEVICES")
+        tf32 = "tf32" if cfg["precision"] == "tf32" else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = tf32
+        torch.backends.cudnn.conv.fp32_precision = tf32
+        torch.backends.cudnn.benchmark = True  # autotuning, as TensorFlow does by default
+        self.model: nn.Module | None = None
+
+    def info(self) -> dict[str, Any]:
+        cuda = self.device.type == "cuda"
+        return dict(framework="torch", framework_version=torch.__version__,
+                    torchvision_version=torchvision.__version__, cuda_build=torch.version.cuda,
+                    cudnn_version=torch.backends.cudnn.version() if cuda else None,
+                    device=self.cfg["device"],
+                    device_name=torch.cuda.get_device_name(0) if cuda else "cpu",
+                    cpu_threads=torch.get_num_threads(),
+                    tf32_matmul=torch.backends.cuda.matmul.fp32_precision == "tf32",
+                    tf32_conv=torch.backends.cudnn.conv.fp32_precision == "tf32",
+                    cudnn_autotune=torch.backends.cudnn.benchmark)
+
+    # -- model -----------------------------------------------------------------------------
+    def _backbone(self, name: str) -> nn.Module:
+        spec = SPECS[name]
+        weights = None
+        if self.cfg["weights"] == "imagenet":
+            weights = torchvision.models.get_weight(spec.torchvision_weights)
+            path = os.path.join(torch.hub.get_dir(), "checkpoints",
+                                os.path.basename(urllib.parse.urlparse(weights.url).path))
+            try:
+                net = getattr(torchvision.models, spec.torchvision)(weights=weights)
+            except (urllib.error.URLError, OSError, RuntimeError) as e:
+                raise WeightsError(f"ImageNet weights for torch {name} are not in the cache ({path}) and "
+                                   f"cannot be downloaded ({getattr(e, 'reason', e)}); put the file there "
+                                   f"or run with --weights none") from None
+        else:
+            net = getattr(torchvision.models, spec.torchvision)(weights=None)
+        if name == "resnet50":
+            return nn.Sequential(*[m for n, m in net.named_children() if n not in ("avgpool", "fc")])
+        return net.features
+
+    def build(self, name: str) -> dict[str, Any]:
+        torch.manual_seed(self.cfg["seed"])
+        spec = SPECS[name]
+        head = nn.Linear(spec.feature_dim, 10)
+        kernel, bias = head_init(spec.feature_dim, self.cfg["seed"])
+        with torch.no_grad():
+            head.weight.copy_(torch.from_numpy(kernel.T))
+            head.bias.copy_(torch.from_numpy(bias))
+        self.transform = transform_mode("torch", name, self.cfg["preprocess"])
+        model = nn.Sequential(OrderedDict(
+            transform=InputTransform(self.transform, self.cfg["image_size"]), backbone=self._backbone(name),
+            pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), head=head))
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.momentum, m.eps = self.cfg["bn_momentum"], self.cfg["bn_eps"]
+        self.model = model.to(self.device)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.cfg["optimizer"] == "sgd":
+            self.optimizer = torch.optim.SGD(params, lr=self.cfg["lr"], momentum=self.cfg["momentum"])
+        else:
+            self.optimizer = torch.optim.Adam(params, lr=self.cfg["lr"], eps=self.cfg["adam_eps"])
+        self.step_fn = torch.compile(self.model) if self.cfg["compile"] == "on" else self.model
+        self.cursor = 0
+        return self.describe(name)
+
+    def describe(self, name: str) -> dict[str, Any]:
+        assert self.model is not None
+        bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        stats = sum(m.running_mean.numel() + m.running_var.numel() for m in bns)
+        frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
+        g = self.optimizer.param_groups[0]
+        if self.cfg["optimizer"] == "sgd":
+            opt = dict(name="sgd", lr=g["lr"], momentum=g["momentum"], nesterov=g["nesterov"],
+                       weight_decay=g["weight_decay"])
+        else:
+            opt = dict(name="adam", lr=g["lr"], beta_1=g["betas"][0], beta_2=g["betas"][1], eps=g["eps"],
+                       weight_decay=g["weight_decay"])
+        return dict(framework="torch", model=name,
+                    trainable_params=sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+                    non_trainable_params=stats + frozen,
+                    batchnorm=sorted({(round(m.momentum, 6), m.eps) for m in bns}) or "none",
+                    optimizer=opt, loss="softmax cross-entropy from logits, mean over batch",
+                    input_transform=self.transform, precision=self.cfg["precision"],
+                    image_size=self.cfg["image_size"], compile=self.cfg["compile"],
+                    init="imagenet" if self.cfg["weights"] == "imagenet" else "he_normal(fan_out), as torchvision")
+
+    # -- running ---------------------------------------------------------------------------
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(array))
+        if self.device.type == "cuda":  # pinned + async, so the copy never stalls the queue
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t
+
+    def _step(self, idx: np.ndarray) -> torch.Tensor:
+        x = self._to_device(self.bundle.train.images[idx])
+        y = self._to_device(self.bundle.train.labels[idx])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.step_fn(x), y)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def evaluate(self) -> dict[str, Any]:
+        assert self.model is not None
+        test, bs = self.bundle.test, self.cfg["batch_size"]
+        self.model.eval()
+        start = time.perf_counter()
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        loss = torch.zeros((), device=self.device)
+        with torch.inference_mode():
+            for i in range(0, len(test), bs):
+                x, y = self._to_device(test.images[i:i + bs]), self._to_device(test.labels[i:i + bs])
+                logits = self.step_fn(x)
+                loss += F.cross_entropy(logits, y, reduction="sum")
+                correct += (logits.argmax(1) == y).sum()
+        n = len(test)
+        result = dict(accuracy=correct.item() / n, loss=loss.item() / n, n=n)
+        result["seconds"] = time.perf_counter() - start
+        return result
+
+    def fit(self, epochs: int) -> dict[str, Any]:
+        assert self.model is not None
+        order, bs = self.bundle.order, self.cfg["batch_size"]
+        steps = order.shape[1] // bs
+        tl, losses, evals = self.timeline, [], []
+        tl.record("run_start")
+        for epoch in range(epochs):
+            tl.record("epoch_start", epoch=epoch)
+            self.model.train()
+            total = torch.zeros((), device=self.device)
+            for s in range(steps):
+                total += self._step(order[epoch, s * bs:(s + 1) * bs])
+                if s == 0:
+                    self._sync()
+                    tl.record("first_step_end", epoch=epoch)
+            self._sync()
+            tl.record("last_step_end", epoch=epoch)
+            losses.append(total.item() / steps)
+            if self.cfg["eval_every_epoch"]:
+                tl.record("eval_start", epoch=epoch)
+                evals.append(self.evaluate())
+                tl.record("eval_stop", epoch=epoch)
+            tl.record("epoch_stop", epoch=epoch)
+        tl.record("run_stop")
+        return dict(epoch_losses=losses, epoch_evals=evals, steps_per_epoch=steps, images=epochs * steps * bs)
+
+    def train_steps(self, count: int) -> dict[str, Any]:
+        """COUNT steps continuing through the shared order (cycled), then synchronise."""
+        assert self.model is not None
+        self.model.train()
+        flat, bs = self.bundle.order.reshape(-1), self.cfg["batch_size"]
+        batches = len(flat) // bs
+        start = time.perf_counter()
+        total = torch.zeros((), device=self.device)
+        for s in range(count):
+            b = (self.cursor + s) % batches
+            total += self._step(flat[b * bs:(b + 1) * bs])
+        self.cursor += count
+        loss = total.item() / count  # .item() synchronises
+        return dict(seconds=time.perf_counter() - start, images=count * bs, loss=loss)

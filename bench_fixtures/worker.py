@@ -1,0 +1,190 @@
+"""One process per case, importing one framework; driven by the pytest process over a socket.
+
+Parent side: `Worker` starts `python -m bench_fixtures.worker FD`, sends requests, waits for each
+answer at most `timeout` seconds, and turns a crash, a hang or an exception into a `WorkerError`
+naming the exit code or signal, the phase and the tail of the worker's output. Child side:
+`serve` answers requests with the backend's results plus the timeline events recorded meanwhile.
+The worker synchronises the device before it answers, so the parent can time around a request.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import traceback
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+TAIL_CHARS = 3000
+
+
+class WorkerError(RuntimeError):
+    """A case's worker failed; the message says how (exit code/signal/timeout/exception) and when."""
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class Worker:
+    def __init__(self, framework: str, cfg: dict[str, Any], bundle_dir: str | os.PathLike,
+                 log_path: str | os.PathLike, timeout: float, name: str | None = None) -> None:
+        self.framework, self.timeout, self.name = framework, timeout, name or framework
+        self.log_path, self.phase, self.events = Path(log_path), "start", []
+        parent, child = socket.socketpair()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        if cfg["device"] == "cpu":
+            env["CUDA_VISIBLE_DEVICES"] = ""  # both frameworks then run on the CPU
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bench_fixtures.worker", str(child.fileno())],
+                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=env, cwd=ROOT, start_new_session=True)
+        child.close()
+        self.conn = Connection(parent.detach())
+        self.info = self.request("hello", framework=framework, cfg=cfg, bundle=str(bundle_dir))
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _tail(self) -> str:
+        try:
+            text = self.log_path.read_bytes()[-TAIL_CHARS:].decode("utf-8", "replace").strip()
+        except OSError:
+            return ""
+        return f"\n--- last output of the worker ({self.log_path}) ---\n{text}" if text else ""
+
+    def request(self, cmd: str, timeout: float | None = None, **args: Any) -> Any:
+        """Send CMD, wait for its answer; any failure kills the worker and raises WorkerError."""
+        timeout = self.timeout if timeout is None else timeout
+        self.phase = cmd
+        try:
+            self.conn.send({"cmd": cmd, **args})
+            ready = self.conn.poll(timeout)
+            answer = self.conn.recv() if ready else None
+        except (EOFError, OSError):
+            ready, answer = True, None
+        if answer is None:
+            if ready:  # the connection closed: the worker died
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
+                how = _describe_exit(self.proc.poll())
+                self.kill()
+                raise WorkerError(f"{self.name} worker died ({how}) during '{cmd}'{self._tail()}")
+            self.kill()
+            raise WorkerError(f"{self.name} worker hung: no answer to '{cmd}' within {timeout:g} s "
+                              f"(--worker-timeout); killed it{self._tail()}")
+        self.events.extend(answer.get("events", []))
+        if not answer["ok"]:
+            self.kill()
+            if answer.get("expected"):
+                raise WorkerError(f"{self.name}: {answer['error']}")
+            raise WorkerError(f"{self.name} worker failed during '{cmd}': {answer['error']}\n"
+                              f"{answer.get('traceback', '')}{self._tail()}")
+        return answer["result"]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        self.conn.close()
+
+    def close(self) -> None:
+        """Ask politely, then make sure: no worker outlives its case."""
+        if self.proc.poll() is None and not self.conn.closed:
+            try:
+                self.conn.send({"cmd": "shutdown"})
+                self.proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        self.kill()
+
+    def __enter__(self) -> "Worker":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- child side
+
+def serve(conn: Connection) -> None:
+    from .backend import BackendError, load_backend
+    from .data import Bundle
+    from .timeline import Timeline
+
+    timeline, backend = Timeline(), None
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        cmd = msg.pop("cmd")
+        if cmd == "shutdown":
+            return
+        try:
+            if cmd == "hello":
+                cls = load_backend(msg["framework"])
+                backend = cls(msg["cfg"], Bundle.read(msg["bundle"]), timeline)
+                result = backend.info()
+            elif backend is None:
+                raise RuntimeError(f"'{cmd}' before 'hello'")
+            elif cmd == "build":
+                result = backend.build(msg["model"])
+            elif cmd == "evaluate":
+                result = backend.evaluate()
+            elif cmd == "fit":
+                result = backend.fit(msg["epochs"])
+            elif cmd == "train_steps":
+                result = backend.train_steps(msg["count"])
+            elif cmd == "crash":  # fault injection for the tests: die the way a real worker would
+                os.kill(os.getpid(), getattr(signal, msg.get("signal", "SIGKILL")))
+                result = None
+            elif cmd == "sleep":  # fault injection: hang
+                import time
+                time.sleep(msg["seconds"])
+                result = None
+            else:
+                raise ValueError(f"unknown request {cmd!r}")
+            conn.send({"ok": True, "result": result, "events": timeline.drain()})
+        except BackendError as e:  # complete message: no traceback wall
+            conn.send({"ok": False, "error": str(e), "expected": True, "events": timeline.drain()})
+        except Exception as e:
+            conn.send({"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(),
+                       "events": timeline.drain()})
+
+
+def main(argv: list[str]) -> int:
+    conn = Connection(int(argv[1]))
+    try:
+        serve(conn)
+    finally:
+        conn.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

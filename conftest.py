@@ -1,0 +1,143 @@
+"""pytest layer: options, session set-up (config, data, one worker per case), machine_info hooks.
+
+All logic lives in bench_fixtures; this file only wires it to pytest and pytest-benchmark.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+
+import pytest
+
+from bench_fixtures import config as bench_config_mod
+from bench_fixtures.config import BenchConfig, ConfigError
+from bench_fixtures.data import DataError
+from bench_fixtures.experiment import CaseRunner, prepare_data
+from bench_fixtures import machine
+
+CONFIG_KEY = pytest.StashKey[BenchConfig]()
+STATE_KEY = pytest.StashKey[dict]()
+
+# (option, dest, type, help); defaults come from the profile (None = "profile decides").
+OPTIONS = [
+    ("--bench-profile", "profile", str, "auto (seed on a GPU, smoke on a CPU), smoke or seed"),
+    ("--dataset", "dataset", str, "cifar10 or synthetic (profile: smoke=synthetic, seed=cifar10)"),
+    ("--data-dir", "data_dir", str, "folder holding cifar-10-batches-py/ (env CIFAR10_DIR; "
+                                    "default ~/.cache/bench_fixtures/cifar10, downloaded when absent)"),
+    ("--train-size", "train_size", int, "training images, stratified and seeded; 0 = all (smoke 256, seed 0)"),
+    ("--test-size", "test_size", int, "test images, stratified and seeded; 0 = all (smoke 200, seed 0)"),
+    ("--epochs", "epochs", int, "fine-tuning epochs (smoke 2, seed 5)"),
+    ("--batch-size", "batch_size", int, "batch size for training and evaluation (32)"),
+    ("--lr", "lr", float, "learning rate (sgd 0.01, adam 0.001)"),
+    ("--optimizer", "optimizer", str, "sgd (momentum 0.9, torch form) or adam"),
+    ("--weights", "weights", str, "imagenet or none (smoke none, seed imagenet)"),
+    ("--device", "device", str, "auto, cpu or gpu (auto: gpu when NVML sees one)"),
+    ("--seed", "seed", int, "seed for subsets, epoch order, head init and framework RNGs (0)"),
+    ("--min-accuracy-gain", "min_accuracy_gain", float,
+     "test_finetune fails unless accuracy_after >= accuracy_before + this (smoke 0.05, seed 0.10)"),
+    ("--worker-timeout", "worker_timeout", float, "seconds a worker may take for one request (smoke 900, seed 7200)"),
+    ("--finetune-rounds", "finetune_rounds", int, "test_finetune rounds, each with a fresh model (1)"),
+    ("--step-rounds", "step_rounds", int, "test_train_step rounds (smoke 3, seed 10)"),
+    ("--step-count", "step_count", int, "training steps per test_train_step round (smoke 2, seed 50)"),
+    ("--step-warmup", "step_warmup", int, "untimed steps before test_train_step rounds (smoke 1, seed 20)"),
+    ("--image-size", "image_size", int, "input size the backbone sees; CIFAR's 32 px are resized on the device (32)"),
+    ("--precision", "precision", str, "fp32 or tf32, set alike in both frameworks (fp32)"),
+    ("--compile", "compile", str, "off, or on = XLA jit_compile in Keras and torch.compile (off)"),
+    ("--preprocess", "preprocess", str, "auto, cifar (shared CIFAR mean/std) or native (each weights' own "
+                                        "preprocessing); auto = native with imagenet weights"),
+    ("--bn-momentum", "bn_momentum", float, "BatchNorm momentum, torch convention; Keras gets 1 - m "
+                                            "(smoke 0.5, seed 0.1)"),
+    ("--bn-eps", "bn_eps", float, "BatchNorm epsilon in both frameworks (1e-5)"),
+    ("--adam-eps", "adam_eps", float, "Adam epsilon in both frameworks (1e-8)"),
+    ("--eval-every-epoch", "eval_every_epoch", None, "evaluate on the test split after every epoch "
+                                                     "(Keras validation_data; a torch eval loop)"),
+]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("bench", "PyTorch vs TensorFlow fine-tuning benchmark")
+    for flag, dest, kind, help_ in OPTIONS:
+        if kind is None:
+            group.addoption(flag, dest=f"bench_{dest}", action="store_const", const=True, default=None, help=help_)
+        else:
+            group.addoption(flag, dest=f"bench_{dest}", type=kind, default=None, help=help_)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    options = {dest: config.getoption(f"bench_{dest}") for _, dest, _, _ in OPTIONS}
+    gpus, reason = machine.nvml_gpus()
+    try:
+        config.stash[CONFIG_KEY] = bench_config_mod.resolve(options, len(gpus), reason)
+    except ConfigError as e:
+        raise pytest.UsageError(str(e)) from None
+    config.stash[STATE_KEY] = {}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(session.config.stash[CONFIG_KEY].headline())
+
+
+def _case_key(item: pytest.Item) -> tuple | None:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return (params["framework"], params["model"]) if "framework" in params and "model" in params else None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    """Put each case's tests next to each other (they share a worker); prepare the data up front,
+    so a bad data set stops the run before any worker starts."""
+    cfg = config.stash[CONFIG_KEY]
+    cases = [k for k in dict.fromkeys(_case_key(i) for i in items) if k is not None]
+    rank = {k: n for n, k in enumerate(cases)}
+    first = next((n for n, i in enumerate(items) if _case_key(i)), len(items))
+    bench = sorted((i for i in items if _case_key(i)), key=lambda i: rank[_case_key(i)])
+    items[:] = [i for i in items[:first] if not _case_key(i)] + bench + \
+        [i for i in items[first:] if not _case_key(i)]
+    for item in bench:
+        if cfg.device == "gpu":
+            item.add_marker(pytest.mark.gpu)
+    if bench and not config.getoption("benchmark_skip", False):
+        work = tempfile.mkdtemp(prefix="bench-")
+        state = config.stash[STATE_KEY]
+        state["work_dir"] = work
+        try:
+            bundle_dir, meta = prepare_data(cfg, work)
+        except DataError as e:
+            raise pytest.UsageError(str(e)) from None
+        state["runner"] = CaseRunner(cfg, bundle_dir, meta, work)
+        state["bundle_meta"] = meta
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(STATE_KEY, {})
+    if "runner" in state:
+        state["runner"].close()
+    if "work_dir" in state:
+        shutil.rmtree(state["work_dir"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def bench_config(pytestconfig: pytest.Config) -> BenchConfig:
+    return pytestconfig.stash[CONFIG_KEY]
+
+
+@pytest.fixture(scope="session")
+def bench_runner(pytestconfig: pytest.Config) -> CaseRunner:
+    runner = pytestconfig.stash[STATE_KEY].get("runner")
+    if runner is None:
+        pytest.skip("benchmark data not prepared (--benchmark-skip, or collected without cases)")
+    yield runner
+    runner.close()
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    runner = config.stash.get(STATE_KEY, {}).get("runner")
+    machine_info.update(machine.machine_info(runner.framework_builds if runner else {}))
+
+
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list, output_json: dict) -> None:
+    output_json["bench_config"] = config.stash[CONFIG_KEY].as_dict()
+    output_json["bench_data"] = config.stash.get(STATE_KEY, {}).get("bundle_meta")

@@ -1,0 +1,34 @@
+"""The benchmark cases: framework x model. Thin: the experiment lives in bench_fixtures.experiment."""
+import pytest
+
+from bench_fixtures.config import FRAMEWORKS, MODELS
+
+CASES = [pytest.param(fw, model, id=f"{fw}-{model}", marks=getattr(pytest.mark, fw))
+         for fw in FRAMEWORKS for model in MODELS]
+
+
+@pytest.mark.parametrize("framework,model", CASES)
+def test_finetune(benchmark, bench_runner, bench_config, framework, model):
+    """One round = the whole fine-tune of a fresh model; accuracy before and after on the test split."""
+    benchmark.group = f"finetune-{model}"
+    exp = bench_runner.get(framework, model)
+    benchmark.pedantic(exp.fine_tune, setup=exp.start_round, rounds=bench_config.finetune_rounds,
+                       iterations=1)
+    exp.predict_after()
+    info = exp.finetune_info()
+    benchmark.extra_info.update(info)
+    assert info["accuracy_after"] >= info["accuracy_before"] + bench_config.min_accuracy_gain, (
+        f"{framework}-{model}: accuracy {info['accuracy_before']:.3f} -> {info['accuracy_after']:.3f}, "
+        f"less than the required gain of {bench_config.min_accuracy_gain} (--min-accuracy-gain)")
+
+
+@pytest.mark.parametrize("framework,model", CASES)
+def test_train_step(benchmark, bench_runner, bench_config, framework, model):
+    """Steady-state throughput: R rounds of K steps after untimed, reported warm-up steps."""
+    benchmark.group = f"train_step-{model}"
+    exp = bench_runner.get(framework, model)
+    if not exp.description:
+        exp.init()
+    exp.warm_up()
+    benchmark.pedantic(exp.train_steps, rounds=bench_config.step_rounds, iterations=1)
+    benchmark.extra_info.update(exp.train_step_info())
