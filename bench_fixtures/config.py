@@ -18,7 +18,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # The seed experiment: full CIFAR-10, 5 epochs at batch 32, fine-tuning ImageNet weights.
     "seed": dict(dataset="cifar10", train_size=0, test_size=0, epochs=5, batch_size=32,
                  weights="imagenet", image_size=32, finetune_rounds=1, step_rounds=10, step_count=50,
-                 step_warmup=20, min_accuracy_gain=0.10, eval_every_epoch=True, worker_timeout=7200.0),
+                 step_warmup=20, min_accuracy_gain=0.10, eval_every_epoch=True, worker_timeout=7200.0,
+                 bn_momentum=0.1),
 }
 COMMON: dict[str, Any] = dict(optimizer="sgd", lr=None, momentum=0.9, seed=0, device="auto",
                               data_dir=None, precision="fp32", compile="off", preprocess="auto",

@@ -64,7 +64,7 @@ def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
 
 
 def _allowed_globals() -> dict[tuple[str, str], object]:
-    from numpy._core import multiarray
+    from numpy._core import multiarray, numeric
     allowed: dict[tuple[str, str], object] = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
@@ -72,6 +72,8 @@ def _allowed_globals() -> dict[tuple[str, str], object]:
     }
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
         allowed[(module, "_reconstruct")] = multiarray._reconstruct
+    for module in ("numpy.core.numeric", "numpy._core.numeric"):  # protocol 5 pickles of arrays
+        allowed[(module, "_frombuffer")] = numeric._frombuffer
     return allowed
 
 

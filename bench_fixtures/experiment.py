@@ -182,3 +182,15 @@ class CaseRunner:
         if self.current is not None:
             self.current.close()
             self.current = None
+
+
+def describe_models(cfg: BenchConfig, bundle_dir: str | os.PathLike, work_dir: str | os.PathLike,
+                    models: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """Build every model in both frameworks (one worker per framework) and collect `describe`."""
+    from .config import FRAMEWORKS, MODELS
+    out = []
+    for framework in FRAMEWORKS:
+        with Worker(framework, cfg.as_dict(), bundle_dir, Path(work_dir) / f"describe-{framework}.log",
+                    cfg.worker_timeout) as w:
+            out.extend(w.request("build", model=m) for m in (models or MODELS))
+    return out

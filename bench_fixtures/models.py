@@ -44,6 +44,11 @@ SPECS = {
 PARITY_TOLERANCE = 0.005
 
 
+def f32(x: float) -> float:
+    """A hyperparameter as a comparable number: TensorFlow stores 0.01 as float32 0.0099999998."""
+    return float(f"{float(x):.6g}")
+
+
 def head_init(feature_dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Glorot-uniform kernel (feature_dim, 10) and zero bias, drawn once and loaded into both
     frameworks, so 'accuracy before' starts from the same head."""

@@ -19,7 +19,7 @@ import tensorflow as tf  # noqa: E402
 
 from .backend import BackendError, WeightsError  # noqa: E402
 from .data import Bundle  # noqa: E402
-from .models import SPECS, head_init, input_transform, transform_mode  # noqa: E402
+from .models import SPECS, f32, head_init, input_transform, transform_mode  # noqa: E402
 from .timeline import Timeline  # noqa: E402
 
 
@@ -175,16 +175,16 @@ class TensorFlowBackend:
         bns = [layer for layer in self.backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
         opt = self.model.optimizer
         if self.cfg["optimizer"] == "sgd":
-            optimizer = dict(name="sgd", lr=float(opt.learning_rate), momentum=opt.momentum,
-                             nesterov=opt.nesterov, weight_decay=opt.weight_decay or 0)
+            optimizer = dict(name="sgd", lr=f32(opt.learning_rate), momentum=f32(opt.momentum),
+                             nesterov=opt.nesterov, weight_decay=f32(opt.weight_decay or 0))
         else:
-            optimizer = dict(name="adam", lr=float(opt.learning_rate), beta_1=opt.beta_1, beta_2=opt.beta_2,
-                             eps=opt.epsilon, weight_decay=opt.weight_decay or 0)
+            optimizer = dict(name="adam", lr=f32(opt.learning_rate), beta_1=f32(opt.beta_1), beta_2=f32(opt.beta_2),
+                             eps=f32(opt.epsilon), weight_decay=f32(opt.weight_decay or 0))
         count = lambda ws: int(sum(np.prod(w.shape) for w in ws))  # noqa: E731
         return dict(framework="tensorflow", model=name,
                     trainable_params=count(self.model.trainable_weights),
                     non_trainable_params=count(self.model.non_trainable_weights),
-                    batchnorm=sorted({(round(1.0 - b.momentum, 6), b.epsilon) for b in bns}) or "none",
+                    batchnorm=sorted({(f32(1.0 - b.momentum), f32(b.epsilon)) for b in bns}) or "none",
                     optimizer=optimizer, loss="softmax cross-entropy from logits, mean over batch",
                     input_transform=self.transform, precision=self.cfg["precision"],
                     image_size=self.cfg["image_size"], compile=self.cfg["compile"],
@@ -204,6 +204,11 @@ class TensorFlowBackend:
         test = self.bundle.test
         return tf.data.Dataset.from_tensor_slices((np.asarray(test.images), np.asarray(test.labels))) \
             .batch(self.cfg["batch_size"]).prefetch(tf.data.AUTOTUNE)
+
+    def peek_labels(self, batches: int) -> list[list[int]]:
+        """Labels of the first BATCHES training batches exactly as `fit` feeds them."""
+        ds = self._train_dataset(self.bundle.order)
+        return [y.numpy().tolist() for _, y in ds.take(batches)]
 
     # -- running ---------------------------------------------------------------------------
     def evaluate(self) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from torch import nn
 
 from .backend import BackendError, WeightsError
 from .data import Bundle
-from .models import SPECS, head_init, input_transform, transform_mode
+from .models import SPECS, f32, head_init, input_transform, transform_mode
 from .timeline import Timeline
 
 
@@ -122,15 +122,15 @@ class TorchBackend:
         frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
         g = self.optimizer.param_groups[0]
         if self.cfg["optimizer"] == "sgd":
-            opt = dict(name="sgd", lr=g["lr"], momentum=g["momentum"], nesterov=g["nesterov"],
-                       weight_decay=g["weight_decay"])
+            opt = dict(name="sgd", lr=f32(g["lr"]), momentum=f32(g["momentum"]), nesterov=g["nesterov"],
+                       weight_decay=f32(g["weight_decay"]))
         else:
-            opt = dict(name="adam", lr=g["lr"], beta_1=g["betas"][0], beta_2=g["betas"][1], eps=g["eps"],
-                       weight_decay=g["weight_decay"])
+            opt = dict(name="adam", lr=f32(g["lr"]), beta_1=f32(g["betas"][0]), beta_2=f32(g["betas"][1]),
+                       eps=f32(g["eps"]), weight_decay=f32(g["weight_decay"]))
         return dict(framework="torch", model=name,
                     trainable_params=sum(p.numel() for p in self.model.parameters() if p.requires_grad),
                     non_trainable_params=stats + frozen,
-                    batchnorm=sorted({(round(m.momentum, 6), m.eps) for m in bns}) or "none",
+                    batchnorm=sorted({(f32(m.momentum), f32(m.eps)) for m in bns}) or "none",
                     optimizer=opt, loss="softmax cross-entropy from logits, mean over batch",
                     input_transform=self.transform, precision=self.cfg["precision"],
                     image_size=self.cfg["image_size"], compile=self.cfg["compile"],
@@ -155,6 +155,22 @@ class TorchBackend:
         loss.backward()
         self.optimizer.step()
         return loss.detach()
+
+    def _epoch_batches(self, epoch: int):
+        """Index batches of EPOCH in the shared order; the last partial batch is already dropped."""
+        row, bs = self.bundle.order[epoch], self.cfg["batch_size"]
+        for s in range(len(row) // bs):
+            yield row[s * bs:(s + 1) * bs]
+
+    def peek_labels(self, batches: int) -> list[list[int]]:
+        """Labels of the first BATCHES training batches exactly as `fit` feeds them."""
+        out = []
+        for epoch in range(len(self.bundle.order)):
+            for idx in self._epoch_batches(epoch):
+                if len(out) == batches:
+                    return out
+                out.append(self.bundle.train.labels[idx].tolist())
+        return out
 
     def evaluate(self) -> dict[str, Any]:
         assert self.model is not None
@@ -184,8 +200,8 @@ class TorchBackend:
             tl.record("epoch_start", epoch=epoch)
             self.model.train()
             total = torch.zeros((), device=self.device)
-            for s in range(steps):
-                total += self._step(order[epoch, s * bs:(s + 1) * bs])
+            for s, idx in enumerate(self._epoch_batches(epoch)):
+                total += self._step(idx)
                 if s == 0:
                     self._sync()
                     tl.record("first_step_end", epoch=epoch)

@@ -38,9 +38,11 @@ def _describe_exit(code: int | None) -> str:
 
 
 class Worker:
-    def __init__(self, framework: str, cfg: dict[str, Any], bundle_dir: str | os.PathLike,
+    """A case's worker process. framework=None starts one that imports no framework (protocol only)."""
+
+    def __init__(self, framework: str | None, cfg: dict[str, Any], bundle_dir: str | os.PathLike | None,
                  log_path: str | os.PathLike, timeout: float, name: str | None = None) -> None:
-        self.framework, self.timeout, self.name = framework, timeout, name or framework
+        self.framework, self.timeout, self.name = framework, timeout, name or framework or "protocol"
         self.log_path, self.phase, self.events = Path(log_path), "start", []
         parent, child = socket.socketpair()
         env = dict(os.environ)
@@ -146,12 +148,14 @@ def serve(conn: Connection) -> None:
         if cmd == "shutdown":
             return
         try:
-            if cmd == "hello":
+            if cmd == "hello" and msg["framework"] is None:  # protocol only, no framework
+                result = {"framework": None, "pid": os.getpid()}
+            elif cmd == "hello":
                 cls = load_backend(msg["framework"])
                 backend = cls(msg["cfg"], Bundle.read(msg["bundle"]), timeline)
                 result = backend.info()
-            elif backend is None:
-                raise RuntimeError(f"'{cmd}' before 'hello'")
+            elif backend is None and cmd not in ("crash", "sleep", "raise"):
+                raise RuntimeError(f"'{cmd}' before 'hello' with a framework")
             elif cmd == "build":
                 result = backend.build(msg["model"])
             elif cmd == "evaluate":
@@ -160,9 +164,13 @@ def serve(conn: Connection) -> None:
                 result = backend.fit(msg["epochs"])
             elif cmd == "train_steps":
                 result = backend.train_steps(msg["count"])
+            elif cmd == "peek_labels":
+                result = backend.peek_labels(msg["batches"])
             elif cmd == "crash":  # fault injection for the tests: die the way a real worker would
                 os.kill(os.getpid(), getattr(signal, msg.get("signal", "SIGKILL")))
                 result = None
+            elif cmd == "raise":  # fault injection: an exception inside the worker
+                raise RuntimeError(msg.get("message", "injected fault"))
             elif cmd == "sleep":  # fault injection: hang
                 import time
                 time.sleep(msg["seconds"])

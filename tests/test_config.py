@@ -1,0 +1,63 @@
+"""Option resolution: profiles, overrides, auto choices, and bad values rejected up front."""
+import subprocess
+import sys
+
+import pytest
+
+from bench_fixtures.config import PROFILES, ConfigError, resolve
+
+
+def test_auto_profile_follows_the_gpu():
+    cpu = resolve({}, gpu_count=0, gpu_reason="NVML unavailable")
+    assert (cpu.profile, cpu.device) == ("smoke", "cpu") and "NVML unavailable" in cpu.profile_reason
+    gpu = resolve({}, gpu_count=1)
+    assert (gpu.profile, gpu.device, gpu.dataset, gpu.epochs, gpu.batch_size, gpu.weights) == \
+        ("seed", "gpu", "cifar10", 5, 32, "imagenet")
+    assert resolve({"device": "cpu"}, gpu_count=1).profile == "smoke"
+
+
+def test_every_profile_value_can_be_overridden():
+    cfg = resolve({"profile": "seed", "epochs": 2, "dataset": "synthetic", "train_size": 64,
+                   "weights": "none", "lr": 0.1, "bn_momentum": 0.2}, gpu_count=0)
+    assert (cfg.profile, cfg.epochs, cfg.dataset, cfg.train_size, cfg.weights, cfg.lr, cfg.bn_momentum) == \
+        ("seed", 2, "synthetic", 64, "none", 0.1, 0.2)
+    assert cfg.device == "cpu" and cfg.preprocess == "cifar"
+
+
+def test_preprocess_and_lr_defaults():
+    assert resolve({"profile": "seed"}, 1).preprocess == "native"
+    assert resolve({"optimizer": "adam"}, 0).lr == 0.001
+    assert resolve({}, 0).lr == 0.01
+
+
+@pytest.mark.parametrize("options,needle", [
+    ({"profile": "fast"}, "--bench-profile 'fast': choose one of auto, smoke, seed"),
+    ({"dataset": "mnist"}, "--dataset 'mnist'"),
+    ({"weights": "random"}, "--weights 'random'"),
+    ({"device": "tpu"}, "--device 'tpu'"),
+    ({"optimizer": "rmsprop"}, "--optimizer"),
+    ({"epochs": 0}, "--epochs 0: must be an integer >= 1"),
+    ({"batch_size": -4}, "--batch-size -4"),
+    ({"train_size": -1}, "--train-size -1"),
+    ({"lr": 0.0}, "--lr 0.0: must be a number > 0"),
+    ({"lr": float("nan")}, "--lr nan"),
+    ({"image_size": 16}, "--image-size 16"),
+    ({"train_size": 16, "batch_size": 32}, "--batch-size 32 is larger than --train-size 16"),
+    ({"bn_momentum": 1.5}, "--bn-momentum 1.5"),
+])
+def test_bad_values_name_the_option(options, needle):
+    with pytest.raises(ConfigError) as e:
+        resolve(options, gpu_count=0)
+    assert needle in str(e.value)
+
+
+def test_profiles_share_their_keys():
+    assert PROFILES["smoke"].keys() == PROFILES["seed"].keys()
+
+
+def test_bad_option_stops_pytest_before_any_worker(tmp_path):
+    """A usage error, not a failing case: pytest exits 4 with the option named."""
+    r = subprocess.run([sys.executable, "-m", "pytest", "--benchmark-only", "--epochs", "0", "-k", "mobilenet"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 4
+    assert "--epochs 0: must be an integer >= 1" in r.stderr

@@ -1,0 +1,71 @@
+"""Parity between the two implementations of each model, and the shared input transforms."""
+import numpy as np
+import pytest
+
+from bench_fixtures import models
+from bench_fixtures.config import resolve
+from bench_fixtures.experiment import describe_models
+from tests.helpers import tiny_bundle
+
+
+def row(model, framework, trainable, **kw):
+    base = dict(model=model, framework=framework, trainable_params=trainable, non_trainable_params=0,
+                batchnorm=[(0.1, 1e-5)], optimizer={"name": "sgd", "lr": 0.01}, loss="ce",
+                input_transform="cifar", precision="fp32")
+    base.update(kw)
+    return base
+
+
+def test_parity_flags_unexplained_parameter_gap(monkeypatch):
+    monkeypatch.setitem(models.SPECS, "vgg19", models.SPECS["vgg19"])  # no differences listed
+    rows = models.parity_rows([row("vgg19", "torch", 1000), row("vgg19", "tensorflow", 1010)])
+    assert rows[0]["trainable_rel_diff"] == pytest.approx(10 / 1010)
+    assert any("differ by 0.99%" in p for p in models.parity_problems(rows))
+    ok = models.parity_rows([row("vgg19", "torch", 1000), row("vgg19", "tensorflow", 1004)])
+    assert models.parity_problems(ok) == []
+
+
+def test_parity_flags_settings_that_differ():
+    rows = models.parity_rows([row("vgg19", "torch", 10, batchnorm=[(0.1, 1e-5)]),
+                               row("vgg19", "tensorflow", 10, batchnorm=[(0.01, 1e-3)])])
+    assert models.parity_problems(rows) == ["vgg19: bn differs: tensorflow [(0.01, 0.001)] vs torch [(0.1, 1e-05)]"]
+    assert "one framework" not in " ".join(models.parity_problems(models.parity_rows([row("vgg19", "torch", 10)])))
+    assert models.parity_problems(models.parity_rows([row("vgg19", "torch", 10)])) == \
+        ["vgg19: described by 1 framework(s), need both"]
+
+
+@pytest.mark.parametrize("mode", ["cifar", "torch", "caffe", "tf"])
+def test_input_transforms(mode):
+    order, scale, offset = models.input_transform(mode)
+    pixel = np.array([10.0, 120.0, 250.0])
+    out = pixel[list(order)] * scale + offset
+    if mode == "caffe":
+        np.testing.assert_allclose(out, [250 - 103.939, 120 - 116.779, 10 - 123.68], rtol=1e-6)
+    elif mode == "tf":
+        np.testing.assert_allclose(out, pixel / 127.5 - 1, rtol=1e-6)
+    else:
+        mean, std = (models.MEAN, models.STD) if mode == "cifar" else (models.IMAGENET_MEAN, models.IMAGENET_STD)
+        np.testing.assert_allclose(out, (pixel / 255 - np.array(mean)) / np.array(std), rtol=1e-5)
+
+
+def test_head_init_is_shared_and_seeded():
+    a, b = models.head_init(512, 0), models.head_init(512, 0)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert not np.array_equal(a[0], models.head_init(512, 1)[0])
+    assert a[0].shape == (512, 10) and np.abs(a[0]).max() <= np.sqrt(6 / 522)
+
+
+@pytest.mark.torch
+@pytest.mark.tensorflow
+def test_real_models_have_parity(tmp_path):
+    """Both frameworks build all three models; counts and settings read back from the frameworks."""
+    cfg = resolve({"profile": "smoke", "device": "cpu", "bn_momentum": 0.1}, gpu_count=0)
+    bundle = tiny_bundle(tmp_path / "bundle", batch=32)
+    rows = models.parity_rows(describe_models(cfg, bundle, tmp_path))
+    print("\n" + models.format_parity(rows))
+    assert models.parity_problems(rows) == []
+    by = {(r["model"], r["framework"]): r for r in rows}
+    assert by[("vgg19", "torch")]["trainable_params"] == by[("vgg19", "tensorflow")]["trainable_params"] == 20_029_514
+    assert by[("mobilenet_v2", "torch")]["trainable_params"] == by[("mobilenet_v2", "tensorflow")]["trainable_params"]
+    assert by[("resnet50", "torch")]["bn"] == [(0.1, 1e-5)]
+    assert by[("resnet50", "torch")]["optimizer"] == by[("resnet50", "tensorflow")]["optimizer"]
