@@ -4,8 +4,11 @@ All logic lives in bench_fixtures; this file only wires it to pytest and pytest-
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
+import time
+from pathlib import Path
 
 import pytest
 
@@ -50,12 +53,17 @@ OPTIONS = [
     ("--bn-eps", "bn_eps", float, "BatchNorm epsilon in both frameworks (1e-5)"),
     ("--adam-eps", "adam_eps", float, "Adam epsilon in both frameworks (1e-8)"),
     ("--eval-every-epoch", "eval_every_epoch", None, "evaluate on the test split after every epoch "
-                                                     "(Keras validation_data; a torch eval loop)"),
+                                                     "(Keras validation_data; a torch eval loop; seed: on)"),
+    ("--monitor-interval", "monitor_interval", float, "seconds between utilisation/memory samples, taken "
+                                                      "from this process by the worker's PID (0.05)"),
 ]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("bench", "PyTorch vs TensorFlow fine-tuning benchmark")
+    group.addoption("--telemetry-dir", dest="bench_telemetry_dir", default=None,
+                    help="where each case's raw timeline + samples JSON goes (default: beside "
+                         "--benchmark-json as NAME.telemetry/, else .benchmarks/telemetry/TIMESTAMP/)")
     for flag, dest, kind, help_ in OPTIONS:
         if kind is None:
             group.addoption(flag, dest=f"bench_{dest}", action="store_const", const=True, default=None, help=help_)
@@ -107,8 +115,19 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             bundle_dir, meta = prepare_data(cfg, work)
         except DataError as e:
             raise pytest.UsageError(str(e)) from None
-        state["runner"] = CaseRunner(cfg, bundle_dir, meta, work)
+        state["runner"] = CaseRunner(cfg, bundle_dir, meta, work, telemetry_dir(config))
         state["bundle_meta"] = meta
+
+
+def telemetry_dir(config: pytest.Config) -> Path:
+    given = config.getoption("bench_telemetry_dir")
+    if given:
+        return Path(given)
+    json_out = config.getoption("benchmark_json", None)
+    if json_out is not None:
+        name = Path(getattr(json_out, "name", str(json_out)))
+        return name.with_name(name.stem + ".telemetry")
+    return Path(".benchmarks") / "telemetry" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -23,7 +23,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 COMMON: dict[str, Any] = dict(optimizer="sgd", lr=None, momentum=0.9, seed=0, device="auto",
                               data_dir=None, precision="fp32", compile="off", preprocess="auto",
-                              bn_momentum=0.1, bn_eps=1e-5, adam_eps=1e-8)
+                              bn_momentum=0.1, bn_eps=1e-5, adam_eps=1e-8, monitor_interval=0.05)
 DEFAULT_LR = {"sgd": 0.01, "adam": 0.001}
 CHOICES = {"profile": ("auto", "smoke", "seed"), "dataset": ("cifar10", "synthetic"),
            "weights": ("imagenet", "none"), "device": ("auto", "cpu", "gpu"),
@@ -69,6 +69,7 @@ class BenchConfig:
     step_count: int
     step_warmup: int
     eval_every_epoch: bool
+    monitor_interval: float  # seconds between utilisation/memory samples
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -131,7 +132,7 @@ def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "") ->
     _check_number("momentum", values["momentum"], float, 0)
     _check_number("worker_timeout", values["worker_timeout"], float, 0, low_ok=False)
     _check_number("min_accuracy_gain", values["min_accuracy_gain"], float, -1)
-    for field in ("bn_momentum", "bn_eps", "adam_eps"):
+    for field in ("bn_momentum", "bn_eps", "adam_eps", "monitor_interval"):
         _check_number(field, values[field], float, 0, low_ok=False)
     if values["bn_momentum"] > 1:
         raise ConfigError(f"--bn-momentum {values['bn_momentum']}: must lie in (0, 1] (torch convention)")

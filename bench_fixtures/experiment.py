@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from .config import BenchConfig
+from .files import write_json_atomic
+from .monitor import Monitor, peak, summarize_util
 from .data import Bundle, default_data_dir, ensure_cifar10, ensure_synthetic, make_bundle, read_canonical
-from .timeline import epoch_times, time_to_first_step
+from .timeline import epoch_phases, epoch_times, inter_epoch_gaps, step_intervals, time_to_first_step
 from .worker import Worker
 
 
@@ -42,16 +44,20 @@ def prepare_data(cfg: BenchConfig, out_dir: str | os.PathLike) -> tuple[Path, di
 
 class Experiment:
     def __init__(self, framework: str, model: str, cfg: BenchConfig, bundle_dir: str | os.PathLike,
-                 work_dir: str | os.PathLike, bundle_meta: dict[str, Any] | None = None) -> None:
+                 work_dir: str | os.PathLike, bundle_meta: dict[str, Any] | None = None,
+                 telemetry_dir: str | os.PathLike | None = None) -> None:
         self.framework, self.model, self.cfg = framework, model, cfg
         self.bundle_dir, self.work_dir = Path(bundle_dir), Path(work_dir)
         self.bundle_meta = bundle_meta or {}
+        self.telemetry_dir = Path(telemetry_dir) if telemetry_dir else None
+        self.monitor: Monitor | None = None
         self.name = f"{framework}-{model}"
         self.worker: Worker | None = None
         self.description: dict[str, Any] = {}
         self.rounds: list[dict[str, Any]] = []
         self.steps: list[dict[str, Any]] = []
         self.warmup: dict[str, Any] = {}
+        self.steps_monitor: Monitor | None = None
 
     # -- the five steps --------------------------------------------------------------------
     def load(self) -> dict[str, Any]:
@@ -80,6 +86,7 @@ class Experiment:
         return result
 
     def predict_after(self) -> dict[str, Any]:
+        self.rounds[-1]["monitor"] = self.stop_monitor()
         result = self._request("evaluate")
         self.rounds[-1]["after"] = result
         return result
@@ -93,6 +100,21 @@ class Experiment:
             self.worker.events.clear()
         self.init()
         self.predict_before()
+        self.start_monitor()  # last, so that the timed region is fully covered
+
+    # -- telemetry -------------------------------------------------------------------------
+    def start_monitor(self) -> Monitor:
+        assert self.worker is not None
+        self.monitor = Monitor(self.worker.pid, self.cfg.device, self.cfg.monitor_interval).start()
+        return self.monitor
+
+    def stop_monitor(self) -> Monitor | None:
+        mon, self.monitor = self.monitor, None
+        return mon.stop() if mon is not None else None
+
+    def monitoring(self) -> "_Monitoring":
+        """`with exp.monitoring(): ...` samples the worker for the block (used around train_step rounds)."""
+        return _Monitoring(self)
 
     def warm_up(self) -> dict[str, Any]:
         """Untimed steps before the steady-state rounds (tracing, autotuning); their time is reported."""
@@ -102,11 +124,13 @@ class Experiment:
         return self.warmup
 
     def train_steps(self) -> dict[str, Any]:
+        start = time.monotonic_ns()
         result = self._request("train_steps", count=self.cfg.step_count)
-        self.steps.append(result)
+        self.steps.append(dict(result, start_ns=start, stop_ns=time.monotonic_ns()))
         return result
 
     def close(self) -> None:
+        self.stop_monitor()
         if self.worker is not None:
             self.worker.close()
 
@@ -144,7 +168,48 @@ class Experiment:
                     finetune_s=fit["seconds"], train_images_per_s=fit["images"] / fit["seconds"],
                     rounds=[dict(accuracy_before=r["before"]["accuracy"],
                                  accuracy_after=r.get("after", {}).get("accuracy"),
-                                 finetune_s=r["fit"]["seconds"]) for r in self.rounds if "fit" in r])
+                                 finetune_s=r["fit"]["seconds"]) for r in self.rounds if "fit" in r],
+                    **self._telemetry("finetune", events, last.get("monitor")))
+
+    def _telemetry(self, test: str, events: list[dict], mon: Monitor | None) -> dict[str, Any]:
+        """The telemetry keys of extra_info, and the raw timeline + samples written beside the results."""
+        epochs = self.cfg.epochs if test == "finetune" else 0
+        phases, phase_problems = epoch_phases(events, epochs)
+        gaps, gap_problems = inter_epoch_gaps(events, epochs)
+        samples = mon.samples if mon else []
+        if test == "finetune":
+            steps_w, gaps_w = step_intervals(events, epochs)
+        else:
+            steps_w = [(e["start_ns"], e["stop_ns"]) for e in self.steps if "start_ns" in e]
+            gaps_w = []
+        util = dict(steps=summarize_util(samples, steps_w), gaps=summarize_util(samples, gaps_w))
+        per_epoch = []
+        at = {(e["name"], e.get("epoch")): e for e in events}
+        for k in range(epochs):
+            start, stop = at.get(("epoch_start", k)), at.get(("epoch_stop", k))
+            fw = (stop or {}).get("memory") or {}
+            window = [(start["t_ns"], stop["t_ns"] + 1)] if start and stop else []
+            per_epoch.append(dict(epoch=k, framework_peak=fw.get("peak"), framework_reserved_peak=fw.get("reserved_peak"),
+                                  process_peak=peak(samples, "proc_mem", window) if window else None))
+        fw_peaks = [m["framework_peak"] for m in per_epoch if m["framework_peak"] is not None]
+        reserved = [m["framework_reserved_peak"] for m in per_epoch if m["framework_reserved_peak"] is not None]
+        memory = dict(epochs=per_epoch, process_peak=peak(samples, "proc_mem"),
+                      device_peak=peak(samples, "device_mem"),
+                      framework_peak=max(fw_peaks) if fw_peaks else None,
+                      reserved_peak=max(reserved) if reserved else None,
+                      process_memory_kind="GPU memory of the worker (NVML)" if mon and mon.sampler.name == "nvml"
+                      else "resident memory of the worker (psutil)")
+        out: dict[str, Any] = dict(utilization=util, memory=memory,
+                                   monitor=mon.info() if mon else dict(backend=None, samples=0))
+        if test == "finetune":
+            out.update(inter_epoch_gaps_s=[g["total_s"] if g else None for g in gaps], inter_epoch_gaps=gaps,
+                       epoch_phases=phases, telemetry_problems=phase_problems + gap_problems)
+        if self.telemetry_dir is not None:
+            path = self.telemetry_dir / f"{test}-{self.name}.json"
+            write_json_atomic(path, dict(case=self.name, test=test, config=self.cfg.as_dict(), events=events,
+                                         samples=samples, monitor=out["monitor"]))
+            out["telemetry_file"] = str(path)
+        return out
 
     def train_step_info(self) -> dict[str, Any]:
         rates = [s["images"] / s["seconds"] for s in self.steps]
@@ -153,7 +218,8 @@ class Experiment:
                     train_images_per_s=statistics.median(rates) if rates else None,
                     step_time_s=statistics.median(s["seconds"] / self.cfg.step_count for s in self.steps)
                     if self.steps else None,
-                    final_loss=self.steps[-1]["loss"] if self.steps else None)
+                    final_loss=self.steps[-1]["loss"] if self.steps else None,
+                    **self._telemetry("train_step", [], self.steps_monitor))
 
 
 class CaseRunner:
@@ -162,8 +228,9 @@ class CaseRunner:
     so two frameworks never hold the device at once."""
 
     def __init__(self, cfg: BenchConfig, bundle_dir: str | os.PathLike, bundle_meta: dict[str, Any],
-                 work_dir: str | os.PathLike) -> None:
+                 work_dir: str | os.PathLike, telemetry_dir: str | os.PathLike | None = None) -> None:
         self.cfg, self.bundle_dir, self.bundle_meta, self.work_dir = cfg, bundle_dir, bundle_meta, work_dir
+        self.telemetry_dir = telemetry_dir
         self.current: Experiment | None = None
         self.framework_builds: dict[str, dict[str, Any]] = {}
 
@@ -173,7 +240,8 @@ class CaseRunner:
                 and cur.worker is not None and cur.worker.proc.poll() is None:
             return cur
         self.close()
-        self.current = Experiment(framework, model, self.cfg, self.bundle_dir, self.work_dir, self.bundle_meta)
+        self.current = Experiment(framework, model, self.cfg, self.bundle_dir, self.work_dir, self.bundle_meta,
+                                  self.telemetry_dir)
         info = self.current.load()
         self.framework_builds[framework] = info
         return self.current
@@ -182,6 +250,17 @@ class CaseRunner:
         if self.current is not None:
             self.current.close()
             self.current = None
+
+
+class _Monitoring:
+    def __init__(self, exp: Experiment) -> None:
+        self.exp = exp
+
+    def __enter__(self) -> Monitor:
+        return self.exp.start_monitor()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.exp.steps_monitor = self.exp.stop_monitor()
 
 
 def describe_models(cfg: BenchConfig, bundle_dir: str | os.PathLike, work_dir: str | os.PathLike,
@@ -194,3 +273,39 @@ def describe_models(cfg: BenchConfig, bundle_dir: str | os.PathLike, work_dir: s
                     cfg.worker_timeout) as w:
             out.extend(w.request("build", model=m) for m in (models or MODELS))
     return out
+
+
+FINETUNE_KEYS = ("framework", "model", "profile", "dataset", "train_size", "test_size", "epochs", "batch_size",
+                 "weights", "device", "precision", "accuracy_before", "accuracy_after", "trainable_params",
+                 "non_trainable_params", "epoch_times_s", "time_to_first_step_s", "train_images_per_s",
+                 "inter_epoch_gaps_s", "utilization", "memory", "monitor", "epoch_phases")
+
+
+def telemetry_problems(info: dict[str, Any], test: str) -> list[str]:
+    """What is missing or inconsistent in a case's extra_info (empty = trustworthy)."""
+    import json
+    problems = [f"missing key {k}" for k in (FINETUNE_KEYS if test == "finetune" else
+                                              ("utilization", "memory", "monitor")) if k not in info]
+    if problems:
+        return problems
+    if not info["monitor"].get("samples"):
+        problems.append("the monitor took no samples")
+    if test == "finetune":
+        problems += info.get("telemetry_problems", [])
+        for phase, t in zip(info["epoch_phases"], info["epoch_times_s"]):
+            if phase is None or t is None:
+                continue
+            parts = phase["steps_s"] + phase["eval_s"] + phase["other_s"]
+            if abs(parts - phase["total_s"]) > 1e-6 or abs(phase["total_s"] - t) > 1e-6:
+                problems.append(f"epoch {phase['epoch']}: phases {parts:.6f}s vs epoch {t:.6f}s")
+            if min(phase["steps_s"], phase["eval_s"], phase["other_s"]) < 0:
+                problems.append(f"epoch {phase['epoch']}: a negative phase")
+        if any(g is not None and g < 0 for g in info["inter_epoch_gaps_s"]):
+            problems.append("a negative inter-epoch gap")
+    path = info.get("telemetry_file")
+    if path is not None:
+        try:
+            json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            problems.append(f"telemetry file {path}: {e}")
+    return problems

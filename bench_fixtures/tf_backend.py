@@ -44,9 +44,9 @@ class _TimelineCallback(keras.callbacks.Callback):
     """Epoch and step boundaries from the main thread only: overriding a *_batch_end hook would
     make Keras convert logs to numpy after every step (a device sync per step)."""
 
-    def __init__(self, timeline: Timeline) -> None:
+    def __init__(self, timeline: Timeline, backend: "TensorFlowBackend") -> None:
         super().__init__()
-        self.timeline, self.epoch, self.steps_done = timeline, 0, False
+        self.timeline, self.backend, self.epoch, self.steps_done = timeline, backend, 0, False
 
     def _steps_done(self) -> None:
         if not self.steps_done:
@@ -59,10 +59,13 @@ class _TimelineCallback(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch, self.steps_done = epoch, False
+        self.backend.reset_peak_memory()
         self.timeline.record("epoch_start", epoch=epoch)
 
     def on_train_batch_begin(self, batch, logs=None):
-        if batch == 1:  # step 0 has been dispatched; wait for it, as the torch loop does
+        if batch == 0:
+            self.timeline.record("first_step_start", epoch=self.epoch)
+        elif batch == 1:  # step 0 has been dispatched; wait for it, as the torch loop does
             tf.test.experimental.sync_devices()
             self.timeline.record("first_step_end", epoch=self.epoch)
 
@@ -75,7 +78,7 @@ class _TimelineCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._steps_done()
-        self.timeline.record("epoch_stop", epoch=epoch)
+        self.timeline.record("epoch_stop", epoch=epoch, memory=self.backend.memory())
 
 
 class TensorFlowBackend:
@@ -190,6 +193,17 @@ class TensorFlowBackend:
                     image_size=self.cfg["image_size"], compile=self.cfg["compile"],
                     init="imagenet" if self.cfg["weights"] == "imagenet" else "he_normal(fan_out), as torchvision")
 
+    def reset_peak_memory(self) -> None:
+        if self.gpu:
+            tf.config.experimental.reset_memory_stats("GPU:0")
+
+    def memory(self) -> dict[str, Any]:
+        """The BFC allocator's view since the last reset; None on the CPU (TF keeps no stats there)."""
+        if not self.gpu:
+            return dict(peak=None, reserved_peak=None, current=None)
+        info = tf.config.experimental.get_memory_info("GPU:0")
+        return dict(peak=info["peak"], reserved_peak=None, current=info["current"])
+
     # -- data ------------------------------------------------------------------------------
     def _train_dataset(self, order: np.ndarray, repeat: bool = False) -> tf.data.Dataset:
         bs = self.cfg["batch_size"]
@@ -222,7 +236,7 @@ class TensorFlowBackend:
         assert self.model is not None
         order, bs = self.bundle.order, self.cfg["batch_size"]
         steps = order.shape[1] // bs
-        callback = _TimelineCallback(self.timeline)
+        callback = _TimelineCallback(self.timeline, self)
         self.timeline.record("run_start")
         history = self.model.fit(
             self._train_dataset(order[:epochs]), epochs=epochs, steps_per_epoch=steps, verbose=0,

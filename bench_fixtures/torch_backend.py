@@ -141,6 +141,17 @@ class TorchBackend:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
+    def _reset_peak_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+
+    def memory(self) -> dict[str, Any]:
+        """The caching allocator's view since the last reset; None on the CPU (no allocator stats)."""
+        if self.device.type != "cuda":
+            return dict(peak=None, reserved_peak=None, current=None)
+        return dict(peak=torch.cuda.max_memory_allocated(), reserved_peak=torch.cuda.max_memory_reserved(),
+                    current=torch.cuda.memory_allocated())
+
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(array))
         if self.device.type == "cuda":  # pinned + async, so the copy never stalls the queue
@@ -197,10 +208,13 @@ class TorchBackend:
         tl, losses, evals = self.timeline, [], []
         tl.record("run_start")
         for epoch in range(epochs):
+            self._reset_peak_memory()
             tl.record("epoch_start", epoch=epoch)
             self.model.train()
             total = torch.zeros((), device=self.device)
             for s, idx in enumerate(self._epoch_batches(epoch)):
+                if s == 0:
+                    tl.record("first_step_start", epoch=epoch)
                 total += self._step(idx)
                 if s == 0:
                     self._sync()
@@ -212,7 +226,7 @@ class TorchBackend:
                 tl.record("eval_start", epoch=epoch)
                 evals.append(self.evaluate())
                 tl.record("eval_stop", epoch=epoch)
-            tl.record("epoch_stop", epoch=epoch)
+            tl.record("epoch_stop", epoch=epoch, memory=self.memory())
         tl.record("run_stop")
         return dict(epoch_losses=losses, epoch_evals=evals, steps_per_epoch=steps, images=epochs * steps * bs)
 

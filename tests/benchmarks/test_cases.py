@@ -2,6 +2,7 @@
 import pytest
 
 from bench_fixtures.config import FRAMEWORKS, MODELS
+from bench_fixtures.experiment import telemetry_problems
 
 CASES = [pytest.param(fw, model, id=f"{fw}-{model}", marks=getattr(pytest.mark, fw))
          for fw in FRAMEWORKS for model in MODELS]
@@ -17,6 +18,7 @@ def test_finetune(benchmark, bench_runner, bench_config, framework, model):
     exp.predict_after()
     info = exp.finetune_info()
     benchmark.extra_info.update(info)
+    assert telemetry_problems(info, "finetune") == []
     assert info["accuracy_after"] >= info["accuracy_before"] + bench_config.min_accuracy_gain, (
         f"{framework}-{model}: accuracy {info['accuracy_before']:.3f} -> {info['accuracy_after']:.3f}, "
         f"less than the required gain of {bench_config.min_accuracy_gain} (--min-accuracy-gain)")
@@ -30,5 +32,8 @@ def test_train_step(benchmark, bench_runner, bench_config, framework, model):
     if not exp.description:
         exp.init()
     exp.warm_up()
-    benchmark.pedantic(exp.train_steps, rounds=bench_config.step_rounds, iterations=1)
-    benchmark.extra_info.update(exp.train_step_info())
+    with exp.monitoring():
+        benchmark.pedantic(exp.train_steps, rounds=bench_config.step_rounds, iterations=1)
+    info = exp.train_step_info()
+    benchmark.extra_info.update(info)
+    assert telemetry_problems(info, "train_step") == []

@@ -1,0 +1,190 @@
+"""Timeline arithmetic (property tests), utilisation summaries, and the two monitor back-ends."""
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bench_fixtures import monitor as mon
+from bench_fixtures import timeline as tl
+
+EPOCH_EVENTS = ["epoch_start", "first_step_start", "first_step_end", "last_step_end",
+                "eval_start", "eval_stop", "epoch_stop"]
+
+
+@st.composite
+def event_sequences(draw):
+    """Well-ordered epochs (optionally with eval), then maybe some events dropped or shuffled in time."""
+    epochs = draw(st.integers(1, 5))
+    with_eval = draw(st.booleans())
+    t, events = 0, []
+    for k in range(epochs):
+        for name in EPOCH_EVENTS:
+            if name.startswith("eval") and not with_eval:
+                continue
+            t += draw(st.integers(0, 10**9))
+            events.append({"name": name, "t_ns": t, "epoch": k})
+    drop = draw(st.lists(st.integers(0, len(events) - 1), max_size=3, unique=True))
+    jitter = draw(st.booleans())
+    for i in sorted(drop, reverse=True):
+        events.pop(i)
+    if jitter and events:
+        i = draw(st.integers(0, len(events) - 1))
+        events[i] = dict(events[i], t_ns=events[i]["t_ns"] - draw(st.integers(1, 10**10)))
+    return epochs, events, bool(drop), jitter
+
+
+@settings(max_examples=300, deadline=None)
+@given(event_sequences())
+def test_phases_add_up_never_negative_and_missing_is_reported(seq):
+    epochs, events, dropped, jittered = seq
+    phases, problems = tl.epoch_phases(events, epochs)
+    assert len(phases) == epochs
+    times = tl.epoch_times(events, epochs)
+    for p, t in zip(phases, times):
+        if p is None:
+            continue
+        assert min(p["steps_s"], p["eval_s"], p["other_s"]) >= 0
+        assert p["steps_s"] + p["eval_s"] + p["other_s"] == pytest.approx(p["total_s"], abs=1e-9)
+        assert p["total_s"] == pytest.approx(t, abs=1e-9)
+    assert (None in phases) == bool(problems)
+    if not dropped and not jittered:
+        assert problems == [] and None not in phases
+
+
+@settings(max_examples=300, deadline=None)
+@given(event_sequences())
+def test_gaps_split_exactly_and_never_negative(seq):
+    epochs, events, dropped, jittered = seq
+    gaps, problems = tl.inter_epoch_gaps(events, epochs)
+    assert len(gaps) == max(epochs - 1, 0)
+    for g in gaps:
+        if g is None:
+            continue
+        assert min(g["total_s"], g["eval_s"], g["callbacks_s"], g["unaccounted_s"]) >= 0
+        assert g["eval_s"] + g["callbacks_s"] + g["unaccounted_s"] == pytest.approx(g["total_s"], abs=1e-9)
+    assert (None in gaps) == bool(problems)
+    if not dropped and not jittered:
+        assert problems == []
+
+
+def test_gap_split_on_a_known_sequence():
+    ev = lambda name, t, k: {"name": name, "t_ns": int(t * 1e9), "epoch": k}  # noqa: E731
+    events = [ev("epoch_start", 0, 0), ev("first_step_start", 0.1, 0), ev("last_step_end", 5, 0),
+              ev("eval_start", 5.5, 0), ev("eval_stop", 6.5, 0), ev("epoch_stop", 6.7, 0),
+              ev("epoch_start", 7.0, 1), ev("first_step_start", 7.4, 1), ev("last_step_end", 12, 1),
+              ev("epoch_stop", 12.1, 1)]
+    (gap,), problems = tl.inter_epoch_gaps(events, 2)
+    assert problems == []
+    assert gap["total_s"] == pytest.approx(2.4)
+    assert gap["eval_s"] == pytest.approx(1.0)
+    assert gap["callbacks_s"] == pytest.approx(0.2 + 0.4)
+    assert gap["unaccounted_s"] == pytest.approx(0.5 + 0.3)
+    phases, _ = tl.epoch_phases(events, 2)
+    assert phases[0]["steps_s"] == pytest.approx(4.9) and phases[0]["other_s"] == pytest.approx(0.8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=200), st.integers(1, 10))
+def test_util_summary(values, n_windows):
+    samples = [{"t_ns": i * 10, "util": v} for i, v in enumerate(values)]
+    every = mon.summarize_util(samples, [(0, 10 * len(values))])
+    assert every["samples"] == len(values)
+    assert every["mean"] == pytest.approx(float(np.mean(values)))
+    assert 0 <= every["idle_fraction"] <= 1 and every["p50"] <= every["p95"] + 1e-12
+    # disjoint windows partition the samples
+    edges = np.linspace(0, 10 * len(values), n_windows + 1).astype(int)
+    parts = [mon.summarize_util(samples, [(a, b)])["samples"] for a, b in zip(edges, edges[1:])]
+    assert sum(parts) == len(values)
+    assert mon.summarize_util(samples, [])["mean"] is None
+
+
+BUSY = "import time\nend = time.time() + 3\nx = [0] * 50_000_000\nwhile time.time() < end: pass\n"
+
+
+def test_psutil_monitor_on_a_busy_child():
+    child = subprocess.Popen([sys.executable, "-c", BUSY])
+    try:
+        with mon.Monitor(child.pid, "cpu", interval=0.05) as m:
+            time.sleep(1.5)
+        info = m.info()
+        assert info["backend"] == "psutil" and info["samples"] >= 15
+        util = [s["util"] for s in m.samples[5:]]
+        assert np.mean(util) > 0.3  # one of 2 cores spinning = 0.5
+        assert max(s["proc_mem"] for s in m.samples) > 300e6  # the 400 MB list
+        ts = [s["t_ns"] for s in m.samples]
+        assert ts == sorted(ts)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_monitor_survives_the_worker_exiting():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
+    m = mon.Monitor(child.pid, "cpu", interval=0.02).start()
+    child.wait()
+    time.sleep(0.2)
+    m.stop()
+    assert "worker exited" in m.info()["errors"]
+
+
+def test_gpu_request_without_nvml_falls_back_to_psutil(monkeypatch):
+    """No NVML library here (or no nvidia-ml-py): the GPU monitor degrades to psutil and says why."""
+    import builtins
+    real_import = builtins.__import__
+
+    def no_pynvml(name, *a, **k):
+        if name == "pynvml":
+            raise ImportError("no pynvml")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_pynvml)
+    sampler, note = mon.make_sampler(__import__("os").getpid(), "gpu")
+    assert sampler.name == "psutil" and "not installed" in note
+
+
+def test_nvml_failure_falls_back_with_the_reason(monkeypatch):
+    pynvml = pytest.importorskip("pynvml")
+
+    def fail():
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+    monkeypatch.setattr(pynvml, "nvmlInit", fail)
+    sampler, note = mon.make_sampler(__import__("os").getpid(), "gpu")
+    assert sampler.name == "psutil" and note.startswith("fell back to psutil: NVML failed")
+
+
+def test_nvml_process_not_listed_gives_none_not_a_guess(monkeypatch):
+    """Against a fake NVML whose process list lacks the worker (as inside a PID namespace)."""
+    pynvml = pytest.importorskip("pynvml")
+    calls = {}
+    fake = dict(nvmlInit=lambda: None, nvmlShutdown=lambda: None, nvmlDeviceGetHandleByIndex=lambda i: "h",
+                nvmlDeviceGetSamples=lambda h, t, ts: (1, []),
+                nvmlDeviceGetMemoryInfo=lambda h: type("M", (), {"used": 123})(),
+                nvmlDeviceGetComputeRunningProcesses=lambda h: [type("P", (), {"pid": 1, "usedGpuMemory": 9})()],
+                nvmlDeviceGetClockInfo=lambda h, c: 1980, nvmlDeviceGetPowerUsage=lambda h: 350_000,
+                nvmlDeviceGetTemperature=lambda h, s: 60)
+    for name, fn in fake.items():
+        monkeypatch.setattr(pynvml, name, fn)
+    s = mon.NvmlSampler(pid=424242)
+    (mem,) = s.sample()
+    assert mem["proc_mem"] is None and mem["device_mem"] == 123 and mem["power_w"] == 350
+    assert s.process_listed is False and calls == {}
+
+
+def test_nvml_on_a_real_gpu():
+    pynvml = pytest.importorskip("pynvml")
+    try:
+        pynvml.nvmlInit()
+        count = pynvml.nvmlDeviceGetCount()
+        pynvml.nvmlShutdown()
+    except pynvml.NVMLError as e:
+        pytest.skip(f"no NVIDIA GPU here ({e})")
+    if not count:
+        pytest.skip("NVML sees no GPU")
+    with mon.Monitor(__import__("os").getpid(), "gpu", interval=0.05) as m:
+        time.sleep(1.0)
+    assert m.info()["backend"] == "nvml" and any("device_mem" in s for s in m.samples)
