@@ -42,6 +42,9 @@ class Backend(Protocol):
     def train_steps(self, count: int) -> dict[str, Any]:
         """COUNT training steps, synchronised; for steady-state throughput."""
 
+    def input_pipeline(self, count: int) -> dict[str, Any]:
+        """COUNT batches through the input path alone, to show it outruns the model."""
+
     def peek_labels(self, batches: int) -> list[list[int]]:
         """Labels of the first training batches as `fit` would feed them (to prove the shared order)."""
 

@@ -16,7 +16,7 @@ from typing import Any
 from .config import BenchConfig
 from .files import write_json_atomic
 from .monitor import Monitor, peak, summarize_util
-from .data import Bundle, default_data_dir, ensure_cifar10, ensure_synthetic, make_bundle, read_canonical
+from .data import default_data_dir, ensure_cifar10, ensure_synthetic, make_bundle, read_canonical
 from .timeline import epoch_phases, epoch_times, inter_epoch_gaps, step_intervals, time_to_first_step
 from .worker import Worker
 

@@ -248,6 +248,19 @@ class TensorFlowBackend:
         return dict(epoch_losses=[float(v) for v in h["loss"]], epoch_evals=evals, steps_per_epoch=steps,
                     images=epochs * steps * bs)
 
+    def input_pipeline(self, count: int) -> dict[str, Any]:
+        """COUNT batches through the tf.data pipeline `fit` uses (and onto the device), synchronised."""
+        it = iter(self._train_dataset(self.bundle.order, repeat=True))
+        next(it)  # build the pipeline outside the timing
+        device = "/GPU:0" if self.gpu else "/CPU:0"
+        start = time.perf_counter()
+        for _ in range(count):
+            x, y = next(it)
+            with tf.device(device):
+                x, y = tf.identity(x), tf.identity(y)
+        tf.test.experimental.sync_devices()
+        return dict(seconds=time.perf_counter() - start, batches=count)
+
     def train_steps(self, count: int) -> dict[str, Any]:
         """COUNT calls of Keras' compiled train function on a persistent iterator, then synchronise."""
         assert self.model is not None

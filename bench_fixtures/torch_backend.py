@@ -230,6 +230,18 @@ class TorchBackend:
         tl.record("run_stop")
         return dict(epoch_losses=losses, epoch_evals=evals, steps_per_epoch=steps, images=epochs * steps * bs)
 
+    def input_pipeline(self, count: int) -> dict[str, Any]:
+        """COUNT batches through the input path alone (index, copy to the device), synchronised."""
+        flat, bs = self.bundle.order.reshape(-1), self.cfg["batch_size"]
+        batches = len(flat) // bs
+        start = time.perf_counter()
+        for s in range(count):
+            idx = flat[(s % batches) * bs:(s % batches + 1) * bs]
+            moved = (self._to_device(self.bundle.train.images[idx]), self._to_device(self.bundle.train.labels[idx]))
+        self._sync()
+        del moved
+        return dict(seconds=time.perf_counter() - start, batches=count)
+
     def train_steps(self, count: int) -> dict[str, Any]:
         """COUNT steps continuing through the shared order (cycled), then synchronise."""
         assert self.model is not None

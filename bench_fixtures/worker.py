@@ -138,7 +138,7 @@ def serve(conn: Connection) -> None:
     from .data import Bundle
     from .timeline import Timeline
 
-    timeline, backend = Timeline(), None
+    timeline, backend, bare = Timeline(), None, None
     while True:
         try:
             msg = conn.recv()
@@ -164,6 +164,17 @@ def serve(conn: Connection) -> None:
                 result = backend.fit(msg["epochs"])
             elif cmd == "train_steps":
                 result = backend.train_steps(msg["count"])
+            elif cmd == "bare_steps":  # the overhead check's reference loop, in this same process
+                if bare is None:
+                    from .bare import make_step, timed_rounds
+                    cfg = backend.cfg
+                    step, sync = make_step(msg["framework"], msg["model"], cfg["batch_size"], cfg["device"],
+                                           cfg["image_size"])
+                    timed_rounds(step, sync, max(msg.get("warmup", 1), 1), 1)
+                    bare = (step, sync, timed_rounds)
+                result = {"seconds": bare[2](bare[0], bare[1], msg["count"], 1)[0]}
+            elif cmd == "input_pipeline":
+                result = backend.input_pipeline(msg["count"])
             elif cmd == "peek_labels":
                 result = backend.peek_labels(msg["batches"])
             elif cmd == "crash":  # fault injection for the tests: die the way a real worker would

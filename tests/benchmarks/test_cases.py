@@ -1,6 +1,7 @@
 """The benchmark cases: framework x model. Thin: the experiment lives in bench_fixtures.experiment."""
 import pytest
 
+from bench_fixtures import overhead
 from bench_fixtures.config import FRAMEWORKS, MODELS
 from bench_fixtures.experiment import telemetry_problems
 
@@ -37,3 +38,24 @@ def test_train_step(benchmark, bench_runner, bench_config, framework, model):
     info = exp.train_step_info()
     benchmark.extra_info.update(info)
     assert telemetry_problems(info, "train_step") == []
+
+
+OVERHEAD_CASES = [c for c in CASES if c.values[1] == "mobilenet_v2"]
+
+
+@pytest.mark.parametrize("framework,model", OVERHEAD_CASES)
+def test_harness_overhead(benchmark, bench_runner, bench_config, framework, model):
+    """Suite vs a bare hand-written loop, monitor on vs off, input headroom: alternated rounds in
+    the case's own worker. One benchmark round = one cycle of the three kinds."""
+    benchmark.group = f"overhead-{model}"
+    exp = bench_runner.get(framework, model)
+    if not exp.description:
+        exp.init()
+    exp.warm_up()
+    overhead.prepare(exp)
+    times, cycles = {}, iter(range(10**6))
+    benchmark.pedantic(lambda: overhead.cycle(exp, next(cycles), times), rounds=bench_config.step_rounds,
+                       iterations=1)
+    info = overhead.summarize(exp, times)
+    benchmark.extra_info.update(info)
+    assert all(info[k] > 0 for k in ("suite_over_bare", "monitor_on_over_off", "input_headroom"))
