@@ -28,7 +28,7 @@ OPTIONS = [
     ("--data-dir", "data_dir", str, "folder holding cifar-10-batches-py/ (env CIFAR10_DIR; "
                                     "default ~/.cache/bench_fixtures/cifar10, downloaded when absent)"),
     ("--train-size", "train_size", int, "training images, stratified and seeded; 0 = all (smoke 256, seed 0)"),
-    ("--test-size", "test_size", int, "test images, stratified and seeded; 0 = all (smoke 200, seed 0)"),
+    ("--test-size", "test_size", int, "test images, stratified and seeded; 0 = all (smoke 100, seed 0)"),
     ("--epochs", "epochs", int, "fine-tuning epochs (smoke 2, seed 5)"),
     ("--batch-size", "batch_size", int, "batch size for training and evaluation (32)"),
     ("--lr", "lr", float, "learning rate (sgd 0.01, adam 0.001)"),
@@ -41,7 +41,7 @@ OPTIONS = [
     ("--worker-timeout", "worker_timeout", float, "seconds a worker may take for one request (smoke 900, seed 7200)"),
     ("--finetune-rounds", "finetune_rounds", int, "test_finetune rounds, each with a fresh model (1)"),
     ("--step-rounds", "step_rounds", int, "test_train_step rounds (smoke 3, seed 10)"),
-    ("--step-count", "step_count", int, "training steps per test_train_step round (smoke 2, seed 50)"),
+    ("--step-count", "step_count", int, "training steps per test_train_step round (smoke 1, seed 50)"),
     ("--step-warmup", "step_warmup", int, "untimed steps before test_train_step rounds (smoke 1, seed 20)"),
     ("--image-size", "image_size", int, "input size the backbone sees; CIFAR's 32 px are resized on the device (32)"),
     ("--precision", "precision", str, "fp32 or tf32, set alike in both frameworks (fp32)"),
@@ -71,7 +71,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             group.addoption(flag, dest=f"bench_{dest}", type=kind, default=None, help=help_)
 
 
+DEFAULT_STORAGE = "file://./.benchmarks"
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    # Histories of different hardware never share a folder: .benchmarks/<gpu or cpu model>/...
+    # (pytest-benchmark's own machine id ignores the GPU). An explicit --benchmark-storage wins.
+    if getattr(config.option, "benchmark_storage", None) == DEFAULT_STORAGE:
+        config.option.benchmark_storage = f"{DEFAULT_STORAGE}/{machine.storage_slug()}"
     options = {dest: config.getoption(f"bench_{dest}") for _, dest, _, _ in OPTIONS}
     gpus, reason = machine.nvml_gpus()
     try:
@@ -159,4 +166,5 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 
 def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list, output_json: dict) -> None:
     output_json["bench_config"] = config.stash[CONFIG_KEY].as_dict()
+    output_json["command"] = " ".join(["pytest", *config.invocation_params.args])
     output_json["bench_data"] = config.stash.get(STATE_KEY, {}).get("bundle_meta")

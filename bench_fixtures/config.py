@@ -12,8 +12,8 @@ MODELS = ("resnet50", "vgg19", "mobilenet_v2")
 PROFILES: dict[str, dict[str, Any]] = {
     # Small enough to run all six cases on 2 CPU cores within a few minutes, big enough to learn:
     # 16 steps from random init, with BN running statistics that catch up that fast (momentum 0.5).
-    "smoke": dict(dataset="synthetic", train_size=256, test_size=200, epochs=2, batch_size=32, bn_momentum=0.5,
-                  weights="none", image_size=32, finetune_rounds=1, step_rounds=3, step_count=2,
+    "smoke": dict(dataset="synthetic", train_size=256, test_size=100, epochs=2, batch_size=32, bn_momentum=0.5,
+                  weights="none", image_size=32, finetune_rounds=1, step_rounds=3, step_count=1,
                   step_warmup=1, min_accuracy_gain=0.05, eval_every_epoch=False, worker_timeout=900.0),
     # The seed experiment: full CIFAR-10, 5 epochs at batch 32, fine-tuning ImageNet weights.
     "seed": dict(dataset="cifar10", train_size=0, test_size=0, epochs=5, batch_size=32,

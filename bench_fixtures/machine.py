@@ -61,9 +61,25 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def storage_slug() -> str:
+    """The folder name that keeps histories of different hardware apart: GPU model, else CPU model."""
+    gpus, _ = nvml_gpus()
+    name = gpus[0]["name"] if gpus else f"cpu-{cpu_model()}"
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-") or "unknown"
+
+
 def machine_info(framework_builds: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Added to pytest-benchmark's machine_info: what makes two runs comparable or not."""
     gpus, reason = nvml_gpus()
     return dict(gpus=gpus, gpu_name=gpus[0]["name"] if gpus else None, gpu_reason=reason,
                 cpu_model=cpu_model(), cpu_count=os.cpu_count(), packages=package_versions(),
                 framework_builds=framework_builds or {})
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    if sys.argv[1:] == ["--slug"]:
+        print(storage_slug())
+    else:
+        print(json.dumps(machine_info(), indent=1))

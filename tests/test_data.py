@@ -129,7 +129,7 @@ def test_pickle_that_would_run_code_is_refused_and_never_run(tmp_path):
     assert not marker.exists()
 
 
-@settings(max_examples=200, deadline=2000)
+@settings(max_examples=120, deadline=2000)
 @given(st.binary(max_size=600))
 def test_fuzz_random_bytes_give_arrays_or_data_error(tmp_path_factory, blob):
     path = tmp_path_factory.mktemp("f") / "data_batch_1"
@@ -141,7 +141,7 @@ def test_fuzz_random_bytes_give_arrays_or_data_error(tmp_path_factory, blob):
     assert split.images.dtype == np.uint8 and split.images.shape[1:] == (32, 32, 3)
 
 
-@settings(max_examples=150, deadline=2000)
+@settings(max_examples=100, deadline=2000)
 @given(st.data())
 def test_fuzz_structured_corruptions(tmp_path_factory, d):
     raw = bytearray(data.batch_bytes(random_split(3, 0), "x"))
