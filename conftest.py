@@ -61,6 +61,9 @@ OPTIONS = [
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("bench", "PyTorch vs TensorFlow fine-tuning benchmark")
+    group.addoption("--bench-report", dest="bench_report", default=None, metavar="DIR",
+                    help="write the report (PNGs + report.md, python -m bench_fixtures.report) into DIR "
+                         "at the end of the session")
     group.addoption("--telemetry-dir", dest="bench_telemetry_dir", default=None,
                     help="where each case's raw timeline + samples JSON goes (default: beside "
                          "--benchmark-json as NAME.telemetry/, else .benchmarks/telemetry/TIMESTAMP/)")
@@ -79,6 +82,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # (pytest-benchmark's own machine id ignores the GPU). An explicit --benchmark-storage wins.
     if getattr(config.option, "benchmark_storage", None) == DEFAULT_STORAGE:
         config.option.benchmark_storage = f"{DEFAULT_STORAGE}/{machine.storage_slug()}"
+    report = config.getoption("bench_report", None)
+    if report and getattr(config.option, "benchmark_json", None) is None:  # the report is made from the JSON
+        Path(report).mkdir(parents=True, exist_ok=True)
+        config.option.benchmark_json = open(Path(report) / "run.json", "wb")
     options = {dest: config.getoption(f"bench_{dest}") for _, dest, _, _ in OPTIONS}
     gpus, reason = machine.nvml_gpus()
     try:
@@ -122,8 +129,29 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             bundle_dir, meta = prepare_data(cfg, work)
         except DataError as e:
             raise pytest.UsageError(str(e)) from None
-        state["runner"] = CaseRunner(cfg, bundle_dir, meta, work, telemetry_dir(config))
+        state["runner"] = runner = CaseRunner(cfg, bundle_dir, meta, work, telemetry_dir(config))
+        runner.progress = Progress(config, cfg.epochs)
         state["bundle_meta"] = meta
+
+
+class Progress:
+    """One line per epoch per case through pytest's terminal reporter (not captured output)."""
+
+    def __init__(self, config: pytest.Config, epochs: int) -> None:
+        self.reporter = config.pluginmanager.get_plugin("terminalreporter")
+        self.epochs, self.start = epochs, {}
+
+    def __call__(self, name: str, event: dict) -> None:
+        if event["name"] == "run_start":
+            self.start[name] = event["t_ns"]
+            return
+        if self.reporter is None:
+            return
+        elapsed = (event["t_ns"] - self.start.get(name, event["t_ns"])) / 1e9
+        loss = f" loss {event['loss']:.3f}" if event.get("loss") is not None else ""
+        acc = f" val_acc {event['val_accuracy']:.3f}" if event.get("val_accuracy") is not None else ""
+        self.reporter.ensure_newline()
+        self.reporter.write_line(f"  {name}: epoch {event['epoch'] + 1}/{self.epochs} at {elapsed:.1f}s{loss}{acc}")
 
 
 def telemetry_dir(config: pytest.Config) -> Path:
@@ -138,6 +166,14 @@ def telemetry_dir(config: pytest.Config) -> Path:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    report = config.getoption("bench_report", None)
+    json_out = getattr(config.option, "benchmark_json", None)
+    if report and json_out is not None and Path(json_out.name).stat().st_size:
+        from bench_fixtures.report import write_report
+        path = write_report([json_out.name], report)
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"bench: report written to {path}")
     state = config.stash.get(STATE_KEY, {})
     if "runner" in state:
         state["runner"].close()
@@ -167,4 +203,13 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list, output_json: dict) -> None:
     output_json["bench_config"] = config.stash[CONFIG_KEY].as_dict()
     output_json["command"] = " ".join(["pytest", *config.invocation_params.args])
+    runner = config.stash.get(STATE_KEY, {}).get("runner")
+    if runner is not None and runner.worker_infos:
+        from bench_fixtures import dx
+        ttfs: dict[str, list[float]] = {}
+        for b in output_json.get("benchmarks", []):
+            e = b.get("extra_info") or {}
+            if e.get("time_to_first_step_s") is not None:
+                ttfs.setdefault(e["framework"], []).append(e["time_to_first_step_s"])
+        output_json["dx"] = dx.summarize(runner.worker_infos, len(machine.nvml_gpus()[0]), ttfs)
     output_json["bench_data"] = config.stash.get(STATE_KEY, {}).get("bundle_meta")

@@ -232,7 +232,9 @@ class CaseRunner:
         self.cfg, self.bundle_dir, self.bundle_meta, self.work_dir = cfg, bundle_dir, bundle_meta, work_dir
         self.telemetry_dir = telemetry_dir
         self.current: Experiment | None = None
-        self.framework_builds: dict[str, dict[str, Any]] = {}
+        self.framework_builds: dict[str, dict[str, Any]] = {}   # the last worker's answer per framework
+        self.worker_infos: dict[str, list[dict[str, Any]]] = {}  # every worker's, for import times
+        self.progress: Any = None  # (case name, epoch_stop event) -> None
 
     def get(self, framework: str, model: str) -> Experiment:
         cur = self.current
@@ -243,7 +245,9 @@ class CaseRunner:
         self.current = Experiment(framework, model, self.cfg, self.bundle_dir, self.work_dir, self.bundle_meta,
                                   self.telemetry_dir)
         info = self.current.load()
+        self.current.worker.on_progress = self.progress
         self.framework_builds[framework] = info
+        self.worker_infos.setdefault(framework, []).append(info)
         return self.current
 
     def close(self) -> None:

@@ -78,7 +78,9 @@ class _TimelineCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._steps_done()
-        self.timeline.record("epoch_stop", epoch=epoch, memory=self.backend.memory())
+        logs = logs or {}
+        self.timeline.record("epoch_stop", epoch=epoch, memory=self.backend.memory(), loss=logs.get("loss"),
+                             val_accuracy=logs.get("val_accuracy"))
 
 
 class TensorFlowBackend:
@@ -110,6 +112,7 @@ class TensorFlowBackend:
                     cuda_build=build.get("cuda_version"), cudnn_version=build.get("cudnn_version"),
                     device=self.cfg["device"], device_name=details.get("device_name", "cpu"),
                     cpu_threads=tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count(),
+                    gpus_visible=len(tf.config.list_physical_devices("GPU")),
                     tf32_matmul=tf.config.experimental.tensor_float_32_execution_enabled(),
                     tf32_conv=tf.config.experimental.tensor_float_32_execution_enabled(),
                     cudnn_autotune=os.environ.get("TF_CUDNN_USE_AUTOTUNE", "1") != "0",

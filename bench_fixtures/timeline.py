@@ -6,15 +6,19 @@ samples and the worker's events line up without translation.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 
 class Timeline:
-    def __init__(self) -> None:
+    def __init__(self, sink: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.events: list[dict[str, Any]] = []
+        self.sink = sink
 
     def record(self, name: str, **attrs: Any) -> None:
-        self.events.append({"name": name, "t_ns": time.monotonic_ns(), **attrs})
+        event = {"name": name, "t_ns": time.monotonic_ns(), **attrs}
+        self.events.append(event)
+        if self.sink is not None:
+            self.sink(event)
 
     def drain(self) -> list[dict[str, Any]]:
         events, self.events = self.events, []

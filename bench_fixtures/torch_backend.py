@@ -65,7 +65,7 @@ class TorchBackend:
                     cudnn_version=torch.backends.cudnn.version() if cuda else None,
                     device=self.cfg["device"],
                     device_name=torch.cuda.get_device_name(0) if cuda else "cpu",
-                    cpu_threads=torch.get_num_threads(),
+                    cpu_threads=torch.get_num_threads(), gpus_visible=torch.cuda.device_count(),
                     tf32_matmul=torch.backends.cuda.matmul.fp32_precision == "tf32",
                     tf32_conv=torch.backends.cudnn.conv.fp32_precision == "tf32",
                     cudnn_autotune=torch.backends.cudnn.benchmark)
@@ -226,7 +226,8 @@ class TorchBackend:
                 tl.record("eval_start", epoch=epoch)
                 evals.append(self.evaluate())
                 tl.record("eval_stop", epoch=epoch)
-            tl.record("epoch_stop", epoch=epoch, memory=self.memory())
+            tl.record("epoch_stop", epoch=epoch, memory=self.memory(), loss=losses[-1],
+                      val_accuracy=evals[-1]["accuracy"] if evals else None)
         tl.record("run_stop")
         return dict(epoch_losses=losses, epoch_evals=evals, steps_per_epoch=steps, images=epochs * steps * bs)
 

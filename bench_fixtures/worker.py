@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -44,6 +45,7 @@ class Worker:
                  log_path: str | os.PathLike, timeout: float, name: str | None = None) -> None:
         self.framework, self.timeout, self.name = framework, timeout, name or framework or "protocol"
         self.log_path, self.phase, self.events = Path(log_path), "start", []
+        self.on_progress: Any = None  # called with (name, epoch_stop event) while a request runs
         parent, child = socket.socketpair()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -77,8 +79,14 @@ class Worker:
         self.phase = cmd
         try:
             self.conn.send({"cmd": cmd, **args})
-            ready = self.conn.poll(timeout)
-            answer = self.conn.recv() if ready else None
+            deadline = time.monotonic() + timeout
+            while True:
+                ready = self.conn.poll(max(deadline - time.monotonic(), 0))
+                answer = self.conn.recv() if ready else None
+                if answer is None or "progress" not in answer:
+                    break
+                if self.on_progress is not None:
+                    self.on_progress(self.name, answer["progress"])
         except (EOFError, OSError):
             ready, answer = True, None
         if answer is None:
@@ -138,7 +146,11 @@ def serve(conn: Connection) -> None:
     from .data import Bundle
     from .timeline import Timeline
 
-    timeline, backend, bare = Timeline(), None, None
+    def progress(event: dict) -> None:  # epoch ends reach the parent as they happen
+        if event["name"] in ("run_start", "epoch_stop"):
+            conn.send({"progress": event})
+
+    timeline, backend, bare = Timeline(sink=progress), None, None
     while True:
         try:
             msg = conn.recv()
@@ -151,9 +163,11 @@ def serve(conn: Connection) -> None:
             if cmd == "hello" and msg["framework"] is None:  # protocol only, no framework
                 result = {"framework": None, "pid": os.getpid()}
             elif cmd == "hello":
-                cls = load_backend(msg["framework"])
+                start = time.perf_counter()
+                cls = load_backend(msg["framework"])  # imports the framework: a fresh process's import time
+                import_s = time.perf_counter() - start
                 backend = cls(msg["cfg"], Bundle.read(msg["bundle"]), timeline)
-                result = backend.info()
+                result = dict(backend.info(), import_s=import_s, pid=os.getpid())
             elif backend is None and cmd not in ("crash", "sleep", "raise"):
                 raise RuntimeError(f"'{cmd}' before 'hello' with a framework")
             elif cmd == "build":
@@ -183,7 +197,6 @@ def serve(conn: Connection) -> None:
             elif cmd == "raise":  # fault injection: an exception inside the worker
                 raise RuntimeError(msg.get("message", "injected fault"))
             elif cmd == "sleep":  # fault injection: hang
-                import time
                 time.sleep(msg["seconds"])
                 result = None
             else:

@@ -1,0 +1,74 @@
+"""The report from real smoke runs, its robustness to runs without telemetry, and the DX figures."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from bench_fixtures import dx
+from bench_fixtures.report import write_report
+
+
+def decoded(path):
+    img = imread(path)
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    return img
+
+
+def test_report_from_two_real_runs(saved_runs, tmp_path):
+    md_path = write_report([str(p) for p in saved_runs], tmp_path / "out")
+    out = md_path.parent
+    pngs = {p.name for p in out.glob("*.png")}
+    assert {"accuracy.png", "training_time.png", "throughput.png", "trend.png",
+            "utilization_mobilenet_v2.png", "memory_mobilenet_v2.png"} <= pngs
+    for name in pngs:
+        img = decoded(out / name)
+        assert np.std(img[..., :3]) > 0.05, f"{name} looks blank"  # something was drawn
+    md = md_path.read_text()
+    assert "## mobilenet_v2" in md and "| accuracy after |" in md and "| time to first step (s) |" in md
+    assert "## History" in md and md.count(".json` |") == 2
+    assert "## Developer experience" in md and "import time" in md
+    assert "pytest tests/benchmarks" in md  # the command line that produced the run
+    assert "## Notes" not in md  # everything was there
+
+
+def test_report_without_telemetry_notes_it(saved_runs, tmp_path):
+    run = json.loads(saved_runs[0].read_text())
+    for b in run["benchmarks"]:
+        for key in ("telemetry_file", "utilization", "memory", "inter_epoch_gaps_s"):
+            b["extra_info"].pop(key, None)
+    run.pop("dx", None)
+    bare = tmp_path / "bare.json"
+    bare.write_text(json.dumps(run))
+    md = write_report([str(bare)], tmp_path / "out").read_text()
+    assert "torch-mobilenet_v2: no telemetry file" in md
+    assert "no developer-experience figures" in md
+    assert "| mean inter-epoch gap (s) | –" in md
+
+
+def test_report_cli_on_a_bad_file(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{\"benchmarks\": [")
+    r = subprocess.run([sys.executable, "-m", "bench_fixtures.report", str(bad), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "bad.json: not valid JSON" in r.stderr
+
+
+def test_dx_measured_here():
+    fp = dx.footprint()
+    assert fp["torch"]["bytes"] > 100e6 and fp["tensorflow"]["bytes"] > 100e6
+    assert "numpy" not in {name for name, _ in fp["torch"]["largest"]}  # shared, so nobody's cost
+    loc = dx.backend_loc()
+    assert loc["torch"] > 50 and loc["tensorflow"] > 50
+    summary = dx.summarize({"torch": [{"import_s": 2.0, "gpus_visible": 0}, {"import_s": 4.0, "gpus_visible": 0}]},
+                           0, {"torch": [0.5]})
+    assert summary["torch"]["import_s"] == 3.0 and summary["torch"]["sees_nvml_gpus"] is True
+    assert summary["tensorflow"]["import_s"] is None
+
+
+def test_dx_recorded_in_a_real_run(saved_runs):
+    run = json.loads(saved_runs[0].read_text())
+    assert run["dx"]["torch"]["import_s"] > 0 and run["dx"]["torch"]["footprint_bytes"] > 0
+    assert run["dx"]["torch"]["time_to_first_step_s"] > 0
