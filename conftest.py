@@ -139,19 +139,21 @@ class Progress:
 
     def __init__(self, config: pytest.Config, epochs: int) -> None:
         self.reporter = config.pluginmanager.get_plugin("terminalreporter")
+        self.capture = config.pluginmanager.get_plugin("capturemanager")
         self.epochs, self.start = epochs, {}
 
     def __call__(self, name: str, event: dict) -> None:
         if event["name"] == "run_start":
             self.start[name] = event["t_ns"]
             return
-        if self.reporter is None:
+        if self.reporter is None or self.capture is None:
             return
         elapsed = (event["t_ns"] - self.start.get(name, event["t_ns"])) / 1e9
         loss = f" loss {event['loss']:.3f}" if event.get("loss") is not None else ""
         acc = f" val_acc {event['val_accuracy']:.3f}" if event.get("val_accuracy") is not None else ""
-        self.reporter.ensure_newline()
-        self.reporter.write_line(f"  {name}: epoch {event['epoch'] + 1}/{self.epochs} at {elapsed:.1f}s{loss}{acc}")
+        with self.capture.global_and_fixture_disabled():  # or the line lands in the captured output
+            self.reporter.ensure_newline()
+            self.reporter.write_line(f"  {name}: epoch {event['epoch'] + 1}/{self.epochs} at {elapsed:.1f}s{loss}{acc}")
 
 
 def telemetry_dir(config: pytest.Config) -> Path:
