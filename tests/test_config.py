@@ -61,3 +61,9 @@ def test_bad_option_stops_pytest_before_any_worker(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 4
     assert "--epochs 0: must be an integer >= 1" in r.stderr
+
+
+def test_smoke_on_real_cifar_gets_sizes_that_can_learn():
+    cfg = resolve({"dataset": "cifar10"}, gpu_count=0)
+    assert (cfg.profile, cfg.train_size, cfg.test_size, cfg.bn_momentum) == ("smoke", 2000, 1000, 0.1)
+    assert resolve({"dataset": "cifar10", "train_size": 500}, gpu_count=0).train_size == 500
