@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from .backend import BackendError, WeightsError  # noqa: E402
-from .data import Bundle  # noqa: E402
+from .data import MEAN, STD, Bundle  # noqa: E402
 from .models import SPECS, f32, head_init, input_transform, transform_mode  # noqa: E402
 from .timeline import Timeline  # noqa: E402
 
@@ -277,3 +277,36 @@ class TensorFlowBackend:
         tf.test.experimental.sync_devices()
         seconds = time.perf_counter() - start
         return dict(seconds=seconds, images=count * self.cfg["batch_size"], loss=float(logs["loss"]))
+
+
+def bare_step(model: str, batch: int, device: str, size: int):
+    """The overhead check's reference: a hand-written `tf.function` training step (GradientTape) on
+    a device-resident batch, using none of the class above. Returns (step, sync)."""
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # already initialised (inside a worker, which set it already)
+            pass
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    base = getattr(keras.applications, SPECS[model].keras)(include_top=False, weights=None,
+                                                          input_shape=(size, size, 3), pooling="avg")
+    m = keras.Sequential([base, keras.layers.Dense(10)])
+    opt = keras.optimizers.SGD(0.01, momentum=0.9)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    x = tf.random.uniform((batch, 32, 32, 3), 0, 256, dtype=tf.int32)
+    x = tf.cast(x, tf.uint8)
+    y = tf.random.uniform((batch,), 0, 10, dtype=tf.int32)
+    mean, std = tf.constant(MEAN) * 255, tf.constant(STD) * 255
+
+    @tf.function(jit_compile=False)
+    def step():
+        with tf.GradientTape() as tape:
+            xb = (tf.cast(x, tf.float32) - mean) / std
+            if size != 32:
+                xb = tf.image.resize(xb, (size, size), method="bilinear")
+            loss = loss_fn(y, m(xb, training=True))
+        grads = tape.gradient(loss, m.trainable_variables)
+        opt.apply_gradients(zip(grads, m.trainable_variables))
+        return loss
+
+    return step, tf.test.experimental.sync_devices

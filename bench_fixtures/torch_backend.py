@@ -18,7 +18,7 @@ import torchvision
 from torch import nn
 
 from .backend import BackendError, WeightsError
-from .data import Bundle
+from .data import MEAN, STD, Bundle
 from .models import SPECS, f32, head_init, input_transform, transform_mode
 from .timeline import Timeline
 
@@ -257,3 +257,29 @@ class TorchBackend:
         self.cursor += count
         loss = total.item() / count  # .item() synchronises
         return dict(seconds=time.perf_counter() - start, images=count * bs, loss=loss)
+
+
+def bare_step(model: str, batch: int, device: str, size: int):
+    """The overhead check's reference: one hand-written training step on a device-resident batch,
+    using none of the class above (no input pipeline, no timeline). Returns (step, sync)."""
+    dev = torch.device("cuda" if device == "gpu" else "cpu")
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = "ieee"
+    net = getattr(torchvision.models, SPECS[model].torchvision)(weights=None)
+    features = nn.Sequential(*list(net.children())[:-2]) if model == "resnet50" else net.features
+    m = nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(SPECS[model].feature_dim, 10)).to(dev)
+    opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randint(0, 256, (batch, 32, 32, 3), dtype=torch.uint8, device=dev)
+    y = torch.randint(0, 10, (batch,), device=dev)
+    mean = torch.tensor(MEAN, device=dev).view(1, 3, 1, 1) * 255
+    std = torch.tensor(STD, device=dev).view(1, 3, 1, 1) * 255
+
+    def step() -> None:
+        xb = ((x.permute(0, 3, 1, 2).float() - mean) / std).contiguous()
+        if size != 32:
+            xb = F.interpolate(xb, size=(size, size), mode="bilinear", align_corners=False)
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(m(xb), y).backward()
+        opt.step()
+
+    return step, (torch.cuda.synchronize if dev.type == "cuda" else (lambda: None))

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 from matplotlib.image import imread
 
 from bench_fixtures import dx
