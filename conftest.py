@@ -16,6 +16,7 @@ from bench_fixtures import config as bench_config_mod
 from bench_fixtures.config import BenchConfig, ConfigError
 from bench_fixtures.data import DataError
 from bench_fixtures.experiment import CaseRunner, prepare_data
+from bench_fixtures.files import AtomicOutput
 from bench_fixtures import machine
 
 CONFIG_KEY = pytest.StashKey[BenchConfig]()
@@ -85,7 +86,7 @@ def pytest_configure(config: pytest.Config) -> None:
     report = config.getoption("bench_report", None)
     if report and getattr(config.option, "benchmark_json", None) is None:  # the report is made from the JSON
         Path(report).mkdir(parents=True, exist_ok=True)
-        config.option.benchmark_json = open(Path(report) / "run.json", "wb")
+        config.option.benchmark_json = AtomicOutput(Path(report) / "run.json")
     options = {dest: config.getoption(f"bench_{dest}") for _, dest, _, _ in OPTIONS}
     gpus, reason = machine.nvml_gpus()
     try:
@@ -170,7 +171,7 @@ def telemetry_dir(config: pytest.Config) -> Path:
 def pytest_unconfigure(config: pytest.Config) -> None:
     report = config.getoption("bench_report", None)
     json_out = getattr(config.option, "benchmark_json", None)
-    if report and json_out is not None and Path(json_out.name).stat().st_size:
+    if report and json_out is not None and Path(json_out.name).is_file():
         from bench_fixtures.report import write_report
         path = write_report([json_out.name], report)
         reporter = config.pluginmanager.get_plugin("terminalreporter")

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+_DIRS: dict[str, Path] = {}
 
 
 @pytest.fixture(scope="session")
@@ -14,13 +15,22 @@ def saved_runs(tmp_path_factory):
     with their raw rounds into a storage folder, telemetry kept beside."""
     store = tmp_path_factory.mktemp("storage")
     telemetry = tmp_path_factory.mktemp("telemetry")
-    for _ in range(2):
+    report = tmp_path_factory.mktemp("report")
+    for i in range(2):
         r = subprocess.run([sys.executable, "-m", "pytest", "tests/benchmarks", "-q", "-p", "no:cacheprovider",
                             "--benchmark-only", "-k", "torch-mobilenet_v2 and (test_finetune or test_train_step)",
                             "--benchmark-autosave", "--benchmark-save-data", f"--benchmark-storage=file://{store}",
-                            f"--telemetry-dir={telemetry}"],
+                            f"--telemetry-dir={telemetry}"] + ([f"--bench-report={report}"] if i else []),
                            cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     files = sorted(store.glob("*/*.json"))
     assert len(files) == 2, files
+    assert "bench: report written to" in r.stdout
+    _DIRS["report"] = report
     return files
+
+
+@pytest.fixture(scope="session")
+def bench_report_dir(saved_runs):
+    """Where the second saved run wrote its --bench-report."""
+    return _DIRS["report"]

@@ -33,6 +33,13 @@ def test_report_from_two_real_runs(saved_runs, tmp_path):
     assert "## Notes" not in md  # everything was there
 
 
+def test_bench_report_option_writes_the_report_at_session_end(bench_report_dir):
+    md = (bench_report_dir / "report.md").read_text()
+    assert "## mobilenet_v2" in md and "![accuracy.png](accuracy.png)" in md
+    assert json.loads((bench_report_dir / "run.json").read_text())["benchmarks"]  # the run, kept beside
+    decoded(bench_report_dir / "accuracy.png")
+
+
 def test_report_without_telemetry_notes_it(saved_runs, tmp_path):
     run = json.loads(saved_runs[0].read_text())
     for b in run["benchmarks"]:
