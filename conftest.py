@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -94,6 +95,29 @@ def pytest_configure(config: pytest.Config) -> None:
     except ConfigError as e:
         raise pytest.UsageError(str(e)) from None
     config.stash[STATE_KEY] = {}
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # SIGTERM stops the run like Ctrl-C
+        signal.signal(signal.SIGTERM, _terminate)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
+    """An interrupted run saves nothing: its workers are killed at once and pytest-benchmark is left
+    with no results to write, so no partial JSON or history file appears."""
+    if exitstatus == pytest.ExitCode.INTERRUPTED:
+        runner = session.config.stash.get(STATE_KEY, {}).get("runner")
+        if runner is not None:
+            runner.kill()
+        bench_session = getattr(session.config, "_benchmarksession", None)
+        if bench_session is not None:
+            bench_session.benchmarks[:] = []
+            json_out = getattr(session.config.option, "benchmark_json", None)
+            if json_out is not None and Path(json_out.name).is_file() and not Path(json_out.name).stat().st_size:
+                Path(json_out.name).unlink()  # pytest-benchmark created it empty at startup
+    yield
 
 
 @pytest.hookimpl(tryfirst=True)

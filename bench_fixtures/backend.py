@@ -18,6 +18,12 @@ class BackendError(RuntimeError):
     """An expected failure with a complete one-line message (no traceback needed)."""
 
 
+def nonfinite_error(framework: str, epoch: int | None, step: int) -> BackendError:
+    where = f"epoch {epoch}, step {step}" if epoch is not None else f"step {step} of a train_steps round"
+    return BackendError(f"{framework}: the loss became NaN/inf at {where} (0-based); the run diverged: "
+                        f"lower --lr or check the data")
+
+
 class WeightsError(BackendError):
     """Pretrained weights unavailable (offline, no cached file); the message names the cache and the fix."""
 

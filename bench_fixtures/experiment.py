@@ -18,7 +18,7 @@ from .files import write_json_atomic
 from .monitor import Monitor, peak, summarize_util
 from .data import default_data_dir, ensure_cifar10, ensure_synthetic, make_bundle, read_canonical
 from .timeline import epoch_phases, epoch_times, inter_epoch_gaps, step_intervals, time_to_first_step
-from .worker import Worker
+from .worker import Worker, kill_all
 
 
 def cache_dir() -> Path:
@@ -254,6 +254,14 @@ class CaseRunner:
         if self.current is not None:
             self.current.close()
             self.current = None
+
+    def kill(self) -> None:
+        """No polite shutdown: an interrupted session must not wait for an epoch to end, and a
+        worker still starting (not yet handed to its Experiment) is killed too."""
+        if self.current is not None:
+            self.current.stop_monitor()
+            self.current = None
+        kill_all()
 
 
 class _Monitoring:

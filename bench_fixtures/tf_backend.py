@@ -17,7 +17,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from .backend import BackendError, WeightsError  # noqa: E402
+from .backend import BackendError, WeightsError, nonfinite_error  # noqa: E402
 from .data import MEAN, STD, Bundle  # noqa: E402
 from .models import SPECS, f32, head_init, input_transform, transform_mode  # noqa: E402
 from .timeline import Timeline  # noqa: E402
@@ -38,6 +38,31 @@ class InputTransform(keras.layers.Layer):
         if self.image_size != x.shape[1]:
             x = keras.ops.image.resize(x, (self.image_size,) * 2, interpolation="bilinear", antialias=False)
         return x
+
+
+class FirstNonFiniteStep(keras.metrics.Metric):
+    """The first step of the epoch whose logits are NaN/inf (-1: none), counted on the device, so
+    no step waits for the host. Softmax cross-entropy from finite logits is finite, so this is the
+    step where the loss turned non-finite. Keras resets metrics at each epoch start."""
+
+    def __init__(self, name: str = "first_nonfinite_step", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.step = self.add_variable(shape=(), initializer="zeros", dtype="int64", name="step")
+        self.first = self.add_variable(shape=(), initializer=keras.initializers.Constant(-1), dtype="int64",
+                                       name="first")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        finite = keras.ops.all(keras.ops.isfinite(y_pred))
+        self.first.assign(keras.ops.where(keras.ops.logical_and(self.first < 0, keras.ops.logical_not(finite)),
+                                          self.step, self.first))
+        self.step.assign_add(1)
+
+    def result(self):
+        return self.first
+
+    def reset_state(self):
+        self.step.assign(0)
+        self.first.assign(-1)
 
 
 class _TimelineCallback(keras.callbacks.Callback):
@@ -79,6 +104,10 @@ class _TimelineCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self._steps_done()
         logs = logs or {}
+        bad = int(logs.get("first_nonfinite_step", -1))
+        if bad >= 0:
+            self.model.stop_training = True
+            self.backend.diverged = (epoch, bad)
         self.timeline.record("epoch_stop", epoch=epoch, memory=self.backend.memory(), loss=logs.get("loss"),
                              val_accuracy=logs.get("val_accuracy"))
 
@@ -172,7 +201,7 @@ class TensorFlowBackend:
             opt = keras.optimizers.Adam(self.cfg["lr"], epsilon=self.cfg["adam_eps"])
         self.model.compile(optimizer=opt,
                            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                           metrics=["accuracy"], jit_compile=self.cfg["compile"] == "on")
+                           metrics=["accuracy", FirstNonFiniteStep()], jit_compile=self.cfg["compile"] == "on")
         self.step_iterator = None
         return self.describe(name)
 
@@ -240,12 +269,15 @@ class TensorFlowBackend:
         order, bs = self.bundle.order, self.cfg["batch_size"]
         steps = order.shape[1] // bs
         callback = _TimelineCallback(self.timeline, self)
+        self.diverged: tuple[int, int] | None = None
         self.timeline.record("run_start")
         history = self.model.fit(
             self._train_dataset(order[:epochs]), epochs=epochs, steps_per_epoch=steps, verbose=0,
             validation_data=self._test_dataset() if self.cfg["eval_every_epoch"] else None,
             callbacks=[callback], shuffle=False)
         self.timeline.record("run_stop")
+        if self.diverged is not None:
+            raise nonfinite_error("tensorflow", *self.diverged)
         h = history.history
         evals = [dict(accuracy=a, loss=lo) for a, lo in zip(h.get("val_accuracy", []), h.get("val_loss", []))]
         return dict(epoch_losses=[float(v) for v in h["loss"]], epoch_evals=evals, steps_per_epoch=steps,
@@ -276,6 +308,9 @@ class TensorFlowBackend:
             logs = self.model.train_function(self.step_iterator)
         tf.test.experimental.sync_devices()
         seconds = time.perf_counter() - start
+        bad = int(logs["first_nonfinite_step"])
+        if bad >= 0:
+            raise nonfinite_error("tensorflow", None, bad)
         return dict(seconds=seconds, images=count * self.cfg["batch_size"], loss=float(logs["loss"]))
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from .backend import BackendError, WeightsError
+from .backend import BackendError, WeightsError, nonfinite_error
 from .data import MEAN, STD, Bundle
 from .models import SPECS, f32, head_init, input_transform, transform_mode
 from .timeline import Timeline
@@ -158,6 +158,12 @@ class TorchBackend:
             return t.pin_memory().to(self.device, non_blocking=True)
         return t
 
+    @staticmethod
+    def _first_nonfinite(bad: torch.Tensor, loss: torch.Tensor, step: int) -> torch.Tensor:
+        """The first step whose loss is NaN/inf, kept on the device: found exactly, read at the
+        next synchronisation, never a sync per step."""
+        return torch.where((bad < 0) & ~torch.isfinite(loss), step, bad)
+
     def _step(self, idx: np.ndarray) -> torch.Tensor:
         x = self._to_device(self.bundle.train.images[idx])
         y = self._to_device(self.bundle.train.labels[idx])
@@ -212,15 +218,20 @@ class TorchBackend:
             tl.record("epoch_start", epoch=epoch)
             self.model.train()
             total = torch.zeros((), device=self.device)
+            bad = torch.full((), -1, dtype=torch.int64, device=self.device)
             for s, idx in enumerate(self._epoch_batches(epoch)):
                 if s == 0:
                     tl.record("first_step_start", epoch=epoch)
-                total += self._step(idx)
+                loss = self._step(idx)
+                total += loss
+                bad = self._first_nonfinite(bad, loss, s)
                 if s == 0:
                     self._sync()
                     tl.record("first_step_end", epoch=epoch)
             self._sync()
             tl.record("last_step_end", epoch=epoch)
+            if bad.item() >= 0:
+                raise nonfinite_error("torch", epoch, bad.item())
             losses.append(total.item() / steps)
             if self.cfg["eval_every_epoch"]:
                 tl.record("eval_start", epoch=epoch)
@@ -251,11 +262,16 @@ class TorchBackend:
         batches = len(flat) // bs
         start = time.perf_counter()
         total = torch.zeros((), device=self.device)
+        bad = torch.full((), -1, dtype=torch.int64, device=self.device)
         for s in range(count):
             b = (self.cursor + s) % batches
-            total += self._step(flat[b * bs:(b + 1) * bs])
+            loss = self._step(flat[b * bs:(b + 1) * bs])
+            total += loss
+            bad = self._first_nonfinite(bad, loss, s)
         self.cursor += count
         loss = total.item() / count  # .item() synchronises
+        if bad.item() >= 0:
+            raise nonfinite_error("torch", None, bad.item())
         return dict(seconds=time.perf_counter() - start, images=count * bs, loss=loss)
 
 

@@ -23,6 +23,26 @@ ROOT = Path(__file__).resolve().parent.parent
 TAIL_CHARS = 3000
 
 
+_LIVE: dict[int, subprocess.Popen] = {}  # every worker started and not yet reaped, by PID
+
+
+def kill_all() -> list[int]:
+    """SIGKILL every live worker's process group (an interrupted session); returns their PIDs."""
+    pids = list(_LIVE)
+    for pid, proc in list(_LIVE.items()):
+        if proc.poll() is None:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        _LIVE.pop(pid, None)
+    return pids
+
+
 class WorkerError(RuntimeError):
     """A case's worker failed; the message says how (exit code/signal/timeout/exception) and when."""
 
@@ -58,6 +78,7 @@ class Worker:
                 [sys.executable, "-m", "bench_fixtures.worker", str(child.fileno())],
                 pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=env, cwd=ROOT, start_new_session=True)
+        _LIVE[self.proc.pid] = self.proc
         child.close()
         self.conn = Connection(parent.detach())
         self.info = self.request("hello", framework=framework, cfg=cfg, bundle=str(bundle_dir))
@@ -120,6 +141,8 @@ class Worker:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             pass
+        else:
+            _LIVE.pop(self.proc.pid, None)
         self.conn.close()
 
     def close(self) -> None:
