@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from bench_fixtures import data
 from bench_fixtures.data import DataError, Split
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def random_split(n: int, seed: int) -> Split:

@@ -36,14 +36,14 @@ def regressions(base, cand, thresholds=None):
     return [(v.case, v.metric) for v in verdicts if v.verdict == "REGRESSION"]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(times_st, st.floats(0, 1))
 def test_identical_runs_pass(times, acc):
     run = run_of([bench("test_finetune[torch-vgg19]", times, acc)])
     assert regressions(run, copy.deepcopy(run)) == []
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(st.lists(st.floats(1.0, 1.1), min_size=8, max_size=15), st.floats(1.2, 5))
 def test_slower_beyond_threshold_with_enough_rounds_fails(times, factor):
     """Enough rounds = more than the noise: 8+ rounds within 10% of each other, slowed by 20%+."""
@@ -52,7 +52,7 @@ def test_slower_beyond_threshold_with_enough_rounds_fails(times, factor):
     assert {("a", "time"), ("b", "time")} <= set(regressions(base, cand))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(times_st, st.floats(0.2, 1.0), st.floats(0, 0.5), st.floats(0.1, 1.0))
 def test_improvements_never_fail(times, speedup, acc, mem_factor):
     base = run_of([bench("a", times, acc, 1e9, 100)])
@@ -60,7 +60,7 @@ def test_improvements_never_fail(times, speedup, acc, mem_factor):
     assert regressions(base, cand) == []
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(st.floats(0.1, 1.0), st.floats(0.021, 0.1))
 def test_accuracy_drop_beyond_threshold_fails(acc, drop):
     base = run_of([bench("a", [1.0] * 6, acc)])
@@ -69,7 +69,7 @@ def test_accuracy_drop_beyond_threshold_fails(acc, drop):
     assert ("a", "accuracy_after") not in regressions(base, run_of([bench("a", [1.0] * 6, acc - 0.019)]))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(times_st, st.floats(0.8, 3), st.floats(0, 0.3), st.floats(0, 0.3), st.floats(0, 0.3))
 def test_thresholds_are_monotonic(times, factor, acc_drop, t1, t2):
     """If a metric fails at a threshold, it fails at every stricter (smaller) one."""

@@ -37,7 +37,7 @@ def event_sequences(draw):
     return epochs, events, bool(drop), jitter
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(event_sequences())
 def test_phases_add_up_never_negative_and_missing_is_reported(seq):
     epochs, events, dropped, jittered = seq
@@ -55,7 +55,7 @@ def test_phases_add_up_never_negative_and_missing_is_reported(seq):
         assert problems == [] and None not in phases
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(event_sequences())
 def test_gaps_split_exactly_and_never_negative(seq):
     epochs, events, dropped, jittered = seq
