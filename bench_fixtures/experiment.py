@@ -68,18 +68,18 @@ class Experiment:
 
     def init(self) -> dict[str, Any]:
         """A fresh backbone + the shared head + optimizer."""
-        self.description = self._request("build", model=self.model)
+        self.description = self.request("build", model=self.model)
         return self.description
 
     def predict_before(self) -> dict[str, Any]:
-        result = self._request("evaluate")
+        result = self.request("evaluate")
         self.rounds.append({"before": result})
         return result
 
     def fine_tune(self) -> dict[str, Any]:
         """The timed part: `epochs` epochs over the shared order; the worker syncs before answering."""
         start = time.perf_counter()
-        result = self._request("fit", epochs=self.cfg.epochs)
+        result = self.request("fit", epochs=self.cfg.epochs)
         result["seconds"] = time.perf_counter() - start
         result["events"] = self.worker.events[:] if self.worker else []
         self.rounds[-1]["fit"] = result
@@ -87,7 +87,7 @@ class Experiment:
 
     def predict_after(self) -> dict[str, Any]:
         self.rounds[-1]["monitor"] = self.stop_monitor()
-        result = self._request("evaluate")
+        result = self.request("evaluate")
         self.rounds[-1]["after"] = result
         return result
 
@@ -119,13 +119,13 @@ class Experiment:
     def warm_up(self) -> dict[str, Any]:
         """Untimed steps before the steady-state rounds (tracing, autotuning); their time is reported."""
         start = time.perf_counter()
-        result = self._request("train_steps", count=self.cfg.step_warmup) if self.cfg.step_warmup else {}
+        result = self.request("train_steps", count=self.cfg.step_warmup) if self.cfg.step_warmup else {}
         self.warmup = dict(result, steps=self.cfg.step_warmup, seconds=time.perf_counter() - start)
         return self.warmup
 
     def train_steps(self) -> dict[str, Any]:
         start = time.monotonic_ns()
-        result = self._request("train_steps", count=self.cfg.step_count)
+        result = self.request("train_steps", count=self.cfg.step_count)
         self.steps.append(dict(result, start_ns=start, stop_ns=time.monotonic_ns()))
         return result
 
@@ -134,7 +134,8 @@ class Experiment:
         if self.worker is not None:
             self.worker.close()
 
-    def _request(self, cmd: str, **args: Any) -> Any:
+    def request(self, cmd: str, **args: Any) -> Any:
+        """Any worker request (the overhead check uses `bare_steps` and `input_pipeline`)."""
         if self.worker is None:
             raise RuntimeError("load() first")
         return self.worker.request(cmd, **args)

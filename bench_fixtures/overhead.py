@@ -33,7 +33,7 @@ KINDS = ("off", "bare", "on")
 
 def prepare(exp: Experiment) -> None:
     """Build and warm the bare reference loop inside the case's worker."""
-    exp._request("bare_steps", framework=exp.framework, model=exp.model, count=1, warmup=exp.cfg.step_warmup)
+    exp.request("bare_steps", framework=exp.framework, model=exp.model, count=1, warmup=exp.cfg.step_warmup)
 
 
 def cycle(exp: Experiment, r: int, times: dict[str, list[float]]) -> None:
@@ -45,7 +45,7 @@ def cycle(exp: Experiment, r: int, times: dict[str, list[float]]) -> None:
             exp.start_monitor()
         start = time.perf_counter()
         if kind == "bare":
-            exp._request("bare_steps", framework=exp.framework, model=exp.model, count=cfg.step_count)
+            exp.request("bare_steps", framework=exp.framework, model=exp.model, count=cfg.step_count)
         else:
             exp.train_steps()
         times.setdefault(kind, []).append((time.perf_counter() - start) / cfg.step_count)
@@ -56,7 +56,7 @@ def cycle(exp: Experiment, r: int, times: dict[str, list[float]]) -> None:
 def summarize(exp: Experiment, times: dict[str, list[float]]) -> dict[str, Any]:
     """The three ratios from alternated rounds, plus the input path timed alone."""
     cfg = exp.cfg
-    pipe = exp._request("input_pipeline", count=cfg.step_count)
+    pipe = exp.request("input_pipeline", count=cfg.step_count)
     batch_s = pipe["seconds"] / pipe["batches"]
     off, on, bare = (statistics.median(times[k]) for k in ("off", "on", "bare"))
     return dict(framework=exp.framework, model=exp.model, device=cfg.device, batch_size=cfg.batch_size,

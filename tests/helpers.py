@@ -5,7 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from bench_fixtures import data
@@ -31,6 +30,3 @@ def tiny_bundle(folder: Path, n_train: int = 64, n_test: int = 40, batch: int = 
     ds = data.Cifar10(train, test, data.LABEL_NAMES, "synthetic")
     return data.make_bundle(ds, 0, 0, batch, epochs, seed=0).write(folder)
 
-
-def labels_of(bundle_dir: Path) -> np.ndarray:
-    return data.Bundle.read(bundle_dir).train.labels

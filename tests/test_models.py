@@ -16,8 +16,7 @@ def row(model, framework, trainable, **kw):
     return base
 
 
-def test_parity_flags_unexplained_parameter_gap(monkeypatch):
-    monkeypatch.setitem(models.SPECS, "vgg19", models.SPECS["vgg19"])  # no differences listed
+def test_parity_flags_unexplained_parameter_gap():
     rows = models.parity_rows([row("vgg19", "torch", 1000), row("vgg19", "tensorflow", 1010)])
     assert rows[0]["trainable_rel_diff"] == pytest.approx(10 / 1010)
     assert any("differ by 0.99%" in p for p in models.parity_problems(rows))
@@ -29,7 +28,6 @@ def test_parity_flags_settings_that_differ():
     rows = models.parity_rows([row("vgg19", "torch", 10, batchnorm=[(0.1, 1e-5)]),
                                row("vgg19", "tensorflow", 10, batchnorm=[(0.01, 1e-3)])])
     assert models.parity_problems(rows) == ["vgg19: bn differs: tensorflow [(0.01, 0.001)] vs torch [(0.1, 1e-05)]"]
-    assert "one framework" not in " ".join(models.parity_problems(models.parity_rows([row("vgg19", "torch", 10)])))
     assert models.parity_problems(models.parity_rows([row("vgg19", "torch", 10)])) == \
         ["vgg19: described by 1 framework(s), need both"]
 
