@@ -65,6 +65,9 @@ class FirstNonFiniteStep(keras.metrics.Metric):
         self.first.assign(-1)
 
 
+PREFETCH = 4  # batches ready ahead of the training step
+
+
 class _TimelineCallback(keras.callbacks.Callback):
     """Epoch and step boundaries from the main thread only: overriding a *_batch_end hook would
     make Keras convert logs to numpy after every step (a device sync per step)."""
@@ -132,6 +135,10 @@ class TensorFlowBackend:
             self.train_x = tf.constant(np.asarray(bundle.train.images))
             self.train_y = tf.constant(np.asarray(bundle.train.labels))
         self.model: keras.Model | None = None
+
+    @staticmethod
+    def is_out_of_memory(exc: BaseException) -> bool:
+        return isinstance(exc, (tf.errors.ResourceExhaustedError, MemoryError))
 
     def info(self) -> dict[str, Any]:
         build = tf.sysconfig.get_build_info()
@@ -237,19 +244,28 @@ class TensorFlowBackend:
         return dict(peak=info["peak"], reserved_peak=None, current=info["current"])
 
     # -- data ------------------------------------------------------------------------------
+    @staticmethod
+    def _options() -> tf.data.Options:
+        """tf.data autotuning off. Its optimiser thread sleeps for growing periods (up to a minute)
+        and deleting the iterator waits for it: `fit` returned 5-40 s after its last epoch, idle
+        (gdb: ~RootDataset::Iterator waiting on Model::OptimizeLoop). The pipeline is one gather
+        from memory; a fixed prefetch keeps it ahead of the model (see input_headroom)."""
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        return options
+
     def _train_dataset(self, order: np.ndarray, repeat: bool = False) -> tf.data.Dataset:
         bs = self.cfg["batch_size"]
         ds = tf.data.Dataset.from_tensor_slices(np.asarray(order).reshape(-1))
         if repeat:
             ds = ds.repeat()
         gather = lambda idx: (tf.gather(self.train_x, idx), tf.gather(self.train_y, idx))  # noqa: E731
-        return ds.batch(bs, drop_remainder=True).map(gather, num_parallel_calls=tf.data.AUTOTUNE) \
-            .prefetch(tf.data.AUTOTUNE)
+        return ds.batch(bs, drop_remainder=True).map(gather).prefetch(PREFETCH).with_options(self._options())
 
     def _test_dataset(self) -> tf.data.Dataset:
         test = self.bundle.test
         return tf.data.Dataset.from_tensor_slices((np.asarray(test.images), np.asarray(test.labels))) \
-            .batch(self.cfg["batch_size"]).prefetch(tf.data.AUTOTUNE)
+            .batch(self.cfg["batch_size"]).prefetch(PREFETCH).with_options(self._options())
 
     def peek_labels(self, batches: int) -> list[list[int]]:
         """Labels of the first BATCHES training batches exactly as `fit` feeds them."""
