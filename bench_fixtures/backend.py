@@ -5,6 +5,7 @@ Nothing here imports a framework: the parent process never loads torch or Tensor
 from __future__ import annotations
 
 import importlib
+import re
 from typing import Any, Protocol
 
 from .data import Bundle
@@ -22,6 +23,22 @@ def nonfinite_error(framework: str, epoch: int | None, step: int) -> BackendErro
     where = f"epoch {epoch}, step {step}" if epoch is not None else f"step {step} of a train_steps round"
     return BackendError(f"{framework}: the loss became NaN/inf at {where} (0-based); the run diverged: "
                         f"lower --lr or check the data")
+
+
+def out_of_memory_error(framework: str, cmd: str, cfg: dict[str, Any], exc: BaseException,
+                        epoch: int | None) -> BackendError:
+    """One line for an allocation failure, whichever framework raised it: where, at what size, the fix."""
+    noise = r"\x1b\[[0-9;]*m|\{\{[^}]*\}\}|\[enforce fail at [^\]]*\]\s*err == 0\.\s*"
+    lines = [re.sub(noise, "", ln).strip() for ln in str(exc).splitlines()]
+    lines = [ln for ln in lines if ln] or [type(exc).__name__]
+    detail = next((ln for ln in lines if re.search(r"OOM|allocat|out of memory", ln, re.I)), lines[0])[:200]
+    memory = "GPU" if cfg.get("device") == "gpu" else "host"
+    limit = cfg.get("worker_memory_limit") or 0
+    cap = f" (--worker-memory-limit {limit} MiB)" if limit and memory == "host" else ""
+    where = f"'{cmd}'" + (f", epoch {epoch}" if epoch is not None else "")
+    return BackendError(f"{framework}: out of {memory} memory{cap} during {where} at --batch-size "
+                        f"{cfg.get('batch_size')} --image-size {cfg.get('image_size')}: {detail}; lower "
+                        f"--batch-size or --image-size{', or raise --worker-memory-limit' if cap else ''}")
 
 
 class WeightsError(BackendError):
@@ -53,6 +70,10 @@ class Backend(Protocol):
 
     def peek_labels(self, batches: int) -> list[list[int]]:
         """Labels of the first training batches as `fit` would feed them (to prove the shared order)."""
+
+    @staticmethod
+    def is_out_of_memory(exc: BaseException) -> bool:
+        """Whether EXC is this framework's allocation failure (host or device)."""
 
 
 def load_backend(framework: str) -> type:

@@ -28,7 +28,9 @@ DATASET_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
 }
 COMMON: dict[str, Any] = dict(optimizer="sgd", lr=None, momentum=0.9, seed=0, device="auto",
                               data_dir=None, precision="fp32", compile="off", preprocess="auto",
-                              bn_momentum=0.1, bn_eps=1e-5, adam_eps=1e-8, monitor_interval=0.05)
+                              bn_momentum=0.1, bn_eps=1e-5, adam_eps=1e-8, monitor_interval=0.05,
+                              worker_memory_limit=0)
+MIN_WORKER_MEMORY_MIB = 1024  # torch or TensorFlow imported, before any model
 DEFAULT_LR = {"sgd": 0.01, "adam": 0.001}
 CHOICES = {"profile": ("auto", "smoke", "seed"), "dataset": ("cifar10", "synthetic"),
            "weights": ("imagenet", "none"), "device": ("auto", "cpu", "gpu"),
@@ -75,6 +77,7 @@ class BenchConfig:
     step_warmup: int
     eval_every_epoch: bool
     monitor_interval: float  # seconds between utilisation/memory samples
+    worker_memory_limit: int  # MiB of host memory a worker may map (RLIMIT_DATA); 0 = no limit
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -126,7 +129,7 @@ def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "") ->
 
     for field in ("dataset", "weights", "optimizer", "precision", "compile", "preprocess"):
         _check_choice(field, values[field])
-    for field in ("train_size", "test_size", "step_warmup"):
+    for field in ("train_size", "test_size", "step_warmup", "worker_memory_limit"):
         _check_number(field, values[field], int, 0)
     for field in ("epochs", "batch_size", "finetune_rounds", "step_rounds", "step_count"):
         _check_number(field, values[field], int, 1)
@@ -142,6 +145,9 @@ def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "") ->
         _check_number(field, values[field], float, 0, low_ok=False)
     if values["bn_momentum"] > 1:
         raise ConfigError(f"--bn-momentum {values['bn_momentum']}: must lie in (0, 1] (torch convention)")
+    if 0 < values["worker_memory_limit"] < MIN_WORKER_MEMORY_MIB:
+        raise ConfigError(f"--worker-memory-limit {values['worker_memory_limit']}: a framework alone needs more; "
+                          f"give at least {MIN_WORKER_MEMORY_MIB} MiB, or 0 for no limit")
     if 0 < values["train_size"] < values["batch_size"]:
         raise ConfigError(f"--batch-size {values['batch_size']} is larger than --train-size "
                           f"{values['train_size']}: no full batch to train on")
@@ -149,7 +155,7 @@ def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "") ->
         values["preprocess"] = "native" if values["weights"] == "imagenet" else "cifar"
     values["eval_every_epoch"] = bool(values["eval_every_epoch"])
     ints = ("train_size", "test_size", "epochs", "batch_size", "image_size", "seed",
-            "finetune_rounds", "step_rounds", "step_count", "step_warmup")
+            "finetune_rounds", "step_rounds", "step_count", "step_warmup", "worker_memory_limit")
     values.update({k: int(values[k]) for k in ints})
     return BenchConfig(profile=profile, profile_reason=profile_reason, device_reason=device_reason,
                        **{k: values[k] for k in values if k != "profile"})

@@ -58,6 +58,10 @@ class TorchBackend:
         torch.backends.cudnn.benchmark = True  # autotuning, as TensorFlow does by default
         self.model: nn.Module | None = None
 
+    @staticmethod
+    def is_out_of_memory(exc: BaseException) -> bool:
+        return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
+            isinstance(exc, RuntimeError) and any(s in str(exc) for s in ("can't allocate memory", "ALLOC_FAILED")))
     def info(self) -> dict[str, Any]:
         cuda = self.device.type == "cuda"
         return dict(framework="torch", framework_version=torch.__version__,

@@ -8,6 +8,7 @@ The worker synchronises the device before it answers, so the parent can time aro
 """
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import socket
@@ -118,7 +119,11 @@ class Worker:
                     pass
                 how = _describe_exit(self.proc.poll())
                 self.kill()
-                raise WorkerError(f"{self.name} worker died ({how}) during '{cmd}'{self._tail()}")
+                hint = ("; SIGKILL from outside the suite is what the kernel's out-of-memory killer sends "
+                        "(see dmesg): --worker-memory-limit turns that into a clean error"
+                        if how == "killed by SIGKILL" else "")
+                raise WorkerError(f"{self.name} worker died ({how}) during '{cmd}'{hint}{self._tail()}")
+            self._dump_stacks()
             self.kill()
             raise WorkerError(f"{self.name} worker hung: no answer to '{cmd}' within {timeout:g} s "
                               f"(--worker-timeout); killed it{self._tail()}")
@@ -130,6 +135,19 @@ class Worker:
             raise WorkerError(f"{self.name} worker failed during '{cmd}': {answer['error']}\n"
                               f"{answer.get('traceback', '')}{self._tail()}")
         return answer["result"]
+
+    def _dump_stacks(self, wait: float = 1.0) -> None:
+        """Ask a hung worker for its Python stacks (faulthandler, SIGUSR1): the log tail then says
+        where it hung. A stopped or wedged process just does not answer in time."""
+        size = self.log_path.stat().st_size if self.log_path.exists() else 0
+        try:
+            os.kill(self.proc.pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            return
+        end = time.monotonic() + wait
+        while time.monotonic() < end and (self.log_path.stat().st_size if self.log_path.exists() else 0) == size:
+            time.sleep(0.05)
+        time.sleep(0.1)  # the rest of the dump
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -164,8 +182,19 @@ class Worker:
 
 # --------------------------------------------------------------------------- child side
 
+def _limit_memory(mib: int) -> None:
+    """RLIMIT_DATA (heap and private mappings) rather than RLIMIT_AS: both frameworks reserve
+    far more address space than they touch. An allocation past it fails inside the framework."""
+    import resource
+    resource.setrlimit(resource.RLIMIT_DATA, (mib << 20, mib << 20))
+
+
+def _last_epoch(events: list[dict]) -> int | None:
+    return next((e["epoch"] for e in reversed(events) if e.get("epoch") is not None), None)
+
+
 def serve(conn: Connection) -> None:
-    from .backend import BackendError, load_backend
+    from .backend import BackendError, load_backend, out_of_memory_error
     from .data import Bundle
     from .timeline import Timeline
 
@@ -173,7 +202,7 @@ def serve(conn: Connection) -> None:
         if event["name"] in ("run_start", "epoch_stop"):
             conn.send({"progress": event})
 
-    timeline, backend, bare = Timeline(sink=progress), None, None
+    timeline, backend, bare, cls, cfg = Timeline(sink=progress), None, None, None, {}
     while True:
         try:
             msg = conn.recv()
@@ -186,6 +215,9 @@ def serve(conn: Connection) -> None:
             if cmd == "hello" and msg["framework"] is None:  # protocol only, no framework
                 result = {"framework": None, "pid": os.getpid()}
             elif cmd == "hello":
+                cfg = msg["cfg"]
+                if cfg.get("worker_memory_limit"):
+                    _limit_memory(cfg["worker_memory_limit"])
                 start = time.perf_counter()
                 cls = load_backend(msg["framework"])  # imports the framework: a fresh process's import time
                 import_s = time.perf_counter() - start
@@ -228,11 +260,17 @@ def serve(conn: Connection) -> None:
         except BackendError as e:  # complete message: no traceback wall
             conn.send({"ok": False, "error": str(e), "expected": True, "events": timeline.drain()})
         except Exception as e:
+            if isinstance(e, MemoryError) or (cls is not None and cls.is_out_of_memory(e)):
+                error = out_of_memory_error(cls.framework if cls else "worker", cmd, cfg, e,
+                                            _last_epoch(timeline.events))
+                conn.send({"ok": False, "error": str(error), "expected": True, "events": timeline.drain()})
+                continue
             conn.send({"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(),
                        "events": timeline.drain()})
 
 
 def main(argv: list[str]) -> int:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # a hung worker's stacks, into its log
     conn = Connection(int(argv[1]))
     try:
         serve(conn)

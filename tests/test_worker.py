@@ -39,9 +39,10 @@ def test_killed_worker_fails_with_signal_and_phase(tmp_path):
 def test_hung_worker_is_killed_after_the_timeout(tmp_path):
     w = protocol_worker(tmp_path, timeout=1.0)
     start = time.monotonic()
-    with pytest.raises(WorkerError, match=r"hung: no answer to 'sleep' within 1 s"):
+    with pytest.raises(WorkerError, match=r"hung: no answer to 'sleep' within 1 s") as e:
         w.request("sleep", seconds=60)
     assert time.monotonic() - start < 15 and not alive(w.pid)
+    assert 'line' in str(e.value) and "in serve" in str(e.value)  # its stacks: where it hung
 
 
 def test_exception_in_worker_reports_traceback(tmp_path):
