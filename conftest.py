@@ -17,7 +17,7 @@ from bench_fixtures import config as bench_config_mod
 from bench_fixtures.config import BenchConfig, ConfigError
 from bench_fixtures.data import DataError
 from bench_fixtures.experiment import CaseRunner, prepare_data
-from bench_fixtures.files import AtomicOutput
+from bench_fixtures.files import AtomicOutput, OutputError, check_writable, save_numbered
 from bench_fixtures import machine
 
 CONFIG_KEY = pytest.StashKey[BenchConfig]()
@@ -41,6 +41,9 @@ OPTIONS = [
     ("--min-accuracy-gain", "min_accuracy_gain", float,
      "test_finetune fails unless accuracy_after >= accuracy_before + this (smoke 0.05, seed 0.10)"),
     ("--worker-timeout", "worker_timeout", float, "seconds a worker may take for one request (smoke 900, seed 7200)"),
+    ("--worker-memory-limit", "worker_memory_limit", int, "MiB of host memory each worker may allocate "
+                                                          "(RLIMIT_DATA); past it the case fails as out of "
+                                                          "memory instead of the machine swapping (0 = none)"),
     ("--finetune-rounds", "finetune_rounds", int, "test_finetune rounds, each with a fresh model (1)"),
     ("--step-rounds", "step_rounds", int, "test_train_step rounds (smoke 3, seed 10)"),
     ("--step-count", "step_count", int, "training steps per test_train_step round (smoke 1, seed 50)"),
@@ -84,9 +87,17 @@ def pytest_configure(config: pytest.Config) -> None:
     # (pytest-benchmark's own machine id ignores the GPU). An explicit --benchmark-storage wins.
     if getattr(config.option, "benchmark_storage", None) == DEFAULT_STORAGE:
         config.option.benchmark_storage = f"{DEFAULT_STORAGE}/{machine.storage_slug()}"
+    _atomic_json(config)
     report = config.getoption("bench_report", None)
+    try:
+        if report:
+            check_writable(report, "--bench-report")
+        json_out = getattr(config.option, "benchmark_json", None)
+        if json_out is not None:
+            check_writable(Path(json_out.name).parent, "--benchmark-json")
+    except OutputError as e:
+        raise pytest.UsageError(str(e)) from None
     if report and getattr(config.option, "benchmark_json", None) is None:  # the report is made from the JSON
-        Path(report).mkdir(parents=True, exist_ok=True)
         config.option.benchmark_json = AtomicOutput(Path(report) / "run.json")
     options = {dest: config.getoption(f"bench_{dest}") for _, dest, _, _ in OPTIONS}
     gpus, reason = machine.nvml_gpus()
@@ -97,6 +108,21 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[STATE_KEY] = {}
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # SIGTERM stops the run like Ctrl-C
         signal.signal(signal.SIGTERM, _terminate)
+
+
+def _atomic_json(config: pytest.Config) -> None:
+    """pytest-benchmark's `--benchmark-json` is an argparse FileType: opened (and emptied) while the
+    command line is parsed, written in place at the end. Swap it for a file written beside its
+    target and renamed into place, so a failed or interrupted session leaves no empty or partial
+    JSON. (What the path held before is already gone by then: use a fresh path per run.)"""
+    opened = getattr(config.option, "benchmark_json", None)
+    if opened is None or isinstance(opened, AtomicOutput):
+        return
+    path = Path(opened.name)
+    opened.close()
+    if path.is_file() and path.stat().st_size == 0:
+        path.unlink()
+    config.option.benchmark_json = AtomicOutput(path)
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -114,9 +140,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
         bench_session = getattr(session.config, "_benchmarksession", None)
         if bench_session is not None:
             bench_session.benchmarks[:] = []
-            json_out = getattr(session.config.option, "benchmark_json", None)
-            if json_out is not None and Path(json_out.name).is_file() and not Path(json_out.name).stat().st_size:
-                Path(json_out.name).unlink()  # pytest-benchmark created it empty at startup
     yield
 
 
@@ -125,6 +148,29 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(session.config.stash[CONFIG_KEY].headline())
+    _guard_storage(session.config)
+
+
+def _guard_storage(config: pytest.Config) -> None:
+    """A run that is to be saved must be savable: check the storage folder now, not after the run;
+    and save through `save_numbered` (next free number under a lock, whole file or none), so
+    concurrent sessions sharing a storage folder never take each other's number or file."""
+    bench_session = getattr(config, "_benchmarksession", None)
+    storage = getattr(bench_session, "storage", None)
+    if storage is None or not hasattr(storage, "get") or not (bench_session.save or bench_session.autosave):
+        return
+    try:
+        check_writable(storage.path, "--benchmark-storage")
+    except OutputError as e:
+        raise pytest.UsageError(f"{e} (file://DIR)") from None
+
+    def save(output_json: dict, name: str) -> None:
+        from pytest_benchmark.utils import safe_dumps
+        folder = storage.get("x").parent  # STORAGE/<machine id>/
+        path = save_numbered(folder, name, safe_dumps(output_json, ensure_ascii=True, indent=4).encode())
+        storage.logger.info(f"Saved benchmark data in: {path}")
+
+    storage.save = save
 
 
 def _case_key(item: pytest.Item) -> tuple | None:
@@ -147,6 +193,11 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         if cfg.device == "gpu":
             item.add_marker(pytest.mark.gpu)
     if bench and not config.getoption("benchmark_skip", False):
+        telemetry = telemetry_dir(config)
+        try:
+            check_writable(telemetry, "--telemetry-dir")
+        except OutputError as e:
+            raise pytest.UsageError(str(e)) from None
         work = tempfile.mkdtemp(prefix="bench-")
         state = config.stash[STATE_KEY]
         state["work_dir"] = work
@@ -154,9 +205,19 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             bundle_dir, meta = prepare_data(cfg, work)
         except DataError as e:
             raise pytest.UsageError(str(e)) from None
-        state["runner"] = runner = CaseRunner(cfg, bundle_dir, meta, work, telemetry_dir(config))
+        state["runner"] = runner = CaseRunner(cfg, bundle_dir, meta, work, telemetry)
         runner.progress = Progress(config, cfg.epochs)
         state["bundle_meta"] = meta
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """A case's worker lives as long as its tests (they are adjacent): it must not sit on memory or
+    CPU while other cases or tests run."""
+    key = _case_key(item)
+    if key is not None and (nextitem is None or _case_key(nextitem) != key):
+        runner = item.config.stash.get(STATE_KEY, {}).get("runner")
+        if runner is not None:
+            runner.close()
 
 
 class Progress:

@@ -166,6 +166,11 @@ def read_canonical(folder: str | os.PathLike) -> Cifar10:
         raise DataError(f"{folder}: no data_batch_N files; {fix}")
     if not (folder / "test_batch").is_file():
         raise DataError(f"{folder / 'test_batch'}: missing; {fix}")
+    numbers = [int(p.name.rsplit("_", 1)[1]) for p in train_files]
+    gap = next((n for n in range(1, numbers[-1] + 1) if n not in numbers), None)
+    if gap is not None or len(set(numbers)) != len(numbers):
+        what = f"data_batch_{gap}: missing" if gap is not None else "data_batch_N: numbered twice"
+        raise DataError(f"{folder / what} (found {', '.join(p.name for p in train_files)}); {fix}")
     parts = [read_batch(p) for p in train_files]
     if isinstance(per_batch, int) and not isinstance(per_batch, bool):
         for p, part in zip(train_files, parts):
@@ -364,9 +369,11 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bench_fixtures" / "cifar10"
 
 
-def ensure_cifar10(data_dir: str | os.PathLike, download: bool = True, url: str = CIFAR10_URL,
+def ensure_cifar10(data_dir: str | os.PathLike, download: bool = True, url: str | None = None,
                    md5: str = CIFAR10_MD5) -> Path:
-    """The validated batches folder under DATA_DIR, downloaded there when absent."""
+    """The validated batches folder under DATA_DIR, downloaded there when absent (from CIFAR10_URL
+    when set: a mirror for runners without internet; the md5 is still the official archive's)."""
+    url = url or os.environ.get("CIFAR10_URL") or CIFAR10_URL
     found = find_batches_dir(data_dir)
     if found is not None:
         return found

@@ -18,7 +18,9 @@ from .files import write_json_atomic
 from .monitor import Monitor, peak, summarize_util
 from .data import default_data_dir, ensure_cifar10, ensure_synthetic, make_bundle, read_canonical
 from .timeline import epoch_phases, epoch_times, inter_epoch_gaps, step_intervals, time_to_first_step
-from .worker import Worker, kill_all
+from .worker import Worker, hide_for_worker_errors, kill_all
+
+__tracebackhide__ = hide_for_worker_errors
 
 
 def cache_dir() -> Path:

@@ -48,6 +48,15 @@ class WorkerError(RuntimeError):
     """A case's worker failed; the message says how (exit code/signal/timeout/exception) and when."""
 
 
+def hide_for_worker_errors(excinfo: Any) -> bool:
+    """pytest's `__tracebackhide__`: a case that failed in its worker shows the test's line and the
+    worker's account, not the harness frames that carried it (a harness bug still shows them)."""
+    return excinfo.errisinstance(WorkerError)
+
+
+__tracebackhide__ = hide_for_worker_errors
+
+
 def _describe_exit(code: int | None) -> str:
     if code is None:
         return "still running"

@@ -25,6 +25,7 @@ def saved_runs(tmp_path_factory):
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     files = sorted(store.glob("*/*.json"))
     assert len(files) == 2, files
+    assert (files[0].parent / ".save.lock").is_file()  # autosave went through save_numbered
     assert "bench: report written to" in r.stdout
     _DIRS["report"] = report
     return files

@@ -1,8 +1,13 @@
 """Faults: a diverging run is caught at the step that diverged; an interrupted session leaves
 no worker and no partial result behind."""
+import json
+import os
+import queue
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -35,20 +40,44 @@ def test_nan_loss_is_reported_with_epoch_and_step(framework, tmp_path):
     assert 0 <= step < 4
 
 
+@pytest.mark.parametrize("framework", [pytest.param("torch", marks=pytest.mark.torch),
+                                       pytest.param("tensorflow", marks=pytest.mark.tensorflow)])
+def test_out_of_memory_fails_the_case_with_the_fix(framework, tmp_path):
+    """A real allocation failure: the worker's memory is capped (RLIMIT_DATA) below what 16
+    images at 512 px need; the framework's own OOM error becomes one line naming the sizes."""
+    cfg = resolve(dict(profile="smoke", device="cpu", batch_size=16, epochs=1, image_size=512,
+                       worker_memory_limit=1024), gpu_count=0)
+    bundle = tiny_bundle(tmp_path / "bundle", n_train=32, n_test=16, batch=16, epochs=1)
+    exp = Experiment(framework, "mobilenet_v2", cfg, bundle, tmp_path)
+    try:
+        exp.load()
+        with pytest.raises(WorkerError) as e:
+            exp.start_round()
+        assert exp.worker.proc.poll() is not None  # the worker is gone, the next case gets a fresh one
+    finally:
+        exp.close()
+    msg = str(e.value)
+    assert msg.startswith(f"{framework}-mobilenet_v2: {framework}: out of host memory (--worker-memory-limit "
+                          f"1024 MiB) during 'evaluate' at --batch-size 16 --image-size 512: "), msg
+    assert msg.endswith("lower --batch-size or --image-size, or raise --worker-memory-limit")
+    assert "\n" not in msg and "Traceback" not in msg
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _worker_of(pid: int, timeout: float = 120) -> psutil.Process:
+def _worker_of(pid: int, timeout: float = 120, exclude: set[int] = frozenset()) -> psutil.Process:
     end = time.monotonic() + timeout
-    while time.monotonic() < end:
+    while True:
         for child in psutil.Process(pid).children(recursive=True):
             try:
-                if "bench_fixtures.worker" in " ".join(child.cmdline()):
+                if child.pid not in exclude and "bench_fixtures.worker" in " ".join(child.cmdline()):
                     return child
             except psutil.NoSuchProcess:
                 continue
-        time.sleep(0.2)
-    raise AssertionError("no worker process appeared")
+        if time.monotonic() > end:
+            raise AssertionError("no worker process appeared")
+        time.sleep(0.05)
 
 
 @pytest.mark.torch
@@ -82,3 +111,122 @@ def test_interrupted_session_kills_workers_and_saves_nothing(tmp_path):
     assert not out.exists(), "a partial --benchmark-json was left behind"
     assert {p.name: p.read_bytes() for p in store.iterdir()} == before  # histories untouched, none added
     assert not telemetry.exists() or not any(telemetry.iterdir())
+
+
+def _session(args: list[str]) -> tuple[subprocess.Popen, "queue.Queue[str]"]:
+    """A real nested `pytest` of the benchmark cases; its output lines arrive on a queue as printed."""
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "tests/benchmarks", "-p", "no:cacheprovider",
+                             "--benchmark-only", "-rf", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout], daemon=True).start()
+    return proc, lines
+
+
+def _wait_for(lines: "queue.Queue[str]", text: str, seen: list[str], timeout: float = 180) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            seen.append(lines.get(timeout=max(end - time.monotonic(), 0.01)))
+        except queue.Empty:
+            break
+        if text in seen[-1]:
+            return
+    raise AssertionError(f"{text!r} never appeared:\n{''.join(seen)[-3000:]}")
+
+
+def _drain(proc: subprocess.Popen, lines: "queue.Queue[str]", seen: list[str], timeout: float = 300) -> str:
+    proc.wait(timeout=timeout)
+    time.sleep(0.2)
+    while not lines.empty():
+        seen.append(lines.get())
+    return "".join(seen)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.torch
+def test_worker_faults_fail_only_their_own_test(tmp_path):
+    """Real signals to real workers in a real session: SIGKILL mid-epoch fails the fine-tune, a hung
+    worker (SIGSTOP) fails the next test at --worker-timeout; the test after that gets a fresh
+    worker and passes; no worker outlives the session (checked by PID)."""
+    out = tmp_path / "out.json"
+    proc, lines = _session(["-k", "torch-mobilenet_v2", "--epochs=3", "--worker-timeout=15",
+                            f"--benchmark-json={out}", f"--telemetry-dir={tmp_path / 'telemetry'}"])
+    seen: list[str] = []
+    watch = _WorkerWatch(proc.pid)
+    try:
+        _wait_for(lines, "torch-mobilenet_v2: epoch 1/3", seen)  # epochs 2 and 3 still to run
+        first = _worker_of(proc.pid)
+        time.sleep(0.2)
+        os.kill(first.pid, signal.SIGKILL)
+        second = _worker_of(proc.pid, exclude={first.pid})  # test_train_step's fresh worker
+        os.kill(second.pid, signal.SIGSTOP)
+        output = _drain(proc, lines, seen)
+    finally:
+        proc.kill()
+        watch.stop()
+    assert proc.returncode == pytest.ExitCode.TESTS_FAILED, output[-3000:]
+    assert "FAILED tests/benchmarks/test_cases.py::test_finetune[torch-mobilenet_v2]" in output, output[-3000:]
+    assert "FAILED tests/benchmarks/test_cases.py::test_train_step[torch-mobilenet_v2]" in output
+    assert "WorkerError: torch-mobilenet_v2 worker died (killed by SIGKILL) during 'fit'; SIGKILL from outside" \
+        in output, output[-3000:]
+    assert "WorkerError: torch-mobilenet_v2 worker hung: no answer to 'hello' within 15 s (--worker-timeout); " \
+           "killed it" in output
+    assert "bench_fixtures/worker.py" not in output  # the worker's account, not the harness's internals
+    assert "2 failed, 1 passed" in output, output[-3000:]
+    assert [b["name"] for b in json.loads(out.read_text())["benchmarks"]] == \
+        ["test_harness_overhead[torch-mobilenet_v2]"]
+    assert len(watch.pids) == 3, watch.pids  # one worker per test: each fault cost only its own
+    assert [pid for pid in watch.pids if not _gone(pid)] == []
+
+
+class _WorkerWatch(threading.Thread):
+    """Every worker PID a session starts, seen by polling its process tree."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.pids, self.done = pid, set(), threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while not self.done.wait(0.05):
+            try:
+                children = psutil.Process(self.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                return
+            for child in children:
+                try:
+                    if "bench_fixtures.worker" in " ".join(child.cmdline()):
+                        self.pids.add(child.pid)
+                except psutil.NoSuchProcess:
+                    continue
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+
+
+@pytest.mark.torch
+@pytest.mark.tensorflow
+def test_gpu_the_framework_cannot_use_fails_loudly_per_framework(tmp_path):
+    """--device gpu where a framework sees no usable GPU (a CPU-only build, a missing CUDA library;
+    here: no GPU at all): each framework's case fails with its own reason, never silently on the
+    CPU, and the session goes on to the next case."""
+    proc, lines = _session(["-k", "test_finetune and mobilenet_v2", "--device=gpu",
+                            f"--benchmark-storage=file://{tmp_path / 'store'}"])
+    try:
+        output = _drain(proc, lines, [], timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode == pytest.ExitCode.TESTS_FAILED, output[-3000:]
+    assert re.search(r"WorkerError: torch-mobilenet_v2: --device gpu, but torch \S+ \(CUDA [^)]*\) sees no CUDA "
+                     r"device", output), output[-3000:]
+    assert re.search(r"WorkerError: tensorflow-mobilenet_v2: --device gpu, but TensorFlow \S+ \(built for CUDA "
+                     r"[^)]*\) sees no GPU; install tensorflow\[and-cuda\]", output), output[-3000:]
+    assert "2 failed" in output

@@ -188,3 +188,28 @@ def test_nvml_on_a_real_gpu():
     with mon.Monitor(__import__("os").getpid(), "gpu", interval=0.05) as m:
         time.sleep(1.0)
     assert m.info()["backend"] == "nvml" and any("device_mem" in s for s in m.samples)
+
+
+def test_nvml_failing_mid_run_keeps_the_samples_and_says_why(monkeypatch):
+    """The driver gives up during a run (GPU lost, NVML unloaded): sampling stops, the samples so far
+    stay, the error is reported in `monitor.errors`, and nothing reaches the training run."""
+    pynvml = pytest.importorskip("pynvml")
+    calls = {"n": 0}
+
+    def memory_info(h):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+        return type("M", (), {"used": 123})()
+
+    fake = dict(nvmlInit=lambda: None, nvmlShutdown=lambda: None, nvmlDeviceGetHandleByIndex=lambda i: "h",
+                nvmlDeviceGetSamples=lambda h, t, ts: (1, []), nvmlDeviceGetMemoryInfo=memory_info,
+                nvmlDeviceGetComputeRunningProcesses=lambda h: [])
+    for name, fn in fake.items():
+        monkeypatch.setattr(pynvml, name, fn)
+    m = mon.Monitor(__import__("os").getpid(), "gpu", interval=0.01).start()
+    time.sleep(0.3)
+    m.stop()
+    info = m.info()
+    assert info["backend"] == "nvml" and info["samples"] == 3
+    assert any("GPU is lost" in e for e in info["errors"]), info["errors"]

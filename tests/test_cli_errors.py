@@ -1,0 +1,173 @@
+"""Bad input through the real command line: `pytest` stops at startup with one `ERROR:` line naming
+the option or file and the fix, before any worker starts, and writes nothing."""
+import hashlib
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench_fixtures import data
+from tests.test_data import http_server  # noqa: F401  (fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_pytest(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`pytest tests/benchmarks --collect-only` (collection is where the data is read) with every
+    output pointed into tmp_path/out, and the temporary folder into tmp_path/tmp."""
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    out = tmp_path / "out"
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "tests/benchmarks", "--collect-only", "-q", "-p", "no:cacheprovider",
+         f"--benchmark-storage=file://{out}/store", f"--telemetry-dir={out}/telemetry", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "TMPDIR": str(tmp_path / "tmp"), **(env or {})})
+
+
+def assert_one_line_usage_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    assert proc.returncode == pytest.ExitCode.USAGE_ERROR, proc.stdout[-2000:] + proc.stderr[-2000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("ERROR:")]
+    assert len(errors) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+def assert_nothing_written(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()], list(out.rglob("*"))
+    assert list((tmp_path / "tmp").iterdir()) == []  # the session's work folder is gone too
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--bench-profile=fast"], ["--bench-profile 'fast': choose one of auto, smoke, seed"]),
+    (["--dataset=imagenet"], ["--dataset 'imagenet': choose one of cifar10, synthetic"]),
+    (["--weights=random"], ["--weights 'random': choose one of imagenet, none"]),
+    (["--device=tpu"], ["--device 'tpu': choose one of auto, cpu, gpu"]),
+    (["--epochs=0"], ["--epochs 0: must be an integer >= 1"]),
+    (["--batch-size=0"], ["--batch-size 0: must be an integer >= 1"]),
+    (["--train-size=-5"], ["--train-size -5: must be an integer >= 0"]),
+    (["--image-size=8"], ["--image-size 8: must be an integer >= 32"]),
+    (["--train-size=64", "--batch-size=128"], ["--batch-size 128 is larger than --train-size 64"]),
+    (["--worker-memory-limit=100"], ["--worker-memory-limit 100", "at least 1024 MiB"]),
+    (["--lr=-1"], ["--lr -1.0: must be a number > 0"]),
+])
+def test_bad_options_stop_the_session_at_startup(tmp_path, args, needles):
+    proc = run_pytest(tmp_path, *args)
+    assert_one_line_usage_error(proc, *needles)
+    assert_nothing_written(tmp_path)
+
+
+def canonical(folder: Path) -> Path:
+    train, test = data.make_synthetic(50, 20, seed=0)
+    return data.write_canonical(folder / data.BATCHES_DIR, train, test, 5)
+
+
+class Exploit:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def _batch(obj) -> bytes:
+    return pickle.dumps(obj, protocol=2)
+
+
+CORRUPTIONS = {  # name: (how to damage the canonical folder, file, what the message says)
+    "truncated": (lambda d, m: _truncate(d / "data_batch_3"), "data_batch_3", "not a valid CIFAR-10 pickle"),
+    "code-executing pickle": (lambda d, m: (d / "data_batch_2").write_bytes(
+        _batch({"data": Exploit(m), "labels": [0]})), "data_batch_2", "refused global posix.system"),
+    "labels out of range": (lambda d, m: (d / "data_batch_1").write_bytes(
+        _batch({b"data": np.zeros((10, 3072), np.uint8), b"labels": [12] * 10, b"batch_label": b"x"})),
+        "data_batch_1", "labels must lie in 0..9"),
+    "wrong shape": (lambda d, m: (d / "test_batch").write_bytes(
+        _batch({b"data": np.zeros((20, 1024), np.uint8), b"labels": [0] * 20})), "test_batch", "must be uint8 of shape"),
+    "wrong count": (lambda d, m: (d / "data_batch_5").write_bytes(
+        _batch({b"data": np.zeros((3, 3072), np.uint8), b"labels": [0] * 3})), "data_batch_5", "batches.meta says"),
+    "missing batch": (lambda d, m: (d / "data_batch_4").unlink(), "data_batch_4", "missing"),
+}
+
+
+@pytest.mark.parametrize("name", list(CORRUPTIONS))
+def test_bad_data_stops_the_session_naming_the_file(tmp_path, name):
+    damage, filename, needle = CORRUPTIONS[name]
+    folder = canonical(tmp_path / "data")
+    marker = tmp_path / "pwned"
+    damage(folder, marker)
+    before = {p: p.read_bytes() for p in folder.iterdir()}
+    proc = run_pytest(tmp_path, "--dataset=cifar10", f"--data-dir={tmp_path / 'data'}")
+    line = assert_one_line_usage_error(proc, str(folder / filename) if name != "missing batch" else filename, needle)
+    assert "; " in line  # ... and what to do about it
+    assert not marker.exists()  # the pickle was refused, never run
+    assert {p: p.read_bytes() for p in folder.iterdir()} == before
+    assert_nothing_written(tmp_path)
+
+
+def test_no_data_and_no_download_is_one_line_with_the_fixes(tmp_path, http_server):  # noqa: F811
+    _, url = http_server
+    empty = tmp_path / "data"
+    empty.mkdir()
+    proc = run_pytest(tmp_path, "--dataset=cifar10", f"--data-dir={empty}",
+                      env={"CIFAR10_URL": f"{url}/cifar-10-python.tar.gz"})
+    assert_one_line_usage_error(proc, "cannot download CIFAR-10 from http://127.0.0.1:", "(File not found)",
+                                f"under {empty}", "--data-dir", "CIFAR10_DIR", "--dataset synthetic")
+    assert list(empty.iterdir()) == []  # no partial archive left behind
+    assert_nothing_written(tmp_path)
+
+
+def test_corrupt_download_is_refused_and_leaves_nothing(tmp_path, http_server):  # noqa: F811
+    root, url = http_server
+    (root / "cifar-10-python.tar.gz").write_bytes(b"\x1f\x8b" + os.urandom(4096))  # a truncated/garbled archive
+    digest = hashlib.md5((root / "cifar-10-python.tar.gz").read_bytes()).hexdigest()
+    empty = tmp_path / "data"
+    empty.mkdir()
+    (empty / ".cifar10-extract-abc").mkdir()  # a half-extracted earlier attempt
+    (empty / ".cifar10-x.tar.gz.part").write_bytes(b"half")
+    proc = run_pytest(tmp_path, "--dataset=cifar10", f"--data-dir={empty}",
+                      env={"CIFAR10_URL": f"{url}/cifar-10-python.tar.gz"})
+    assert_one_line_usage_error(proc, f"md5 {digest} != expected {data.CIFAR10_MD5}")
+    assert list(empty.iterdir()) == []  # the stale attempt cleaned up, the bad download not kept
+    assert_nothing_written(tmp_path)
+
+
+@pytest.fixture
+def readonly_dir(tmp_path):
+    """A folder nobody may write into, root included (root ignores mode bits: `chattr +i`)."""
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    if os.geteuid() == 0:
+        if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)],
+                                                            capture_output=True).returncode:
+            pytest.skip("running as root where `chattr +i` is unavailable: no folder is read-only for root")
+        undo = ["chattr", "-i", str(folder)]
+    else:
+        folder.chmod(0o555)
+        undo = ["chmod", "755", str(folder)]
+    yield folder
+    subprocess.run(undo, check=True)
+
+
+@pytest.mark.parametrize("option", ["--benchmark-storage", "--telemetry-dir", "--bench-report", "--benchmark-json"])
+def test_unwritable_output_folder_stops_the_session_at_startup(tmp_path, readonly_dir, option):
+    """Found before an hour of benchmarking, not when the results are to be saved."""
+    value = {"--benchmark-storage": f"file://{readonly_dir}/store", "--telemetry-dir": f"{readonly_dir}/telemetry",
+             "--bench-report": f"{readonly_dir}/report", "--benchmark-json": f"{readonly_dir}/run.json"}[option]
+    proc = run_pytest(tmp_path, f"{option}={value}", "--benchmark-autosave")
+    if option == "--benchmark-json":  # pytest-benchmark's own argparse FileType opens it while parsing
+        assert proc.returncode == pytest.ExitCode.USAGE_ERROR and f"argument --benchmark-json: can't open" in proc.stderr
+    else:
+        assert_one_line_usage_error(proc, f"{option}: cannot write to {readonly_dir}", f"give {option} a writable folder")
+    assert list(readonly_dir.iterdir()) == []
+    assert_nothing_written(tmp_path)
