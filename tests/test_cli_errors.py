@@ -6,6 +6,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ def assert_nothing_written(tmp_path: Path) -> None:
     assert list((tmp_path / "tmp").iterdir()) == []  # the session's work folder is gone too
 
 
-@pytest.mark.parametrize("args,needles", [
+OPTION_CASES = [
     (["--bench-profile=fast"], ["--bench-profile 'fast': choose one of auto, smoke, seed"]),
     (["--dataset=imagenet"], ["--dataset 'imagenet': choose one of cifar10, synthetic"]),
     (["--weights=random"], ["--weights 'random': choose one of imagenet, none"]),
@@ -57,11 +58,7 @@ def assert_nothing_written(tmp_path: Path) -> None:
     (["--train-size=64", "--batch-size=128"], ["--batch-size 128 is larger than --train-size 64"]),
     (["--worker-memory-limit=100"], ["--worker-memory-limit 100", "at least 1024 MiB"]),
     (["--lr=-1"], ["--lr -1.0: must be a number > 0"]),
-])
-def test_bad_options_stop_the_session_at_startup(tmp_path, args, needles):
-    proc = run_pytest(tmp_path, *args)
-    assert_one_line_usage_error(proc, *needles)
-    assert_nothing_written(tmp_path)
+]
 
 
 def canonical(folder: Path) -> Path:
@@ -100,19 +97,43 @@ CORRUPTIONS = {  # name: (how to damage the canonical folder, file, what the mes
 }
 
 
+@pytest.fixture(scope="module")
+def sessions(tmp_path_factory):
+    """Every bad-option and bad-data session of this module, started at once (three at a time):
+    each is a whole `pytest` start-up, mostly imports, and they are independent."""
+    pool = ThreadPoolExecutor(3)
+    runs = {}
+    for n, (args, _) in enumerate(OPTION_CASES):
+        tmp = tmp_path_factory.mktemp("option")
+        runs[n] = (tmp, pool.submit(run_pytest, tmp, *args), None)
+    for name, (damage, _, _) in CORRUPTIONS.items():
+        tmp = tmp_path_factory.mktemp("data")
+        folder = canonical(tmp / "data")
+        damage(folder, tmp / "pwned")
+        before = {p: p.read_bytes() for p in folder.iterdir()}
+        runs[name] = (tmp, pool.submit(run_pytest, tmp, "--dataset=cifar10", f"--data-dir={tmp / 'data'}"), before)
+    yield runs
+    pool.shutdown(cancel_futures=True)
+
+
+@pytest.mark.parametrize("n", range(len(OPTION_CASES)), ids=[" ".join(a) for a, _ in OPTION_CASES])
+def test_bad_options_stop_the_session_at_startup(sessions, n):
+    tmp, session, _ = sessions[n]
+    assert_one_line_usage_error(session.result(), *OPTION_CASES[n][1])
+    assert_nothing_written(tmp)
+
+
 @pytest.mark.parametrize("name", list(CORRUPTIONS))
-def test_bad_data_stops_the_session_naming_the_file(tmp_path, name):
-    damage, filename, needle = CORRUPTIONS[name]
-    folder = canonical(tmp_path / "data")
-    marker = tmp_path / "pwned"
-    damage(folder, marker)
-    before = {p: p.read_bytes() for p in folder.iterdir()}
-    proc = run_pytest(tmp_path, "--dataset=cifar10", f"--data-dir={tmp_path / 'data'}")
-    line = assert_one_line_usage_error(proc, str(folder / filename) if name != "missing batch" else filename, needle)
+def test_bad_data_stops_the_session_naming_the_file(sessions, name):
+    _, filename, needle = CORRUPTIONS[name]
+    tmp, session, before = sessions[name]
+    folder = tmp / "data" / data.BATCHES_DIR
+    line = assert_one_line_usage_error(session.result(), str(folder / filename) if name != "missing batch"
+                                       else filename, needle)
     assert "; " in line  # ... and what to do about it
-    assert not marker.exists()  # the pickle was refused, never run
+    assert not (tmp / "pwned").exists()  # the pickle was refused, never run
     assert {p: p.read_bytes() for p in folder.iterdir()} == before
-    assert_nothing_written(tmp_path)
+    assert_nothing_written(tmp)
 
 
 def test_no_data_and_no_download_is_one_line_with_the_fixes(tmp_path, http_server):  # noqa: F811
