@@ -8,6 +8,7 @@ import os
 import time
 import urllib.error
 import urllib.parse
+import warnings
 from collections import OrderedDict
 from typing import Any
 
@@ -21,6 +22,10 @@ from .backend import BackendError, WeightsError, nonfinite_error
 from .data import MEAN, STD, Bundle
 from .models import SPECS, f32, head_init, input_transform, transform_mode
 from .timeline import Timeline
+
+# Test batches are views of the read-only memory-mapped bundle and are only read; torch's warning
+# about it would be the first thing in every worker's log tail.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 
 
 class InputTransform(nn.Module):
