@@ -89,14 +89,11 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.benchmark_storage = f"{DEFAULT_STORAGE}/{machine.storage_slug()}"
     _atomic_json(config)
     report = config.getoption("bench_report", None)
-    try:
-        if report:
-            check_writable(report, "--bench-report")
-        json_out = getattr(config.option, "benchmark_json", None)
-        if json_out is not None:
-            check_writable(Path(json_out.name).parent, "--benchmark-json")
-    except OutputError as e:
-        raise pytest.UsageError(str(e)) from None
+    if report:
+        _require_writable(report, "--bench-report")
+    json_out = getattr(config.option, "benchmark_json", None)
+    if json_out is not None:
+        _require_writable(Path(json_out.name).parent, "--benchmark-json")
     if report and getattr(config.option, "benchmark_json", None) is None:  # the report is made from the JSON
         config.option.benchmark_json = AtomicOutput(Path(report) / "run.json")
     options = {dest: config.getoption(f"bench_{dest}") for _, dest, _, _ in OPTIONS}
@@ -123,6 +120,14 @@ def _atomic_json(config: pytest.Config) -> None:
     if path.is_file() and path.stat().st_size == 0:
         path.unlink()
     config.option.benchmark_json = AtomicOutput(path)
+
+
+def _require_writable(folder: str | Path, option: str, hint: str = "") -> None:
+    """Outputs are checked at startup, not when an hour of results is to be saved."""
+    try:
+        check_writable(folder, option)
+    except OutputError as e:
+        raise pytest.UsageError(f"{e}{hint}") from None
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -159,10 +164,7 @@ def _guard_storage(config: pytest.Config) -> None:
     storage = getattr(bench_session, "storage", None)
     if storage is None or not hasattr(storage, "get") or not (bench_session.save or bench_session.autosave):
         return
-    try:
-        check_writable(storage.path, "--benchmark-storage")
-    except OutputError as e:
-        raise pytest.UsageError(f"{e} (file://DIR)") from None
+    _require_writable(storage.path, "--benchmark-storage", " (file://DIR)")
 
     def save(output_json: dict, name: str) -> None:
         from pytest_benchmark.utils import safe_dumps
@@ -194,10 +196,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             item.add_marker(pytest.mark.gpu)
     if bench and not config.getoption("benchmark_skip", False):
         telemetry = telemetry_dir(config)
-        try:
-            check_writable(telemetry, "--telemetry-dir")
-        except OutputError as e:
-            raise pytest.UsageError(str(e)) from None
+        _require_writable(telemetry, "--telemetry-dir")
         work = tempfile.mkdtemp(prefix="bench-")
         state = config.stash[STATE_KEY]
         state["work_dir"] = work

@@ -138,7 +138,7 @@ class TensorFlowBackend:
 
     @staticmethod
     def is_out_of_memory(exc: BaseException) -> bool:
-        return isinstance(exc, (tf.errors.ResourceExhaustedError, MemoryError))
+        return isinstance(exc, tf.errors.ResourceExhaustedError)
 
     def info(self) -> dict[str, Any]:
         build = tf.sysconfig.get_build_info()

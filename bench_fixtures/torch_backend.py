@@ -65,8 +65,9 @@ class TorchBackend:
 
     @staticmethod
     def is_out_of_memory(exc: BaseException) -> bool:
-        return isinstance(exc, (torch.OutOfMemoryError, MemoryError)) or (
+        return isinstance(exc, torch.OutOfMemoryError) or (  # CUDA; the CPU allocator raises RuntimeError
             isinstance(exc, RuntimeError) and any(s in str(exc) for s in ("can't allocate memory", "ALLOC_FAILED")))
+
     def info(self) -> dict[str, Any]:
         cuda = self.device.type == "cuda"
         return dict(framework="torch", framework_version=torch.__version__,

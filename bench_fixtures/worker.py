@@ -148,13 +148,15 @@ class Worker:
     def _dump_stacks(self, wait: float = 1.0) -> None:
         """Ask a hung worker for its Python stacks (faulthandler, SIGUSR1): the log tail then says
         where it hung. A stopped or wedged process just does not answer in time."""
-        size = self.log_path.stat().st_size if self.log_path.exists() else 0
+        def size() -> int:
+            return self.log_path.stat().st_size if self.log_path.exists() else 0
+        before = size()
         try:
             os.kill(self.proc.pid, signal.SIGUSR1)
         except ProcessLookupError:
             return
         end = time.monotonic() + wait
-        while time.monotonic() < end and (self.log_path.stat().st_size if self.log_path.exists() else 0) == size:
+        while time.monotonic() < end and size() == before:
             time.sleep(0.05)
         time.sleep(0.1)  # the rest of the dump
 
