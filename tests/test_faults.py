@@ -90,16 +90,17 @@ def test_interrupted_session_kills_workers_and_saves_nothing(tmp_path):
     history.write_text('{"benchmarks": [], "earlier": true}')
     before = {p.name: p.read_bytes() for p in store.iterdir()}
     out, telemetry = tmp_path / "out.json", tmp_path / "telemetry"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "tests/benchmarks", "-p", "no:cacheprovider", "--benchmark-only",
-         "-k", "test_finetune and torch-vgg19", f"--benchmark-json={out}", "--benchmark-autosave",
-         f"--benchmark-storage=file://{tmp_path / 'store'}", f"--telemetry-dir={telemetry}"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Two fine-tune rounds: the first is a finished measurement that must not be saved either.
+    proc, lines = _session(["-k", "test_finetune and torch-mobilenet_v2", "--finetune-rounds=2", "--epochs=2",
+                            f"--benchmark-json={out}", "--benchmark-autosave",
+                            f"--benchmark-storage=file://{tmp_path / 'store'}", f"--telemetry-dir={telemetry}"])
+    seen: list[str] = []
     try:
+        _wait_for(lines, "torch-mobilenet_v2: epoch 1/2", seen)
+        _wait_for(lines, "torch-mobilenet_v2: epoch 1/2", seen)  # round 2, inside its fine-tune
         worker = _worker_of(proc.pid)
-        time.sleep(12)  # past import, build and evaluation: inside the fine-tune
         proc.send_signal(sig)
-        output, _ = proc.communicate(timeout=120)
+        output = _drain(proc, lines, seen, timeout=120)
     finally:
         proc.kill()
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, output[-2000:]
