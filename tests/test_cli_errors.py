@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bench_fixtures import data
-from tests.test_data import http_server  # noqa: F401  (fixture)
+from tests.test_data import Exploit, http_server  # noqa: F401  (http_server: a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,14 +64,6 @@ OPTION_CASES = [
 def canonical(folder: Path) -> Path:
     train, test = data.make_synthetic(50, 20, seed=0)
     return data.write_canonical(folder / data.BATCHES_DIR, train, test, 5)
-
-
-class Exploit:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def _truncate(path: Path) -> None:
@@ -187,7 +179,7 @@ def test_unwritable_output_folder_stops_the_session_at_startup(tmp_path, readonl
              "--bench-report": f"{readonly_dir}/report", "--benchmark-json": f"{readonly_dir}/run.json"}[option]
     proc = run_pytest(tmp_path, f"{option}={value}", "--benchmark-autosave")
     if option == "--benchmark-json":  # pytest-benchmark's own argparse FileType opens it while parsing
-        assert proc.returncode == pytest.ExitCode.USAGE_ERROR and f"argument --benchmark-json: can't open" in proc.stderr
+        assert proc.returncode == pytest.ExitCode.USAGE_ERROR and "argument --benchmark-json: can't open" in proc.stderr
     else:
         assert_one_line_usage_error(proc, f"{option}: cannot write to {readonly_dir}", f"give {option} a writable folder")
     assert list(readonly_dir.iterdir()) == []

@@ -112,7 +112,9 @@ def test_truncated_batch_is_refused(tmp_path):
         data.read_batch(path)
 
 
-class _Exploit:
+class Exploit:
+    """Pickles into a call of os.system: a batch file that would run code when unpickled."""
+
     def __init__(self, marker):
         self.marker = marker
 
@@ -123,7 +125,7 @@ class _Exploit:
 def test_pickle_that_would_run_code_is_refused_and_never_run(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "data_batch_1"
-    path.write_bytes(pickle.dumps({"data": _Exploit(marker), "labels": [0]}, protocol=2))
+    path.write_bytes(pickle.dumps({"data": Exploit(marker), "labels": [0]}, protocol=2))
     with pytest.raises(DataError, match="refused global"):
         data.read_batch(path)
     assert not marker.exists()

@@ -66,15 +66,28 @@ def test_out_of_memory_fails_the_case_with_the_fix(framework, tmp_path):
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _workers(pid: int) -> list[psutil.Process]:
+    """The worker processes under PID now (none once PID itself is gone)."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    found = []
+    for child in children:
+        try:
+            if "bench_fixtures.worker" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
 def _worker_of(pid: int, timeout: float = 120, exclude: set[int] = frozenset()) -> psutil.Process:
     end = time.monotonic() + timeout
     while True:
-        for child in psutil.Process(pid).children(recursive=True):
-            try:
-                if child.pid not in exclude and "bench_fixtures.worker" in " ".join(child.cmdline()):
-                    return child
-            except psutil.NoSuchProcess:
-                continue
+        for worker in _workers(pid):
+            if worker.pid not in exclude:
+                return worker
         if time.monotonic() > end:
             raise AssertionError("no worker process appeared")
         time.sleep(0.05)
@@ -197,16 +210,7 @@ class _WorkerWatch(threading.Thread):
 
     def run(self) -> None:
         while not self.done.wait(0.05):
-            try:
-                children = psutil.Process(self.pid).children(recursive=True)
-            except psutil.NoSuchProcess:
-                return
-            for child in children:
-                try:
-                    if "bench_fixtures.worker" in " ".join(child.cmdline()):
-                        self.pids.add(child.pid)
-                except psutil.NoSuchProcess:
-                    continue
+            self.pids.update(w.pid for w in _workers(self.pid))
 
     def stop(self) -> None:
         self.done.set()
