@@ -6,7 +6,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-FRAMEWORKS = ("torch", "tensorflow")
 MODELS = ("resnet50", "vgg19", "mobilenet_v2")
 
 PROFILES: dict[str, dict[str, Any]] = {

@@ -1,12 +1,18 @@
-"""What machine ran the benchmark, read without importing torch or TensorFlow (NVML, metadata)."""
+"""`bench machine [--slug]`: what machine ran the benchmark, read without importing a framework
+(NVML, package metadata), and the storage folder that keeps each hardware's histories apart."""
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
+import json
 import os
 import platform
+import sys
 from typing import Any
 
-PACKAGES = ("torch", "torchvision", "tensorflow", "keras", "numpy", "pytest-benchmark", "nvidia-ml-py")
+from .frameworks import FRAMEWORKS
+
+PACKAGES = (*(p for f in FRAMEWORKS.values() for p in f.packages), "numpy", "pytest-benchmark", "nvidia-ml-py")
 
 
 def nvml_gpus() -> tuple[list[dict[str, Any]], str]:
@@ -62,10 +68,19 @@ def cpu_model() -> str:
 
 
 def storage_slug() -> str:
-    """The folder name that keeps histories of different hardware apart: GPU model, else CPU model."""
+    """What keeps histories of different hardware apart: the GPU model, else the CPU model."""
     gpus, _ = nvml_gpus()
     name = gpus[0]["name"] if gpus else f"cpu-{cpu_model()}"
-    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-") or "unknown"
+    slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+    while "--" in slug:
+        slug = slug.replace("--", "-")
+    return slug or "unknown"
+
+
+def storage_machine_id(machine_id: str) -> str:
+    """pytest-benchmark's machine id (OS, Python) plus the hardware: the one folder level under
+    .benchmarks/ that `pytest-benchmark compare` lists, so histories of two GPU models never mix."""
+    return f"{machine_id}-{storage_slug()}"
 
 
 def machine_info(framework_builds: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -76,10 +91,13 @@ def machine_info(framework_builds: dict[str, dict[str, Any]] | None = None) -> d
                 framework_builds=framework_builds or {})
 
 
+def main(argv: list[str] | None = None, prog: str = "bench machine") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__)
+    p.add_argument("--slug", action="store_true", help="print only the hardware slug (GPU model, else CPU model)")
+    a = p.parse_args(argv)
+    print(storage_slug() if a.slug else json.dumps(machine_info(), indent=1))
+    return 0
+
+
 if __name__ == "__main__":
-    import json
-    import sys
-    if sys.argv[1:] == ["--slug"]:
-        print(storage_slug())
-    else:
-        print(json.dumps(machine_info(), indent=1))
+    sys.exit(main(prog="python -m bench_fixtures.machine"))

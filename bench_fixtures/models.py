@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .data import MEAN, NUM_CLASSES, STD
+from .frameworks import FRAMEWORKS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -84,7 +85,7 @@ def transform_mode(framework: str, model: str, preprocess: str) -> str:
     """'cifar' shares one normalisation; 'native' gives each pretrained backbone what it was trained on."""
     if preprocess == "cifar":
         return "cifar"
-    return "torch" if framework == "torch" else SPECS[model].keras_preprocess
+    return "torch" if FRAMEWORKS[framework].zoo == "torchvision" else SPECS[model].keras_preprocess
 
 
 def parity_rows(descriptions: list[dict]) -> list[dict]:

@@ -12,15 +12,18 @@ _DIRS: dict[str, Path] = {}
 @pytest.fixture(scope="session")
 def saved_runs(tmp_path_factory):
     """Two real smoke runs of the torch-mobilenet_v2 case (fine-tune and train steps), autosaved
-    with their raw rounds into a storage folder, telemetry kept beside."""
+    with their raw rounds into a storage folder, telemetry kept beside. Path options are written
+    with a space and point at existing folders outside the project, as users write them."""
     store = tmp_path_factory.mktemp("storage")
     telemetry = tmp_path_factory.mktemp("telemetry")
     report = tmp_path_factory.mktemp("report")
+    data = tmp_path_factory.mktemp("data")
     for i in range(2):
         r = subprocess.run([sys.executable, "-m", "pytest", "tests/benchmarks", "-q", "-p", "no:cacheprovider",
                             "--benchmark-only", "-k", "torch-mobilenet_v2 and (test_finetune or test_train_step)",
-                            "--benchmark-autosave", "--benchmark-save-data", f"--benchmark-storage=file://{store}",
-                            f"--telemetry-dir={telemetry}"] + ([f"--bench-report={report}"] if i else []),
+                            "--benchmark-autosave", "--benchmark-save-data", "--benchmark-storage", f"file://{store}",
+                            "--telemetry-dir", str(telemetry), "--data-dir", str(data)]
+                           + (["--bench-report", str(report)] if i else []),
                            cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     files = sorted(store.glob("*/*.json"))

@@ -15,8 +15,8 @@ import psutil
 import pytest
 
 from bench_fixtures.config import resolve
-from bench_fixtures.experiment import Experiment
-from bench_fixtures.worker import WorkerError
+from bench_fixtures.runner.experiment import Experiment
+from bench_fixtures.runner.worker import WorkerError
 from tests.helpers import tiny_bundle
 
 
@@ -57,6 +57,8 @@ def test_out_of_memory_fails_the_case_with_the_fix(framework, tmp_path):
     finally:
         exp.close()
     msg = str(e.value)
+    # Raised by the framework, or (native code that crashes instead of raising: TensorFlow has died
+    # with SIGSEGV here on some machines) a native crash under the cap: the same line either way.
     assert msg.startswith(f"{framework}-mobilenet_v2: {framework}: out of host memory (--worker-memory-limit "
                           f"1024 MiB) during 'evaluate' at --batch-size 16 --image-size 512: "), msg
     assert msg.endswith("lower --batch-size or --image-size, or raise --worker-memory-limit")
@@ -75,7 +77,7 @@ def _workers(pid: int) -> list[psutil.Process]:
     found = []
     for child in children:
         try:
-            if "bench_fixtures.worker" in " ".join(child.cmdline()):
+            if "bench_fixtures.runner.worker" in " ".join(child.cmdline()):
                 found.append(child)
         except psutil.NoSuchProcess:
             continue
@@ -192,7 +194,7 @@ def test_worker_faults_fail_only_their_own_test(tmp_path):
         in output, output[-3000:]
     assert "WorkerError: torch-mobilenet_v2 worker hung: no answer to 'hello' within 15 s (--worker-timeout); " \
            "killed it" in output
-    assert "bench_fixtures/worker.py" not in output  # the worker's account, not the harness's internals
+    assert "bench_fixtures/runner/worker.py" not in output  # the worker's account, not the harness's internals
     assert "2 failed, 1 passed" in output, output[-3000:]
     assert [b["name"] for b in json.loads(out.read_text())["benchmarks"]] == \
         ["test_harness_overhead[torch-mobilenet_v2]"]

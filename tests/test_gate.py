@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench_fixtures import gate
+from bench_fixtures.analysis import gate
 
 MACHINE = {"gpu_name": None, "cpu_model": "AMD EPYC", "packages": {"torch": "2.14.1", "tensorflow": "2.21.0"}}
 CONFIG = {"profile": "smoke", "device": "cpu", "dataset": "synthetic", "epochs": 2, "batch_size": 32}

@@ -4,7 +4,7 @@ import pytest
 
 from bench_fixtures import models
 from bench_fixtures.config import resolve
-from bench_fixtures.experiment import describe_models
+from bench_fixtures.runner.experiment import describe_models
 from tests.helpers import tiny_bundle
 
 

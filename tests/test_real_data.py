@@ -5,7 +5,7 @@ import pytest
 
 from bench_fixtures import data
 from bench_fixtures.config import resolve
-from bench_fixtures.experiment import Experiment, prepare_data
+from bench_fixtures.runner.experiment import Experiment, prepare_data
 from tests.helpers import real_subset
 
 pytestmark = pytest.mark.real_data

@@ -6,8 +6,8 @@ import sys
 import numpy as np
 from matplotlib.image import imread
 
-from bench_fixtures import dx
-from bench_fixtures.report import write_report
+from bench_fixtures.analysis import dx
+from bench_fixtures.analysis.report import write_report
 
 
 def decoded(path):

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench_fixtures import monitor as mon
-from bench_fixtures import timeline as tl
+from bench_fixtures.telemetry import monitor as mon
+from bench_fixtures.telemetry import timeline as tl
 
 EPOCH_EVENTS = ["epoch_start", "first_step_start", "first_step_end", "last_step_end",
                 "eval_start", "eval_stop", "epoch_stop"]

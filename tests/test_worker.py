@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from bench_fixtures.worker import Worker, WorkerError
+from bench_fixtures.runner.worker import Worker, WorkerError
 from tests.helpers import tiny_bundle
 
 CFG = {"device": "cpu"}
@@ -19,7 +19,7 @@ def alive(pid: int) -> bool:
 
 
 def protocol_worker(tmp_path, timeout=30.0) -> Worker:
-    return Worker(None, CFG, None, tmp_path / "w.log", timeout)
+    return Worker(None, CFG, None, tmp_path / "w.log", timeout, faults=True)
 
 
 def test_hello_and_clean_shutdown(tmp_path):

@@ -1,12 +1,14 @@
-"""The benchmark cases: framework x model. Thin: the experiment lives in bench_fixtures.experiment."""
+"""The benchmark cases: framework x model, for every framework in the registry. Thin: the
+experiment lives in bench_fixtures.runner.experiment, the session in bench_fixtures.plugin."""
 import pytest
 
-from bench_fixtures import overhead
-from bench_fixtures.config import FRAMEWORKS, MODELS
-from bench_fixtures.experiment import telemetry_problems
+from bench_fixtures.analysis import overhead
+from bench_fixtures.config import MODELS
+from bench_fixtures.frameworks import NAMES
+from bench_fixtures.runner.experiment import telemetry_problems
 
 CASES = [pytest.param(fw, model, id=f"{fw}-{model}", marks=getattr(pytest.mark, fw))
-         for fw in FRAMEWORKS for model in MODELS]
+         for fw in NAMES for model in MODELS]
 
 
 @pytest.mark.parametrize("framework,model", CASES)

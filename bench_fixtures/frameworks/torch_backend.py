@@ -18,10 +18,11 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from .backend import BackendError, WeightsError, nonfinite_error
-from .data import MEAN, STD, Bundle
-from .models import SPECS, f32, head_init, input_transform, transform_mode
-from .timeline import Timeline
+from ..data import MEAN, STD, Bundle
+from ..models import SPECS, f32, head_init, input_transform, transform_mode
+from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, EVAL_START, EVAL_STOP, FIRST_STEP_END, FIRST_STEP_START,
+                                 LAST_STEP_END, RUN_START, RUN_STOP, Timeline)
+from .protocol import BackendError, WeightsError, nonfinite_error
 
 # Test batches are views of the read-only memory-mapped bundle and are only read; torch's warning
 # about it would be the first thing in every worker's log tail.
@@ -222,34 +223,34 @@ class TorchBackend:
         order, bs = self.bundle.order, self.cfg["batch_size"]
         steps = order.shape[1] // bs
         tl, losses, evals = self.timeline, [], []
-        tl.record("run_start")
+        tl.record(RUN_START)
         for epoch in range(epochs):
             self._reset_peak_memory()
-            tl.record("epoch_start", epoch=epoch)
+            tl.record(EPOCH_START, epoch=epoch)
             self.model.train()
             total = torch.zeros((), device=self.device)
             bad = torch.full((), -1, dtype=torch.int64, device=self.device)
             for s, idx in enumerate(self._epoch_batches(epoch)):
                 if s == 0:
-                    tl.record("first_step_start", epoch=epoch)
+                    tl.record(FIRST_STEP_START, epoch=epoch)
                 loss = self._step(idx)
                 total += loss
                 bad = self._first_nonfinite(bad, loss, s)
                 if s == 0:
                     self._sync()
-                    tl.record("first_step_end", epoch=epoch)
+                    tl.record(FIRST_STEP_END, epoch=epoch)
             self._sync()
-            tl.record("last_step_end", epoch=epoch)
+            tl.record(LAST_STEP_END, epoch=epoch)
             if bad.item() >= 0:
                 raise nonfinite_error("torch", epoch, bad.item())
             losses.append(total.item() / steps)
             if self.cfg["eval_every_epoch"]:
-                tl.record("eval_start", epoch=epoch)
+                tl.record(EVAL_START, epoch=epoch)
                 evals.append(self.evaluate())
-                tl.record("eval_stop", epoch=epoch)
-            tl.record("epoch_stop", epoch=epoch, memory=self.memory(), loss=losses[-1],
+                tl.record(EVAL_STOP, epoch=epoch)
+            tl.record(EPOCH_STOP, epoch=epoch, memory=self.memory(), loss=losses[-1],
                       val_accuracy=evals[-1]["accuracy"] if evals else None)
-        tl.record("run_stop")
+        tl.record(RUN_STOP)
         return dict(epoch_losses=losses, epoch_evals=evals, steps_per_epoch=steps, images=epochs * steps * bs)
 
     def input_pipeline(self, count: int) -> dict[str, Any]:

@@ -8,6 +8,20 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+# Event names, as MLPerf's logging names its keys: one constant each, used by every recorder and reader.
+RUN_START = "run_start"                # fit() called
+RUN_STOP = "run_stop"                  # fit() returned
+EPOCH_START = "epoch_start"            # epoch=k
+EPOCH_STOP = "epoch_stop"              # epoch=k; carries memory, loss, val_accuracy
+FIRST_STEP_START = "first_step_start"  # epoch=k: the first training step is dispatched
+FIRST_STEP_END = "first_step_end"      # epoch=k: ... and finished (synchronised)
+LAST_STEP_END = "last_step_end"        # epoch=k: the last training step finished (synchronised)
+EVAL_START = "eval_start"              # epoch=k: per-epoch validation
+EVAL_STOP = "eval_stop"
+EVENTS = (RUN_START, RUN_STOP, EPOCH_START, EPOCH_STOP, FIRST_STEP_START, FIRST_STEP_END, LAST_STEP_END,
+          EVAL_START, EVAL_STOP)
+PROGRESS_EVENTS = (RUN_START, EPOCH_STOP)  # forwarded to the parent as they happen
+
 
 class Timeline:
     def __init__(self, sink: Callable[[dict[str, Any]], None] | None = None) -> None:
@@ -36,14 +50,14 @@ def epoch_times(events: list[dict], epochs: int) -> list[float | None]:
     """Seconds from epoch_start to epoch_stop of each epoch; None where an event is missing."""
     out: list[float | None] = []
     for e in range(epochs):
-        start, stop = _first(events, "epoch_start", epoch=e), _first(events, "epoch_stop", epoch=e)
+        start, stop = _first(events, EPOCH_START, epoch=e), _first(events, EPOCH_STOP, epoch=e)
         out.append(None if start is None or stop is None else (stop - start) / 1e9)
     return out
 
 
 def time_to_first_step(events: list[dict]) -> float | None:
     """run_start to the end of the first (synchronised) training step: tracing and autotuning included."""
-    start, first = _first(events, "run_start"), _first(events, "first_step_end", epoch=0)
+    start, first = _first(events, RUN_START), _first(events, FIRST_STEP_END, epoch=0)
     return None if start is None or first is None else (first - start) / 1e9
 
 
@@ -63,26 +77,26 @@ def epoch_phases(events: list[dict], epochs: int) -> tuple[list[dict | None], li
     phases: list[dict | None] = []
     problems: list[str] = []
     for k in range(epochs):
-        need = ["epoch_start", "first_step_start", "last_step_end", "epoch_stop"]
+        need = [EPOCH_START, FIRST_STEP_START, LAST_STEP_END, EPOCH_STOP]
         missing = [n for n in need if (n, k) not in at]
-        has_eval = ("eval_start", k) in at or ("eval_stop", k) in at
+        has_eval = (EVAL_START, k) in at or (EVAL_STOP, k) in at
         if has_eval:
-            missing += [n for n in ("eval_start", "eval_stop") if (n, k) not in at]
+            missing += [n for n in (EVAL_START, EVAL_STOP) if (n, k) not in at]
         if missing:
             problems.append(f"epoch {k}: missing {', '.join(missing)}")
             phases.append(None)
             continue
-        chain = [at["epoch_start", k], at["first_step_start", k], at["last_step_end", k]]
+        chain = [at[EPOCH_START, k], at[FIRST_STEP_START, k], at[LAST_STEP_END, k]]
         if has_eval:
-            chain += [at["eval_start", k], at["eval_stop", k]]
-        chain.append(at["epoch_stop", k])
+            chain += [at[EVAL_START, k], at[EVAL_STOP, k]]
+        chain.append(at[EPOCH_STOP, k])
         if any(b < a for a, b in zip(chain, chain[1:])):
             problems.append(f"epoch {k}: events out of order")
             phases.append(None)
             continue
         total = chain[-1] - chain[0]
-        steps = at["last_step_end", k] - at["first_step_start", k]
-        ev = at["eval_stop", k] - at["eval_start", k] if has_eval else 0
+        steps = at[LAST_STEP_END, k] - at[FIRST_STEP_START, k]
+        ev = at[EVAL_STOP, k] - at[EVAL_START, k] if has_eval else 0
         phases.append(dict(epoch=k, total_s=total / 1e9, steps_s=steps / 1e9, eval_s=ev / 1e9,
                            other_s=(total - steps - ev) / 1e9))
     return phases, problems
@@ -96,10 +110,10 @@ def inter_epoch_gaps(events: list[dict], epochs: int) -> tuple[list[dict | None]
     gaps: list[dict | None] = []
     problems: list[str] = []
     for k in range(epochs - 1):
-        need = [("last_step_end", k), ("epoch_stop", k), ("epoch_start", k + 1), ("first_step_start", k + 1)]
-        has_eval = ("eval_start", k) in at or ("eval_stop", k) in at
+        need = [(LAST_STEP_END, k), (EPOCH_STOP, k), (EPOCH_START, k + 1), (FIRST_STEP_START, k + 1)]
+        has_eval = (EVAL_START, k) in at or (EVAL_STOP, k) in at
         if has_eval:
-            need[1:1] = [("eval_start", k), ("eval_stop", k)]
+            need[1:1] = [(EVAL_START, k), (EVAL_STOP, k)]
         missing = [f"{n}[{e}]" for n, e in need if (n, e) not in at]
         if missing:
             problems.append(f"gap {k}->{k + 1}: missing {', '.join(missing)}")
@@ -110,10 +124,10 @@ def inter_epoch_gaps(events: list[dict], epochs: int) -> tuple[list[dict | None]
             problems.append(f"gap {k}->{k + 1}: events out of order")
             gaps.append(None)
             continue
-        total = at["first_step_start", k + 1] - at["last_step_end", k]
-        ev = at["eval_stop", k] - at["eval_start", k] if has_eval else 0
-        after_steps = at["eval_stop", k] if has_eval else at["last_step_end", k]
-        callbacks = (at["epoch_stop", k] - after_steps) + (at["first_step_start", k + 1] - at["epoch_start", k + 1])
+        total = at[FIRST_STEP_START, k + 1] - at[LAST_STEP_END, k]
+        ev = at[EVAL_STOP, k] - at[EVAL_START, k] if has_eval else 0
+        after_steps = at[EVAL_STOP, k] if has_eval else at[LAST_STEP_END, k]
+        callbacks = (at[EPOCH_STOP, k] - after_steps) + (at[FIRST_STEP_START, k + 1] - at[EPOCH_START, k + 1])
         gaps.append(dict(after_epoch=k, total_s=total / 1e9, eval_s=ev / 1e9, callbacks_s=callbacks / 1e9,
                          unaccounted_s=(total - ev - callbacks) / 1e9))
     return gaps, problems
@@ -122,8 +136,8 @@ def inter_epoch_gaps(events: list[dict], epochs: int) -> tuple[list[dict | None]
 def step_intervals(events: list[dict], epochs: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """(steps, gaps) as [start_ns, end_ns) windows: inside each epoch's steps, and between epochs."""
     at = _events_by_epoch(events)
-    steps = [(at["first_step_start", k], at["last_step_end", k]) for k in range(epochs)
-             if ("first_step_start", k) in at and ("last_step_end", k) in at]
-    gaps = [(at["last_step_end", k], at["first_step_start", k + 1]) for k in range(epochs - 1)
-            if ("last_step_end", k) in at and ("first_step_start", k + 1) in at]
+    steps = [(at[FIRST_STEP_START, k], at[LAST_STEP_END, k]) for k in range(epochs)
+             if (FIRST_STEP_START, k) in at and (LAST_STEP_END, k) in at]
+    gaps = [(at[LAST_STEP_END, k], at[FIRST_STEP_START, k + 1]) for k in range(epochs - 1)
+            if (LAST_STEP_END, k) in at and (FIRST_STEP_START, k + 1) in at]
     return steps, gaps

@@ -17,10 +17,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from .backend import BackendError, WeightsError, nonfinite_error  # noqa: E402
-from .data import MEAN, STD, Bundle  # noqa: E402
-from .models import SPECS, f32, head_init, input_transform, transform_mode  # noqa: E402
-from .timeline import Timeline  # noqa: E402
+from ..data import MEAN, STD, Bundle  # noqa: E402
+from ..models import SPECS, f32, head_init, input_transform, transform_mode  # noqa: E402
+from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, EVAL_START, EVAL_STOP, FIRST_STEP_END,  # noqa: E402
+                                 FIRST_STEP_START, LAST_STEP_END, RUN_START, RUN_STOP, Timeline)
+from .protocol import BackendError, WeightsError, nonfinite_error  # noqa: E402
 
 
 class InputTransform(keras.layers.Layer):
@@ -79,30 +80,30 @@ class _TimelineCallback(keras.callbacks.Callback):
     def _steps_done(self) -> None:
         if not self.steps_done:
             tf.test.experimental.sync_devices()
-            if not any(e["name"] == "first_step_end" and e.get("epoch") == self.epoch
+            if not any(e["name"] == FIRST_STEP_END and e.get("epoch") == self.epoch
                        for e in self.timeline.events):
-                self.timeline.record("first_step_end", epoch=self.epoch)
-            self.timeline.record("last_step_end", epoch=self.epoch)
+                self.timeline.record(FIRST_STEP_END, epoch=self.epoch)
+            self.timeline.record(LAST_STEP_END, epoch=self.epoch)
             self.steps_done = True
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch, self.steps_done = epoch, False
         self.backend.reset_peak_memory()
-        self.timeline.record("epoch_start", epoch=epoch)
+        self.timeline.record(EPOCH_START, epoch=epoch)
 
     def on_train_batch_begin(self, batch, logs=None):
         if batch == 0:
-            self.timeline.record("first_step_start", epoch=self.epoch)
+            self.timeline.record(FIRST_STEP_START, epoch=self.epoch)
         elif batch == 1:  # step 0 has been dispatched; wait for it, as the torch loop does
             tf.test.experimental.sync_devices()
-            self.timeline.record("first_step_end", epoch=self.epoch)
+            self.timeline.record(FIRST_STEP_END, epoch=self.epoch)
 
     def on_test_begin(self, logs=None):
         self._steps_done()
-        self.timeline.record("eval_start", epoch=self.epoch)
+        self.timeline.record(EVAL_START, epoch=self.epoch)
 
     def on_test_end(self, logs=None):
-        self.timeline.record("eval_stop", epoch=self.epoch)
+        self.timeline.record(EVAL_STOP, epoch=self.epoch)
 
     def on_epoch_end(self, epoch, logs=None):
         self._steps_done()
@@ -111,7 +112,7 @@ class _TimelineCallback(keras.callbacks.Callback):
         if bad >= 0:
             self.model.stop_training = True
             self.backend.diverged = (epoch, bad)
-        self.timeline.record("epoch_stop", epoch=epoch, memory=self.backend.memory(), loss=logs.get("loss"),
+        self.timeline.record(EPOCH_STOP, epoch=epoch, memory=self.backend.memory(), loss=logs.get("loss"),
                              val_accuracy=logs.get("val_accuracy"))
 
 
@@ -286,12 +287,12 @@ class TensorFlowBackend:
         steps = order.shape[1] // bs
         callback = _TimelineCallback(self.timeline, self)
         self.diverged: tuple[int, int] | None = None
-        self.timeline.record("run_start")
+        self.timeline.record(RUN_START)
         history = self.model.fit(
             self._train_dataset(order[:epochs]), epochs=epochs, steps_per_epoch=steps, verbose=0,
             validation_data=self._test_dataset() if self.cfg["eval_every_epoch"] else None,
             callbacks=[callback], shuffle=False)
-        self.timeline.record("run_stop")
+        self.timeline.record(RUN_STOP)
         if self.diverged is not None:
             raise nonfinite_error("tensorflow", *self.diverged)
         h = history.history

@@ -1,6 +1,6 @@
 """One process per case, importing one framework; driven by the pytest process over a socket.
 
-Parent side: `Worker` starts `python -m bench_fixtures.worker FD`, sends requests, waits for each
+Parent side: `Worker` starts `python -m bench_fixtures.runner.worker FD`, sends requests, waits for each
 answer at most `timeout` seconds, and turns a crash, a hang or an exception into a `WorkerError`
 naming the exit code or signal, the phase and the tail of the worker's output. Child side:
 `serve` answers requests with the backend's results plus the timeline events recorded meanwhile.
@@ -18,9 +18,9 @@ import time
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the folder that holds bench_fixtures/
 TAIL_CHARS = 3000
 
 
@@ -68,24 +68,44 @@ def _describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
+# Signals with which native code dies when an allocation fails and it does not raise (a NULL it
+# dereferences, std::bad_alloc that aborts): under --worker-memory-limit, most likely out of memory.
+NATIVE_CRASHES = ("SIGSEGV", "SIGABRT", "SIGBUS")
+
+
+def capped_crash_message(name: str, framework: str | None, cmd: str, how: str, cfg: dict[str, Any],
+                         log_path: Path) -> str:
+    """A worker killed by a native crash while its memory is capped: say what it most likely was."""
+    return (f"{name}: {framework}: out of host memory (--worker-memory-limit {cfg['worker_memory_limit']} MiB) "
+            f"during '{cmd}' at --batch-size {cfg.get('batch_size')} --image-size {cfg.get('image_size')}: "
+            f"most likely; the worker was {how} (native code that cannot allocate often crashes instead of "
+            f"raising; worker log {log_path}); lower --batch-size or --image-size, or raise "
+            f"--worker-memory-limit")
+
+
 class Worker:
-    """A case's worker process. framework=None starts one that imports no framework (protocol only)."""
+    """A case's worker process. framework=None starts one that imports no framework (protocol only);
+    faults=True lets the tests send it the fault-injection requests (crash, raise, sleep)."""
 
     def __init__(self, framework: str | None, cfg: dict[str, Any], bundle_dir: str | os.PathLike | None,
-                 log_path: str | os.PathLike, timeout: float, name: str | None = None) -> None:
+                 log_path: str | os.PathLike, timeout: float, name: str | None = None, faults: bool = False) -> None:
         self.framework, self.timeout, self.name = framework, timeout, name or framework or "protocol"
+        self.cfg = cfg
         self.log_path, self.phase, self.events = Path(log_path), "start", []
         self.on_progress: Any = None  # called with (name, epoch_stop event) while a request runs
         parent, child = socket.socketpair()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        env.pop(FAULTS_ENV, None)
+        if faults:
+            env[FAULTS_ENV] = "1"
         if cfg["device"] == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""  # both frameworks then run on the CPU
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bench_fixtures.worker", str(child.fileno())],
+                [sys.executable, "-m", "bench_fixtures.runner.worker", str(child.fileno())],
                 pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=env, cwd=ROOT, start_new_session=True)
         _LIVE[self.proc.pid] = self.proc
@@ -128,6 +148,9 @@ class Worker:
                     pass
                 how = _describe_exit(self.proc.poll())
                 self.kill()
+                if self.cfg.get("worker_memory_limit") and how.removeprefix("killed by ") in NATIVE_CRASHES:
+                    raise WorkerError(capped_crash_message(self.name, self.framework, cmd, how, self.cfg,
+                                                           self.log_path))
                 hint = ("; SIGKILL from outside the suite is what the kernel's out-of-memory killer sends "
                         "(see dmesg): --worker-memory-limit turns that into a clean error"
                         if how == "killed by SIGKILL" else "")
@@ -204,16 +227,82 @@ def _last_epoch(events: list[dict]) -> int | None:
     return next((e["epoch"] for e in reversed(events) if e.get("epoch") is not None), None)
 
 
+class _Session:
+    """The worker's state between requests: its framework's backend, once `hello` has named it."""
+
+    def __init__(self, conn: Connection) -> None:
+        from ..telemetry.timeline import PROGRESS_EVENTS, Timeline
+
+        def progress(event: dict) -> None:  # run start and epoch ends reach the parent as they happen
+            if event["name"] in PROGRESS_EVENTS:
+                conn.send({"progress": event})
+
+        self.timeline = Timeline(sink=progress)
+        self.backend: Any = None
+        self.cls: Any = None
+        self.cfg: dict[str, Any] = {}
+        self.bare: Any = None
+
+    def hello(self, msg: dict) -> dict[str, Any]:
+        if msg["framework"] is None:  # protocol only, no framework
+            return {"framework": None, "pid": os.getpid()}
+        from ..data import Bundle
+        from ..frameworks import load_backend
+        self.cfg = msg["cfg"]
+        if self.cfg.get("worker_memory_limit"):
+            _limit_memory(self.cfg["worker_memory_limit"])
+        start = time.perf_counter()
+        self.cls = load_backend(msg["framework"])  # imports the framework: a fresh process's import time
+        import_s = time.perf_counter() - start
+        self.backend = self.cls(self.cfg, Bundle.read(msg["bundle"]), self.timeline)
+        return dict(self.backend.info(), import_s=import_s, pid=os.getpid())
+
+    def bare_steps(self, msg: dict) -> dict[str, Any]:
+        """The overhead check's reference loop, built once, in this same process."""
+        from ..frameworks.bare import make_step, timed_rounds
+        if self.bare is None:
+            cfg = self.backend.cfg
+            step, sync = make_step(msg["framework"], msg["model"], cfg["batch_size"], cfg["device"], cfg["image_size"])
+            timed_rounds(step, sync, max(msg.get("warmup", 1), 1), 1)
+            self.bare = (step, sync)
+        return {"seconds": timed_rounds(*self.bare, msg["count"], 1)[0]}
+
+
+# What the parent may ask; each takes the session and the request's arguments.
+COMMANDS: dict[str, Callable[[_Session, dict], Any]] = {
+    "hello": _Session.hello,
+    "build": lambda s, m: s.backend.build(m["model"]),
+    "evaluate": lambda s, m: s.backend.evaluate(),
+    "fit": lambda s, m: s.backend.fit(m["epochs"]),
+    "train_steps": lambda s, m: s.backend.train_steps(m["count"]),
+    "bare_steps": _Session.bare_steps,
+    "input_pipeline": lambda s, m: s.backend.input_pipeline(m["count"]),
+    "peek_labels": lambda s, m: s.backend.peek_labels(m["batches"]),
+}
+
+
+def _sleep(s: _Session, m: dict) -> None:
+    time.sleep(m["seconds"])
+
+
+def _raise(s: _Session, m: dict) -> None:
+    raise RuntimeError(m.get("message", "injected fault"))
+
+
+def _crash(s: _Session, m: dict) -> None:
+    os.kill(os.getpid(), getattr(signal, m.get("signal", "SIGKILL")))
+
+
+# Fault injection for the tests: die, raise or hang the way a real worker would. Reachable only in a
+# worker started with faults=True (FAULTS_ENV set), never in a benchmark run.
+FAULTS: dict[str, Callable[[_Session, dict], Any]] = {"crash": _crash, "raise": _raise, "sleep": _sleep}
+FAULTS_ENV = "BENCH_WORKER_FAULTS"
+
+
 def serve(conn: Connection) -> None:
-    from .backend import BackendError, load_backend, out_of_memory_error
-    from .data import Bundle
-    from .timeline import Timeline
-
-    def progress(event: dict) -> None:  # epoch ends reach the parent as they happen
-        if event["name"] in ("run_start", "epoch_stop"):
-            conn.send({"progress": event})
-
-    timeline, backend, bare, cls, cfg = Timeline(sink=progress), None, None, None, {}
+    from ..frameworks.protocol import BackendError, out_of_memory_error
+    session = _Session(conn)
+    commands = {**COMMANDS, **(FAULTS if os.environ.get(FAULTS_ENV) == "1" else {})}
     while True:
         try:
             msg = conn.recv()
@@ -223,61 +312,23 @@ def serve(conn: Connection) -> None:
         if cmd == "shutdown":
             return
         try:
-            if cmd == "hello" and msg["framework"] is None:  # protocol only, no framework
-                result = {"framework": None, "pid": os.getpid()}
-            elif cmd == "hello":
-                cfg = msg["cfg"]
-                if cfg.get("worker_memory_limit"):
-                    _limit_memory(cfg["worker_memory_limit"])
-                start = time.perf_counter()
-                cls = load_backend(msg["framework"])  # imports the framework: a fresh process's import time
-                import_s = time.perf_counter() - start
-                backend = cls(msg["cfg"], Bundle.read(msg["bundle"]), timeline)
-                result = dict(backend.info(), import_s=import_s, pid=os.getpid())
-            elif backend is None and cmd not in ("crash", "sleep", "raise"):
-                raise RuntimeError(f"'{cmd}' before 'hello' with a framework")
-            elif cmd == "build":
-                result = backend.build(msg["model"])
-            elif cmd == "evaluate":
-                result = backend.evaluate()
-            elif cmd == "fit":
-                result = backend.fit(msg["epochs"])
-            elif cmd == "train_steps":
-                result = backend.train_steps(msg["count"])
-            elif cmd == "bare_steps":  # the overhead check's reference loop, in this same process
-                if bare is None:
-                    from .bare import make_step, timed_rounds
-                    cfg = backend.cfg
-                    step, sync = make_step(msg["framework"], msg["model"], cfg["batch_size"], cfg["device"],
-                                           cfg["image_size"])
-                    timed_rounds(step, sync, max(msg.get("warmup", 1), 1), 1)
-                    bare = (step, sync, timed_rounds)
-                result = {"seconds": bare[2](bare[0], bare[1], msg["count"], 1)[0]}
-            elif cmd == "input_pipeline":
-                result = backend.input_pipeline(msg["count"])
-            elif cmd == "peek_labels":
-                result = backend.peek_labels(msg["batches"])
-            elif cmd == "crash":  # fault injection for the tests: die the way a real worker would
-                os.kill(os.getpid(), getattr(signal, msg.get("signal", "SIGKILL")))
-                result = None
-            elif cmd == "raise":  # fault injection: an exception inside the worker
-                raise RuntimeError(msg.get("message", "injected fault"))
-            elif cmd == "sleep":  # fault injection: hang
-                time.sleep(msg["seconds"])
-                result = None
-            else:
+            if cmd not in commands:
                 raise ValueError(f"unknown request {cmd!r}")
-            conn.send({"ok": True, "result": result, "events": timeline.drain()})
+            if session.backend is None and cmd != "hello" and cmd not in FAULTS:
+                raise RuntimeError(f"'{cmd}' before 'hello' with a framework")
+            result = commands[cmd](session, msg)
+            conn.send({"ok": True, "result": result, "events": session.timeline.drain()})
         except BackendError as e:  # complete message: no traceback wall
-            conn.send({"ok": False, "error": str(e), "expected": True, "events": timeline.drain()})
+            conn.send({"ok": False, "error": str(e), "expected": True, "events": session.timeline.drain()})
         except Exception as e:
+            cls = session.cls
             if isinstance(e, MemoryError) or (cls is not None and cls.is_out_of_memory(e)):
-                error = out_of_memory_error(cls.framework if cls else "worker", cmd, cfg, e,
-                                            _last_epoch(timeline.events))
-                conn.send({"ok": False, "error": str(error), "expected": True, "events": timeline.drain()})
+                error = out_of_memory_error(cls.framework if cls else "worker", cmd, session.cfg, e,
+                                            _last_epoch(session.timeline.events))
+                conn.send({"ok": False, "error": str(error), "expected": True, "events": session.timeline.drain()})
                 continue
             conn.send({"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(),
-                       "events": timeline.drain()})
+                       "events": session.timeline.drain()})
 
 
 def main(argv: list[str]) -> int:

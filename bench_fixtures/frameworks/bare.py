@@ -4,7 +4,7 @@
 device-resident batch, and the device synchronisation. No worker protocol, no timeline, no input
 pipeline. The overhead check runs it inside the case's own worker, alternating with the suite's
 rounds, so both see the same process and machine conditions.
-`python -m bench_fixtures.bare FRAMEWORK MODEL ...` runs it standalone and prints {"round_s": [...]}.
+`python -m bench_fixtures.frameworks.bare FRAMEWORK MODEL ...` runs it standalone and prints {"round_s": [...]}.
 """
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ import json
 import sys
 import time
 
-from .backend import BACKEND_MODULES
-from .models import SPECS
+from ..models import SPECS
+from . import NAMES, backend_module
 
 
 def make_step(framework: str, model: str, batch: int, device: str, size: int):
     """Each backend module carries its framework's bare step (`bare_step`), apart from its class."""
-    module = importlib.import_module(BACKEND_MODULES[framework])
+    module = importlib.import_module(backend_module(framework))
     return module.bare_step(model, batch, device, size)
 
 
@@ -37,7 +37,7 @@ def timed_rounds(step, sync, steps: int, rounds: int) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("framework", choices=("torch", "tensorflow"))
+    p.add_argument("framework", choices=NAMES)
     p.add_argument("model", choices=tuple(SPECS))
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=20)

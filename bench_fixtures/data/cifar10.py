@@ -1,27 +1,20 @@
-"""CIFAR-10 in its canonical "python version" layout: read, validate, write, download, subset.
+"""CIFAR-10's canonical "python version" layout: the restricted reader and the byte-exact writer.
 
-Both frameworks are fed from here, so the same uint8 arrays, the same subset and the same
-per-epoch order reach torch and TensorFlow. The reader trusts nothing: batches are unpickled by
-an allow-list that admits numpy arrays only, and every structural fact is checked.
+The reader trusts nothing: batches are unpickled by an allow-list that admits numpy arrays only,
+and every structural fact (counts, shapes, dtype, label range) is checked.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import shutil
 import struct
-import tarfile
 import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 BATCHES_DIR = "cifar-10-batches-py"
 LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
                "dog", "frog", "horse", "ship", "truck")
@@ -256,210 +249,3 @@ def write_canonical(folder: str | os.PathLike, train: Split, test: Split, num_ba
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
-
-
-# --------------------------------------------------------------------------- synthetic
-
-def make_synthetic(n_train: int, n_test: int, seed: int = 0) -> tuple[Split, Split]:
-    """Learnable images: each class is a fixed colour-and-stripe template plus noise, so a few
-    steps of any of the three models show a real accuracy gain (unlike uniform noise)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:32, 0:32].astype(np.float32) / 32.0
-    templates = []
-    for c in range(NUM_CLASSES):
-        colour = rng.uniform(40, 215, size=3).astype(np.float32)
-        angle = np.pi * c / NUM_CLASSES
-        stripes = np.sin(2 * np.pi * (2 + c % 3) * (xx * np.cos(angle) + yy * np.sin(angle)))
-        templates.append(colour[None, None, :] + 40.0 * stripes[..., None])
-    templates = np.stack(templates)
-
-    def split(n: int) -> Split:
-        labels = np.arange(n, dtype=np.int64) % NUM_CLASSES
-        rng.shuffle(labels)
-        noise = rng.normal(0, 30, size=(n, *IMAGE_SHAPE)).astype(np.float32)
-        images = np.clip(templates[labels] + noise, 0, 255).astype(np.uint8)
-        return Split(images, labels)
-
-    return split(n_train), split(n_test)
-
-
-def ensure_synthetic(cache_dir: str | os.PathLike, n_train: int = 5000, n_test: int = 1000,
-                     seed: int = 0) -> Path:
-    """The synthetic set, written once in the canonical format under CACHE_DIR and reused."""
-    folder = Path(cache_dir) / f"synthetic-{n_train}-{n_test}-seed{seed}" / BATCHES_DIR
-    if not (folder / "batches.meta").is_file():
-        train, test = make_synthetic(n_train, n_test, seed)
-        try:
-            write_canonical(folder, train, test)
-        except OSError as e:
-            if not (folder / "batches.meta").is_file():  # a concurrent writer may have won the rename
-                raise DataError(f"{folder}: cannot write the synthetic data set ({e.strerror}); "
-                                f"pass a writable --data-dir") from None
-    return folder
-
-
-# --------------------------------------------------------------------------- download
-
-def _safe_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
-    members = tar.getmembers()
-    for m in members:
-        parts = Path(m.name).parts
-        if m.name.startswith(("/", "\\")) or ".." in parts or not (m.isfile() or m.isdir()):
-            raise DataError(f"{archive}: unsafe member {m.name!r} (absolute path, '..' or link); "
-                            f"delete it and download the official archive")
-    return members
-
-
-def download_cifar10(data_dir: str | os.PathLike, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5,
-                     timeout: float = 30.0) -> Path:
-    """Download, verify the md5, extract into a temporary folder, validate, then rename into place.
-
-    An interrupted earlier attempt leaves only dot-prefixed temporaries, removed here first."""
-    data_dir = Path(data_dir)
-    target = data_dir / BATCHES_DIR
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        for stale in data_dir.glob(".cifar10-*"):
-            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-    except OSError as e:
-        raise DataError(f"{data_dir}: cannot write ({e.strerror}); pass a writable --data-dir") from None
-    fd, part_name = tempfile.mkstemp(prefix=".cifar10-", suffix=".tar.gz.part", dir=data_dir)
-    part = Path(part_name)
-    try:
-        digest = hashlib.md5()
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-                while chunk := resp.read(1 << 20):
-                    digest.update(chunk)
-                    out.write(chunk)
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            reason = getattr(e, "reason", None) or e
-            raise DataError(f"cannot download CIFAR-10 from {url} ({reason}); put the extracted "
-                            f"{BATCHES_DIR}/ under {data_dir} (or pass --data-dir / set CIFAR10_DIR), "
-                            f"or run with --dataset synthetic") from None
-        if digest.hexdigest() != md5:
-            raise DataError(f"{url}: md5 {digest.hexdigest()} != expected {md5}; the download is corrupt "
-                            f"or not the CIFAR-10 archive, retry or fetch it by hand into {data_dir}")
-        extract = Path(tempfile.mkdtemp(prefix=".cifar10-extract-", dir=data_dir))
-        try:
-            try:
-                with tarfile.open(part, "r:gz") as tar:
-                    tar.extractall(extract, members=_safe_members(tar, part), filter="data")
-            except (tarfile.TarError, EOFError, OSError) as e:
-                raise DataError(f"{url}: archive cannot be extracted ({e}); retry the download") from None
-            found = find_batches_dir(extract)
-            if found is None:
-                raise DataError(f"{url}: archive holds no {BATCHES_DIR}/batches.meta; "
-                                f"it is not the CIFAR-10 python archive")
-            read_canonical(found)  # validate before it becomes visible
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(found, target)
-        finally:
-            shutil.rmtree(extract, ignore_errors=True)
-    finally:
-        part.unlink(missing_ok=True)
-    return target
-
-
-def default_data_dir() -> Path:
-    env = os.environ.get("CIFAR10_DIR")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bench_fixtures" / "cifar10"
-
-
-def ensure_cifar10(data_dir: str | os.PathLike, download: bool = True, url: str | None = None,
-                   md5: str = CIFAR10_MD5) -> Path:
-    """The validated batches folder under DATA_DIR, downloaded there when absent (from CIFAR10_URL
-    when set: a mirror for runners without internet; the md5 is still the official archive's)."""
-    url = url or os.environ.get("CIFAR10_URL") or CIFAR10_URL
-    found = find_batches_dir(data_dir)
-    if found is not None:
-        return found
-    if not download:
-        raise DataError(f"{data_dir}: no {BATCHES_DIR}/ found; pass --data-dir to a folder holding it, "
-                        f"or run with --dataset synthetic")
-    return download_cifar10(data_dir, url, md5)
-
-
-# --------------------------------------------------------------------------- subsets and order
-
-def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """Sorted indices of SIZE items whose class proportions match LABELS' (largest remainder);
-    0 means all. The same seed and labels always give the same subset."""
-    labels = np.asarray(labels)
-    n = len(labels)
-    if size == 0 or size >= n:
-        if size > n:
-            raise ValueError(f"asked for {size} items, only {n} exist")
-        return np.arange(n)
-    classes, counts = np.unique(labels, return_counts=True)
-    exact = counts * size / n
-    quota = np.floor(exact).astype(int)
-    short = size - quota.sum()
-    order = np.lexsort((classes, -(exact - quota)))  # largest remainder, ties by class
-    quota[order[:short]] += 1
-    rng = np.random.default_rng([seed, 0x5EB5E7])
-    picked = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota)]
-    return np.sort(np.concatenate(picked))
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The training order of epoch EPOCH: one seeded permutation, handed to both frameworks."""
-    return np.random.default_rng([seed, 0xE90C, epoch]).permutation(n)
-
-
-def training_order(n: int, batch_size: int, epochs: int, seed: int) -> np.ndarray:
-    """(epochs, steps * batch_size) indices; the last partial batch of each epoch is dropped."""
-    steps = n // batch_size
-    if steps == 0:
-        raise ValueError(f"batch size {batch_size} is larger than the {n} training images")
-    return np.stack([epoch_order(n, seed, e)[:steps * batch_size] for e in range(epochs)])
-
-
-# --------------------------------------------------------------------------- the workers' input
-
-BUNDLE_FILES = ("train_x", "train_y", "test_x", "test_y", "order")
-
-
-@dataclass(frozen=True)
-class Bundle:
-    """Exactly what every worker trains and evaluates on: the same arrays and the same order."""
-    train: Split
-    test: Split
-    order: np.ndarray  # (epochs, steps * batch_size) indices into train
-
-    def write(self, folder: str | os.PathLike) -> Path:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        arrays = dict(train_x=self.train.images, train_y=self.train.labels,
-                      test_x=self.test.images, test_y=self.test.labels, order=self.order)
-        for name, array in arrays.items():
-            tmp = folder / f".{name}.npy.part"
-            with open(tmp, "wb") as f:
-                np.save(f, array, allow_pickle=False)
-            os.replace(tmp, folder / f"{name}.npy")
-        return folder
-
-    @classmethod
-    def read(cls, folder: str | os.PathLike) -> "Bundle":
-        a = {n: np.load(Path(folder) / f"{n}.npy", mmap_mode="r", allow_pickle=False) for n in BUNDLE_FILES}
-        return cls(Split(a["train_x"], a["train_y"]), Split(a["test_x"], a["test_y"]), a["order"])
-
-
-def make_bundle(dataset: Cifar10, train_size: int, test_size: int, batch_size: int, epochs: int,
-                seed: int) -> Bundle:
-    """Stratified seeded subsets and one shuffled order per epoch, shared by both frameworks."""
-    for option, size, split in (("--train-size", train_size, dataset.train), ("--test-size", test_size, dataset.test)):
-        if size > len(split):
-            raise DataError(f"{option} {size}: {dataset.source} holds only {len(split)} images; "
-                            f"use {option} {len(split)} or less (0 = all)")
-    tr = stratified_subset(dataset.train.labels, train_size, seed)
-    te = stratified_subset(dataset.test.labels, test_size, seed)
-    train = Split(dataset.train.images[tr], dataset.train.labels[tr])
-    test = Split(dataset.test.images[te], dataset.test.labels[te])
-    if batch_size > len(train):
-        raise DataError(f"--batch-size {batch_size} is larger than the {len(train)} training images; "
-                        f"lower --batch-size or raise --train-size")
-    return Bundle(train, test, training_order(len(train), batch_size, epochs, seed))

@@ -13,11 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import BenchConfig
-from .files import write_json_atomic
-from .monitor import Monitor, peak, summarize_util
-from .data import default_data_dir, ensure_cifar10, ensure_synthetic, make_bundle, read_canonical
-from .timeline import epoch_phases, epoch_times, inter_epoch_gaps, step_intervals, time_to_first_step
+from ..config import MODELS, BenchConfig
+from ..data import default_data_dir, ensure_cifar10, ensure_synthetic, make_bundle, read_canonical
+from ..files import write_json_atomic
+from ..frameworks import NAMES
+from ..telemetry.monitor import Monitor, peak, summarize_util
+from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, epoch_phases, epoch_times, inter_epoch_gaps,
+                                  step_intervals, time_to_first_step)
 from .worker import Worker, hide_for_worker_errors, kill_all
 
 __tracebackhide__ = hide_for_worker_errors
@@ -189,7 +191,7 @@ class Experiment:
         per_epoch = []
         at = {(e["name"], e.get("epoch")): e for e in events}
         for k in range(epochs):
-            start, stop = at.get(("epoch_start", k)), at.get(("epoch_stop", k))
+            start, stop = at.get((EPOCH_START, k)), at.get((EPOCH_STOP, k))
             fw = (stop or {}).get("memory") or {}
             window = [(start["t_ns"], stop["t_ns"] + 1)] if start and stop else []
             per_epoch.append(dict(epoch=k, framework_peak=fw.get("peak"), framework_reserved_peak=fw.get("reserved_peak"),
@@ -279,11 +281,11 @@ class _Monitoring:
 
 
 def describe_models(cfg: BenchConfig, bundle_dir: str | os.PathLike, work_dir: str | os.PathLike,
-                    models: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
-    """Build every model in both frameworks (one worker per framework) and collect `describe`."""
-    from .config import FRAMEWORKS, MODELS
+                    models: tuple[str, ...] | None = None, frameworks: tuple[str, ...] | None = None
+                    ) -> list[dict[str, Any]]:
+    """Build every model in every framework (one worker per framework) and collect `describe`."""
     out = []
-    for framework in FRAMEWORKS:
+    for framework in frameworks or NAMES:
         with Worker(framework, cfg.as_dict(), bundle_dir, Path(work_dir) / f"describe-{framework}.log",
                     cfg.worker_timeout) as w:
             out.extend(w.request("build", model=m) for m in (models or MODELS))

@@ -1,18 +1,14 @@
-"""The one small protocol both framework backends implement, and how a worker picks one.
+"""The one small protocol every framework backend implements, and the errors it raises.
 
 Nothing here imports a framework: the parent process never loads torch or TensorFlow.
 """
 from __future__ import annotations
 
-import importlib
 import re
 from typing import Any, Protocol
 
-from .data import Bundle
-from .timeline import Timeline
-
-BACKEND_MODULES = {"torch": "bench_fixtures.torch_backend", "tensorflow": "bench_fixtures.tf_backend"}
-BACKEND_CLASSES = {"torch": "TorchBackend", "tensorflow": "TensorFlowBackend"}
+from ..data import Bundle
+from ..telemetry.timeline import Timeline
 
 
 class BackendError(RuntimeError):
@@ -75,7 +71,3 @@ class Backend(Protocol):
     def is_out_of_memory(exc: BaseException) -> bool:
         """Whether EXC is this framework's allocation failure (host or device)."""
 
-
-def load_backend(framework: str) -> type:
-    module = importlib.import_module(BACKEND_MODULES[framework])
-    return getattr(module, BACKEND_CLASSES[framework])

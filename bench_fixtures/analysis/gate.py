@@ -1,0 +1,296 @@
+"""The regression gate: `bench gate BASELINE.json CANDIDATE.json`.
+
+Compares two pytest-benchmark JSON files (from --benchmark-json or the storage folder) case by
+case: time (slower beyond a threshold *and*, where both runs saved their rounds with
+--benchmark-save-data, significantly so by a one-sided Mann-Whitney U test), and the metrics in
+extra_info: accuracy after fine-tuning, peak memory, throughput, time to first step, inter-epoch
+gap. Exit 0 pass, 1 regression, 2 cannot compare (bad file, machine or config mismatch, cases
+missing from the candidate).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..files import write_json_atomic
+from ..frameworks import FRAMEWORKS
+from .results import ResultsError, case_name, load_run
+
+PASS, REGRESSION, CANNOT_COMPARE = 0, 1, 2
+
+
+class GateError(Exception):
+    """The two runs cannot be compared; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    extract: Callable[[dict], float | None]
+    better: str          # "lower" or "higher"
+    mode: str            # "relative" (fraction of baseline) or "points" (absolute, x100)
+    threshold: float
+    unit: str
+    floor: float = 0.0   # changes smaller than this (in the metric's own unit) never count
+
+
+def _extra(key: str) -> Callable[[dict], float | None]:
+    return lambda b: (b.get("extra_info") or {}).get(key)
+
+
+def _peak_memory(b: dict) -> float | None:
+    mem = (b.get("extra_info") or {}).get("memory") or {}
+    return mem.get("framework_peak") or mem.get("process_peak")
+
+
+def _mean_gap(b: dict) -> float | None:
+    gaps = [g for g in (b.get("extra_info") or {}).get("inter_epoch_gaps_s") or [] if g is not None]
+    return statistics.fmean(gaps) if gaps else None
+
+
+METRICS = {m.name: m for m in [
+    Metric("time", lambda b: b["stats"]["median"], "lower", "relative", 0.10, "s"),
+    Metric("accuracy_after", _extra("accuracy_after"), "higher", "points", 2.0, "%"),
+    Metric("peak_memory", _peak_memory, "lower", "relative", 0.10, "B"),
+    Metric("throughput", _extra("train_images_per_s"), "higher", "relative", 0.05, "img/s"),
+    Metric("time_to_first_step", _extra("time_to_first_step_s"), "lower", "relative", 0.25, "s", floor=0.05),
+    Metric("inter_epoch_gap", _mean_gap, "lower", "relative", 0.25, "s", floor=0.05),
+]}
+HARDWARE_KEYS = ("gpu_name", "cpu_model")
+VERSION_KEYS = tuple(p for f in FRAMEWORKS.values() for p in f.packages)
+CONFIG_KEYS = ("profile", "device", "dataset", "train_size", "test_size", "epochs", "batch_size", "weights",
+               "precision", "compile", "image_size", "optimizer", "lr")
+
+
+@dataclass
+class Verdict:
+    case: str
+    metric: str
+    baseline: float
+    candidate: float
+    change: float        # relative (fraction) or points, signed so that > 0 is worse
+    threshold: float
+    verdict: str         # ok, improved, REGRESSION
+    note: str = ""
+
+
+@dataclass
+class Thresholds:
+    defaults: dict[str, float] = field(default_factory=dict)
+    per_test: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def get(self, case: str, metric: str) -> float:
+        for table in (self.per_test.get(case, {}), self.defaults):
+            if metric in table:
+                return table[metric]
+        return METRICS[metric].threshold
+
+    def set(self, spec: str) -> None:
+        """METRIC=VALUE for all cases, or TEST:METRIC=VALUE for one (TEST as pytest names it)."""
+        try:
+            target, value = spec.rsplit("=", 1)
+            case, _, metric = target.rpartition(":")
+            value_f = float(value)
+        except ValueError:
+            raise GateError(f"--threshold {spec!r}: expected METRIC=VALUE or TEST:METRIC=VALUE") from None
+        self._put(case, metric, value_f, f"--threshold {spec!r}")
+
+    def _put(self, case: str, metric: str, value: float, where: str) -> None:
+        if metric not in METRICS:
+            raise GateError(f"{where}: unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+        if not (math.isfinite(value) and value >= 0):
+            raise GateError(f"{where}: threshold must be a number >= 0")
+        (self.per_test.setdefault(case, {}) if case else self.defaults)[metric] = value
+
+    def load(self, path: str) -> None:
+        """TOML: [thresholds] METRIC = VALUE, and [tests."TEST"] METRIC = VALUE."""
+        try:
+            doc = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise GateError(f"{path}: cannot read thresholds ({e})") from None
+        for metric, value in (doc.get("thresholds") or {}).items():
+            self._put("", metric, float(value), path)
+        for case, table in (doc.get("tests") or {}).items():
+            for metric, value in table.items():
+                self._put(case, metric, float(value), f"{path} [tests.{case!r}]")
+
+
+def mismatches(base: dict, cand: dict, allow: str) -> list[str]:
+    """What differs between the runs' machines and configs, minus what ALLOW permits."""
+    out = []
+    bm, cm = base.get("machine_info") or {}, cand.get("machine_info") or {}
+    if allow != "all":
+        for key in HARDWARE_KEYS:
+            if bm.get(key) != cm.get(key):
+                out.append(f"machine_info.{key}: {bm.get(key)!r} vs {cm.get(key)!r}")
+        bc, cc = base.get("bench_config") or {}, cand.get("bench_config") or {}
+        for key in CONFIG_KEYS:
+            if bc.get(key) != cc.get(key):
+                out.append(f"bench_config.{key}: {bc.get(key)!r} vs {cc.get(key)!r}")
+    if allow == "none":
+        bp, cp = bm.get("packages") or {}, cm.get("packages") or {}
+        for key in VERSION_KEYS:
+            if bp.get(key) != cp.get(key):
+                out.append(f"machine_info.packages.{key}: {bp.get(key)!r} vs {cp.get(key)!r}")
+    return out
+
+
+def _min_p(n1: int, n2: int) -> float:
+    return 1.0 / math.comb(n1 + n2, n1)
+
+
+def compare_metric(case: str, metric: Metric, b: dict, c: dict, threshold: float, alpha: float) -> Verdict | None:
+    vb, vc = metric.extract(b), metric.extract(c)
+    if vb is None or vc is None:
+        return None
+    if metric.mode == "points":
+        worse = (vb - vc) * 100 if metric.better == "higher" else (vc - vb) * 100
+    else:
+        diff = (vc - vb) if metric.better == "lower" else (vb - vc)
+        worse = diff / vb if vb else (0.0 if diff == 0 else math.inf)
+    absolute = abs(vc - vb)
+    beyond = worse > threshold and absolute > metric.floor
+    note = ""
+    if metric.name == "time":
+        db, dc = (b["stats"].get("data") or []), (c["stats"].get("data") or [])
+        if len(db) >= 2 and len(dc) >= 2 and _min_p(len(db), len(dc)) <= alpha:
+            from scipy.stats import mannwhitneyu
+            p = float(mannwhitneyu(dc, db, alternative="greater").pvalue)
+            note = f"Mann-Whitney p={p:.3g} ({len(db)} vs {len(dc)} rounds)"
+            beyond = beyond and p < alpha
+        else:
+            note = ("threshold only: too few rounds for a significance test" if db and dc
+                    else "threshold only: no raw rounds (--benchmark-save-data)")
+    verdict = "REGRESSION" if beyond else ("improved" if worse < -threshold else "ok")
+    return Verdict(case, metric.name, vb, vc, worse, threshold, verdict, note)
+
+
+def compare(base: dict, cand: dict, thresholds: Thresholds, alpha: float = 0.05
+            ) -> tuple[list[Verdict], list[str], list[str]]:
+    """Verdicts for every case in both runs, and the cases only in the baseline / candidate."""
+    bb = {case_name(b): b for b in base["benchmarks"]}
+    cb = {case_name(b): b for b in cand["benchmarks"]}
+    verdicts = []
+    for case in sorted(bb.keys() & cb.keys()):
+        for metric in METRICS.values():
+            v = compare_metric(case, metric, bb[case], cb[case], thresholds.get(case, metric.name), alpha)
+            if v is not None:
+                verdicts.append(v)
+    return verdicts, sorted(bb.keys() - cb.keys()), sorted(cb.keys() - bb.keys())
+
+
+def _fmt(value: float, metric: Metric) -> str:
+    if metric.unit == "%":
+        return f"{value * 100:.1f}%"
+    if metric.unit == "B":
+        return f"{value / 2**20:.1f} MiB"
+    return f"{value:.4g} {metric.unit}"
+
+
+def format_table(verdicts: list[Verdict]) -> str:
+    lines = []
+    for case in dict.fromkeys(v.case for v in verdicts):
+        lines += ["", case, f"  {'metric':<20} {'baseline':>14} {'candidate':>14} {'change':>10} {'limit':>8}  verdict"]
+        for v in (v for v in verdicts if v.case == case):
+            m = METRICS[v.metric]
+            change = f"{v.change:+.1f} pt" if m.mode == "points" else f"{v.change:+.1%}"
+            limit = f"{v.threshold:.1f} pt" if m.mode == "points" else f"{v.threshold:.0%}"
+            lines.append(f"  {v.metric:<20} {_fmt(v.baseline, m):>14} {_fmt(v.candidate, m):>14} {change:>10} "
+                         f"{limit:>8}  {v.verdict}{'  ' + v.note if v.note else ''}")
+    return "\n".join(lines)
+
+
+def github_entries(cand: dict) -> tuple[list[dict], list[dict]]:
+    """github-action-benchmark 'customSmallerIsBetter' and 'customBiggerIsBetter' entries."""
+    smaller, bigger = [], []
+    for b in cand["benchmarks"]:
+        for metric in METRICS.values():
+            value = metric.extract(b)
+            if value is None:
+                continue
+            unit = {"%": "fraction"}.get(metric.unit, metric.unit)
+            entry = dict(name=f"{case_name(b)} {metric.name}", unit=unit, value=value)
+            (smaller if metric.better == "lower" else bigger).append(entry)
+    return smaller, bigger
+
+
+MISMATCH_CHOICES = ("none", "versions", "all")
+
+
+def _bare_allow_mismatch(argv: list[str]) -> list[str]:
+    """`--allow-mismatch` given bare means 'all'. argparse's optional value would swallow the next
+    word (`--allow-mismatch base.json cand.json` took base.json as the value): say it explicitly."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--allow-mismatch" and (i + 1 == len(out) or out[i + 1] not in MISMATCH_CHOICES):
+            out[i] = "--allow-mismatch=all"
+    return out
+
+
+def main(argv: list[str] | None = None, prog: str = "bench gate") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("baseline")
+    p.add_argument("candidate")
+    p.add_argument("--threshold", action="append", default=[], metavar="[TEST:]METRIC=VALUE",
+                   help="relative for time/peak_memory/throughput/time_to_first_step/inter_epoch_gap "
+                        "(0.10 = 10%%), percentage points for accuracy_after")
+    p.add_argument("--config", help="TOML file: [thresholds] and [tests.\"TEST\"] tables")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level for time (0.05)")
+    p.add_argument("--allow-mismatch", default="none", choices=MISMATCH_CHOICES,
+                   help="compare anyway: 'versions' lets framework versions differ (an upgrade), "
+                        "'all' (the default when given bare) also hardware and config")
+    p.add_argument("--allow-missing", action="store_true", help="cases missing from the candidate are not an error")
+    p.add_argument("--github-json", metavar="OUT", help="write github-action-benchmark JSON: OUT "
+                   "(customSmallerIsBetter) and OUT with .bigger before .json (customBiggerIsBetter)")
+    a = p.parse_args(_bare_allow_mismatch(sys.argv[1:] if argv is None else argv))
+    try:
+        thresholds = Thresholds()
+        if a.config:
+            thresholds.load(a.config)
+        for spec in a.threshold:
+            thresholds.set(spec)
+        base, cand = load_run(a.baseline), load_run(a.candidate)
+        problems = mismatches(base, cand, a.allow_mismatch)
+        if problems:
+            raise GateError("the runs are not comparable (pass --allow-mismatch versions for an upgrade, "
+                            "--allow-mismatch to force):\n  " + "\n  ".join(problems))
+    except (GateError, ResultsError) as e:
+        print(f"gate: cannot compare: {e}", file=sys.stderr)
+        return CANNOT_COMPARE
+    verdicts, removed, added = compare(base, cand, thresholds, a.alpha)
+    print(f"gate: {a.baseline} -> {a.candidate}")
+    print(format_table(verdicts))
+    for case in added:
+        print(f"added (no baseline): {case}")
+    for case in removed:
+        print(f"MISSING from the candidate: {case}")
+    if a.github_json:
+        smaller, bigger = github_entries(cand)
+        out = Path(a.github_json)
+        write_json_atomic(out, smaller)
+        write_json_atomic(out.with_name(out.stem + ".bigger" + out.suffix), bigger)
+    regressions = [v for v in verdicts if v.verdict == "REGRESSION"]
+    if regressions:
+        print(f"\nREGRESSION: {len(regressions)} metric(s) in "
+              f"{', '.join(dict.fromkeys(v.case for v in regressions))}: "
+              f"{', '.join(f'{v.case} {v.metric}' for v in regressions)}")
+        return REGRESSION
+    if removed and not a.allow_missing:
+        print(f"\ncannot compare: {len(removed)} case(s) missing from the candidate (--allow-missing to accept)")
+        return CANNOT_COMPARE
+    if not verdicts:
+        print("\ncannot compare: no case in common")
+        return CANNOT_COMPARE
+    print(f"\nPASS: {len(verdicts)} metric(s) over {len(set(v.case for v in verdicts))} case(s)")
+    return PASS
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m bench_fixtures.analysis.gate"))

@@ -1,0 +1,89 @@
+"""What every worker trains on: seeded stratified subsets, one shuffled order per epoch, and the
+memory-mapped arrays that carry them, so the same pixels in the same order reach every framework."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .cifar10 import Cifar10, DataError, Split
+
+
+def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Sorted indices of SIZE items whose class proportions match LABELS' (largest remainder);
+    0 means all. The same seed and labels always give the same subset."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    if size == 0 or size >= n:
+        if size > n:
+            raise ValueError(f"asked for {size} items, only {n} exist")
+        return np.arange(n)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * size / n
+    quota = np.floor(exact).astype(int)
+    short = size - quota.sum()
+    order = np.lexsort((classes, -(exact - quota)))  # largest remainder, ties by class
+    quota[order[:short]] += 1
+    rng = np.random.default_rng([seed, 0x5EB5E7])
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota)]
+    return np.sort(np.concatenate(picked))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The training order of epoch EPOCH: one seeded permutation, handed to both frameworks."""
+    return np.random.default_rng([seed, 0xE90C, epoch]).permutation(n)
+
+
+def training_order(n: int, batch_size: int, epochs: int, seed: int) -> np.ndarray:
+    """(epochs, steps * batch_size) indices; the last partial batch of each epoch is dropped."""
+    steps = n // batch_size
+    if steps == 0:
+        raise ValueError(f"batch size {batch_size} is larger than the {n} training images")
+    return np.stack([epoch_order(n, seed, e)[:steps * batch_size] for e in range(epochs)])
+
+
+BUNDLE_FILES = ("train_x", "train_y", "test_x", "test_y", "order")
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """Exactly what every worker trains and evaluates on: the same arrays and the same order."""
+    train: Split
+    test: Split
+    order: np.ndarray  # (epochs, steps * batch_size) indices into train
+
+    def write(self, folder: str | os.PathLike) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays = dict(train_x=self.train.images, train_y=self.train.labels,
+                      test_x=self.test.images, test_y=self.test.labels, order=self.order)
+        for name, array in arrays.items():
+            tmp = folder / f".{name}.npy.part"
+            with open(tmp, "wb") as f:
+                np.save(f, array, allow_pickle=False)
+            os.replace(tmp, folder / f"{name}.npy")
+        return folder
+
+    @classmethod
+    def read(cls, folder: str | os.PathLike) -> "Bundle":
+        a = {n: np.load(Path(folder) / f"{n}.npy", mmap_mode="r", allow_pickle=False) for n in BUNDLE_FILES}
+        return cls(Split(a["train_x"], a["train_y"]), Split(a["test_x"], a["test_y"]), a["order"])
+
+
+def make_bundle(dataset: Cifar10, train_size: int, test_size: int, batch_size: int, epochs: int,
+                seed: int) -> Bundle:
+    """Stratified seeded subsets and one shuffled order per epoch, shared by both frameworks."""
+    for option, size, split in (("--train-size", train_size, dataset.train), ("--test-size", test_size, dataset.test)):
+        if size > len(split):
+            raise DataError(f"{option} {size}: {dataset.source} holds only {len(split)} images; "
+                            f"use {option} {len(split)} or less (0 = all)")
+    tr = stratified_subset(dataset.train.labels, train_size, seed)
+    te = stratified_subset(dataset.test.labels, test_size, seed)
+    train = Split(dataset.train.images[tr], dataset.train.labels[tr])
+    test = Split(dataset.test.images[te], dataset.test.labels[te])
+    if batch_size > len(train):
+        raise DataError(f"--batch-size {batch_size} is larger than the {len(train)} training images; "
+                        f"lower --batch-size or raise --train-size")
+    return Bundle(train, test, training_order(len(train), batch_size, epochs, seed))

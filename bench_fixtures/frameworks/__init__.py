@@ -1,0 +1,57 @@
+"""The framework registry: one record per framework; everything else reads it.
+
+A framework is one backend module in this folder plus one `Framework` record below. Nothing here
+imports a framework: the parent process (pytest, the gate, the report) reads the registry without
+ever loading torch or TensorFlow; only a worker imports its own backend (`load_backend`).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Framework:
+    name: str                  # the test-id prefix and pytest marker: torch-resnet50, -m torch
+    label: str                 # how people write it
+    backend: str               # "module:Class" of the backend, relative to this package
+    packages: tuple[str, ...]  # the distributions that make it, first the one whose version is its own
+    imports: tuple[str, ...]   # top-level modules its backend needs (availability check, no import)
+    zoo: str                   # where its backbones and ImageNet weights come from: torchvision or keras
+    install: str               # the pip command that installs it as requirements.txt pins it
+    gpu_extra: str | None      # the extra whose dependencies are its GPU libraries, when they are opt-in
+    color: str                 # report colours: strong (after), light (before)
+    light: str
+
+    @property
+    def backend_file(self) -> str:
+        return self.backend.split(":")[0] + ".py"
+
+    def missing(self) -> str | None:
+        """Why this framework cannot run here (one line with the fix), or None when it can."""
+        for module in self.imports:
+            if importlib.util.find_spec(module) is None:
+                return f"{self.name} cases skipped: the Python package '{module}' is not installed; {self.install}"
+        return None
+
+
+FRAMEWORKS: dict[str, Framework] = {f.name: f for f in (
+    Framework("torch", "PyTorch", "torch_backend:TorchBackend", ("torch", "torchvision"), ("torch", "torchvision"),
+              "torchvision", "pip install torch torchvision (the versions pinned in requirements.txt)", None,
+              "#ee4c2c", "#f7a99b"),
+    Framework("tensorflow", "TensorFlow", "tf_backend:TensorFlowBackend", ("tensorflow", "keras"),
+              ("tensorflow", "keras"), "keras", "pip install tensorflow keras (the versions pinned in requirements.txt)",
+              "and-cuda", "#ff8f00", "#ffd08a"),
+)}
+NAMES: tuple[str, ...] = tuple(FRAMEWORKS)
+
+
+def backend_module(framework: str) -> str:
+    return f"{__name__}.{FRAMEWORKS[framework].backend.split(':')[0]}"
+
+
+def load_backend(framework: str) -> type:
+    """The backend class; imports the framework (inside a worker only)."""
+    module, cls = FRAMEWORKS[framework].backend.split(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)

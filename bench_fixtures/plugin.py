@@ -1,0 +1,337 @@
+"""The pytest plugin (entry point `pytest11`): options, session state, hooks and fixtures.
+
+All the experiment's logic lives in the package; this module wires it to pytest and
+pytest-benchmark. It is installed, so its options are known before pytest reads the command line.
+It stays inert in a session that collects none of its cases (tests that use the `bench_runner`
+fixture): no config resolved, nothing printed, nothing of pytest-benchmark's touched.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import time
+from copy import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import benchmark_compat as compat
+from . import machine
+from .config import BenchConfig, ConfigError, resolve
+from .files import OutputError, check_writable
+from .frameworks import FRAMEWORKS
+
+# (option, dest, type, help); defaults come from the profile (None = "profile decides").
+OPTIONS = [
+    ("--bench-profile", "profile", str, "auto (seed on a GPU, smoke on a CPU), smoke or seed"),
+    ("--dataset", "dataset", str, "cifar10 or synthetic (profile: smoke=synthetic, seed=cifar10)"),
+    ("--data-dir", "data_dir", str, "folder holding cifar-10-batches-py/ (env CIFAR10_DIR; "
+                                    "default ~/.cache/bench_fixtures/cifar10, downloaded when absent)"),
+    ("--train-size", "train_size", int, "training images, stratified and seeded; 0 = all (smoke 256, seed 0)"),
+    ("--test-size", "test_size", int, "test images, stratified and seeded; 0 = all (smoke 100, seed 0)"),
+    ("--epochs", "epochs", int, "fine-tuning epochs (smoke 2, seed 5)"),
+    ("--batch-size", "batch_size", int, "batch size for training and evaluation (32)"),
+    ("--lr", "lr", float, "learning rate (sgd 0.01, adam 0.001)"),
+    ("--optimizer", "optimizer", str, "sgd (momentum 0.9, torch form) or adam"),
+    ("--weights", "weights", str, "imagenet or none (smoke none, seed imagenet)"),
+    ("--device", "device", str, "auto, cpu or gpu (auto: gpu when NVML sees one)"),
+    ("--seed", "seed", int, "seed for subsets, epoch order, head init and framework RNGs (0)"),
+    ("--min-accuracy-gain", "min_accuracy_gain", float,
+     "test_finetune fails unless accuracy_after >= accuracy_before + this (smoke 0.05, seed 0.10)"),
+    ("--worker-timeout", "worker_timeout", float, "seconds a worker may take for one request (smoke 900, seed 7200)"),
+    ("--worker-memory-limit", "worker_memory_limit", int, "MiB of host memory each worker may allocate "
+                                                          "(RLIMIT_DATA); past it the case fails as out of "
+                                                          "memory instead of the machine swapping (0 = none)"),
+    ("--finetune-rounds", "finetune_rounds", int, "test_finetune rounds, each with a fresh model (1)"),
+    ("--step-rounds", "step_rounds", int, "test_train_step rounds (smoke 3, seed 10)"),
+    ("--step-count", "step_count", int, "training steps per test_train_step round (smoke 1, seed 50)"),
+    ("--step-warmup", "step_warmup", int, "untimed steps before test_train_step rounds (smoke 1, seed 20)"),
+    ("--image-size", "image_size", int, "input size the backbone sees; CIFAR's 32 px are resized on the device (32)"),
+    ("--precision", "precision", str, "fp32 or tf32, set alike in both frameworks (fp32)"),
+    ("--compile", "compile", str, "off, or on = XLA jit_compile in Keras and torch.compile (off)"),
+    ("--preprocess", "preprocess", str, "auto, cifar (shared CIFAR mean/std) or native (each weights' own "
+                                        "preprocessing); auto = native with imagenet weights"),
+    ("--bn-momentum", "bn_momentum", float, "BatchNorm momentum, torch convention; Keras gets 1 - m "
+                                            "(smoke 0.5, seed 0.1)"),
+    ("--bn-eps", "bn_eps", float, "BatchNorm epsilon in both frameworks (1e-5)"),
+    ("--adam-eps", "adam_eps", float, "Adam epsilon in both frameworks (1e-8)"),
+    ("--eval-every-epoch", "eval_every_epoch", None, "evaluate on the test split after every epoch "
+                                                     "(Keras validation_data; a torch eval loop; seed: on)"),
+    ("--monitor-interval", "monitor_interval", float, "seconds between utilisation/memory samples, taken "
+                                                      "from this process by the worker's PID (0.05)"),
+]
+# Options whose value is a path: pytest must never take it for a test path (see _rootdir_from_options).
+PATH_OPTIONS = ("--data-dir", "--bench-report", "--telemetry-dir")
+
+
+class BenchState:
+    """What one pytest session of benchmark cases holds: the resolved config, the data, the runner."""
+
+    def __init__(self, cfg: BenchConfig, notes: list[str]) -> None:
+        self.cfg, self.notes = cfg, notes
+        self.work_dir: str | None = None
+        self.runner: Any = None
+        self.bundle_meta: dict[str, Any] | None = None
+        self.json_path: Path | None = None
+
+
+STATE = pytest.StashKey[BenchState]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("bench", "PyTorch vs TensorFlow fine-tuning benchmark")
+    group.addoption("--bench-report", dest="bench_report", default=None, metavar="DIR",
+                    help="write the report (PNGs + report.md, bench report) into DIR at the end of the session")
+    group.addoption("--telemetry-dir", dest="bench_telemetry_dir", default=None, metavar="DIR",
+                    help="where each case's raw timeline + samples JSON goes (default: beside "
+                         "--benchmark-json as NAME.telemetry/, else .benchmarks/telemetry/TIMESTAMP/)")
+    for flag, dest, kind, help_ in OPTIONS:
+        if kind is None:
+            group.addoption(flag, dest=f"bench_{dest}", action="store_const", const=True, default=None, help=help_)
+        else:
+            group.addoption(flag, dest=f"bench_{dest}", type=kind, default=None, help=help_,
+                            metavar="DIR" if flag in PATH_OPTIONS else None)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    _rootdir_from_options(early_config, parser, args)
+
+
+def _rootdir_from_options(config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    """pytest picks its root folder (and so pytest.ini) from the command line *before* it loads
+    installed plugins: in `--data-dir /data/cifar`, `/data/cifar` then looks like a test path, the
+    root becomes /data/cifar and pytest.ini is never read. Now that every option is known, decide
+    again from the real test paths, and if that changes the answer, take the right ini file."""
+    from _pytest.config.findpaths import determine_setup
+    ns = config.known_args_namespace
+    if ns.rootdir or ns.inifilename or config.inipath is not None:
+        return  # chosen on purpose, or an ini file was found: nothing went astray
+    try:
+        rootpath, inipath, inicfg, _ = determine_setup(
+            inifile=None, override_ini=ns.override_ini, args=ns.file_or_dir, rootdir_cmd_arg=None,
+            invocation_dir=config.invocation_params.dir)
+    except TypeError:  # another pytest's signature: leave pytest's own choice (tests/test_plugin.py)
+        return
+    if inipath is None:
+        return
+    for attr in ("_rootpath", "_inipath", "_inicfg", "_inicache"):  # checked by tests/test_plugin.py
+        if not hasattr(config, attr):
+            return
+    config._rootpath, config._inipath, config._inicfg = rootpath, inipath, inicfg
+    config._inicache.clear()
+    parser.extra_info.update(rootdir=str(rootpath), inifile=str(inipath))
+    args[:] = list(config.getini("addopts")) + args
+    config.known_args_namespace = parser.parse_known_args(args, namespace=copy(config.option))
+    config.known_args_namespace.confcutdir = str(inipath.parent if inipath else rootpath)
+
+
+def _case_key(item: pytest.Item) -> tuple[str, str] | None:
+    """(framework, model) of a benchmark case: a test that uses `bench_runner`, parametrised by both."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if "bench_runner" in getattr(item, "fixturenames", ()) and "framework" in params and "model" in params:
+        return params["framework"], params["model"]
+    return None
+
+
+def _require_writable(folder: str | Path, option: str, hint: str = "") -> None:
+    """Outputs are checked at startup, not when an hour of results is to be saved."""
+    try:
+        check_writable(Path(folder).expanduser(), option)
+    except OutputError as e:
+        raise pytest.UsageError(f"{e}{hint}") from None
+
+
+def _start(config: pytest.Config) -> BenchState:
+    """The session collected benchmark cases: resolve and check everything before any worker starts."""
+    options = {dest: config.getoption(f"bench_{dest}") for _, dest, _, _ in OPTIONS}
+    gpus, reason = machine.nvml_gpus()
+    try:
+        cfg = resolve(options, len(gpus), reason)
+    except ConfigError as e:
+        raise pytest.UsageError(str(e)) from None
+    notes = [f.missing() for f in FRAMEWORKS.values() if f.missing()]
+    state = BenchState(cfg, notes)
+    report = config.getoption("bench_report")
+    if report:
+        _require_writable(report, "--bench-report")
+    state.json_path = compat.atomic_json(config, Path(report).expanduser() / "run.json" if report else None)
+    if state.json_path is not None:
+        _require_writable(state.json_path.parent, "--benchmark-json")
+    compat.set_machine_id(config, machine.storage_machine_id)
+    store = compat.storage_folder(config)
+    if store is not None:
+        _require_writable(store, "--benchmark-storage", " (file://DIR)")
+        from .files import save_numbered
+        from pytest_benchmark.utils import safe_dumps
+        compat.save_with(config, lambda folder, name, output: save_numbered(
+            folder, name, safe_dumps(output, ensure_ascii=True, indent=4).encode()))
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # SIGTERM stops the run like Ctrl-C
+        signal.signal(signal.SIGTERM, _terminate)
+    return state
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    """Put each case's tests next to each other (they share a worker); prepare the data up front,
+    so a bad option or data set stops the run before any worker starts."""
+    keys = {id(i): _case_key(i) for i in items}
+    cases = [k for k in dict.fromkeys(keys.values()) if k is not None]
+    if not cases:
+        return  # inert: not a benchmark session
+    state = config.stash[STATE] = _start(config)
+    rank = {k: n for n, k in enumerate(cases)}
+    first = next(n for n, i in enumerate(items) if keys[id(i)])
+    bench = sorted((i for i in items if keys[id(i)]), key=lambda i: rank[keys[id(i)]])
+    items[:] = [i for i in items[:first] if not keys[id(i)]] + bench + \
+        [i for i in items[first:] if not keys[id(i)]]
+    for item in bench:
+        framework = keys[id(item)][0]
+        missing = FRAMEWORKS[framework].missing() if framework in FRAMEWORKS else f"unknown framework {framework!r}"
+        if missing:
+            item.add_marker(pytest.mark.skip(reason=missing))
+        elif state.cfg.device == "gpu":
+            item.add_marker(pytest.mark.gpu)
+    runnable = {keys[id(i)][0] for i in bench} - {f for f in FRAMEWORKS if FRAMEWORKS[f].missing()}
+    if runnable and not config.getoption("benchmark_skip", False):
+        _prepare(config, state)
+
+
+def _prepare(config: pytest.Config, state: BenchState) -> None:
+    from .data import DataError
+    from .runner.experiment import CaseRunner, prepare_data
+    telemetry = telemetry_dir(config)
+    _require_writable(telemetry, "--telemetry-dir")
+    state.work_dir = tempfile.mkdtemp(prefix="bench-")
+    try:
+        bundle_dir, state.bundle_meta = prepare_data(state.cfg, state.work_dir)
+    except DataError as e:
+        raise pytest.UsageError(str(e)) from None
+    state.runner = CaseRunner(state.cfg, bundle_dir, state.bundle_meta, state.work_dir, telemetry)
+    state.runner.progress = Progress(config, state.cfg.epochs)
+
+
+def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
+    """The run's own first line: which profile, device and data set ran, and why."""
+    state = config.stash.get(STATE, None)
+    return [] if state is None else [state.cfg.headline(), *(f"bench: {n}" for n in state.notes)]
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
+    """An interrupted run saves nothing: its workers are killed at once and pytest-benchmark is left
+    with no results to write, so no partial JSON or history file appears."""
+    state = session.config.stash.get(STATE, None)
+    if state is not None and exitstatus == pytest.ExitCode.INTERRUPTED:
+        if state.runner is not None:
+            state.runner.kill()
+        compat.drop_results(session.config)
+    yield
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """A case's worker lives as long as its tests (they are adjacent): it must not sit on memory or
+    CPU while other cases or tests run."""
+    key = _case_key(item)
+    state = item.config.stash.get(STATE, None)
+    if key is not None and state is not None and state.runner is not None \
+            and (nextitem is None or _case_key(nextitem) != key):
+        state.runner.close()
+
+
+class Progress:
+    """One line per epoch per case through pytest's terminal reporter (not captured output)."""
+
+    def __init__(self, config: pytest.Config, epochs: int) -> None:
+        self.reporter = config.pluginmanager.get_plugin("terminalreporter")
+        self.capture = config.pluginmanager.get_plugin("capturemanager")
+        self.epochs, self.start = epochs, {}
+
+    def __call__(self, name: str, event: dict) -> None:
+        from .telemetry.timeline import RUN_START
+        if event["name"] == RUN_START:
+            self.start[name] = event["t_ns"]
+            return
+        if self.reporter is None or self.capture is None:
+            return
+        elapsed = (event["t_ns"] - self.start.get(name, event["t_ns"])) / 1e9
+        loss = f" loss {event['loss']:.3f}" if event.get("loss") is not None else ""
+        acc = f" val_acc {event['val_accuracy']:.3f}" if event.get("val_accuracy") is not None else ""
+        with self.capture.global_and_fixture_disabled():  # or the line lands in the captured output
+            self.reporter.ensure_newline()
+            self.reporter.write_line(f"  {name}: epoch {event['epoch'] + 1}/{self.epochs} at {elapsed:.1f}s{loss}{acc}")
+
+
+def telemetry_dir(config: pytest.Config) -> Path:
+    given = config.getoption("bench_telemetry_dir")
+    if given:
+        return Path(given).expanduser()
+    state = config.stash.get(STATE, None)
+    if state is not None and state.json_path is not None:
+        return state.json_path.with_name(state.json_path.stem + ".telemetry")
+    return Path(".benchmarks") / "telemetry" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(STATE, None)
+    if state is None:
+        return
+    report = config.getoption("bench_report")
+    if report and state.json_path is not None and state.json_path.is_file():
+        from .analysis.report import write_report
+        path = write_report([str(state.json_path)], Path(report).expanduser())
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"bench: report written to {path}")
+    if state.runner is not None:
+        state.runner.close()
+    if state.work_dir is not None:
+        shutil.rmtree(state.work_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def bench_config(pytestconfig: pytest.Config) -> BenchConfig:
+    state = pytestconfig.stash.get(STATE, None)
+    if state is None:
+        pytest.skip("no benchmark case collected in this session")
+    return state.cfg
+
+
+@pytest.fixture(scope="session")
+def bench_runner(pytestconfig: pytest.Config):
+    state = pytestconfig.stash.get(STATE, None)
+    if state is None or state.runner is None:
+        pytest.skip("benchmark data not prepared (--benchmark-skip, or collected without cases)")
+    yield state.runner
+    state.runner.close()
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    state = config.stash.get(STATE, None)
+    if state is not None:
+        machine_info.update(machine.machine_info(state.runner.framework_builds if state.runner else {}))
+
+
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list, output_json: dict) -> None:
+    state = config.stash.get(STATE, None)
+    if state is None:
+        return
+    output_json["bench_config"] = state.cfg.as_dict()
+    output_json["command"] = " ".join(["pytest", *config.invocation_params.args])
+    runner = state.runner
+    if runner is not None and runner.worker_infos:
+        from .analysis import dx
+        ttfs: dict[str, list[float]] = {}
+        for b in output_json.get("benchmarks", []):
+            e = b.get("extra_info") or {}
+            if e.get("time_to_first_step_s") is not None:
+                ttfs.setdefault(e["framework"], []).append(e["time_to_first_step_s"])
+        output_json["dx"] = dx.summarize(runner.worker_infos, len(machine.nvml_gpus()[0]), ttfs)
+    output_json["bench_data"] = state.bundle_meta
