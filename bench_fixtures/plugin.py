@@ -246,6 +246,20 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
         state.runner.close()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """pytest-benchmark keeps the numbers of a test that failed after measuring (accuracy did not
+    improve, telemetry inconsistent): record the outcome beside them, so no reader takes them for a
+    result (the gate fails such a candidate, the report marks it)."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and _case_key(item) is not None and item.config.stash.get(STATE, None) is not None:
+        fixture = getattr(item, "funcargs", {}).get("benchmark")
+        if fixture is not None and hasattr(fixture, "extra_info"):
+            from .analysis.results import OUTCOME_KEY
+            fixture.extra_info[OUTCOME_KEY] = "failed" if report.failed else "passed"
+
+
 class Progress:
     """One line per epoch per case through pytest's terminal reporter (not captured output)."""
 

@@ -187,3 +187,122 @@ def test_pytest_benchmark_compare_reads_the_storage(saved_runs):
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("test_finetune[torch-mobilenet_v2]") == 2
     assert r.stdout.count("test_train_step[torch-mobilenet_v2]") == 2
+
+
+# --------------------------------------------------------------------------- garbage in, exit 2 out
+
+def _valid_pair() -> tuple[dict, dict]:
+    base = run_of([bench("test_finetune[torch-vgg19]", [1.0, 1.1, 1.2]), bench("test_train_step[torch-vgg19]", [0.5])])
+    return base, copy.deepcopy(base)
+
+
+def _entry(run: dict, i: int) -> dict:
+    return run["benchmarks"][i % len(run["benchmarks"])]
+
+
+# Each mutation makes a run the gate cannot interpret; none of them may ever PASS or traceback.
+NAN, INF = float("nan"), float("inf")
+MUTATIONS = {
+    "median": lambda b, v: b["stats"].__setitem__("median", v),
+    "data": lambda b, v: b["stats"].__setitem__("data", v),
+    "stats": lambda b, v: b.__setitem__("stats", v),
+    "extra_info": lambda b, v: b.__setitem__("extra_info", v),
+    "accuracy_after": lambda b, v: b["extra_info"].__setitem__("accuracy_after", v),
+    "train_images_per_s": lambda b, v: b["extra_info"].__setitem__("train_images_per_s", v),
+    "inter_epoch_gaps_s": lambda b, v: b["extra_info"].__setitem__("inter_epoch_gaps_s", v),
+    "memory": lambda b, v: b["extra_info"].__setitem__("memory", v),
+    "process_peak": lambda b, v: b["extra_info"]["memory"].__setitem__("process_peak", v),
+    "fullname": lambda b, v: b.__setitem__("fullname", v),
+}
+BAD_VALUES = {
+    "median": [NAN, INF, -INF, -1.0, None, "1.0", [1.0], {}],
+    "data": [[NAN], [1.0, INF], [-1.0], "1,2", 3.0],
+    "stats": [None, [], "fast", 1.0],
+    "extra_info": [[], "x", 3],
+    "accuracy_after": [NAN, INF, 1.5, -0.1, "0.5", [0.5], True],
+    "train_images_per_s": [NAN, -INF, -3.0, "fast", {}],
+    "inter_epoch_gaps_s": ["0.2", [NAN], [-1.0], {"a": 1}, 0.2],
+    "memory": [[], "1GB", 5],
+    "process_peak": [NAN, -1.0, "1GB", [1]],
+    "fullname": [None, 3, "", ["x"]],
+}
+malformation = st.sampled_from(sorted(MUTATIONS)).flatmap(
+    lambda field: st.tuples(st.just(field), st.sampled_from(BAD_VALUES[field]), st.integers(0, 3), st.booleans()))
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.lists(malformation, min_size=1, max_size=3), st.booleans())
+def test_the_gate_never_passes_a_run_it_cannot_read(tmp_path_factory, damage, duplicate):
+    """120 malformed runs per CI run (1-3 bad fields each, in the baseline or the candidate, plus
+    duplicated tests): always exit 2 with one 'cannot compare' line naming the file, never a pass,
+    never a traceback."""
+    base, cand = _valid_pair()
+    for field, value, index, in_candidate in damage:
+        try:
+            MUTATIONS[field](_entry(cand if in_candidate else base, index), copy.deepcopy(value))
+        except (TypeError, KeyError, AttributeError):
+            pass  # an earlier mutation already removed what this one would change
+    if duplicate:
+        cand["benchmarks"].append(copy.deepcopy(cand["benchmarks"][0]))
+    folder = tmp_path_factory.mktemp("malformed")
+    paths = []
+    for name, run in (("base.json", base), ("cand.json", cand)):
+        (folder / name).write_text(json.dumps(run))  # NaN/Infinity as JSON writes them
+        paths.append(str(folder / name))
+    code, out, err = _gate_in_process(paths)
+    assert code == gate.CANNOT_COMPARE, out + err
+    assert err.startswith("gate: cannot compare: ") and ".json: " in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def _gate_in_process(args: list[str]) -> tuple[int, str, str]:
+    import contextlib
+    import io
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = gate.main(args)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_a_failed_test_never_passes(tmp_path):
+    base, cand = _valid_pair()
+    cand["benchmarks"][0]["extra_info"]["test_outcome"] = "failed"
+    (tmp_path / "b.json").write_text(json.dumps(base))
+    (tmp_path / "c.json").write_text(json.dumps(cand))
+    code, out, _ = _gate_in_process([str(tmp_path / "b.json"), str(tmp_path / "c.json")])
+    assert code == gate.REGRESSION and "FAILED in the candidate: test_finetune[torch-vgg19]" in out
+    assert "test_finetune[torch-vgg19] test failed" in out.strip().splitlines()[-1]
+    code, out, _ = _gate_in_process([str(tmp_path / "c.json"), str(tmp_path / "b.json")])  # failed baseline
+    assert code == gate.CANNOT_COMPARE and "its test failed in the baseline" in out
+
+
+def test_a_metric_gone_from_the_candidate_is_not_a_pass(tmp_path):
+    base, cand = _valid_pair()
+    cand["benchmarks"][0]["extra_info"]["accuracy_after"] = None
+    (tmp_path / "b.json").write_text(json.dumps(base))
+    (tmp_path / "c.json").write_text(json.dumps(cand))
+    code, out, _ = _gate_in_process([str(tmp_path / "b.json"), str(tmp_path / "c.json")])
+    assert code == gate.CANNOT_COMPARE and "accuracy_after measured in the baseline, not (null)" in out
+    code, _, _ = _gate_in_process([str(tmp_path / "b.json"), str(tmp_path / "c.json"), "--allow-missing"])
+    assert code == gate.PASS
+
+
+@pytest.mark.parametrize("toml", ['[thresholds]\ntime = "fast"\n', "[thresholds]\ntime = [1]\n",
+                                  "tests = 3\n", '[tests."x"]\ntime = true\n', "thresholds = 1\n"])
+def test_a_config_with_wrong_types_is_cannot_compare(tmp_path, toml):
+    base, cand = _valid_pair()
+    for name, run in (("b.json", base), ("c.json", cand)):
+        (tmp_path / name).write_text(json.dumps(run))
+    (tmp_path / "gate.toml").write_text(toml)
+    code, _, err = _gate_in_process([str(tmp_path / "b.json"), str(tmp_path / "c.json"),
+                                     "--config", str(tmp_path / "gate.toml")])
+    assert code == gate.CANNOT_COMPARE and "gate.toml" in err and "Traceback" not in err
+
+
+def test_github_json_into_a_folder_is_cannot_compare(tmp_path):
+    base, cand = _valid_pair()
+    for name, run in (("b.json", base), ("c.json", cand)):
+        (tmp_path / name).write_text(json.dumps(run))
+    code, _, err = _gate_in_process([str(tmp_path / "b.json"), str(tmp_path / "c.json"), "--github-json",
+                                     str(tmp_path)])
+    assert code == gate.CANNOT_COMPARE and "--github-json" in err

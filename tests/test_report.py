@@ -78,3 +78,26 @@ def test_dx_recorded_in_a_real_run(saved_runs):
     run = json.loads(saved_runs[0].read_text())
     assert run["dx"]["torch"]["import_s"] > 0 and run["dx"]["torch"]["footprint_bytes"] > 0
     assert run["dx"]["torch"]["time_to_first_step_s"] > 0
+
+
+def test_report_refuses_a_file_as_out_and_writes_nothing(saved_runs, tmp_path):
+    target = tmp_path / "report.txt"
+    target.write_text("keep me")
+    r = subprocess.run([sys.executable, "-m", "bench_fixtures.report", str(saved_runs[0]), "--out", str(target)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "is a file, not a folder" in r.stderr and "Traceback" not in r.stderr
+    assert target.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["report.txt"]
+
+
+def test_null_figures_are_not_measured_and_a_failed_case_is_marked(saved_runs, tmp_path):
+    run = json.loads(saved_runs[0].read_text())
+    for b in run["benchmarks"]:
+        e = b["extra_info"]
+        e.update(accuracy_after=None, time_to_first_step_s=None, epoch_times_s=[None, None],
+                 trainable_params=None, test_outcome="failed")
+    nulls = tmp_path / "nulls.json"
+    nulls.write_text(json.dumps(run))
+    md = write_report([str(nulls)], tmp_path / "out").read_text()
+    assert "| accuracy after | –" in md and "| time to first step (s) | –" in md
+    assert "| test outcome | FAILED" in md
+    assert (tmp_path / "out" / "accuracy.png").is_file() and not list(tmp_path.glob(".out.*"))

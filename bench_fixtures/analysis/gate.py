@@ -20,7 +20,7 @@ from typing import Callable
 
 from ..files import write_json_atomic
 from ..frameworks import FRAMEWORKS
-from .results import ResultsError, case_name, load_run
+from .results import ResultsError, case_name, failed, load_run
 
 PASS, REGRESSION, CANNOT_COMPARE = 0, 1, 2
 
@@ -114,11 +114,18 @@ class Thresholds:
             doc = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise GateError(f"{path}: cannot read thresholds ({e})") from None
-        for metric, value in (doc.get("thresholds") or {}).items():
-            self._put("", metric, float(value), path)
-        for case, table in (doc.get("tests") or {}).items():
+        tables = [("", doc.get("thresholds") or {}, f"{path} [thresholds]")]
+        tests = doc.get("tests") or {}
+        if not isinstance(tests, dict):
+            raise GateError(f"{path}: 'tests' must be a table of [tests.\"TEST\"] tables")
+        tables += [(case, table, f"{path} [tests.{case!r}]") for case, table in tests.items()]
+        for case, table, where in tables:
+            if not isinstance(table, dict):
+                raise GateError(f"{where}: must be a table of METRIC = NUMBER")
             for metric, value in table.items():
-                self._put(case, metric, float(value), f"{path} [tests.{case!r}]")
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise GateError(f"{where}: {metric} = {value!r}: the threshold must be a number")
+                self._put(case, metric, float(value), where)
 
 
 def mismatches(base: dict, cand: dict, allow: str) -> list[str]:
@@ -183,6 +190,23 @@ def compare(base: dict, cand: dict, thresholds: Thresholds, alpha: float = 0.05
             if v is not None:
                 verdicts.append(v)
     return verdicts, sorted(bb.keys() - cb.keys()), sorted(cb.keys() - bb.keys())
+
+
+def unreadable_cases(base: dict, cand: dict) -> tuple[list[str], list[str], list[str]]:
+    """Cases whose test failed in the candidate (never a pass); cases whose baseline test failed (no
+    reference to compare with); metrics the baseline measured and the candidate did not."""
+    bb = {case_name(b): b for b in base["benchmarks"]}
+    cb = {case_name(b): b for b in cand["benchmarks"]}
+    failed_now, failed_before, missing = [], [], []
+    for case in sorted(bb.keys() & cb.keys()):
+        if failed(cb[case]):
+            failed_now.append(case)
+        if failed(bb[case]):
+            failed_before.append(f"{case}: its test failed in the baseline; record a baseline whose tests pass")
+        for metric in METRICS.values():
+            if metric.extract(bb[case]) is not None and metric.extract(cb[case]) is None:
+                missing.append(f"{case}: {metric.name} measured in the baseline, not (null) in the candidate")
+    return failed_now, failed_before, missing
 
 
 def _fmt(value: float, metric: Metric) -> str:
@@ -265,25 +289,41 @@ def main(argv: list[str] | None = None, prog: str = "bench gate") -> int:
         print(f"gate: cannot compare: {e}", file=sys.stderr)
         return CANNOT_COMPARE
     verdicts, removed, added = compare(base, cand, thresholds, a.alpha)
+    failed_now, failed_before, missing = unreadable_cases(base, cand)
     print(f"gate: {a.baseline} -> {a.candidate}")
     print(format_table(verdicts))
     for case in added:
         print(f"added (no baseline): {case}")
     for case in removed:
         print(f"MISSING from the candidate: {case}")
+    for case in failed_now:
+        print(f"FAILED in the candidate: {case} (its test failed; its numbers are not a result)")
+    for line in failed_before + missing:
+        print(f"cannot compare: {line}")
     if a.github_json:
-        smaller, bigger = github_entries(cand)
-        out = Path(a.github_json)
-        write_json_atomic(out, smaller)
-        write_json_atomic(out.with_name(out.stem + ".bigger" + out.suffix), bigger)
+        try:
+            out = Path(a.github_json)
+            if out.is_dir():
+                raise IsADirectoryError(21, "is a folder, give a file name", str(out))
+            smaller, bigger = github_entries(cand)
+            write_json_atomic(out, smaller)
+            write_json_atomic(out.with_name(out.stem + ".bigger" + out.suffix), bigger)
+        except OSError as e:
+            print(f"gate: cannot compare: --github-json {a.github_json}: {e.strerror or e}", file=sys.stderr)
+            return CANNOT_COMPARE
     regressions = [v for v in verdicts if v.verdict == "REGRESSION"]
-    if regressions:
-        print(f"\nREGRESSION: {len(regressions)} metric(s) in "
-              f"{', '.join(dict.fromkeys(v.case for v in regressions))}: "
-              f"{', '.join(f'{v.case} {v.metric}' for v in regressions)}")
+    if regressions or failed_now:
+        named = [f"{v.case} {v.metric}" for v in regressions] + [f"{case} test failed" for case in failed_now]
+        print(f"\nREGRESSION: {len(named)} finding(s) in "
+              f"{', '.join(dict.fromkeys(n.rsplit(' ', 1)[0].removesuffix(' test') for n in named))}: "
+              f"{', '.join(named)}")
         return REGRESSION
     if removed and not a.allow_missing:
         print(f"\ncannot compare: {len(removed)} case(s) missing from the candidate (--allow-missing to accept)")
+        return CANNOT_COMPARE
+    if failed_before or (missing and not a.allow_missing):
+        print(f"\ncannot compare: {len(failed_before) + len(missing)} problem(s) above"
+              f"{' (--allow-missing accepts missing metrics)' if missing else ''}")
         return CANNOT_COMPARE
     if not verdicts:
         print("\ncannot compare: no case in common")

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import shutil
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ..config import MODELS  # noqa: E402
 from ..frameworks import FRAMEWORKS as REGISTRY  # noqa: E402
 from ..telemetry.timeline import EPOCH_START, EPOCH_STOP, RUN_START, step_intervals  # noqa: E402
-from .results import ResultsError, cases, load_run  # noqa: E402
+from .results import ResultsError, cases, failed, load_run  # noqa: E402
 
 FRAMEWORKS = tuple(REGISTRY)
 COLORS = {f.name: f.color for f in REGISTRY.values()}
@@ -60,7 +64,7 @@ def plot_accuracy(ft: dict, out: Path) -> str:
     for i, fw in enumerate(FRAMEWORKS):
         for j, (key, label) in enumerate((("accuracy_before", "before"), ("accuracy_after", "after"))):
             xs = [k + (2 * i + j - 1.5) * width for k in range(len(models))]
-            vals = [100 * ft[(fw, m)]["extra_info"][key] if (fw, m) in ft else 0 for m in models]
+            vals = [100 * _num(ft[(fw, m)]["extra_info"].get(key)) if (fw, m) in ft else 0 for m in models]
             ax.bar(xs, vals, width, color=COLORS[fw] if j else LIGHT[fw], label=f"{fw} {label}")
     ax.set_xticks(range(len(models)), models)
     ax.set_ylabel("test accuracy (%)")
@@ -74,7 +78,7 @@ def plot_time(ft: dict, out: Path) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, (title, get) in zip(axes, (
             ("Total fine-tuning time (s)", lambda b: b["stats"]["median"]),
-            ("Median epoch time (s)", lambda b: statistics.median(t for t in b["extra_info"]["epoch_times_s"] if t)))):
+            ("Median epoch time (s)", lambda b: _median(b["extra_info"].get("epoch_times_s"))))):
         for i, fw in enumerate(FRAMEWORKS):
             vals = [get(ft[(fw, m)]) if (fw, m) in ft else 0 for m in models]
             ax.bar([k + (i - 0.5) * 0.38 for k in range(len(models))], vals, 0.38, color=COLORS[fw], label=fw)
@@ -166,8 +170,18 @@ def plot_trend(runs: list[dict], out: Path) -> str:
     return _save(fig, out / "trend.png")
 
 
+def _num(v: Any) -> float:
+    """A figure for a plot: null (not measured) is drawn as nothing."""
+    return math.nan if v is None else float(v)
+
+
+def _median(xs: list | None) -> float:
+    xs = [x for x in xs or [] if x is not None]
+    return statistics.median(xs) if xs else math.nan
+
+
 def _f(v: Any, fmt: str) -> str:
-    return "–" if v is None else format(v, fmt)
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
 
 
 def _mean(xs: list | None) -> float | None:
@@ -184,6 +198,7 @@ def case_rows(ft: dict, ts: dict, model: str) -> list[tuple[str, list[str]]]:
             return "–"
     mem = lambda e: (e.get("memory") or {}).get("framework_peak") or (e.get("memory") or {}).get("process_peak")  # noqa: E731
     rows = [
+        ("test outcome", lambda e, b, t: "FAILED (numbers are not a result)" if failed(b) else "passed"),
         ("accuracy before", lambda e, b, t: f"{100 * e['accuracy_before']:.1f}%"),
         ("accuracy after", lambda e, b, t: f"{100 * e['accuracy_after']:.1f}%"),
         ("total fine-tune (s)", lambda e, b, t: f"{b['stats']['median']:.2f}"),
@@ -220,9 +235,25 @@ def dx_rows(dx: dict) -> list[str]:
 
 
 def write_report(paths: list[str], out: str | Path) -> Path:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    runs = [load_run(p) for p in paths]
+    """OUT/report.md and its figures, whole or not at all: everything is drawn into a temporary
+    folder beside OUT and moved in at the end, report.md last."""
+    final = Path(out)
+    if final.exists() and not final.is_dir():
+        raise ResultsError(f"--out {final}: is a file, not a folder; give a folder for the report")
+    runs = [load_run(p) for p in paths]  # every run validated before anything is written
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
+    try:
+        _write_report(paths, runs, tmp)
+        final.mkdir(exist_ok=True)
+        for f in sorted(tmp.iterdir(), key=lambda p: p.name == "report.md"):
+            os.replace(f, final / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final / "report.md"
+
+
+def _write_report(paths: list[str], runs: list[dict], out: Path) -> None:
     run, base = runs[-1], Path(paths[-1]).parent
     ft, ts = cases(run, "test_finetune"), cases(run, "test_train_step")
     notes: list[str] = []
@@ -253,7 +284,7 @@ def write_report(paths: list[str], out: str | Path) -> Path:
                "|---|---:|---:|---|---|---:|---|---|"]
         for (fw, m), b in sorted(ft.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             e = b["extra_info"]
-            md.append(f"| {fw}-{m} | {e.get('trainable_params', 0):,} | {e.get('non_trainable_params', 0):,} | "
+            md.append(f"| {fw}-{m} | {_f(e.get('trainable_params'), ',')} | {_f(e.get('non_trainable_params'), ',')} | "
                       f"{e.get('input_transform')} | {e.get('optimizer')} | {e.get('lr')} | "
                       f"{e.get('bn_momentum')} / {e.get('bn_eps')} | {e.get('precision')} |")
         md.append("")
@@ -274,18 +305,16 @@ def write_report(paths: list[str], out: str | Path) -> Path:
                "|---|" + "---:|" * (len(MODELS) * len(FRAMEWORKS))]
         for p, r in zip(paths, runs):
             c = cases(r, "test_finetune")
-            cells = [f"{c[(fw, m)]['stats']['median']:.1f}s / {100 * c[(fw, m)]['extra_info']['accuracy_after']:.0f}%"
+            cells = [f"{c[(fw, m)]['stats']['median']:.1f}s / "
+                     f"{_f(_num(c[(fw, m)]['extra_info'].get('accuracy_after')) * 100, '.0f')}%"
+                     f"{' FAILED' if failed(c[(fw, m)]) else ''}"
                      if (fw, m) in c else "–" for m in MODELS for fw in FRAMEWORKS]
             md.append(f"| `{Path(p).name}` | " + " | ".join(cells) + " |")
         md += ["", "Cells: fine-tuning time / accuracy after.", ""]
     md += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-    path = out / "report.md"
-    tmp = out / ".report.md.part"
-    tmp.write_text("\n".join(md))
-    tmp.replace(path)
-    return path
+    (out / "report.md").write_text("\n".join(md))
 
 
 def main(argv: list[str] | None = None, prog: str = "bench report") -> int:

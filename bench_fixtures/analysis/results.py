@@ -1,10 +1,24 @@
-"""Reading result files: a pytest-benchmark JSON run, checked once on load for what every reader
-(gate, report) relies on, and the cases in it."""
+"""Reading result files: a pytest-benchmark JSON run, validated once on load against one schema for
+every reader (gate, report), and the cases in it.
+
+A reader that cannot interpret a field must not guess: a NaN time, a string where a number belongs,
+a test listed twice are refused here with one line naming the file, the test and the field.
+"""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
+
+# Outcome of the test around a benchmark (the plugin records it: pytest-benchmark keeps the numbers
+# of a test that failed after measuring, e.g. one whose accuracy did not improve).
+OUTCOME_KEY = "test_outcome"
+OUTCOMES = ("passed", "failed")
+FRACTIONS = ("accuracy_before", "accuracy_after")           # in 0..1, or null = not measured
+NON_NEGATIVE = ("train_images_per_s", "time_to_first_step_s", "finetune_s", "step_time_s", "warmup_s")
+SERIES = ("epoch_times_s", "inter_epoch_gaps_s")             # lists of non-negative numbers or nulls
+MEMORY = ("framework_peak", "process_peak", "device_peak", "reserved_peak")
 
 
 class ResultsError(Exception):
@@ -24,13 +38,105 @@ def load_run(path: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise ResultsError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); the file is truncated or "
                            f"corrupt, rerun the benchmark with --benchmark-json") from None
-    if not isinstance(run, dict) or not isinstance(run.get("benchmarks"), list):
-        raise ResultsError(f"{path}: not a pytest-benchmark JSON file (no 'benchmarks' list)")
-    for b in run["benchmarks"]:
-        if not isinstance(b, dict) or not isinstance(b.get("fullname"), str) \
-                or "median" not in (b.get("stats") if isinstance(b.get("stats"), dict) else {}):
-            raise ResultsError(f"{path}: a benchmark entry lacks 'fullname' or 'stats.median'")
+    problem = validate(run)
+    if problem:
+        raise ResultsError(f"{path}: {problem}; the file was not written by this suite or was edited since: "
+                           f"rerun the benchmark with --benchmark-json")
     return run
+
+
+def _number_problem(value: Any, low: float = 0.0, high: float = math.inf) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"must be a number, found {type(value).__name__} {value!r:.40}"
+    if not math.isfinite(value):
+        return f"must be finite, found {value}"
+    if not low <= value <= high:
+        return f"must lie in {low:g}..{high:g}, found {value:g}"
+    return None
+
+
+def _benchmark_problem(b: Any) -> str | None:
+    """What is wrong with one benchmark entry (None: nothing the readers rely on)."""
+    if not isinstance(b, dict):
+        return f"a benchmark entry is a {type(b).__name__}, not an object"
+    if not isinstance(b.get("fullname"), str) or not b["fullname"]:
+        return "a benchmark entry has no 'fullname' string"
+    case = case_name(b)
+    if "name" in b and not isinstance(b["name"], str):
+        return f"{case}: 'name' must be a string"
+    stats = b.get("stats")
+    if not isinstance(stats, dict):
+        return f"{case}: 'stats' must be an object, found {type(stats).__name__}"
+    if "median" not in stats or stats["median"] is None:
+        return f"{case}: 'stats.median' is missing or null"
+    problem = _number_problem(stats["median"])
+    if problem:
+        return f"{case}: 'stats.median' {problem}"
+    data = stats.get("data")
+    if data is not None:
+        if not isinstance(data, list):
+            return f"{case}: 'stats.data' must be a list of round times"
+        bad = next((p for p in map(_number_problem, data) if p), None)
+        if bad:
+            return f"{case}: 'stats.data' has a round that {bad}"
+    extra = b.get("extra_info", {})
+    if extra is None:
+        return None
+    if not isinstance(extra, dict):
+        return f"{case}: 'extra_info' must be an object, found {type(extra).__name__}"
+    checks = [(k, 0.0, 1.0) for k in FRACTIONS] + [(k, 0.0, math.inf) for k in NON_NEGATIVE]
+    for key, low, high in checks:
+        if extra.get(key) is not None:
+            problem = _number_problem(extra[key], low, high)
+            if problem:
+                return f"{case}: 'extra_info.{key}' {problem}"
+    for key in SERIES:
+        series = extra.get(key)
+        if series is None:
+            continue
+        if not isinstance(series, list):
+            return f"{case}: 'extra_info.{key}' must be a list"
+        bad = next((p for p in (_number_problem(v) for v in series if v is not None) if p), None)
+        if bad:
+            return f"{case}: 'extra_info.{key}' has an entry that {bad}"
+    memory = extra.get("memory")
+    if memory is not None:
+        if not isinstance(memory, dict):
+            return f"{case}: 'extra_info.memory' must be an object, found {type(memory).__name__}"
+        for key in MEMORY:
+            if memory.get(key) is not None:
+                problem = _number_problem(memory[key])
+                if problem:
+                    return f"{case}: 'extra_info.memory.{key}' {problem}"
+    if extra.get(OUTCOME_KEY) is not None and extra[OUTCOME_KEY] not in OUTCOMES:
+        return f"{case}: 'extra_info.{OUTCOME_KEY}' must be one of {', '.join(OUTCOMES)}"
+    return None
+
+
+def validate(run: Any) -> str | None:
+    """The first thing in RUN that no reader can interpret, or None."""
+    if not isinstance(run, dict) or not isinstance(run.get("benchmarks"), list):
+        return "not a pytest-benchmark JSON file (no 'benchmarks' list)"
+    for key in ("machine_info", "bench_config"):
+        if run.get(key) is not None and not isinstance(run[key], dict):
+            return f"'{key}' must be an object, found {type(run[key]).__name__}"
+    packages = (run.get("machine_info") or {}).get("packages")
+    if packages is not None and not isinstance(packages, dict):
+        return "'machine_info.packages' must be an object"
+    seen: set[str] = set()
+    for b in run["benchmarks"]:
+        problem = _benchmark_problem(b)
+        if problem:
+            return problem
+        if b["fullname"] in seen:
+            return f"{case_name(b)}: listed twice (which one counts?)"
+        seen.add(b["fullname"])
+    return None
+
+
+def failed(b: dict) -> bool:
+    """Whether the test around this benchmark failed (its numbers are kept, its verdict is not)."""
+    return (b.get("extra_info") or {}).get(OUTCOME_KEY) == "failed"
 
 
 def case_name(b: dict) -> str:
