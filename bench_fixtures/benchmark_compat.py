@@ -46,15 +46,27 @@ def check(config: pytest.Config) -> list[str]:
         problems.append("BenchmarkSession.benchmarks is no longer a list")
     if not isinstance(getattr(session, "machine_id", None), str):
         problems.append("BenchmarkSession.machine_id is no longer a string")
+    for attr in ("json", "save", "autosave", "compare"):
+        if not hasattr(session, attr):
+            problems.append(f"BenchmarkSession.{attr} is gone")
+    for attr in ("save_json", "handle_loading"):
+        if not callable(getattr(session, attr, None)):
+            problems.append(f"BenchmarkSession.{attr}() is gone")
     storage = getattr(session, "storage", None)
-    for attr in ("save", "get", "default_machine_id", "path"):
-        if not hasattr(storage, attr):
-            problems.append(f"the storage object ({type(storage).__name__}) has no '{attr}'")
-    if not hasattr(session, "json"):
-        problems.append("BenchmarkSession.json (the --benchmark-json output) is gone")
-    if not callable(getattr(session, "save_json", None)):
-        problems.append("BenchmarkSession.save_json is gone")
+    if not hasattr(storage, "default_machine_id"):
+        problems.append(f"the storage object ({type(storage).__name__}) has no 'default_machine_id'")
+    if _is_file_storage(storage):
+        for attr in ("save", "get", "path", "logger"):
+            if not hasattr(storage, attr):
+                problems.append(f"the file storage has no '{attr}'")
+        if not problems and Path(storage.get("x")).parent.name != storage.default_machine_id:
+            problems.append("the file storage no longer writes into STORAGE/<machine id>/")
     return problems
+
+
+def _is_file_storage(storage: Any) -> bool:
+    from pytest_benchmark.storage.file import FileStorage
+    return isinstance(storage, FileStorage)
 
 
 def _require(config: pytest.Config) -> Any:
@@ -71,13 +83,15 @@ def set_machine_id(config: pytest.Config, make_id: Callable[[str], str]) -> str:
     session = _require(config)
     session.machine_id = make_id(session.machine_id)
     session.storage.default_machine_id = session.machine_id
+    if session.compare:  # --benchmark-compare loaded its runs at configure time, from the plain id
+        session.handle_loading()
     return session.machine_id
 
 
 def storage_folder(config: pytest.Config) -> Path | None:
     """The folder autosave writes into, or None when the run is not saved to a file storage."""
     session = _require(config)
-    if not (session.save or session.autosave) or not hasattr(session.storage, "get"):
+    if not (session.save or session.autosave) or not _is_file_storage(session.storage):
         return None
     return Path(session.storage.path)
 
@@ -119,6 +133,17 @@ def atomic_json(config: pytest.Config, path: str | os.PathLike | None = None) ->
         target = Path(path)
     session.json = config.option.benchmark_json = AtomicOutput(target)
     return target
+
+
+def discard_empty_json(config: pytest.Config) -> None:
+    """A session that saved nothing leaves no `--benchmark-json` file: argparse created it empty
+    while parsing, and an empty file would later read as a truncated run."""
+    given = getattr(config.option, "benchmark_json", None)
+    if isinstance(given, io.IOBase) and not isinstance(given, AtomicOutput):
+        given.close()
+        target = Path(given.name)
+        if target.is_file() and target.stat().st_size == 0:
+            target.unlink()
 
 
 def drop_results(config: pytest.Config) -> None:

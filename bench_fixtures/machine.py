@@ -71,10 +71,8 @@ def storage_slug() -> str:
     """What keeps histories of different hardware apart: the GPU model, else the CPU model."""
     gpus, _ = nvml_gpus()
     name = gpus[0]["name"] if gpus else f"cpu-{cpu_model()}"
-    slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
-    while "--" in slug:
-        slug = slug.replace("--", "-")
-    return slug or "unknown"
+    slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
+    return slug or "unknown"  # (one pass, as before: stored histories and CI cache keys keep their names)
 
 
 def storage_machine_id(machine_id: str) -> str:

@@ -108,25 +108,29 @@ def _rootdir_from_options(config: pytest.Config, parser: pytest.Parser, args: li
     again from the real test paths, and if that changes the answer, take the right ini file."""
     from _pytest.config.findpaths import determine_setup
     ns = config.known_args_namespace
-    if ns.rootdir or ns.inifilename or config.inipath is not None:
-        return  # chosen on purpose, or an ini file was found: nothing went astray
+    if ns.rootdir or ns.inifilename:
+        return  # chosen on purpose
     try:
         rootpath, inipath, inicfg, _ = determine_setup(
             inifile=None, override_ini=ns.override_ini, args=ns.file_or_dir, rootdir_cmd_arg=None,
             invocation_dir=config.invocation_params.dir)
     except TypeError:  # another pytest's signature: leave pytest's own choice (tests/test_plugin.py)
         return
-    if inipath is None:
+    if (rootpath, inipath) == (config.rootpath, config.inipath):
         return
     for attr in ("_rootpath", "_inipath", "_inicfg", "_inicache"):  # checked by tests/test_plugin.py
         if not hasattr(config, attr):
             return
+    wrong_addopts = list(config.getini("addopts"))  # what the wrong ini file added in front
+    if args[:len(wrong_addopts)] == wrong_addopts:
+        del args[:len(wrong_addopts)]
     config._rootpath, config._inipath, config._inicfg = rootpath, inipath, inicfg
     config._inicache.clear()
     parser.extra_info.update(rootdir=str(rootpath), inifile=str(inipath))
     args[:] = list(config.getini("addopts")) + args
     config.known_args_namespace = parser.parse_known_args(args, namespace=copy(config.option))
-    config.known_args_namespace.confcutdir = str(inipath.parent if inipath else rootpath)
+    if config.known_args_namespace.confcutdir is None:
+        config.known_args_namespace.confcutdir = str(inipath.parent if inipath else rootpath)
 
 
 def _case_key(item: pytest.Item) -> tuple[str, str] | None:
@@ -296,6 +300,7 @@ def telemetry_dir(config: pytest.Config) -> Path:
 def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(STATE, None)
     if state is None:
+        compat.discard_empty_json(config)
         return
     report = config.getoption("bench_report")
     if report and state.json_path is not None and state.json_path.is_file():

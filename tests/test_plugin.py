@@ -43,7 +43,7 @@ def test_the_plugin_is_installed_and_inert_elsewhere(tmp_path):
     no headline, no config check, nothing written (pytest-benchmark itself makes an empty .benchmarks/)."""
     (tmp_path / "test_other.py").write_text("def test_ok():\n    assert True\n")
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--epochs=0",
-                        "--benchmark-autosave", "test_other.py"], cwd=tmp_path, capture_output=True, text=True,
+                        "--benchmark-json", "out.json", "test_other.py"], cwd=tmp_path, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "bench:" not in r.stdout + r.stderr and "1 passed" in r.stdout
@@ -54,13 +54,39 @@ def test_the_plugin_is_installed_and_inert_elsewhere(tmp_path):
     assert "--data-dir=DIR" in help_.stdout and "--bench-profile" in help_.stdout
 
 
-def test_path_options_with_a_space_keep_the_project_root(saved_runs):
-    """The saved runs were made with `--telemetry-dir DIR` and `--data-dir DIR` (existing folders
-    outside the project, written with a space): pytest still read pytest.ini from the project."""
-    run = json.loads(saved_runs[0].read_text())
-    assert "--telemetry-dir" in run["command"].split() and "--data-dir" in run["command"].split()
-    assert run["bench_data"]["source"].startswith(run["command"].split("--data-dir ")[1].split()[0])
-    assert all(b["fullname"].startswith("tests/benchmarks/test_cases.py::") for b in run["benchmarks"])
+def test_path_options_with_a_space_keep_the_project_root(tmp_path):
+    """`pytest --benchmark-only -k vgg19 --data-dir /abs/dir` from the project root, no test path:
+    pytest first takes /abs/dir for a test path (and for its root folder); the plugin puts the
+    root back, so pytest.ini (testpaths, markers, addopts) is read. Same for an existing
+    `--benchmark-json FILE` (pytest-benchmark's option) and for a foreign project's ini file."""
+    data = tmp_path / "elsewhere" / "data"
+    data.mkdir(parents=True)
+    (tmp_path / "elsewhere" / "pyproject.toml").write_text("[tool.pytest.ini_options]\naddopts = '-x'\n")
+    old = tmp_path / "old.json"
+    old.write_text("{}")
+    r = subprocess.run([sys.executable, "-m", "pytest", "--co", "-q", "-p", "no:cacheprovider", "--benchmark-only",
+                        "-k", "vgg19", "--data-dir", str(data), "--benchmark-json", str(old)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ids = [ln for ln in r.stdout.splitlines() if "::" in ln]
+    assert ids == [f"tests/benchmarks/test_cases.py::{t}[{fw}-vgg19]" for fw in NAMES
+                   for t in ("test_finetune", "test_train_step")], r.stdout
+    assert "PytestUnknownMarkWarning" not in r.stdout + r.stderr  # pytest.ini's markers were read
+    header = subprocess.run([sys.executable, "-m", "pytest", "--co", "-p", "no:cacheprovider", "-k", "vgg19",
+                             "--data-dir", str(data)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert f"rootdir: {ROOT}" in header.stdout and "configfile: pytest.ini" in header.stdout, header.stdout
+
+
+def test_benchmark_compare_reads_the_hardware_folder(saved_runs):
+    """--benchmark-compare loads its runs before this suite names the storage folder: reloaded."""
+    store = saved_runs[0].parent.parent
+    r = subprocess.run([sys.executable, "-m", "pytest", "tests/benchmarks", "-q", "-p", "no:cacheprovider",
+                        "--benchmark-only", "-k", "torch-mobilenet_v2 and test_train_step", "--step-rounds=2",
+                        "--benchmark-storage", f"file://{store}", "--benchmark-compare=0001"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "Can't compare" not in r.stdout + r.stderr and "Comparing against benchmarks from" in r.stdout + r.stderr
+    assert "0001_" in r.stdout and "NOW" in r.stdout
 
 
 # --------------------------------------------------------------------------- storage and compare

@@ -149,8 +149,11 @@ class Worker:
                 how = _describe_exit(self.proc.poll())
                 self.kill()
                 if self.cfg.get("worker_memory_limit") and how.removeprefix("killed by ") in NATIVE_CRASHES:
-                    raise WorkerError(capped_crash_message(self.name, self.framework, cmd, how, self.cfg,
-                                                           self.log_path))
+                    error = WorkerError(capped_crash_message(self.name, self.framework, cmd, how, self.cfg,
+                                                             self.log_path))
+                    if self._tail():  # one line to read; the crash's own account below it in pytest's output
+                        error.add_note(self._tail().lstrip("\n"))
+                    raise error
                 hint = ("; SIGKILL from outside the suite is what the kernel's out-of-memory killer sends "
                         "(see dmesg): --worker-memory-limit turns that into a clean error"
                         if how == "killed by SIGKILL" else "")
