@@ -96,13 +96,16 @@ def storage_folder(config: pytest.Config) -> Path | None:
     return Path(session.storage.path)
 
 
-def save_with(config: pytest.Config, save: Callable[[Path, str, dict], Path]) -> None:
-    """Autosave through SAVE(folder, name, output_json) instead of pytest-benchmark's own writer."""
+def save_with(config: pytest.Config, save: Callable[[Path, str, bytes], Path]) -> None:
+    """Autosave through SAVE(folder, name, payload) instead of pytest-benchmark's own writer; the
+    payload is serialised as pytest-benchmark serialises it."""
+    from pytest_benchmark.utils import safe_dumps
     session = _require(config)
     storage = session.storage
 
     def storage_save(output_json: dict, name: str) -> None:
-        path = save(Path(storage.get("x")).parent, name, output_json)
+        payload = safe_dumps(output_json, ensure_ascii=True, indent=4).encode()
+        path = save(Path(storage.get("x")).parent, name, payload)
         storage.logger.info(f"Saved benchmark data in: {path}")
 
     storage.save = storage_save
@@ -121,10 +124,7 @@ def atomic_json(config: pytest.Config, path: str | os.PathLike | None = None) ->
         return Path(given.name)
     if given is not None:
         if isinstance(given, io.IOBase):
-            given.close()
-            target = Path(given.name)
-            if target.is_file() and target.stat().st_size == 0:
-                target.unlink()
+            target = _close_and_remove_if_empty(given)
         elif isinstance(given, (str, os.PathLike)):
             target = Path(given)
         else:
@@ -135,15 +135,21 @@ def atomic_json(config: pytest.Config, path: str | os.PathLike | None = None) ->
     return target
 
 
+def _close_and_remove_if_empty(opened: io.IOBase) -> Path:
+    """argparse opened (and so created) the `--benchmark-json` file while parsing: close it, and
+    remove it while nothing was written, since an empty file would later read as a truncated run."""
+    opened.close()
+    target = Path(opened.name)
+    if target.is_file() and target.stat().st_size == 0:
+        target.unlink()
+    return target
+
+
 def discard_empty_json(config: pytest.Config) -> None:
-    """A session that saved nothing leaves no `--benchmark-json` file: argparse created it empty
-    while parsing, and an empty file would later read as a truncated run."""
+    """A session that saved nothing leaves no `--benchmark-json` file behind."""
     given = getattr(config.option, "benchmark_json", None)
-    if isinstance(given, io.IOBase) and not isinstance(given, AtomicOutput):
-        given.close()
-        target = Path(given.name)
-        if target.is_file() and target.stat().st_size == 0:
-            target.unlink()
+    if isinstance(given, io.IOBase):
+        _close_and_remove_if_empty(given)
 
 
 def drop_results(config: pytest.Config) -> None:

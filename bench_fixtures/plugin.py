@@ -21,8 +21,8 @@ import pytest
 from . import benchmark_compat as compat
 from . import machine
 from .config import BenchConfig, ConfigError, resolve
-from .files import OutputError, check_writable
-from .frameworks import FRAMEWORKS
+from .files import OutputError, check_writable, save_numbered
+from .frameworks import unavailable
 
 # (option, dest, type, help); defaults come from the profile (None = "profile decides").
 OPTIONS = [
@@ -63,15 +63,15 @@ OPTIONS = [
     ("--monitor-interval", "monitor_interval", float, "seconds between utilisation/memory samples, taken "
                                                       "from this process by the worker's PID (0.05)"),
 ]
-# Options whose value is a path: pytest must never take it for a test path (see _rootdir_from_options).
+# Options whose value is a folder (shown as DIR in --help).
 PATH_OPTIONS = ("--data-dir", "--bench-report", "--telemetry-dir")
 
 
 class BenchState:
     """What one pytest session of benchmark cases holds: the resolved config, the data, the runner."""
 
-    def __init__(self, cfg: BenchConfig, notes: list[str]) -> None:
-        self.cfg, self.notes = cfg, notes
+    def __init__(self, cfg: BenchConfig, missing: dict[str, str]) -> None:
+        self.cfg, self.missing = cfg, missing  # missing: framework -> why its cases are skipped
         self.work_dir: str | None = None
         self.runner: Any = None
         self.bundle_meta: dict[str, Any] | None = None
@@ -157,8 +157,7 @@ def _start(config: pytest.Config) -> BenchState:
         cfg = resolve(options, len(gpus), reason)
     except ConfigError as e:
         raise pytest.UsageError(str(e)) from None
-    notes = [f.missing() for f in FRAMEWORKS.values() if f.missing()]
-    state = BenchState(cfg, notes)
+    state = BenchState(cfg, unavailable())
     report = config.getoption("bench_report")
     if report:
         _require_writable(report, "--bench-report")
@@ -169,10 +168,7 @@ def _start(config: pytest.Config) -> BenchState:
     store = compat.storage_folder(config)
     if store is not None:
         _require_writable(store, "--benchmark-storage", " (file://DIR)")
-        from .files import save_numbered
-        from pytest_benchmark.utils import safe_dumps
-        compat.save_with(config, lambda folder, name, output: save_numbered(
-            folder, name, safe_dumps(output, ensure_ascii=True, indent=4).encode()))
+        compat.save_with(config, save_numbered)
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # SIGTERM stops the run like Ctrl-C
         signal.signal(signal.SIGTERM, _terminate)
     return state
@@ -198,13 +194,11 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         [i for i in items[first:] if not keys[id(i)]]
     for item in bench:
         framework = keys[id(item)][0]
-        missing = FRAMEWORKS[framework].missing() if framework in FRAMEWORKS else f"unknown framework {framework!r}"
-        if missing:
-            item.add_marker(pytest.mark.skip(reason=missing))
+        if framework in state.missing:
+            item.add_marker(pytest.mark.skip(reason=state.missing[framework]))
         elif state.cfg.device == "gpu":
             item.add_marker(pytest.mark.gpu)
-    runnable = {keys[id(i)][0] for i in bench} - {f for f in FRAMEWORKS if FRAMEWORKS[f].missing()}
-    if runnable and not config.getoption("benchmark_skip", False):
+    if {keys[id(i)][0] for i in bench} - state.missing.keys() and not config.getoption("benchmark_skip", False):
         _prepare(config, state)
 
 
@@ -225,7 +219,7 @@ def _prepare(config: pytest.Config, state: BenchState) -> None:
 def pytest_report_collectionfinish(config: pytest.Config) -> list[str]:
     """The run's own first line: which profile, device and data set ran, and why."""
     state = config.stash.get(STATE, None)
-    return [] if state is None else [state.cfg.headline(), *(f"bench: {n}" for n in state.notes)]
+    return [] if state is None else [state.cfg.headline(), *(f"bench: {n}" for n in state.missing.values())]
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)

@@ -1,7 +1,6 @@
 """The installed plugin, the `bench` command, the storage layout `pytest-benchmark compare` reads,
 and the package's structure (one registry, layers, named events), through real entry points."""
 import ast
-import json
 import shutil
 import subprocess
 import sys
@@ -10,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from bench_fixtures import benchmark_compat, machine
-from bench_fixtures.frameworks import FRAMEWORKS, NAMES, load_backend
+import importlib.util
+
+from bench_fixtures.frameworks import FRAMEWORKS, NAMES, backend_module, unavailable
 from bench_fixtures.runner.worker import Worker, WorkerError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,14 +168,15 @@ def test_fault_injection_is_unreachable_in_a_normal_worker(tmp_path):
 def test_one_registry_names_every_framework_and_its_backend():
     for name, f in FRAMEWORKS.items():
         assert (PACKAGE / "frameworks" / f.backend_file).is_file()
-        assert f.missing() is None  # requirements.txt installs every framework
+        assert importlib.util.find_spec(backend_module(name)).origin.endswith(f.backend_file)  # no import
+        assert f"class {f.backend.split(':')[1]}" in (PACKAGE / "frameworks" / f.backend_file).read_text()
+    assert unavailable() == {}  # requirements.txt installs every framework
     assert NAMES == ("torch", "tensorflow")
     r = subprocess.run([sys.executable, "-c", "import sys, bench_fixtures.plugin, bench_fixtures.cli, "
                         "bench_fixtures.analysis.gate, bench_fixtures.analysis.report, bench_fixtures.runner.experiment; "
                         "print(sorted(m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules))"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.stdout.strip() == "[]", r.stdout + r.stderr  # the parent never imports a framework
-    assert callable(load_backend)
 
 
 LAYERS = [  # lowest first; a module may import its own layer and the ones below

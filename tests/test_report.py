@@ -66,6 +66,11 @@ def test_dx_measured_here():
     fp = dx.footprint()
     assert fp["torch"]["bytes"] > 100e6 and fp["tensorflow"]["bytes"] > 100e6
     assert "numpy" not in {name for name, _ in fp["torch"]["largest"]}  # shared, so nobody's cost
+    for fw, source in (("torch", "default dependencies"), ("tensorflow", "tensorflow[and-cuda]")):
+        assert not any(dx.GPU_LIBRARY.match(name) for name, _ in fp[fw]["largest"])  # like for like
+        gpu = fp[fw]["gpu_libraries"]
+        assert gpu["source"] == source and (gpu["bytes"] is None) == (not gpu["installed"])
+        assert gpu["installed"] or gpu["note"]  # never a silent zero
     loc = dx.backend_loc()
     assert loc["torch"] > 50 and loc["tensorflow"] > 50
     summary = dx.summarize({"torch": [{"import_s": 2.0, "gpus_visible": 0}, {"import_s": 4.0, "gpus_visible": 0}]},

@@ -12,7 +12,7 @@ import tempfile
 
 from ..config import resolve
 from ..data import LABEL_NAMES, Cifar10, make_bundle, make_synthetic
-from ..frameworks import FRAMEWORKS
+from ..frameworks import NAMES, unavailable
 from ..models import format_parity, parity_problems, parity_rows
 from ..runner.experiment import describe_models
 
@@ -28,10 +28,10 @@ def main(argv: list[str] | None = None, prog: str = "bench parity") -> int:
     with tempfile.TemporaryDirectory() as tmp:
         train, test = make_synthetic(64, 32)
         bundle = make_bundle(Cifar10(train, test, LABEL_NAMES, "synthetic"), 0, 0, 32, 1, 0).write(f"{tmp}/b")
-        installed = tuple(fw for fw, f in FRAMEWORKS.items() if f.missing() is None)
-        for f in FRAMEWORKS.values():
-            if f.missing():
-                print(f.missing(), file=sys.stderr)
+        missing = unavailable()
+        for reason in missing.values():
+            print(reason, file=sys.stderr)
+        installed = tuple(fw for fw in NAMES if fw not in missing)
         rows = parity_rows(describe_models(cfg, bundle, tmp, frameworks=installed))
     print(format_parity(rows))
     problems = parity_problems(rows)

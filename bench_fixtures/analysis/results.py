@@ -55,6 +55,14 @@ def _number_problem(value: Any, low: float = 0.0, high: float = math.inf) -> str
     return None
 
 
+def _numbers_problem(values: Any, nulls: bool) -> str | None:
+    """What is wrong with a list of non-negative numbers (None entries allowed when NULLS)."""
+    if not isinstance(values, list):
+        return f"must be a list of numbers, found {type(values).__name__}"
+    bad = next((p for p in (_number_problem(v) for v in values if not (nulls and v is None)) if p), None)
+    return f"has an entry that {bad}" if bad else None
+
+
 def _benchmark_problem(b: Any) -> str | None:
     """What is wrong with one benchmark entry (None: nothing the readers rely on)."""
     if not isinstance(b, dict):
@@ -72,13 +80,9 @@ def _benchmark_problem(b: Any) -> str | None:
     problem = _number_problem(stats["median"])
     if problem:
         return f"{case}: 'stats.median' {problem}"
-    data = stats.get("data")
-    if data is not None:
-        if not isinstance(data, list):
-            return f"{case}: 'stats.data' must be a list of round times"
-        bad = next((p for p in map(_number_problem, data) if p), None)
-        if bad:
-            return f"{case}: 'stats.data' has a round that {bad}"
+    problem = None if stats.get("data") is None else _numbers_problem(stats["data"], nulls=False)
+    if problem:
+        return f"{case}: 'stats.data' (the round times) {problem}"
     extra = b.get("extra_info", {})
     if extra is None:
         return None
@@ -91,14 +95,9 @@ def _benchmark_problem(b: Any) -> str | None:
             if problem:
                 return f"{case}: 'extra_info.{key}' {problem}"
     for key in SERIES:
-        series = extra.get(key)
-        if series is None:
-            continue
-        if not isinstance(series, list):
-            return f"{case}: 'extra_info.{key}' must be a list"
-        bad = next((p for p in (_number_problem(v) for v in series if v is not None) if p), None)
-        if bad:
-            return f"{case}: 'extra_info.{key}' has an entry that {bad}"
+        problem = None if extra.get(key) is None else _numbers_problem(extra[key], nulls=True)
+        if problem:
+            return f"{case}: 'extra_info.{key}' {problem}"
     memory = extra.get("memory")
     if memory is not None:
         if not isinstance(memory, dict):

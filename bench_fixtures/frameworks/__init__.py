@@ -14,7 +14,6 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Framework:
     name: str                  # the test-id prefix and pytest marker: torch-resnet50, -m torch
-    label: str                 # how people write it
     backend: str               # "module:Class" of the backend, relative to this package
     packages: tuple[str, ...]  # the distributions that make it, first the one whose version is its own
     imports: tuple[str, ...]   # top-level modules its backend needs (availability check, no import)
@@ -37,10 +36,10 @@ class Framework:
 
 
 FRAMEWORKS: dict[str, Framework] = {f.name: f for f in (
-    Framework("torch", "PyTorch", "torch_backend:TorchBackend", ("torch", "torchvision"), ("torch", "torchvision"),
+    Framework("torch", "torch_backend:TorchBackend", ("torch", "torchvision"), ("torch", "torchvision"),
               "torchvision", "pip install torch torchvision (the versions pinned in requirements.txt)", None,
               "#ee4c2c", "#f7a99b"),
-    Framework("tensorflow", "TensorFlow", "tf_backend:TensorFlowBackend", ("tensorflow", "keras"),
+    Framework("tensorflow", "tf_backend:TensorFlowBackend", ("tensorflow", "keras"),
               ("tensorflow", "keras"), "keras", "pip install tensorflow keras (the versions pinned in requirements.txt)",
               "and-cuda", "#ff8f00", "#ffd08a"),
 )}
@@ -53,5 +52,9 @@ def backend_module(framework: str) -> str:
 
 def load_backend(framework: str) -> type:
     """The backend class; imports the framework (inside a worker only)."""
-    module, cls = FRAMEWORKS[framework].backend.split(":")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+    return getattr(importlib.import_module(backend_module(framework)), FRAMEWORKS[framework].backend.split(":")[1])
+
+
+def unavailable() -> dict[str, str]:
+    """The frameworks that cannot run here, each with its one-line reason and fix."""
+    return {name: reason for name, f in FRAMEWORKS.items() if (reason := f.missing()) is not None}

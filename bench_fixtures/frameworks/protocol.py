@@ -21,20 +21,27 @@ def nonfinite_error(framework: str, epoch: int | None, step: int) -> BackendErro
                         f"lower --lr or check the data")
 
 
+def out_of_memory_message(framework: str | None, cmd: str, cfg: dict[str, Any], detail: str,
+                          epoch: int | None, memory: str | None = None) -> str:
+    """One line for an allocation failure: where, at what size, what was seen (DETAIL), the fix.
+    MEMORY is "GPU" or "host"; by default the device's."""
+    memory = memory or ("GPU" if cfg.get("device") == "gpu" else "host")
+    limit = cfg.get("worker_memory_limit") or 0
+    cap = f" (--worker-memory-limit {limit} MiB)" if limit and memory == "host" else ""
+    where = f"'{cmd}'" + (f", epoch {epoch}" if epoch is not None else "")
+    return (f"{framework}: out of {memory} memory{cap} during {where} at --batch-size {cfg.get('batch_size')} "
+            f"--image-size {cfg.get('image_size')}: {detail}; lower --batch-size or --image-size"
+            f"{', or raise --worker-memory-limit' if cap else ''}")
+
+
 def out_of_memory_error(framework: str, cmd: str, cfg: dict[str, Any], exc: BaseException,
                         epoch: int | None) -> BackendError:
-    """One line for an allocation failure, whichever framework raised it: where, at what size, the fix."""
+    """The framework raised an allocation failure: its own line that says so, in the one format."""
     noise = r"\x1b\[[0-9;]*m|\{\{[^}]*\}\}|\[enforce fail at [^\]]*\]\s*err == 0\.\s*"
     lines = [re.sub(noise, "", ln).strip() for ln in str(exc).splitlines()]
     lines = [ln for ln in lines if ln] or [type(exc).__name__]
     detail = next((ln for ln in lines if re.search(r"OOM|allocat|out of memory", ln, re.I)), lines[0])[:200]
-    memory = "GPU" if cfg.get("device") == "gpu" else "host"
-    limit = cfg.get("worker_memory_limit") or 0
-    cap = f" (--worker-memory-limit {limit} MiB)" if limit and memory == "host" else ""
-    where = f"'{cmd}'" + (f", epoch {epoch}" if epoch is not None else "")
-    return BackendError(f"{framework}: out of {memory} memory{cap} during {where} at --batch-size "
-                        f"{cfg.get('batch_size')} --image-size {cfg.get('image_size')}: {detail}; lower "
-                        f"--batch-size or --image-size{', or raise --worker-memory-limit' if cap else ''}")
+    return BackendError(out_of_memory_message(framework, cmd, cfg, detail, epoch))
 
 
 class WeightsError(BackendError):

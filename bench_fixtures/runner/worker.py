@@ -73,16 +73,6 @@ def _describe_exit(code: int | None) -> str:
 NATIVE_CRASHES = ("SIGSEGV", "SIGABRT", "SIGBUS")
 
 
-def capped_crash_message(name: str, framework: str | None, cmd: str, how: str, cfg: dict[str, Any],
-                         log_path: Path) -> str:
-    """A worker killed by a native crash while its memory is capped: say what it most likely was."""
-    return (f"{name}: {framework}: out of host memory (--worker-memory-limit {cfg['worker_memory_limit']} MiB) "
-            f"during '{cmd}' at --batch-size {cfg.get('batch_size')} --image-size {cfg.get('image_size')}: "
-            f"most likely; the worker was {how} (native code that cannot allocate often crashes instead of "
-            f"raising; worker log {log_path}); lower --batch-size or --image-size, or raise "
-            f"--worker-memory-limit")
-
-
 class Worker:
     """A case's worker process. framework=None starts one that imports no framework (protocol only);
     faults=True lets the tests send it the fault-injection requests (crash, raise, sleep)."""
@@ -149,8 +139,11 @@ class Worker:
                 how = _describe_exit(self.proc.poll())
                 self.kill()
                 if self.cfg.get("worker_memory_limit") and how.removeprefix("killed by ") in NATIVE_CRASHES:
-                    error = WorkerError(capped_crash_message(self.name, self.framework, cmd, how, self.cfg,
-                                                             self.log_path))
+                    from ..frameworks.protocol import out_of_memory_message
+                    detail = (f"most likely; the worker was {how} (native code that cannot allocate often "
+                              f"crashes instead of raising; worker log {self.log_path})")
+                    error = WorkerError(f"{self.name}: " + out_of_memory_message(
+                        self.framework, cmd, self.cfg, detail, _last_epoch(self.events), memory="host"))
                     if self._tail():  # one line to read; the crash's own account below it in pytest's output
                         error.add_note(self._tail().lstrip("\n"))
                     raise error
