@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Mapping
+
+from .files import folder_problem
 
 MODELS = ("resnet50", "vgg19", "mobilenet_v2")
 
@@ -30,6 +33,11 @@ COMMON: dict[str, Any] = dict(optimizer="sgd", lr=None, momentum=0.9, seed=0, de
                               bn_momentum=0.1, bn_eps=1e-5, adam_eps=1e-8, monitor_interval=0.05,
                               worker_memory_limit=0)
 MIN_WORKER_MEMORY_MIB = 1024  # torch or TensorFlow imported, before any model
+# The real ranges, each with the reason a value outside it cannot run (said in the error).
+MAX_SEED = 2**32 - 1  # Keras' set_random_seed seeds NumPy's legacy generator: 32 bits
+MAX_WORKER_TIMEOUT_S = 2_147_483  # epoll_wait takes the wait in int milliseconds: < 2**31 ms (24.8 days)
+MONITOR_INTERVAL_RANGE = (0.01, 60.0)  # below 10 ms sampling takes a visible share of a core; above
+#                                        a minute a fine-tune's epochs get no sample of their own
 DEFAULT_LR = {"sgd": 0.01, "adam": 0.001}
 CHOICES = {"profile": ("auto", "smoke", "seed"), "dataset": ("cifar10", "synthetic"),
            "weights": ("imagenet", "none"), "device": ("auto", "cpu", "gpu"),
@@ -93,12 +101,24 @@ def _check_choice(field: str, value: Any) -> None:
 
 
 def _check_number(field: str, value: Any, kind: type, low: float, low_ok: bool = True) -> None:
+    if isinstance(value, int) and abs(value) > 2**63 - 1:  # float() of it would overflow
+        raise ConfigError(f"{OPTION[field]}: a {len(str(abs(value)))}-digit number is out of any range it can run with")
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if kind is int:
         ok = ok and float(value).is_integer()
     if not ok or value < low or (value == low and not low_ok):
         bound = f">= {low}" if low_ok else f"> {low}"
         raise ConfigError(f"{OPTION[field]} {value!r}: must be a{'n integer' if kind is int else ' number'} {bound}")
+
+
+def _data_dir(given: str) -> str:
+    """`~` expanded; a path that exists must be a folder."""
+    path = os.path.expanduser(given)
+    problem = folder_problem(path)
+    if problem:
+        raise ConfigError(f"--data-dir {given}: {problem}; give the folder that holds (or will hold) "
+                          f"cifar-10-batches-py/")
+    return path
 
 
 def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "") -> BenchConfig:
@@ -134,19 +154,39 @@ def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "") ->
         _check_number(field, values[field], int, 1)
     _check_number("image_size", values["image_size"], int, 32)
     _check_number("seed", values["seed"], int, 0)
+    if values["seed"] > MAX_SEED:
+        raise ConfigError(f"--seed {values['seed']}: must be at most {MAX_SEED} (2**32 - 1): TensorFlow's "
+                          f"runs seed NumPy's 32-bit legacy generator, and both frameworks get the same seed")
     if values["lr"] is None:
         values["lr"] = DEFAULT_LR[values["optimizer"]]
     _check_number("lr", values["lr"], float, 0, low_ok=False)
     _check_number("momentum", values["momentum"], float, 0)
     _check_number("worker_timeout", values["worker_timeout"], float, 0, low_ok=False)
+    if values["worker_timeout"] > MAX_WORKER_TIMEOUT_S:
+        raise ConfigError(f"--worker-timeout {values['worker_timeout']:g}: must be at most {MAX_WORKER_TIMEOUT_S} s "
+                          f"(24.8 days, the longest wait the OS timer takes)")
     _check_number("min_accuracy_gain", values["min_accuracy_gain"], float, -1)
+    if values["min_accuracy_gain"] > 1:
+        raise ConfigError(f"--min-accuracy-gain {values['min_accuracy_gain']:g}: must lie in [-1, 1]: it is a "
+                          f"fraction of the test set (0.05 = 5 points)")
     for field in ("bn_momentum", "bn_eps", "adam_eps", "monitor_interval"):
         _check_number(field, values[field], float, 0, low_ok=False)
+    low, high = MONITOR_INTERVAL_RANGE
+    if not low <= values["monitor_interval"] <= high:
+        raise ConfigError(f"--monitor-interval {values['monitor_interval']:g}: must lie in [{low:g}, {high:g}] s: "
+                          f"below {low:g} s the sampling thread takes a visible share of a core from the "
+                          f"training it measures; above {high:g} s epochs get no sample of their own")
+    if values["data_dir"] is not None:
+        values["data_dir"] = _data_dir(str(values["data_dir"]))
     if values["bn_momentum"] > 1:
         raise ConfigError(f"--bn-momentum {values['bn_momentum']}: must lie in (0, 1] (torch convention)")
     if 0 < values["worker_memory_limit"] < MIN_WORKER_MEMORY_MIB:
         raise ConfigError(f"--worker-memory-limit {values['worker_memory_limit']}: a framework alone needs more; "
                           f"give at least {MIN_WORKER_MEMORY_MIB} MiB, or 0 for no limit")
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20
+    if values["worker_memory_limit"] > physical:
+        raise ConfigError(f"--worker-memory-limit {values['worker_memory_limit']}: more than this machine's "
+                          f"{physical} MiB of memory; give at most {physical}, or 0 for no limit")
     if 0 < values["train_size"] < values["batch_size"]:
         raise ConfigError(f"--batch-size {values['batch_size']} is larger than --train-size "
                           f"{values['train_size']}: no full batch to train on")

@@ -8,9 +8,7 @@ fixture): no config resolved, nothing printed, nothing of pytest-benchmark's tou
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
 import time
 from copy import copy
 from pathlib import Path
@@ -21,7 +19,7 @@ import pytest
 from . import benchmark_compat as compat
 from . import machine
 from .config import BenchConfig, ConfigError, resolve
-from .files import OutputError, check_writable, save_numbered
+from .files import OutputError, WorkFolder, check_writable, save_numbered
 from .frameworks import unavailable
 
 # (option, dest, type, help); defaults come from the profile (None = "profile decides").
@@ -72,7 +70,7 @@ class BenchState:
 
     def __init__(self, cfg: BenchConfig, missing: dict[str, str]) -> None:
         self.cfg, self.missing = cfg, missing  # missing: framework -> why its cases are skipped
-        self.work_dir: str | None = None
+        self.work: WorkFolder | None = None  # the session's scratch folder (the data bundle, worker logs)
         self.runner: Any = None
         self.bundle_meta: dict[str, Any] | None = None
         self.json_path: Path | None = None
@@ -169,8 +167,9 @@ def _start(config: pytest.Config) -> BenchState:
     if store is not None:
         _require_writable(store, "--benchmark-storage", " (file://DIR)")
         compat.save_with(config, save_numbered)
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # SIGTERM stops the run like Ctrl-C
-        signal.signal(signal.SIGTERM, _terminate)
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # a CI runner's stop, a closed terminal: like Ctrl-C
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, _terminate)
     return state
 
 
@@ -207,12 +206,13 @@ def _prepare(config: pytest.Config, state: BenchState) -> None:
     from .runner.experiment import CaseRunner, prepare_data
     telemetry = telemetry_dir(config)
     _require_writable(telemetry, "--telemetry-dir")
-    state.work_dir = tempfile.mkdtemp(prefix="bench-")
+    WorkFolder.sweep()  # what sessions killed before their cleanup left behind
+    state.work = WorkFolder()
     try:
-        bundle_dir, state.bundle_meta = prepare_data(state.cfg, state.work_dir)
+        bundle_dir, state.bundle_meta = prepare_data(state.cfg, state.work.path)
     except DataError as e:
         raise pytest.UsageError(str(e)) from None
-    state.runner = CaseRunner(state.cfg, bundle_dir, state.bundle_meta, state.work_dir, telemetry)
+    state.runner = CaseRunner(state.cfg, bundle_dir, state.bundle_meta, state.work.path, telemetry)
     state.runner.progress = Progress(config, state.cfg.epochs)
 
 
@@ -305,8 +305,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             reporter.write_line(f"bench: report written to {path}")
     if state.runner is not None:
         state.runner.close()
-    if state.work_dir is not None:
-        shutil.rmtree(state.work_dir, ignore_errors=True)
+    if state.work is not None:
+        state.work.remove()
 
 
 @pytest.fixture(scope="session")

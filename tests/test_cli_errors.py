@@ -3,7 +3,9 @@ the option or file and the fix, before any worker starts, and writes nothing."""
 import hashlib
 import os
 import pickle
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -18,16 +20,24 @@ from tests.test_data import Exploit, http_server  # noqa: F401  (http_server: a 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_pytest(tmp_path: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_pytest(tmp_path: Path, *args: str, env: dict | None = None, max_file_bytes: int | None = None
+               ) -> subprocess.CompletedProcess:
     """`pytest tests/benchmarks --collect-only` (collection is where the data is read) with every
-    output pointed into tmp_path/out, and the temporary folder into tmp_path/tmp."""
+    output pointed into tmp_path/out, and the temporary folder into tmp_path/tmp. MAX_FILE_BYTES: the
+    kernel refuses to grow any file past it (RLIMIT_FSIZE; EFBIG, as a full disk gives ENOSPC)."""
     (tmp_path / "tmp").mkdir(exist_ok=True)
     out = tmp_path / "out"
     return subprocess.run(
         [sys.executable, "-m", "pytest", "tests/benchmarks", "--collect-only", "-q", "-p", "no:cacheprovider",
          f"--benchmark-storage=file://{out}/store", f"--telemetry-dir={out}/telemetry", *args],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
-        env={**os.environ, "TMPDIR": str(tmp_path / "tmp"), **(env or {})})
+        env={**os.environ, "TMPDIR": str(tmp_path / "tmp"), **(env or {})},
+        preexec_fn=None if max_file_bytes is None else lambda: _limit_file_size(max_file_bytes))
+
+
+def _limit_file_size(limit: int) -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
 def assert_one_line_usage_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -58,6 +68,14 @@ OPTION_CASES = [
     (["--train-size=64", "--batch-size=128"], ["--batch-size 128 is larger than --train-size 64"]),
     (["--worker-memory-limit=100"], ["--worker-memory-limit 100", "at least 1024 MiB"]),
     (["--lr=-1"], ["--lr -1.0: must be a number > 0"]),
+    # Every option to its real range: values that used to pass startup and fail deep in a worker.
+    (["--seed=4294967296"], ["--seed 4294967296: must be at most 4294967295 (2**32 - 1)", "32-bit"]),
+    (["--worker-timeout=1e7"], ["--worker-timeout 1e+07: must be at most 2147483 s", "OS timer"]),
+    (["--monitor-interval=0.0001"], ["--monitor-interval 0.0001: must lie in [0.01, 60] s", "share of a core"]),
+    (["--epochs=1000000000"], ["--epochs 1000000000 x --train-size 256: the per-epoch shuffle orders take",
+                               "of memory available; lower --epochs or --train-size"]),
+    (["--dataset=synthetic", "--test-size=100000000"], ["to generate the data set", "of memory available"]),
+    (["--data-dir=pytest.ini"], ["--data-dir pytest.ini: a file, not a folder; give the folder that holds"]),
 ]
 
 
@@ -98,6 +116,17 @@ def sessions(tmp_path_factory):
     for n, (args, _) in enumerate(OPTION_CASES):
         tmp = tmp_path_factory.mktemp("option")
         runs[n] = (tmp, pool.submit(run_pytest, tmp, *args), None)
+    loop = tmp_path_factory.mktemp("loop")
+    (loop / "a").symlink_to(loop / "b")
+    (loop / "b").symlink_to(loop / "a")
+    runs["symlink loop"] = (loop, pool.submit(run_pytest, loop, f"--data-dir={loop / 'a'}"), None)
+    home = tmp_path_factory.mktemp("home")
+    canonical(home / "cifar")
+    runs["tilde"] = (home, pool.submit(run_pytest, home, "--dataset=cifar10", "--data-dir=~/cifar", "--train-size=0",
+                                       "--test-size=0", "--batch-size=10", env={"HOME": str(home)}), None)
+    full = tmp_path_factory.mktemp("full")
+    runs["full disk"] = (full, pool.submit(run_pytest, full, f"--data-dir={full / 'data'}", "--train-size=2000",
+                                           max_file_bytes=4 << 20), None)
     for name, (damage, _, _) in CORRUPTIONS.items():
         tmp = tmp_path_factory.mktemp("data")
         folder = canonical(tmp / "data")
@@ -113,6 +142,32 @@ def test_bad_options_stop_the_session_at_startup(sessions, n):
     tmp, session, _ = sessions[n]
     assert_one_line_usage_error(session.result(), *OPTION_CASES[n][1])
     assert_nothing_written(tmp)
+
+
+def test_data_dir_symlink_loop_is_named(sessions):
+    tmp, session, _ = sessions["symlink loop"]
+    assert_one_line_usage_error(session.result(), f"--data-dir {tmp / 'a'}: a symlink loop; give the folder")
+    assert_nothing_written(tmp)
+
+
+def test_tilde_in_data_dir_is_the_home_folder(sessions):
+    home, session, _ = sessions["tilde"]
+    proc = session.result()
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "dataset=cifar10" in proc.stdout and "test_finetune" in proc.stdout
+    assert not (ROOT / "~").exists()  # not a folder literally named "~"
+    assert_nothing_written(home)
+
+
+def test_full_disk_while_writing_the_bundle_is_one_line_with_the_sizes(sessions):
+    """A real write failure: the kernel refuses to grow a file past 4 MiB (RLIMIT_FSIZE) while the
+    6 MiB training images of the bundle are written."""
+    tmp, session, _ = sessions["full disk"]
+    line = assert_one_line_usage_error(session.result(), "/bundle: no room for the data bundle (File too large): "
+                                                         "it needs 6 MiB, ", " MiB are free; set TMPDIR to a folder "
+                                                         "on a larger disk")
+    assert "INTERNALERROR" not in line
+    assert_nothing_written(tmp)  # the half-written bundle went with the work folder
 
 
 @pytest.mark.parametrize("name", list(CORRUPTIONS))
@@ -136,7 +191,7 @@ def test_no_data_and_no_download_is_one_line_with_the_fixes(tmp_path, http_serve
                       env={"CIFAR10_URL": f"{url}/cifar-10-python.tar.gz"})
     assert_one_line_usage_error(proc, "cannot download CIFAR-10 from http://127.0.0.1:", "(File not found)",
                                 f"under {empty}", "--data-dir", "CIFAR10_DIR", "--dataset synthetic")
-    assert list(empty.iterdir()) == []  # no partial archive left behind
+    assert [p.name for p in empty.iterdir()] == [".cifar10.lock"]  # no partial archive left behind
     assert_nothing_written(tmp_path)
 
 
@@ -151,7 +206,8 @@ def test_corrupt_download_is_refused_and_leaves_nothing(tmp_path, http_server): 
     proc = run_pytest(tmp_path, "--dataset=cifar10", f"--data-dir={empty}",
                       env={"CIFAR10_URL": f"{url}/cifar-10-python.tar.gz"})
     assert_one_line_usage_error(proc, f"md5 {digest} != expected {data.CIFAR10_MD5}")
-    assert list(empty.iterdir()) == []  # the stale attempt cleaned up, the bad download not kept
+    assert [p.name for p in empty.iterdir()] == [".cifar10.lock"]  # the stale attempt cleaned up, the bad
+    #                                                                  download not kept
     assert_nothing_written(tmp_path)
 
 

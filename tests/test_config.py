@@ -1,10 +1,14 @@
 """Option resolution: profiles, overrides, auto choices, and bad values rejected up front."""
+import math
 import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from bench_fixtures.config import PROFILES, ConfigError, resolve
+from bench_fixtures.config import (MAX_SEED, MAX_WORKER_TIMEOUT_S, MIN_WORKER_MEMORY_MIB, MONITOR_INTERVAL_RANGE,
+                                   PROFILES, ConfigError, resolve)
 
 
 def test_auto_profile_follows_the_gpu():
@@ -67,3 +71,28 @@ def test_smoke_on_real_cifar_gets_sizes_that_can_learn():
     cfg = resolve({"dataset": "cifar10"}, gpu_count=0)
     assert (cfg.profile, cfg.train_size, cfg.test_size, cfg.bn_momentum) == ("smoke", 2000, 1000, 0.1)
     assert resolve({"dataset": "cifar10", "train_size": 500}, gpu_count=0).train_size == 500
+
+
+NUMERIC = ["train_size", "test_size", "epochs", "batch_size", "lr", "momentum", "seed", "min_accuracy_gain",
+           "worker_timeout", "worker_memory_limit", "finetune_rounds", "step_rounds", "step_count",
+           "step_warmup", "image_size", "bn_momentum", "bn_eps", "adam_eps", "monitor_interval"]
+HOSTILE = st.one_of(st.none(), st.integers(-2**70, 2**70), st.floats(allow_nan=True, allow_infinity=True),
+                    st.sampled_from([0, 1, -1, 2**32, 2**31, 1e-300, 1e300, 10**400, -10**400, "7", [], True]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(NUMERIC), HOSTILE, max_size=6))
+def test_any_option_values_resolve_within_range_or_fail_with_the_option_named(options):
+    """Every option to its real range: whatever comes in, resolve() returns a config whose values all
+    lie in what the workers can run with, or raises ConfigError naming an option, never anything else."""
+    try:
+        cfg = resolve(options, gpu_count=0)
+    except ConfigError as e:
+        assert str(e).startswith("--") and "\n" not in str(e), str(e)
+        return
+    assert 0 <= cfg.seed <= MAX_SEED and 0 < cfg.worker_timeout <= MAX_WORKER_TIMEOUT_S
+    assert MONITOR_INTERVAL_RANGE[0] <= cfg.monitor_interval <= MONITOR_INTERVAL_RANGE[1]
+    assert cfg.epochs >= 1 and cfg.batch_size >= 1 and cfg.image_size >= 32 and -1 <= cfg.min_accuracy_gain <= 1
+    assert cfg.train_size == 0 or cfg.train_size >= cfg.batch_size
+    assert all(math.isfinite(v) for v in (cfg.lr, cfg.momentum, cfg.bn_eps, cfg.adam_eps)) and 0 < cfg.bn_momentum <= 1
+    assert cfg.worker_memory_limit == 0 or cfg.worker_memory_limit >= MIN_WORKER_MEMORY_MIB

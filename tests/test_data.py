@@ -4,8 +4,11 @@ import http.server
 import io
 import os
 import pickle
+import subprocess
+import sys
 import tarfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -294,7 +297,7 @@ def test_download_verifies_md5_and_extracts_atomically(tmp_path, http_server):
     folder = data.ensure_cifar10(target_dir, url=f"{url}/cifar.tar.gz", md5=md5)
     assert folder == target_dir / data.BATCHES_DIR
     assert len(data.read_canonical(folder).train) == 50
-    assert sorted(p.name for p in target_dir.iterdir()) == [data.BATCHES_DIR]  # no leftovers
+    assert sorted(p.name for p in target_dir.iterdir()) == [".cifar10.lock", data.BATCHES_DIR]  # no leftovers
 
 
 def test_download_with_bad_md5_leaves_nothing(tmp_path, http_server):
@@ -302,7 +305,7 @@ def test_download_with_bad_md5_leaves_nothing(tmp_path, http_server):
     build_archive(root / "cifar.tar.gz")
     with pytest.raises(DataError, match="md5 .* != expected"):
         data.download_cifar10(tmp_path / "d", url=f"{url}/cifar.tar.gz", md5="0" * 32)
-    assert list((tmp_path / "d").iterdir()) == []
+    assert [p.name for p in (tmp_path / "d").iterdir()] == [".cifar10.lock"]  # the lock stays: unlinking races
 
 
 def test_archive_escaping_the_target_is_refused(tmp_path, http_server):
@@ -312,7 +315,8 @@ def test_archive_escaping_the_target_is_refused(tmp_path, http_server):
     md5 = build_archive(root / "cifar.tar.gz", extra=evil)
     with pytest.raises(DataError, match="unsafe member"):
         data.download_cifar10(tmp_path / "d", url=f"{url}/cifar.tar.gz", md5=md5)
-    assert not (tmp_path / "evil.txt").exists() and list((tmp_path / "d").iterdir()) == []
+    assert not (tmp_path / "evil.txt").exists()
+    assert [p.name for p in (tmp_path / "d").iterdir()] == [".cifar10.lock"]
 
 
 def test_offline_download_is_one_clear_line(tmp_path, http_server):
@@ -323,3 +327,73 @@ def test_offline_download_is_one_clear_line(tmp_path, http_server):
     assert "cannot download CIFAR-10" in msg and "--dataset synthetic" in msg and "\n" not in msg
     with pytest.raises(DataError, match="cannot download"):  # nothing listening at all
         data.ensure_cifar10(tmp_path / "d", url="http://127.0.0.1:9/cifar.tar.gz")
+
+
+class _Mirror(http.server.BaseHTTPRequestHandler):
+    """A mirror with a flaw: 'slow' sends a byte every 0.3 s, 'short' promises more than it sends,
+    'paced' sends the whole archive in 20 pieces over about a second. Counts the GETs it served."""
+    body, mode, gets = b"", "paced", []
+
+    def do_GET(self):
+        type(self).gets.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body) + (100 if self.mode == "short" else 0)))
+        self.end_headers()
+        pieces = {"slow": [self.body[i:i + 1] for i in range(len(self.body))],
+                  "short": [self.body], "paced": np.array_split(np.frombuffer(self.body, np.uint8), 20)}[self.mode]
+        for piece in pieces:
+            self.wfile.write(bytes(piece))
+            self.wfile.flush()
+            time.sleep({"slow": 0.3, "short": 0, "paced": 0.05}[self.mode])
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def mirror(tmp_path):
+    md5 = build_archive(tmp_path / "src.tar.gz")
+    handler = type("Mirror", (_Mirror,), dict(body=(tmp_path / "src.tar.gz").read_bytes(), gets=[]))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield handler, f"http://127.0.0.1:{server.server_address[1]}/cifar-10-python.tar.gz", md5
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_trickling_mirror_hits_the_deadline_and_the_error_names_the_url(tmp_path, mirror):
+    handler, url, md5 = mirror
+    handler.mode = "slow"
+    start = time.monotonic()
+    with pytest.raises(DataError) as e:
+        data.download_cifar10(tmp_path / "d", url=url, md5=md5, timeout=5, deadline=1.5)
+    assert time.monotonic() - start < 5  # not the socket timeout: each byte arrives within it
+    msg = str(e.value)
+    assert msg.startswith(f"cannot download CIFAR-10 from {url}: not complete after 1.5 s (") and "\n" not in msg
+    assert ".part" not in msg and "--dataset synthetic" in msg
+    assert [p.name for p in (tmp_path / "d").iterdir()] == [".cifar10.lock"]
+
+
+def test_a_connection_that_ends_early_is_one_line_naming_the_url(tmp_path, mirror):
+    handler, url, md5 = mirror
+    handler.mode = "short"
+    with pytest.raises(DataError, match=f"cannot download CIFAR-10 from {url}: the connection ended after "
+                                        f"[0-9,]+ of [0-9,]+ bytes; retry"):
+        data.download_cifar10(tmp_path / "d", url=url, md5=md5, timeout=5)
+
+
+def test_two_processes_downloading_into_one_folder_download_once(tmp_path, mirror):
+    """Two real processes start the download into one folder at once: one downloads, the other waits
+    on the lock beside the folder and then uses the result (it used to delete the first's download)."""
+    handler, url, md5 = mirror
+    code = (f"import sys; from bench_fixtures import data; "
+            f"print(data.ensure_cifar10(sys.argv[1], url={url!r}, md5={md5!r}))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "d")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert [o.strip() for o, _ in outs] == [str(tmp_path / "d" / data.BATCHES_DIR)] * 2
+    assert len(handler.gets) == 1, handler.gets
+    assert sum("another session is downloading CIFAR-10 into" in err for _, err in outs) == 1, outs
+    assert len(data.read_canonical(tmp_path / "d" / data.BATCHES_DIR).train) == 50

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from bench_fixtures.config import resolve
-from bench_fixtures.runner.experiment import Experiment
+from bench_fixtures.runner.experiment import Experiment, telemetry_problems
 from bench_fixtures.runner.worker import WorkerError
 from tests.helpers import tiny_bundle
 
@@ -96,9 +96,12 @@ def _worker_of(pid: int, timeout: float = 120, exclude: set[int] = frozenset()) 
 
 
 @pytest.mark.torch
-def test_interrupted_session_kills_workers_and_saves_nothing(tmp_path):
-    """SIGTERM (what CI runners send) takes the same path as Ctrl-C: pytest's KeyboardInterrupt."""
-    sig = signal.SIGTERM
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_interrupted_session_kills_workers_and_saves_nothing(tmp_path, sig):
+    """SIGTERM (what CI runners send) and SIGHUP (a closed terminal or SSH session) take the same path
+    as Ctrl-C: pytest's KeyboardInterrupt; the workers and the work folder go with the session."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     store = tmp_path / "store" / "Linux-CPython-3.11-64bit"
     store.mkdir(parents=True)
     history = store / "0001_earlier.json"
@@ -108,7 +111,8 @@ def test_interrupted_session_kills_workers_and_saves_nothing(tmp_path):
     # Two fine-tune rounds: the first is a finished measurement that must not be saved either.
     proc, lines = _session(["-k", "test_finetune and torch-mobilenet_v2", "--finetune-rounds=2", "--epochs=2",
                             f"--benchmark-json={out}", "--benchmark-autosave",
-                            f"--benchmark-storage=file://{tmp_path / 'store'}", f"--telemetry-dir={telemetry}"])
+                            f"--benchmark-storage=file://{tmp_path / 'store'}", f"--telemetry-dir={telemetry}"],
+                           env={"TMPDIR": str(tmp)})
     seen: list[str] = []
     try:
         _wait_for(lines, "torch-mobilenet_v2: epoch 1/2", seen)
@@ -127,13 +131,15 @@ def test_interrupted_session_kills_workers_and_saves_nothing(tmp_path):
     assert not out.exists(), "a partial --benchmark-json was left behind"
     assert {p.name: p.read_bytes() for p in store.iterdir()} == before  # histories untouched, none added
     assert not telemetry.exists() or not any(telemetry.iterdir())
+    assert list(tmp.glob("bench-*")) == []
 
 
-def _session(args: list[str]) -> tuple[subprocess.Popen, "queue.Queue[str]"]:
+def _session(args: list[str], env: dict | None = None) -> tuple[subprocess.Popen, "queue.Queue[str]"]:
     """A real nested `pytest` of the benchmark cases; its output lines arrive on a queue as printed."""
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "tests/benchmarks", "-p", "no:cacheprovider",
                              "--benchmark-only", "-rf", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout], daemon=True).start()
     return proc, lines
@@ -237,3 +243,63 @@ def test_gpu_the_framework_cannot_use_fails_loudly_per_framework(tmp_path):
     assert re.search(r"WorkerError: tensorflow-mobilenet_v2: --device gpu, but TensorFlow \S+ \(built for CUDA "
                      r"[^)]*\) sees no GPU; install tensorflow\[and-cuda\]", output), output[-3000:]
     assert "2 failed" in output
+
+
+@pytest.mark.torch
+def test_a_killed_session_takes_its_worker_and_the_next_session_removes_its_folder(tmp_path):
+    """`kill -9` of pytest mid-fine-tune runs none of its cleanup: the kernel kills the worker with it
+    (PR_SET_PDEATHSIG), and the next session removes the work folder it left (its owner lock is free)."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    (tmp / "bench-not-ours").mkdir()  # no owner lock inside: some other program's, left alone
+    env = {"TMPDIR": str(tmp)}
+    proc, lines = _session(["-k", "test_finetune and torch-mobilenet_v2", "--epochs=3",
+                            f"--benchmark-storage=file://{tmp_path / 'store'}",
+                            f"--telemetry-dir={tmp_path / 'telemetry'}"], env=env)
+    seen: list[str] = []
+    try:
+        _wait_for(lines, "torch-mobilenet_v2: epoch 1/3", seen)
+        worker = _worker_of(proc.pid)
+        left = [p for p in tmp.glob("bench-*") if (p / ".owner.lock").exists()]
+        proc.kill()
+        proc.wait(timeout=30)
+        end = time.monotonic() + 10
+        while not _gone(worker.pid) and time.monotonic() < end:
+            time.sleep(0.05)
+        assert _gone(worker.pid), f"worker {worker.pid} outlived its killed session: {worker.status()}"
+    finally:
+        proc.kill()
+    assert len(left) == 1 and left[0].is_dir()  # what SIGKILL leaves: nothing of the session's ran
+    after = subprocess.run([sys.executable, "-m", "pytest", "tests/benchmarks", "--collect-only", "-q",
+                            "-p", "no:cacheprovider", f"--benchmark-storage=file://{tmp_path / 'store'}"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert after.returncode == 0, after.stdout[-2000:] + after.stderr[-2000:]
+    assert sorted(p.name for p in tmp.glob("bench-*")) == ["bench-not-ours"]  # its own went at its end
+
+
+@pytest.mark.torch
+def test_a_worker_stopped_mid_fine_tune_fails_its_telemetry(tmp_path):
+    """SIGSTOP for 1.5 s once epoch 1 of 3 has ended, then SIGCONT: the fine-tune completes, but its
+    time includes the pause, and the case says so instead of reporting valid figures."""
+    cfg = resolve(dict(profile="smoke", device="cpu", epochs=3, batch_size=16), gpu_count=0)
+    bundle = tiny_bundle(tmp_path / "bundle", n_train=64, batch=16, epochs=3)
+    exp = Experiment("torch", "mobilenet_v2", cfg, bundle, tmp_path)
+    paused = threading.Event()
+
+    def pause_after_epoch_1(name, event):
+        if event["name"] == "epoch_stop" and not paused.is_set():
+            paused.set()
+            os.kill(exp.worker.pid, signal.SIGSTOP)
+            threading.Timer(1.5, os.kill, (exp.worker.pid, signal.SIGCONT)).start()
+    try:
+        exp.load()
+        exp.worker.on_progress = pause_after_epoch_1
+        exp.start_round()
+        exp.fine_tune()
+        exp.predict_after()
+        info = exp.finetune_info()
+    finally:
+        exp.close()
+    assert paused.is_set()
+    problems = telemetry_problems(info, "finetune")
+    assert any(p.startswith("the worker was stopped (SIGSTOP, Ctrl-Z or a debugger) in ") for p in problems), problems

@@ -169,7 +169,7 @@ def test_nvml_process_not_listed_gives_none_not_a_guess(monkeypatch):
                 nvmlDeviceGetTemperature=lambda h, s: 60)
     for name, fn in fake.items():
         monkeypatch.setattr(pynvml, name, fn)
-    s = mon.NvmlSampler(pid=424242)
+    s = mon.NvmlSampler(pid=__import__("os").getpid())  # alive, but not in the fake list
     (mem,) = s.sample()
     assert mem["proc_mem"] is None and mem["device_mem"] == 123 and mem["power_w"] == 350
     assert s.process_listed is False and calls == {}
@@ -213,3 +213,68 @@ def test_nvml_failing_mid_run_keeps_the_samples_and_says_why(monkeypatch):
     info = m.info()
     assert info["backend"] == "nvml" and info["samples"] == 3
     assert any("GPU is lost" in e for e in info["errors"]), info["errors"]
+
+
+# --------------------------------------------------------------------------- trust
+
+def _window(m: mon.Monitor) -> list[tuple[int, int]]:
+    return [(m.started_ns, m.stopped_ns + 1)]
+
+
+def test_a_monitor_whose_sampling_fails_says_so_and_leaves_a_measured_hole(monkeypatch):
+    """The sampler starts failing after 3 samples (as psutil does on AccessDenied): the samples so far
+    stay, and the figures are judged untrustworthy instead of passing as one sample's 98.6%."""
+    real, calls = mon.PsutilSampler.sample, {"n": 0}
+
+    def failing(self):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise PermissionError("access denied")
+        return real(self)
+
+    monkeypatch.setattr(mon.PsutilSampler, "sample", failing)
+    child = subprocess.Popen([sys.executable, "-c", BUSY])
+    try:
+        m = mon.Monitor(child.pid, "cpu", interval=0.01).start()
+        time.sleep(2.5)
+        m.stop()
+    finally:
+        child.kill()
+        child.wait()
+    assert m.info()["samples"] == 3 and m.longest_gap_s() > 2.0
+    problems, _ = mon.judge(m, _window(m), _window(m))
+    assert problems[0] == "monitor: PermissionError: access denied (after 3 samples)", problems
+    assert any(p.startswith("monitor: no sample for 2.") for p in problems), problems
+
+
+def test_an_idle_cpu_worker_is_a_problem_a_busy_one_is_not():
+    """Real processes: one sleeping, one spinning a core. The psutil judgement counts cores, not a share
+    of the machine, so a one-core worker on a 64-core host is not 'idle'."""
+    results = {}
+    for name, code in (("idle", "import time; time.sleep(3)"), ("busy", BUSY)):
+        child = subprocess.Popen([sys.executable, "-c", code])
+        try:
+            with mon.Monitor(child.pid, "cpu", interval=0.02) as m:
+                time.sleep(1.5)
+        finally:
+            child.kill()
+            child.wait()
+        results[name] = mon.judge(m, _window(m), _window(m))
+    assert results["busy"] == ([], []), results["busy"]
+    (problem,), flags = results["idle"]
+    assert problem.startswith("the steps used under 5% of a core in ") and "not computing" in problem
+    assert flags == []
+
+
+def test_an_idle_gpu_is_a_flag_not_a_failure_and_the_monitor_reports_its_own_cost():
+    """On a GPU, steps that leave it idle are a finding (the host is the bottleneck), not broken figures."""
+    m = mon.Monitor(0, "gpu", interval=0.05)
+    m.sampler = type("Nvml", (), {"name": "nvml"})()
+    m.started_ns, m.stopped_ns = 0, 10**9
+    m.polls = list(range(0, 10**9, 5 * 10**7))
+    m.samples = [dict(t_ns=t, util=0.01 if t < 8 * 10**8 else 0.9) for t in m.polls]
+    m.busy_s = 0.2  # 20% of the second: a monitor competing with what it measures
+    problems, flags = mon.judge(m, [(0, 10**9)], [(0, 10**9)])
+    assert problems == []
+    assert flags[0].startswith("the GPU was idle (utilisation < 5%) in 80% of the steps' samples")
+    assert flags[1].startswith("the monitor was busy 20% of the time at --monitor-interval 0.05")

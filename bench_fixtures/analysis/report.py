@@ -266,6 +266,11 @@ def _write_report(paths: list[str], runs: list[dict], out: Path) -> None:
         notes.append("no test_finetune case in the run: accuracy, time and timeline figures omitted")
     if len(runs) > 1:
         figures.append(plot_trend(runs, out))
+    for test, by_case in (("test_finetune", ft), ("test_train_step", ts)):
+        for (fw, m), b in sorted(by_case.items()):
+            e = b.get("extra_info") or {}
+            notes += [f"{fw}-{m} {test}: {text}" for text in e.get("telemetry_problems") or []]
+            notes += [f"{fw}-{m} {test} (flag): {text}" for text in e.get("telemetry_flags") or []]
     cfg = run.get("bench_config") or {}
     mi = run.get("machine_info") or {}
     md = ["# PyTorch vs TensorFlow: fine-tuning report", "",

@@ -7,8 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 
-from .cifar10 import Cifar10, DataError, Split
+from ..files import NO_SPACE, free_bytes, space_message
+from .cifar10 import ROW_SIZE, Cifar10, DataError, Split
+
+CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000
+ITEM_BYTES = ROW_SIZE + 8  # an image and its int64 label
 
 
 def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
@@ -55,21 +60,59 @@ class Bundle:
     order: np.ndarray  # (epochs, steps * batch_size) indices into train
 
     def write(self, folder: str | os.PathLike) -> Path:
+        """Every array beside its final name, then renamed; a full disk is one line with the sizes."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         arrays = dict(train_x=self.train.images, train_y=self.train.labels,
                       test_x=self.test.images, test_y=self.test.labels, order=self.order)
-        for name, array in arrays.items():
-            tmp = folder / f".{name}.npy.part"
-            with open(tmp, "wb") as f:
-                np.save(f, array, allow_pickle=False)
-            os.replace(tmp, folder / f"{name}.npy")
+        tmp = None
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for name, array in arrays.items():
+                tmp = folder / f".{name}.npy.part"
+                with open(tmp, "wb") as f:  # not np.save: its short write loses the errno (a full disk)
+                    np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(array))
+                    f.write(np.ascontiguousarray(array).data)
+                os.replace(tmp, folder / f"{name}.npy")
+        except OSError as e:
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+            needed = sum(a.nbytes for a in arrays.values())
+            raise DataError(space_message(folder, needed, "the data bundle", BUNDLE_FIX, e) if e.errno in NO_SPACE
+                            else f"{folder}: cannot write the data bundle ({e.strerror}); {BUNDLE_FIX}") from None
         return folder
 
     @classmethod
     def read(cls, folder: str | os.PathLike) -> "Bundle":
         a = {n: np.load(Path(folder) / f"{n}.npy", mmap_mode="r", allow_pickle=False) for n in BUNDLE_FILES}
         return cls(Split(a["train_x"], a["train_y"]), Split(a["test_x"], a["test_y"]), a["order"])
+
+
+BUNDLE_FIX = "set TMPDIR to a folder on a larger disk, or lower --train-size / --test-size / --epochs"
+
+
+def bundle_bytes(n_train: int, n_test: int, batch_size: int, epochs: int) -> int:
+    """What a bundle of these sizes takes, in memory while it is built and on disk once written."""
+    return (n_train + n_test) * ITEM_BYTES + epochs * (n_train // batch_size) * batch_size * 8
+
+
+def check_fits(n_train: int, n_test: int, batch_size: int, epochs: int, folder: str | os.PathLike,
+               source_bytes: int = 0) -> None:
+    """Refuse sizes that cannot be built on this machine before building anything, naming the options.
+    SOURCE_BYTES: a data set that has to be generated in memory first (synthetic)."""
+    orders = epochs * (n_train // batch_size) * batch_size * 8
+    total = bundle_bytes(n_train, n_test, batch_size, epochs)
+    available = psutil.virtual_memory().available
+    sizes = (f"--epochs {epochs} x --train-size {n_train}: the per-epoch shuffle orders take {_gib(orders)}, "
+             f"the data bundle {_gib(total)} in all")
+    if total + source_bytes > available:
+        raise DataError(f"{sizes}{f' (+ {_gib(source_bytes)} to generate the data set)' if source_bytes else ''}; "
+                        f"this machine has {_gib(available)} of memory available; lower --epochs or --train-size")
+    if total > free_bytes(folder):
+        raise DataError(space_message(folder, total, f"the data bundle ({sizes})", BUNDLE_FIX))
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.2f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
 
 
 def make_bundle(dataset: Cifar10, train_size: int, test_size: int, batch_size: int, epochs: int,

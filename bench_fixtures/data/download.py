@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import shutil
 import tarfile
+import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from ..files import NO_SPACE, exclusive_lock, folder_problem, free_bytes, space_message
 from .cifar10 import BATCHES_DIR, DataError, find_batches_dir, read_canonical
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -26,33 +30,77 @@ def _safe_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
     return members
 
 
+ARCHIVE_BYTES = 170_498_071      # the official archive
+EXTRACTED_BYTES = 186_214_114    # cifar-10-batches-py/ unpacked
+DOWNLOAD_DEADLINE_S = 1800.0     # for the whole download: a mirror that trickles must not hang a run
+SPACE_FIX = "free space there, or pass --data-dir / set CIFAR10_DIR to a folder on a larger disk"
+
+
+class _TooSlow(Exception):
+    pass
+
+
 def download_cifar10(data_dir: str | os.PathLike, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5,
-                     timeout: float = 30.0) -> Path:
+                     timeout: float = 30.0, deadline: float = DOWNLOAD_DEADLINE_S) -> Path:
     """Download, verify the md5, extract into a temporary folder, validate, then rename into place.
 
-    An interrupted earlier attempt leaves only dot-prefixed temporaries, removed here first."""
+    One download per folder at a time: sessions that find another one downloading wait for it (a
+    lock beside the data, released by the kernel if its holder dies) and then use its result.
+    TIMEOUT bounds each network wait, DEADLINE the whole transfer. An interrupted earlier attempt
+    leaves only dot-prefixed temporaries, removed (under the lock) first."""
     data_dir = Path(data_dir)
-    target = data_dir / BATCHES_DIR
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        for stale in data_dir.glob(".cifar10-*"):
-            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        lock = exclusive_lock(data_dir / ".cifar10.lock", wait_s=deadline + 600, waiting=lambda: print(
+            f"bench: another session is downloading CIFAR-10 into {data_dir}; waiting for it", file=sys.stderr))
+        with lock:
+            found = find_batches_dir(data_dir)
+            if found is not None:  # the session we waited for downloaded it
+                return found
+            for stale in data_dir.glob(".cifar10-*"):
+                shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+            return _download(data_dir, url, md5, timeout, deadline)
+    except TimeoutError as e:
+        raise DataError(f"{data_dir}: waited too long for another session's download ({e}); "
+                        f"remove {data_dir / '.cifar10.lock'} if no session is running") from None
     except OSError as e:
         raise DataError(f"{data_dir}: cannot write ({e.strerror}); pass a writable --data-dir") from None
+
+
+def _download(data_dir: Path, url: str, md5: str, timeout: float, deadline: float) -> Path:
+    target = data_dir / BATCHES_DIR
+    if free_bytes(data_dir) < ARCHIVE_BYTES + EXTRACTED_BYTES:
+        raise DataError(space_message(data_dir, ARCHIVE_BYTES + EXTRACTED_BYTES, "CIFAR-10 (archive + extracted)",
+                                      SPACE_FIX))
     fd, part_name = tempfile.mkstemp(prefix=".cifar10-", suffix=".tar.gz.part", dir=data_dir)
     part = Path(part_name)
+    offline = (f"put the extracted {BATCHES_DIR}/ under {data_dir} (or pass --data-dir / set CIFAR10_DIR), "
+               f"or run with --dataset synthetic")
     try:
-        digest = hashlib.md5()
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-                while chunk := resp.read(1 << 20):
-                    digest.update(chunk)
-                    out.write(chunk)
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            reason = getattr(e, "reason", None) or e
-            raise DataError(f"cannot download CIFAR-10 from {url} ({reason}); put the extracted "
-                            f"{BATCHES_DIR}/ under {data_dir} (or pass --data-dir / set CIFAR10_DIR), "
-                            f"or run with --dataset synthetic") from None
+        digest, received, start = hashlib.md5(), 0, time.monotonic()
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=timeout) as resp:
+                    read = getattr(resp, "read1", resp.read)  # read1: what has arrived, so the deadline is seen
+                    while chunk := read(1 << 20):
+                        digest.update(chunk)
+                        received += len(chunk)
+                        try:
+                            out.write(chunk)
+                        except OSError as e:
+                            raise _write_error(data_dir, e) from None
+                        if time.monotonic() - start > deadline:
+                            raise _TooSlow()
+                    expected = int(resp.headers.get("Content-Length") or received)
+                    if received < expected:  # read1 ends quietly where read() raised IncompleteRead
+                        raise DataError(f"cannot download CIFAR-10 from {url}: the connection ended after "
+                                        f"{received:,} of {expected:,} bytes; retry, or {offline}")
+            except _TooSlow:
+                raise DataError(f"cannot download CIFAR-10 from {url}: not complete after {deadline:g} s "
+                                f"({received / 2**20:.1f} MiB received; the mirror is too slow); {offline}") from None
+            except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+                reason = getattr(e, "reason", None) or e
+                raise DataError(f"cannot download CIFAR-10 from {url} ({reason}); {offline}") from None
         if digest.hexdigest() != md5:
             raise DataError(f"{url}: md5 {digest.hexdigest()} != expected {md5}; the download is corrupt "
                             f"or not the CIFAR-10 archive, retry or fetch it by hand into {data_dir}")
@@ -61,7 +109,10 @@ def download_cifar10(data_dir: str | os.PathLike, url: str = CIFAR10_URL, md5: s
             try:
                 with tarfile.open(part, "r:gz") as tar:
                     tar.extractall(extract, members=_safe_members(tar, part), filter="data")
-            except (tarfile.TarError, EOFError, OSError) as e:
+            except OSError as e:
+                raise _write_error(data_dir, e) if e.errno in NO_SPACE else DataError(
+                    f"{url}: archive cannot be extracted ({e}); retry the download") from None
+            except (tarfile.TarError, EOFError) as e:
                 raise DataError(f"{url}: archive cannot be extracted ({e}); retry the download") from None
             found = find_batches_dir(extract)
             if found is None:
@@ -78,10 +129,17 @@ def download_cifar10(data_dir: str | os.PathLike, url: str = CIFAR10_URL, md5: s
     return target
 
 
+def _write_error(data_dir: Path, e: OSError) -> DataError:
+    if e.errno in NO_SPACE:
+        return DataError(space_message(data_dir, ARCHIVE_BYTES + EXTRACTED_BYTES, "CIFAR-10 (archive + extracted)",
+                                       SPACE_FIX, e))
+    return DataError(f"{data_dir}: cannot write the download ({e.strerror}); pass a writable --data-dir")
+
+
 def default_data_dir() -> Path:
     env = os.environ.get("CIFAR10_DIR")
     if env:
-        return Path(env)
+        return Path(env).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bench_fixtures" / "cifar10"
 
 
@@ -90,6 +148,10 @@ def ensure_cifar10(data_dir: str | os.PathLike, download: bool = True, url: str 
     """The validated batches folder under DATA_DIR, downloaded there when absent (from CIFAR10_URL
     when set: a mirror for runners without internet; the md5 is still the official archive's)."""
     url = url or os.environ.get("CIFAR10_URL") or CIFAR10_URL
+    problem = folder_problem(data_dir)
+    if problem:
+        raise DataError(f"{data_dir}: {problem}; give --data-dir (or CIFAR10_DIR) the folder that holds "
+                        f"(or will hold) {BATCHES_DIR}/")
     found = find_batches_dir(data_dir)
     if found is not None:
         return found

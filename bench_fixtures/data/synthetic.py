@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .cifar10 import BATCHES_DIR, IMAGE_SHAPE, NUM_CLASSES, DataError, Split, write_canonical
+from ..files import NO_SPACE, space_message
+from .cifar10 import BATCHES_DIR, IMAGE_SHAPE, NUM_CLASSES, ROW_SIZE, DataError, Split, write_canonical
 
 
 def make_synthetic(n_train: int, n_test: int, seed: int = 0) -> tuple[Split, Split]:
@@ -42,6 +43,8 @@ def ensure_synthetic(cache_dir: str | os.PathLike, n_train: int = 5000, n_test: 
             write_canonical(folder, train, test)
         except OSError as e:
             if not (folder / "batches.meta").is_file():  # a concurrent writer may have won the rename
-                raise DataError(f"{folder}: cannot write the synthetic data set ({e.strerror}); "
-                                f"pass a writable --data-dir") from None
+                fix = "pass --data-dir a writable folder with room"
+                raise DataError(space_message(folder.parent, (n_train + n_test) * (ROW_SIZE + 8), "the synthetic data set",
+                                              fix, e) if e.errno in NO_SPACE else
+                                f"{folder}: cannot write the synthetic data set ({e.strerror}); {fix}") from None
     return folder

@@ -15,11 +15,12 @@ from typing import Any
 
 from ..config import MODELS, BenchConfig
 from ..data import default_data_dir, ensure_cifar10, ensure_synthetic, make_bundle, read_canonical
+from ..data.bundle import CIFAR10_TEST, CIFAR10_TRAIN, ITEM_BYTES, check_fits
 from ..files import write_json_atomic
 from ..frameworks import NAMES
-from ..telemetry.monitor import Monitor, peak, summarize_util
-from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, epoch_phases, epoch_times, inter_epoch_gaps,
-                                  step_intervals, time_to_first_step)
+from ..telemetry.monitor import Monitor, judge, peak, summarize_util
+from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, RUN_START, RUN_STOP, epoch_phases, epoch_times,
+                                  inter_epoch_gaps, step_intervals, time_to_first_step)
 from .worker import Worker, hide_for_worker_errors, kill_all
 
 __tracebackhide__ = hide_for_worker_errors
@@ -32,16 +33,22 @@ def cache_dir() -> Path:
 
 def prepare_data(cfg: BenchConfig, out_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
     """Step 1 for the whole session: read (or download, or synthesise) the data set once, take the
-    seeded subsets and the per-epoch order, and write the arrays every worker will map."""
+    seeded subsets and the per-epoch order, and write the arrays every worker will map. Sizes that
+    cannot fit this machine's memory or disk are refused first, naming the options."""
+    epochs = max(cfg.epochs, 1)
+    bundle_dir = Path(out_dir) / "bundle"
     if cfg.dataset == "synthetic":
         n_train = max(5000, -(-cfg.train_size // 5) * 5)
-        folder = ensure_synthetic(cfg.data_dir or cache_dir(), n_train, max(1000, cfg.test_size), seed=0)
+        n_test = max(1000, cfg.test_size)
+        check_fits(cfg.train_size or n_train, cfg.test_size or n_test, cfg.batch_size, epochs, bundle_dir,
+                   source_bytes=(n_train + n_test) * ITEM_BYTES)
+        folder = ensure_synthetic(cfg.data_dir or cache_dir(), n_train, n_test, seed=0)
     else:
+        check_fits(cfg.train_size or CIFAR10_TRAIN, cfg.test_size or CIFAR10_TEST, cfg.batch_size, epochs, bundle_dir)
         folder = ensure_cifar10(cfg.data_dir or default_data_dir())
     dataset = read_canonical(folder)
-    epochs = max(cfg.epochs, 1)
     bundle = make_bundle(dataset, cfg.train_size, cfg.test_size, cfg.batch_size, epochs, cfg.seed)
-    bundle_dir = bundle.write(Path(out_dir) / "bundle")
+    bundle.write(bundle_dir)
     return bundle_dir, dict(source=str(folder), train_size=len(bundle.train), test_size=len(bundle.test),
                             steps_per_epoch=bundle.order.shape[1] // cfg.batch_size)
 
@@ -184,9 +191,11 @@ class Experiment:
         samples = mon.samples if mon else []
         if test == "finetune":
             steps_w, gaps_w = step_intervals(events, epochs)
+            run = {e["name"]: e["t_ns"] for e in events if e["name"] in (RUN_START, RUN_STOP)}
+            timed_w = [(run[RUN_START], run[RUN_STOP] + 1)] if len(run) == 2 else steps_w
         else:
             steps_w = [(e["start_ns"], e["stop_ns"]) for e in self.steps if "start_ns" in e]
-            gaps_w = []
+            gaps_w, timed_w = [], steps_w
         util = dict(steps=summarize_util(samples, steps_w), gaps=summarize_util(samples, gaps_w))
         per_epoch = []
         at = {(e["name"], e.get("epoch")): e for e in events}
@@ -204,11 +213,14 @@ class Experiment:
                       reserved_peak=max(reserved) if reserved else None,
                       process_memory_kind="GPU memory of the worker (NVML)" if mon and mon.sampler.name == "nvml"
                       else "resident memory of the worker (psutil)")
+        monitor_problems, flags = judge(mon, steps_w, timed_w)
         out: dict[str, Any] = dict(utilization=util, memory=memory,
-                                   monitor=mon.info() if mon else dict(backend=None, samples=0))
+                                   monitor=mon.info() if mon else dict(backend=None, samples=0),
+                                   telemetry_problems=phase_problems + gap_problems + monitor_problems,
+                                   telemetry_flags=flags)
         if test == "finetune":
             out.update(inter_epoch_gaps_s=[g["total_s"] if g else None for g in gaps], inter_epoch_gaps=gaps,
-                       epoch_phases=phases, telemetry_problems=phase_problems + gap_problems)
+                       epoch_phases=phases)
         if self.telemetry_dir is not None:
             path = self.telemetry_dir / f"{test}-{self.name}.json"
             write_json_atomic(path, dict(case=self.name, test=test, config=self.cfg.as_dict(), events=events,
@@ -307,8 +319,8 @@ def telemetry_problems(info: dict[str, Any], test: str) -> list[str]:
         return problems
     if not info["monitor"].get("samples"):
         problems.append("the monitor took no samples")
+    problems += info.get("telemetry_problems", [])
     if test == "finetune":
-        problems += info.get("telemetry_problems", [])
         for phase, t in zip(info["epoch_phases"], info["epoch_times_s"]):
             if phase is None or t is None:
                 continue

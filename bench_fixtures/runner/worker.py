@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from multiprocessing.connection import Connection
@@ -95,7 +96,7 @@ class Worker:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bench_fixtures.runner.worker", str(child.fileno())],
+                [sys.executable, "-m", "bench_fixtures.runner.worker", str(child.fileno()), str(os.getpid())],
                 pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=env, cwd=ROOT, start_new_session=True)
         _LIVE[self.proc.pid] = self.proc
@@ -327,7 +328,29 @@ def serve(conn: Connection) -> None:
                        "events": session.timeline.drain()})
 
 
+def _die_with_parent(parent: int) -> None:
+    """However the parent dies (SIGKILL included, which runs no cleanup of its own), the kernel kills
+    this worker too: Linux's PR_SET_PDEATHSIG. Elsewhere a thread watches for re-parenting. (The
+    signal comes when the *thread* that started the worker ends: the harness starts workers from its
+    main thread.)"""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        armed = libc.prctl(1, signal.SIGKILL, 0, 0, 0) == 0  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        armed = False
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+    if not armed:
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(0.5)
+            os._exit(1)
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
+    _die_with_parent(int(argv[2]))
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # a hung worker's stacks, into its log
     conn = Connection(int(argv[1]))
     try:

@@ -13,6 +13,15 @@ import numpy as np
 import psutil
 
 IDLE_BELOW = 0.05  # utilisation under 5% counts as idle
+STOPPED = (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)  # SIGSTOP, Ctrl-Z, a debugger
+
+
+def _stopped(proc: psutil.Process) -> bool:
+    """A worker that is not running at all (stopped by a signal): its timed steps include the pause."""
+    try:
+        return proc.status() in STOPPED
+    except psutil.Error:
+        return False
 
 
 class PsutilSampler:
@@ -27,11 +36,13 @@ class PsutilSampler:
 
     def sample(self) -> list[dict[str, Any]]:
         with self.proc.oneshot():
-            cpu = self.proc.cpu_percent(None) / 100.0 / self.cores
+            busy_cores = self.proc.cpu_percent(None) / 100.0
             rss = self.proc.memory_info().rss
+            stopped = _stopped(self.proc)
         now = time.monotonic_ns()
         mid, self.last_ns = (self.last_ns + now) // 2, now  # cpu_percent covers the interval since the last call
-        return [dict(t_ns=mid, util=min(cpu, 1.0), proc_mem=rss)]
+        return [dict(t_ns=mid, util=min(busy_cores / self.cores, 1.0), busy_cores=busy_cores, proc_mem=rss,
+                     stopped=stopped)]
 
     def close(self) -> None:
         pass
@@ -44,7 +55,7 @@ class NvmlSampler:
 
     def __init__(self, pid: int, index: int = 0) -> None:
         import pynvml  # ImportError when nvidia-ml-py is missing: the caller falls back
-        self.nvml, self.pid = pynvml, pid
+        self.nvml, self.pid, self.proc = pynvml, pid, psutil.Process(pid)
         pynvml.nvmlInit()
         try:
             self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
@@ -79,7 +90,8 @@ class NvmlSampler:
     def sample(self) -> list[dict[str, Any]]:
         nv = self.nvml
         out = self._util()
-        mem: dict[str, Any] = dict(t_ns=time.monotonic_ns(), device_mem=nv.nvmlDeviceGetMemoryInfo(self.handle).used)
+        mem: dict[str, Any] = dict(t_ns=time.monotonic_ns(), device_mem=nv.nvmlDeviceGetMemoryInfo(self.handle).used,
+                                   stopped=_stopped(self.proc))
         procs = nv.nvmlDeviceGetComputeRunningProcesses(self.handle)
         mine = [p.usedGpuMemory for p in procs if p.pid == self.pid and p.usedGpuMemory is not None]
         self.process_listed = bool(mine) or bool(self.process_listed)
@@ -124,28 +136,40 @@ class Monitor:
         self._thread: threading.Thread | None = None
         self.sampler: Any = None
         self.note = ""
+        self.polls: list[int] = []  # monotonic ns of every sampling pass that succeeded
+        self.busy_s = 0.0           # time this thread spent sampling: its own cost
+        self.started_ns = self.stopped_ns = 0
 
     def start(self) -> "Monitor":
         self.sampler, self.note = make_sampler(self.pid, self.device, self.gpu_index)
         self._stop.clear()
+        self.started_ns = time.monotonic_ns()
         self._thread = threading.Thread(target=self._run, name=f"monitor-{self.pid}", daemon=True)
         self._thread.start()
         return self
 
     def _take(self) -> bool:
+        start = time.perf_counter()
         try:
             self.samples.extend(self.sampler.sample())
+            self.polls.append(time.monotonic_ns())
             return True
         except psutil.NoSuchProcess:
             self.errors.append("worker exited")
         except Exception as e:
             self.errors.append(f"{type(e).__name__}: {e}")
+        finally:
+            self.busy_s += time.perf_counter() - start
         return False
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            if not self._take():
-                return
+        try:
+            while not self._stop.wait(self.interval):
+                if not self._take():
+                    return
+        except BaseException as e:  # recorded, so a dead thread never passes for a quiet worker
+            self.errors.append(f"monitor thread died: {type(e).__name__}: {e}")
+            raise
 
     def stop(self) -> "Monitor":
         if self._thread is not None:
@@ -153,12 +177,25 @@ class Monitor:
             self._thread.join()
             self._thread = None
             self._take()
+            self.stopped_ns = time.monotonic_ns()
             self.sampler.close()
         return self
+
+    def longest_gap_s(self) -> float:
+        """The longest stretch without a sample between start and stop: a thread that died, or one
+        starved of the CPU, leaves a hole that the summaries would otherwise paper over."""
+        marks = [self.started_ns, *self.polls, self.stopped_ns or time.monotonic_ns()]
+        return max((b - a for a, b in zip(marks, marks[1:])), default=0) / 1e9
+
+    def sampling_share(self) -> float:
+        """The fraction of the monitored time this thread spent sampling (the harness's own cost)."""
+        elapsed = ((self.stopped_ns or time.monotonic_ns()) - self.started_ns) / 1e9
+        return self.busy_s / elapsed if elapsed > 0 else 0.0
 
     def info(self) -> dict[str, Any]:
         return dict(backend=getattr(self.sampler, "name", None), interval_s=self.interval,
                     samples=len(self.samples), note=self.note, errors=self.errors[:5],
+                    longest_gap_s=round(self.longest_gap_s(), 4), sampling_share=round(self.sampling_share(), 4),
                     buffered=getattr(self.sampler, "buffered", None),
                     process_listed=getattr(self.sampler, "process_listed", None))
 
@@ -190,3 +227,45 @@ def peak(samples: list[dict], key: str, windows: list[tuple[int, int]] | None = 
     v = _within(samples, key, windows) if windows is not None else \
         np.asarray([s[key] for s in samples if s.get(key) is not None], dtype=float)
     return int(v.max()) if v.size else None
+
+
+# --------------------------------------------------------------------------- trust
+
+IDLE_SHARE_FLAG = 0.5       # steps idle in more than half their samples
+SAMPLING_SHARE_FLAG = 0.05  # the monitor itself busy more than 5% of the time
+
+
+def judge(mon: "Monitor | None", steps: list[tuple[int, int]], timed: list[tuple[int, int]]
+          ) -> tuple[list[str], list[str]]:
+    """(problems, flags) for what a monitor saw: STEPS are the training steps' windows, TIMED the
+    whole measured region. A problem means the figures (or the times) cannot be trusted and fails
+    the case; a flag is a finding worth a look."""
+    if mon is None:
+        return [], []
+    problems = [f"monitor: {e} (after {len(mon.samples)} samples)" for e in mon.errors]
+    gap, limit = mon.longest_gap_s(), max(20 * mon.interval, 2.0)
+    if gap > limit:
+        problems.append(f"monitor: no sample for {gap:.1f} s (interval {mon.interval:g} s): utilisation and "
+                        f"memory of that stretch are not measured")
+    stopped = [s for s in mon.samples if s.get("stopped") and any(a <= s["t_ns"] < b for a, b in timed)]
+    if stopped:
+        problems.append(f"the worker was stopped (SIGSTOP, Ctrl-Z or a debugger) in {len(stopped)} samples of the "
+                        f"timed region, about {len(stopped) * mon.interval:.1f} s: its times include the pause")
+    flags = []
+    if getattr(mon.sampler, "name", None) == "psutil":
+        # A CPU worker that does not keep even 5% of one core busy is not training (whatever the core count).
+        busy = _within(mon.samples, "busy_cores", steps)
+        idle = float(np.mean(busy < IDLE_BELOW)) if busy.size else None
+        if idle is not None and idle > IDLE_SHARE_FLAG:
+            problems.append(f"the steps used under {IDLE_BELOW:.0%} of a core in {idle:.0%} of their samples: the "
+                            f"worker was not computing (stopped, or starved of the CPU)")
+    else:
+        idle = summarize_util(mon.samples, steps)["idle_fraction"]
+        if idle is not None and idle > IDLE_SHARE_FLAG:
+            flags.append(f"the GPU was idle (utilisation < {IDLE_BELOW:.0%}) in {idle:.0%} of the steps' samples: "
+                         f"it waited on the host (input pipeline, launches or synchronisation)")
+    share = mon.sampling_share()
+    if share > SAMPLING_SHARE_FLAG:
+        flags.append(f"the monitor was busy {share:.0%} of the time at --monitor-interval {mon.interval:g}: it "
+                     f"competes with the training it measures; raise the interval")
+    return problems, flags
