@@ -1,6 +1,8 @@
 """`bench`: the suite's one command. `bench TOOL --help` for each tool.
 
-    bench gate BASELINE.json CANDIDATE.json   regression gate (exit 0 pass, 1 regression, 2 cannot compare)
+    bench ab --candidate-python PY ...        A/B an upgrade: both environments in one session, rounds alternated
+    bench gate BASELINE.json... CANDIDATE.json regression gate against one or several stored runs
+                                              (exit 0 pass, 1 regression, 2 cannot compare)
     bench report RUN.json... --out DIR        PNGs + report.md from one or more runs
     bench parity                              the parity table, read back from every installed framework
     bench overhead                            does the harness distort what it measures?
@@ -14,7 +16,7 @@ import importlib
 import sys
 
 # tool -> module (relative to this package) whose `main(argv, prog)` runs it
-TOOLS = {"gate": "analysis.gate", "report": "analysis.report", "parity": "analysis.parity",
+TOOLS = {"ab": "analysis.ab", "gate": "analysis.gate", "report": "analysis.report", "parity": "analysis.parity",
          "overhead": "analysis.overhead", "machine": "machine"}
 
 

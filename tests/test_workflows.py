@@ -22,5 +22,6 @@ def test_workflow_matches_the_github_schema(path):
 
 def test_gpu_workflow_gates_and_promotes_only_on_main():
     text = next(p for p in WORKFLOWS if p.stem == "gpu-gate").read_text()
-    assert "bench gate baseline/baseline.json candidate.json" in text
+    assert "bench gate $(ls baseline/history/*.json | sort) candidate.json" in text
+    assert "bench ab --baseline-python" in text
     assert "github.ref == 'refs/heads/main'" in text and "self-hosted" in text

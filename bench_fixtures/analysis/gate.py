@@ -1,11 +1,20 @@
-"""The regression gate: `bench gate BASELINE.json CANDIDATE.json`.
+"""The regression gate: `bench gate BASELINE.json [MORE-BASELINES.json ...] CANDIDATE.json`.
 
-Compares two pytest-benchmark JSON files (from --benchmark-json or the storage folder) case by
-case: time (slower beyond a threshold *and*, where both runs saved their rounds with
---benchmark-save-data, significantly so by a one-sided Mann-Whitney U test), and the metrics in
-extra_info: accuracy after fine-tuning, peak memory, throughput, time to first step, inter-epoch
-gap. Exit 0 pass, 1 regression, 2 cannot compare (bad file, machine or config mismatch, cases
-missing from the candidate).
+Compares pytest-benchmark JSON files (from --benchmark-json or the storage folder) case by case:
+time, accuracy after fine-tuning, peak memory, time to first step, inter-epoch gap (throughput is
+shown, not judged: it is the time's inverse). A change counts only beyond its limit *and* beyond
+what the measurement can show, by the rule each verdict line names:
+
+  one baseline     limit only (time: plus a one-sided Mann-Whitney test on the saved rounds). The
+                   weakest mode: nothing says how much identical runs differ between sessions.
+  several (history) the baselines' own spread is the noise band: a change must exceed the limit and
+                   2x the largest deviation the stored runs show from their median.
+  accuracy         also a two-proportion test on the test-set size; the line says when the test set
+                   is too small to resolve the limit.
+
+For gating an upgrade, `bench ab` (both environments in one session, rounds alternated) is stronger
+than any stored baseline. Exit 0 pass, 1 regression, 2 cannot compare (bad file, machine or config
+mismatch, cases missing from the candidate).
 """
 from __future__ import annotations
 
@@ -20,6 +29,7 @@ from typing import Callable
 
 from ..files import write_json_atomic
 from ..frameworks import FRAMEWORKS
+from . import stats
 from .results import ResultsError, case_name, failed, load_run
 
 PASS, REGRESSION, CANNOT_COMPARE = 0, 1, 2
@@ -38,6 +48,8 @@ class Metric:
     threshold: float
     unit: str
     floor: float = 0.0   # changes smaller than this (in the metric's own unit) never count
+    judged: bool = True  # False: shown and exported, never a verdict (it restates another metric)
+    source: str = ""     # where the number comes from, said beside the verdict
 
 
 def _extra(key: str) -> Callable[[dict], float | None]:
@@ -55,12 +67,14 @@ def _mean_gap(b: dict) -> float | None:
 
 
 METRICS = {m.name: m for m in [
-    Metric("time", lambda b: b["stats"]["median"], "lower", "relative", 0.10, "s"),
-    Metric("accuracy_after", _extra("accuracy_after"), "higher", "points", 2.0, "%"),
-    Metric("peak_memory", _peak_memory, "lower", "relative", 0.10, "B"),
-    Metric("throughput", _extra("train_images_per_s"), "higher", "relative", 0.05, "img/s"),
-    Metric("time_to_first_step", _extra("time_to_first_step_s"), "lower", "relative", 0.25, "s", floor=0.05),
-    Metric("inter_epoch_gap", _mean_gap, "lower", "relative", 0.25, "s", floor=0.05),
+    Metric("time", lambda b: b["stats"]["median"], "lower", "relative", 0.10, "s", source="median of the rounds"),
+    Metric("accuracy_after", _extra("accuracy_after"), "higher", "points", 2.0, "%", source="last round"),
+    Metric("peak_memory", _peak_memory, "lower", "relative", 0.10, "B", source="last round"),
+    Metric("throughput", _extra("train_images_per_s"), "higher", "relative", 0.05, "img/s", judged=False,
+           source="shown only: the inverse of time (judged there)"),
+    Metric("time_to_first_step", _extra("time_to_first_step_s"), "lower", "relative", 0.25, "s", floor=0.05,
+           source="last round"),
+    Metric("inter_epoch_gap", _mean_gap, "lower", "relative", 0.25, "s", floor=0.05, source="last round"),
 ]}
 HARDWARE_KEYS = ("gpu_name", "cpu_model")
 VERSION_KEYS = tuple(p for f in FRAMEWORKS.values() for p in f.packages)
@@ -76,8 +90,17 @@ class Verdict:
     candidate: float
     change: float        # relative (fraction) or points, signed so that > 0 is worse
     threshold: float
-    verdict: str         # ok, improved, REGRESSION
+    verdict: str         # ok, improved, REGRESSION, shown (not judged)
     note: str = ""
+    rule: str = ""       # what decided: the limit alone, a test, a noise band
+
+    @property
+    def delta(self) -> float:
+        """The signed change of the value itself (relative, or points): -39.5% = it fell."""
+        m = METRICS[self.metric]
+        if m.mode == "points":
+            return (self.candidate - self.baseline) * 100
+        return (self.candidate - self.baseline) / self.baseline if self.baseline else math.inf
 
 
 @dataclass
@@ -152,41 +175,70 @@ def _min_p(n1: int, n2: int) -> float:
     return 1.0 / math.comb(n1 + n2, n1)
 
 
-def compare_metric(case: str, metric: Metric, b: dict, c: dict, threshold: float, alpha: float) -> Verdict | None:
-    vb, vc = metric.extract(b), metric.extract(c)
-    if vb is None or vc is None:
+def compare_metric(case: str, metric: Metric, bases: list[dict], c: dict, threshold: float, alpha: float
+                   ) -> Verdict | None:
+    """One metric of one case: the candidate C against the baselines BASES (one, or a history)."""
+    values = [v for v in (metric.extract(b) for b in bases) if v is not None]
+    vc = metric.extract(c)
+    if not values or vc is None:
         return None
+    vb = statistics.median(values)
     if metric.mode == "points":
         worse = (vb - vc) * 100 if metric.better == "higher" else (vc - vb) * 100
     else:
         diff = (vc - vb) if metric.better == "lower" else (vb - vc)
         worse = diff / vb if vb else (0.0 if diff == 0 else math.inf)
-    absolute = abs(vc - vb)
-    beyond = worse > threshold and absolute > metric.floor
-    note = ""
-    if metric.name == "time":
-        db, dc = (b["stats"].get("data") or []), (c["stats"].get("data") or [])
+    beyond = worse > threshold and abs(vc - vb) > metric.floor
+    band, notes = threshold, [metric.source] if metric.source else []
+    if len(values) >= 2:  # history: what identical runs already show
+        spread = stats.noise(values, relative=metric.mode == "relative") * (100 if metric.mode == "points" else 1)
+        band = max(threshold, stats.NOISE_FACTOR * spread)
+        beyond = beyond and worse > band
+        shown = f"{band:.1f} pt" if metric.mode == "points" else f"{band:.1%}"
+        rule = f"limit and noise band {shown} ({len(values)} runs)"
+    elif metric.name == "time":
+        db, dc = (bases[0]["stats"].get("data") or []), (c["stats"].get("data") or [])
         if len(db) >= 2 and len(dc) >= 2 and _min_p(len(db), len(dc)) <= alpha:
             from scipy.stats import mannwhitneyu
             p = float(mannwhitneyu(dc, db, alternative="greater").pvalue)
-            note = f"Mann-Whitney p={p:.3g} ({len(db)} vs {len(dc)} rounds)"
+            notes.append(f"p={p:.3g}, {len(db)} vs {len(dc)} rounds")
             beyond = beyond and p < alpha
+            rule = "limit + Mann-Whitney (one baseline)"
         else:
-            note = ("threshold only: too few rounds for a significance test" if db and dc
-                    else "threshold only: no raw rounds (--benchmark-save-data)")
-    verdict = "REGRESSION" if beyond else ("improved" if worse < -threshold else "ok")
-    return Verdict(case, metric.name, vb, vc, worse, threshold, verdict, note)
+            rule = "limit only (one baseline" + (", too few rounds)" if db and dc else ", no saved rounds)")
+    else:
+        rule = "limit only (one baseline)"
+    if metric.name == "accuracy_after":
+        n_b = [(b.get("extra_info") or {}).get("test_size") for b in bases]
+        n_c = (c.get("extra_info") or {}).get("test_size")
+        if all(isinstance(n, int) and n > 0 for n in [*n_b, n_c]):
+            n_base = int(statistics.median(n_b))
+            p = stats.accuracy_drop_p(vb, n_base, vc, n_c)
+            beyond = beyond and p < alpha
+            rule += f" + two-proportion test (p={p:.3g}, n={n_c})"
+            resolves = stats.resolvable_drop(vb, n_c, alpha) * 100
+            if resolves > threshold:
+                notes.append(f"{n_c} test images resolve drops of {resolves:.1f} pt or more, not {threshold:g} pt: "
+                             f"use a larger --test-size to gate accuracy this finely")
+    if not metric.judged:
+        verdict, rule = "shown", ""
+    else:
+        verdict = "REGRESSION" if beyond else ("improved" if worse < -band else "ok")
+    return Verdict(case, metric.name, vb, vc, worse, threshold, verdict, "; ".join(notes), rule)
 
 
-def compare(base: dict, cand: dict, thresholds: Thresholds, alpha: float = 0.05
+def compare(bases: dict | list[dict], cand: dict, thresholds: Thresholds, alpha: float = 0.05
             ) -> tuple[list[Verdict], list[str], list[str]]:
-    """Verdicts for every case in both runs, and the cases only in the baseline / candidate."""
-    bb = {case_name(b): b for b in base["benchmarks"]}
-    cb = {case_name(b): b for b in cand["benchmarks"]}
+    """Verdicts for every case in the candidate and the (last) baseline, and the cases only in the
+    baseline / candidate. BASES: one run, or several (history, oldest first)."""
+    bases = [bases] if isinstance(bases, dict) else bases
+    per_run = [{case_name(b): b for b in base["benchmarks"]} for base in bases]
+    bb, cb = per_run[-1], {case_name(b): b for b in cand["benchmarks"]}
     verdicts = []
     for case in sorted(bb.keys() & cb.keys()):
+        history = [run[case] for run in per_run if case in run and not failed(run[case])] or [bb[case]]
         for metric in METRICS.values():
-            v = compare_metric(case, metric, bb[case], cb[case], thresholds.get(case, metric.name), alpha)
+            v = compare_metric(case, metric, history, cb[case], thresholds.get(case, metric.name), alpha)
             if v is not None:
                 verdicts.append(v)
     return verdicts, sorted(bb.keys() - cb.keys()), sorted(cb.keys() - bb.keys())
@@ -218,15 +270,21 @@ def _fmt(value: float, metric: Metric) -> str:
 
 
 def format_table(verdicts: list[Verdict]) -> str:
+    """Signed changes of the values themselves; the limit carries the direction that is worse."""
     lines = []
     for case in dict.fromkeys(v.case for v in verdicts):
-        lines += ["", case, f"  {'metric':<20} {'baseline':>14} {'candidate':>14} {'change':>10} {'limit':>8}  verdict"]
+        lines += ["", case, f"  {'metric':<20} {'baseline':>14} {'candidate':>14} {'change':>10} {'worse if':>10}  "
+                            f"verdict (rule)"]
         for v in (v for v in verdicts if v.case == case):
             m = METRICS[v.metric]
-            change = f"{v.change:+.1f} pt" if m.mode == "points" else f"{v.change:+.1%}"
-            limit = f"{v.threshold:.1f} pt" if m.mode == "points" else f"{v.threshold:.0%}"
+            sign = "+" if m.better == "lower" else "-"
+            change = f"{v.delta:+.1f} pt" if m.mode == "points" else f"{v.delta:+.1%}"
+            limit = f"{sign}{v.threshold:.1f} pt" if m.mode == "points" else f"{sign}{v.threshold:.0%}"
+            if not m.judged:
+                limit = "–"
+            tail = "".join(f"  [{x}]" for x in (v.rule, v.note) if x)
             lines.append(f"  {v.metric:<20} {_fmt(v.baseline, m):>14} {_fmt(v.candidate, m):>14} {change:>10} "
-                         f"{limit:>8}  {v.verdict}{'  ' + v.note if v.note else ''}")
+                         f"{limit:>10}  {v.verdict}{tail}")
     return "\n".join(lines)
 
 
@@ -260,7 +318,8 @@ def _bare_allow_mismatch(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None, prog: str = "bench gate") -> int:
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("baseline")
+    p.add_argument("baseline", nargs="+", help="one run, or several stored runs of the same configuration "
+                                                "(oldest first): their spread becomes the noise band")
     p.add_argument("candidate")
     p.add_argument("--threshold", action="append", default=[], metavar="[TEST:]METRIC=VALUE",
                    help="relative for time/peak_memory/throughput/time_to_first_step/inter_epoch_gap "
@@ -280,17 +339,20 @@ def main(argv: list[str] | None = None, prog: str = "bench gate") -> int:
             thresholds.load(a.config)
         for spec in a.threshold:
             thresholds.set(spec)
-        base, cand = load_run(a.baseline), load_run(a.candidate)
-        problems = mismatches(base, cand, a.allow_mismatch)
+        bases, cand = [load_run(b) for b in a.baseline], load_run(a.candidate)
+        base = bases[-1]
+        problems = [f"{path}: {p}" if len(bases) > 1 else p for path, b in zip(a.baseline, bases)
+                    for p in mismatches(b, cand, a.allow_mismatch)]
         if problems:
             raise GateError("the runs are not comparable (pass --allow-mismatch versions for an upgrade, "
                             "--allow-mismatch to force):\n  " + "\n  ".join(problems))
     except (GateError, ResultsError) as e:
         print(f"gate: cannot compare: {e}", file=sys.stderr)
         return CANNOT_COMPARE
-    verdicts, removed, added = compare(base, cand, thresholds, a.alpha)
+    verdicts, removed, added = compare(bases, cand, thresholds, a.alpha)
     failed_now, failed_before, missing = unreadable_cases(base, cand)
-    print(f"gate: {a.baseline} -> {a.candidate}")
+    mode = f"history of {len(bases)} runs" if len(bases) > 1 else "one baseline: the weakest mode (bench gate --help)"
+    print(f"gate: {' '.join(a.baseline)} -> {a.candidate} ({mode})")
     print(format_table(verdicts))
     for case in added:
         print(f"added (no baseline): {case}")
@@ -311,7 +373,8 @@ def main(argv: list[str] | None = None, prog: str = "bench gate") -> int:
         except OSError as e:
             print(f"gate: cannot compare: --github-json {a.github_json}: {e.strerror or e}", file=sys.stderr)
             return CANNOT_COMPARE
-    regressions = [v for v in verdicts if v.verdict == "REGRESSION"]
+    judged = [v for v in verdicts if METRICS[v.metric].judged]
+    regressions = [v for v in judged if v.verdict == "REGRESSION"]
     if regressions or failed_now:
         named = [f"{v.case} {v.metric}" for v in regressions] + [f"{case} test failed" for case in failed_now]
         print(f"\nREGRESSION: {len(named)} finding(s) in "
@@ -325,10 +388,10 @@ def main(argv: list[str] | None = None, prog: str = "bench gate") -> int:
         print(f"\ncannot compare: {len(failed_before) + len(missing)} problem(s) above"
               f"{' (--allow-missing accepts missing metrics)' if missing else ''}")
         return CANNOT_COMPARE
-    if not verdicts:
+    if not judged:
         print("\ncannot compare: no case in common")
         return CANNOT_COMPARE
-    print(f"\nPASS: {len(verdicts)} metric(s) over {len(set(v.case for v in verdicts))} case(s)")
+    print(f"\nPASS: {len(judged)} metric(s) over {len(set(v.case for v in judged))} case(s)")
     return PASS
 
 

@@ -56,8 +56,10 @@ def prepare_data(cfg: BenchConfig, out_dir: str | os.PathLike) -> tuple[Path, di
 class Experiment:
     def __init__(self, framework: str, model: str, cfg: BenchConfig, bundle_dir: str | os.PathLike,
                  work_dir: str | os.PathLike, bundle_meta: dict[str, Any] | None = None,
-                 telemetry_dir: str | os.PathLike | None = None) -> None:
+                 telemetry_dir: str | os.PathLike | None = None, python: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.framework, self.model, self.cfg = framework, model, cfg
+        self.python, self.env = python, env  # another interpreter / environment for the worker (bench ab)
         self.bundle_dir, self.work_dir = Path(bundle_dir), Path(work_dir)
         self.bundle_meta = bundle_meta or {}
         self.telemetry_dir = Path(telemetry_dir) if telemetry_dir else None
@@ -74,7 +76,8 @@ class Experiment:
     def load(self) -> dict[str, Any]:
         """Start the case's worker; it maps the shared arrays and reports its framework set-up."""
         self.worker = Worker(self.framework, self.cfg.as_dict(), self.bundle_dir,
-                             self.work_dir / f"{self.name}.log", self.cfg.worker_timeout, name=self.name)
+                             self.work_dir / f"{self.name}.log", self.cfg.worker_timeout, name=self.name,
+                             python=self.python, env=self.env)
         return self.worker.info
 
     def init(self) -> dict[str, Any]:

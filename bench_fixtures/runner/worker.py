@@ -76,16 +76,19 @@ NATIVE_CRASHES = ("SIGSEGV", "SIGABRT", "SIGBUS")
 
 class Worker:
     """A case's worker process. framework=None starts one that imports no framework (protocol only);
-    faults=True lets the tests send it the fault-injection requests (crash, raise, sleep)."""
+    faults=True lets the tests send it the fault-injection requests (crash, raise, sleep). PYTHON runs
+    it with another interpreter (another venv: the parent never imports a framework, so one session
+    can drive two framework versions); ENV adds to its environment."""
 
     def __init__(self, framework: str | None, cfg: dict[str, Any], bundle_dir: str | os.PathLike | None,
-                 log_path: str | os.PathLike, timeout: float, name: str | None = None, faults: bool = False) -> None:
+                 log_path: str | os.PathLike, timeout: float, name: str | None = None, faults: bool = False,
+                 python: str | None = None, env: dict[str, str] | None = None) -> None:
         self.framework, self.timeout, self.name = framework, timeout, name or framework or "protocol"
         self.cfg = cfg
         self.log_path, self.phase, self.events = Path(log_path), "start", []
         self.on_progress: Any = None  # called with (name, epoch_stop event) while a request runs
         parent, child = socket.socketpair()
-        env = dict(os.environ)
+        extra_env, env = env, dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         env.pop(FAULTS_ENV, None)
@@ -93,10 +96,11 @@ class Worker:
             env[FAULTS_ENV] = "1"
         if cfg["device"] == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""  # both frameworks then run on the CPU
+        env.update(extra_env or {})
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bench_fixtures.runner.worker", str(child.fileno()), str(os.getpid())],
+                [python or sys.executable, "-m", "bench_fixtures.runner.worker", str(child.fileno()), str(os.getpid())],
                 pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=env, cwd=ROOT, start_new_session=True)
         _LIVE[self.proc.pid] = self.proc

@@ -1,0 +1,264 @@
+"""Interleaved A/B: gate an upgrade by running both environments in one session.
+
+    bench ab --candidate-python /venvs/new/bin/python [--baseline-python /venvs/old/bin/python]
+             [--candidate-env OMP_NUM_THREADS=1] --framework torch --model mobilenet_v2 --out DIR
+
+Each case gets two workers, one per side (another interpreter, i.e. another venv with another
+torch or TensorFlow, and/or other environment variables), kept warm for the whole comparison. Their
+rounds alternate, ABBA: pair i runs baseline then candidate, pair i+1 candidate then baseline, so
+whatever drifts during the session (a noisy neighbour, thermal throttling, a CPU hog) lands on both
+sides of every pair. The verdict tests the paired ratios, candidate/baseline: a case regresses when
+their median exceeds 1 + --threshold *and* the one-sided Wilcoxon signed-rank test on their
+logarithms gives p < --alpha. Stored runs from different sessions cannot offer this: there, drift
+between the sessions is indistinguishable from a change.
+
+--measure steps (default): rounds of --steps training steps after --warmup untimed ones (steady
+state). --measure finetune: whole fine-tunes (build, fit, evaluate) per round; accuracy is compared
+too, with a two-proportion test on the test-set size.
+
+Writes DIR/baseline.json and DIR/candidate.json (normal run files: `bench report`, `bench gate`
+read them) and DIR/verdict.json. Exit 0 pass, 1 regression (or the candidate failed), 2 cannot
+run (a bad option, a missing interpreter, the baseline failed).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .. import machine
+from ..config import MODELS, ConfigError, resolve
+from ..data import DataError
+from ..files import WorkFolder, write_json_atomic
+from ..frameworks import NAMES
+from ..runner.experiment import Experiment, prepare_data
+from ..runner.worker import WorkerError
+from . import stats
+
+SIDES = ("baseline", "candidate")
+PASS, REGRESSION, CANNOT_RUN = 0, 1, 2
+
+
+class ABError(Exception):
+    """A bad option or environment; the message names it and the fix."""
+
+
+def parse_env(specs: list[str], option: str) -> dict[str, str]:
+    out = {}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        if not sep or not key or not key.replace("_", "").isalnum():
+            raise ABError(f"{option} {spec!r}: expected NAME=VALUE")
+        out[key] = value
+    return out
+
+
+def check_python(path: str, option: str) -> str:
+    found = shutil.which(path)
+    if found is None:
+        raise ABError(f"{option} {path}: no such interpreter; give the python of the environment to test "
+                      f"(e.g. /path/to/venv/bin/python)")
+    return found
+
+
+def run_case(framework: str, model: str, cfg: Any, bundle_dir: Path, meta: dict, work: Path,
+             sides: dict[str, dict[str, Any]], pairs: int, measure: str) -> dict[str, Any]:
+    """Both sides' workers, warm; PAIRS alternated pairs of rounds. Returns per side its rounds
+    (seconds), accuracies (finetune), worker info and the failure, if any."""
+    exps = {side: Experiment(framework, model, cfg, bundle_dir, work / side, meta, python=sides[side]["python"],
+                             env=sides[side]["env"]) for side in SIDES}
+    out: dict[str, Any] = {side: dict(rounds=[], accuracy=[], info={}, error=None) for side in SIDES}
+    current = SIDES[0]
+    try:
+        for current in SIDES:
+            out[current]["info"] = exps[current].load()
+            exps[current].init()
+            if measure == "steps":
+                exps[current].warm_up()
+        for i in range(pairs):
+            for current in (SIDES if i % 2 == 0 else SIDES[::-1]):
+                exp = exps[current]
+                if measure == "steps":
+                    start = time.perf_counter()
+                    exp.train_steps()
+                    out[current]["rounds"].append(time.perf_counter() - start)
+                else:
+                    exp.start_round()
+                    out[current]["rounds"].append(exp.fine_tune()["seconds"])
+                    out[current]["accuracy"].append(exp.predict_after()["accuracy"])
+                    out[current]["test_size"] = meta.get("test_size")
+    except WorkerError as e:
+        out[current]["error"] = str(e).splitlines()[0]
+    finally:
+        for exp in exps.values():
+            exp.close()
+    return out
+
+
+def verdict(case: str, result: dict[str, Any], threshold: float, acc_points: float, alpha: float) -> dict[str, Any]:
+    base, cand = result["baseline"], result["candidate"]
+    v: dict[str, Any] = dict(case=case, verdict="ok", findings=[])
+    if base["error"]:
+        return dict(v, verdict="cannot compare", findings=[f"the baseline failed: {base['error']}"])
+    if cand["error"]:
+        return dict(v, verdict="REGRESSION", findings=[f"the candidate failed: {cand['error']}"])
+    t = stats.paired(base["rounds"], cand["rounds"])
+    v["time"] = dict(pairs=t.pairs, median_ratio=t.median_ratio, low=t.low, high=t.high, p=t.p,
+                     baseline_median_s=statistics.median(base["rounds"]),
+                     candidate_median_s=statistics.median(cand["rounds"]))
+    if t.median_ratio - 1 > threshold and t.p < alpha:
+        v["verdict"] = "REGRESSION"
+        v["findings"].append(f"time {t.median_ratio - 1:+.1%} (median of {t.pairs} paired ratios, "
+                             f"p={t.p:.3g} < {alpha:g}; limit +{threshold:.0%})")
+    if base["accuracy"] and cand["accuracy"]:
+        b, c, n = base["accuracy"][-1], cand["accuracy"][-1], base.get("test_size") or 0
+        p = stats.accuracy_drop_p(b, n, c, n) if n else 1.0
+        v["accuracy"] = dict(baseline=b, candidate=c, test_size=n, p=p)
+        if (b - c) * 100 > acc_points and p < alpha:
+            v["verdict"] = "REGRESSION"
+            v["findings"].append(f"accuracy {100 * (c - b):+.1f} pt (two-proportion p={p:.3g}, n={n}; "
+                                 f"limit -{acc_points:g} pt)")
+    return v
+
+
+def run_file(side: str, cfg: Any, results: dict[str, dict[str, Any]], measure: str, sides: dict,
+             argv: list[str]) -> dict[str, Any]:
+    """One side's numbers as a pytest-benchmark run file (the schema `bench gate`/`report` read)."""
+    test = "test_train_step" if measure == "steps" else "test_finetune"
+    benchmarks, builds = [], {}
+    for case, result in results.items():
+        r = result[side]
+        if r["error"] or not r["rounds"]:
+            continue
+        framework, model = case.split("-", 1)
+        info = r["info"]
+        builds[framework] = info
+        data = r["rounds"]
+        per_round = cfg.step_count * cfg.batch_size if measure == "steps" else None
+        extra = dict(framework=framework, model=model, side=side, python=sides[side]["python"],
+                     env=sides[side]["env"], measure=measure, framework_version=info.get("framework_version"),
+                     device=cfg.device, batch_size=cfg.batch_size, test_outcome="passed")
+        if per_round:
+            extra.update(steps_per_round=cfg.step_count, train_images_per_s=per_round / statistics.median(data))
+        if r["accuracy"]:
+            extra.update(accuracy_after=r["accuracy"][-1], test_size=r.get("test_size"))
+        benchmarks.append(dict(
+            group=f"ab-{model}", name=f"{test}[{case}]", fullname=f"bench ab::{test}[{case}]",
+            params=dict(framework=framework, model=model), param=case, extra_info=extra, options={},
+            stats=dict(min=min(data), max=max(data), mean=statistics.fmean(data),
+                       stddev=statistics.stdev(data) if len(data) > 1 else 0.0, median=statistics.median(data),
+                       rounds=len(data), iterations=1, data=data)))
+    info = machine.machine_info(builds)
+    info["packages"] = dict(info["packages"], **{fw: b.get("framework_version") for fw, b in builds.items()})
+    info["python"] = sides[side]["python"]
+    return dict(machine_info=info, bench_config=cfg.as_dict(), benchmarks=benchmarks,
+                datetime=datetime.now(timezone.utc).isoformat(), version="bench ab",
+                command=" ".join(["bench ab", *argv]))
+
+
+def main(argv: list[str] | None = None, prog: str = "bench ab") -> int:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for side in SIDES:
+        p.add_argument(f"--{side}-python", default=sys.executable,
+                       help=f"the {side}'s interpreter (its venv has the framework to test; default: this one)")
+        p.add_argument(f"--{side}-env", action="append", default=[], metavar="NAME=VALUE",
+                       help=f"set in the {side}'s workers (repeatable)")
+    p.add_argument("--framework", nargs="+", default=list(NAMES), choices=NAMES)
+    p.add_argument("--model", nargs="+", default=["mobilenet_v2"], choices=MODELS)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
+    p.add_argument("--bench-profile", default="auto", choices=("auto", "smoke", "seed"))
+    p.add_argument("--data-dir", help="CIFAR-10 folder (profile seed, or --dataset cifar10)")
+    p.add_argument("--dataset", choices=("cifar10", "synthetic"))
+    p.add_argument("--measure", default="steps", choices=("steps", "finetune"))
+    p.add_argument("--pairs", type=int, default=8, help="alternated pairs of rounds (8)")
+    p.add_argument("--steps", type=int, default=10, help="training steps per round, --measure steps (10)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps per side first, --measure steps (5)")
+    p.add_argument("--epochs", type=int, help="fine-tuning epochs, --measure finetune (profile's)")
+    p.add_argument("--threshold", type=float, default=0.05, help="time: the slowdown that counts (0.05 = 5%%)")
+    p.add_argument("--accuracy-points", type=float, default=2.0, help="accuracy: the drop that counts (2.0 pt)")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level (0.05)")
+    p.add_argument("--out", required=True, help="folder for baseline.json, candidate.json, verdict.json")
+    argv = sys.argv[1:] if argv is None else argv
+    a = p.parse_args(argv)
+    work = None
+    try:
+        sides = {side: dict(python=check_python(getattr(a, f"{side}_python"), f"--{side}-python"),
+                            env=parse_env(getattr(a, f"{side}_env"), f"--{side}-env")) for side in SIDES}
+        if not (math.isfinite(a.threshold) and a.threshold >= 0 and math.isfinite(a.alpha) and 0 < a.alpha < 1):
+            raise ABError("--threshold must be a number >= 0 and --alpha lie in (0, 1)")
+        if a.pairs < 2 or stats.min_paired_p(a.pairs) >= a.alpha:
+            need = max(2, math.ceil(math.log2(1 / a.alpha)) + 1)
+            raise ABError(f"--pairs {a.pairs}: too few for the signed-rank test to reach p < {a.alpha:g} even when "
+                          f"every pair is slower; give at least {need}")
+        out = Path(a.out).expanduser()
+        if out.exists() and not out.is_dir():
+            raise ABError(f"--out {out}: is a file; give a folder")
+        gpus, reason = machine.nvml_gpus()
+        options = dict(profile=a.bench_profile, device=a.device, data_dir=a.data_dir, dataset=a.dataset,
+                       step_count=a.steps, step_warmup=a.warmup, step_rounds=a.pairs, epochs=a.epochs)
+        cfg = resolve(options, len(gpus), reason)
+        work = WorkFolder()
+        bundle_dir, meta = prepare_data(cfg, work.path)
+    except (ABError, ConfigError, DataError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        if work is not None:
+            work.remove()
+        return CANNOT_RUN
+    try:
+        print(f"{prog}: {cfg.headline().removeprefix('bench: ')}; {a.pairs} alternated pairs of "
+              f"{'%d steps' % cfg.step_count if a.measure == 'steps' else 'fine-tunes'}")
+        for side in SIDES:
+            env = " ".join(f"{k}={v}" for k, v in sides[side]["env"].items())
+            print(f"  {side}: {sides[side]['python']}{' with ' + env if env else ''}")
+        results, verdicts = {}, []
+        for model in a.model:
+            for framework in a.framework:
+                case = f"{framework}-{model}"
+                results[case] = run_case(framework, model, cfg, bundle_dir, meta, work.path / case, sides,
+                                         a.pairs, a.measure)
+                verdicts.append(verdict(case, results[case], a.threshold, a.accuracy_points, a.alpha))
+                print(format_verdict(verdicts[-1], results[case]))
+    finally:
+        work.remove()
+    for side in SIDES:
+        write_json_atomic(out / f"{side}.json", run_file(side, cfg, results, a.measure, sides, argv))
+    write_json_atomic(out / "verdict.json", dict(threshold=a.threshold, alpha=a.alpha, measure=a.measure,
+                                                 pairs=a.pairs, sides=sides, cases=verdicts))
+    bad = [v for v in verdicts if v["verdict"] == "REGRESSION"]
+    unreadable = [v for v in verdicts if v["verdict"] == "cannot compare"]
+    if bad:
+        print(f"\nREGRESSION: {', '.join(v['case'] for v in bad)}: "
+              + "; ".join(f"{v['case']} {f}" for v in bad for f in v["findings"]))
+        return REGRESSION
+    if unreadable:
+        print(f"\ncannot compare: {'; '.join(f['case'] + ': ' + f['findings'][0] for f in unreadable)}")
+        return CANNOT_RUN
+    print(f"\nPASS: {len(verdicts)} case(s), paired rounds within +{a.threshold:.0%} or not significant "
+          f"(results in {out})")
+    return PASS
+
+
+def format_verdict(v: dict[str, Any], result: dict[str, Any]) -> str:
+    versions = " -> ".join(str(result[s]["info"].get("framework_version")) for s in SIDES)
+    lines = [f"{v['case']} ({versions}): {v['verdict']}"]
+    if "time" in v:
+        t = v["time"]
+        lines.append(f"  time  baseline {t['baseline_median_s']:.4g} s  candidate {t['candidate_median_s']:.4g} s  "
+                     f"paired ratio {t['median_ratio']:.3f} (range {t['low']:.3f}..{t['high']:.3f}, "
+                     f"{t['pairs']} pairs, one-sided p={t['p']:.3g})")
+    if "accuracy" in v:
+        acc = v["accuracy"]
+        lines.append(f"  accuracy  {100 * acc['baseline']:.1f}% -> {100 * acc['candidate']:.1f}% "
+                     f"(n={acc['test_size']}, p={acc['p']:.3g})")
+    lines += [f"  {f}" for f in v["findings"]]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m bench_fixtures.analysis.ab"))
