@@ -13,16 +13,56 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+from typing import Any
 
 # tool -> module (relative to this package) whose `main(argv, prog)` runs it
 TOOLS = {"ab": "analysis.ab", "gate": "analysis.gate", "report": "analysis.report", "parity": "analysis.parity",
          "overhead": "analysis.overhead", "machine": "machine"}
 
 
+class _ClosedReaderSafe:
+    """stdout for a tool whose reader may go away (`bench gate ... | head -5`): the rest of the output
+    is dropped, the verdict and its exit code are not (instead of a BrokenPipeError traceback, exit 1)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.gone = stream, False
+
+    def _closed(self) -> None:
+        self.gone = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self.stream.fileno())  # nor a complaint when Python flushes it at exit
+        os.close(devnull)
+
+    def write(self, text: str) -> int:
+        if not self.gone:
+            try:
+                self.stream.write(text)
+            except BrokenPipeError:
+                self._closed()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._closed()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
 def run_tool(tool: str, argv: list[str], prog: str | None = None) -> int:
     module = importlib.import_module(f"{__package__}.{TOOLS[tool]}")
-    return module.main(argv, prog=prog or f"bench {tool}")
+    stdout, sys.stdout = sys.stdout, _ClosedReaderSafe(sys.stdout)
+    try:
+        code = module.main(argv, prog=prog or f"bench {tool}")
+        sys.stdout.flush()
+        return code
+    finally:
+        sys.stdout = stdout
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,9 @@ MIN_WORKER_MEMORY_MIB = 1024  # torch or TensorFlow imported, before any model
 # The real ranges, each with the reason a value outside it cannot run (said in the error).
 MAX_SEED = 2**32 - 1  # Keras' set_random_seed seeds NumPy's legacy generator: 32 bits
 MAX_WORKER_TIMEOUT_S = 2_147_483  # epoll_wait takes the wait in int milliseconds: < 2**31 ms (24.8 days)
+MIN_WORKER_TIMEOUT_S = 1.0  # a worker needs longer than this to start and answer 'hello'
+MAX_IMAGE_SIZE = 2048  # 7 times ImageNet's 299: beyond, a single image's activations outgrow any device
+MIN_TEST_SIZE = 10  # the test subset is stratified over the 10 classes: one image each at least
 MONITOR_INTERVAL_RANGE = (0.01, 60.0)  # below 10 ms sampling takes a visible share of a core; above
 #                                        a minute a fine-tune's epochs get no sample of their own
 DEFAULT_LR = {"sgd": 0.01, "adam": 0.001}
@@ -153,6 +156,12 @@ def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "") ->
     for field in ("epochs", "batch_size", "finetune_rounds", "step_rounds", "step_count"):
         _check_number(field, values[field], int, 1)
     _check_number("image_size", values["image_size"], int, 32)
+    if values["image_size"] > MAX_IMAGE_SIZE:
+        raise ConfigError(f"--image-size {values['image_size']}: must be at most {MAX_IMAGE_SIZE}: CIFAR's 32 px are "
+                          f"resized to it, and beyond it one image's activations outgrow any device's memory")
+    if 0 < values["test_size"] < MIN_TEST_SIZE:
+        raise ConfigError(f"--test-size {values['test_size']}: must be 0 (all) or at least {MIN_TEST_SIZE}: the test "
+                          f"subset is stratified over the 10 classes")
     _check_number("seed", values["seed"], int, 0)
     if values["seed"] > MAX_SEED:
         raise ConfigError(f"--seed {values['seed']}: must be at most {MAX_SEED} (2**32 - 1): TensorFlow's "
@@ -162,12 +171,15 @@ def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "") ->
     _check_number("lr", values["lr"], float, 0, low_ok=False)
     _check_number("momentum", values["momentum"], float, 0)
     _check_number("worker_timeout", values["worker_timeout"], float, 0, low_ok=False)
+    if values["worker_timeout"] < MIN_WORKER_TIMEOUT_S:
+        raise ConfigError(f"--worker-timeout {values['worker_timeout']!r}: must be at least {MIN_WORKER_TIMEOUT_S:g} s: "
+                          f"a worker takes longer than that to start")
     if values["worker_timeout"] > MAX_WORKER_TIMEOUT_S:
         raise ConfigError(f"--worker-timeout {values['worker_timeout']:g}: must be at most {MAX_WORKER_TIMEOUT_S} s "
                           f"(24.8 days, the longest wait the OS timer takes)")
     _check_number("min_accuracy_gain", values["min_accuracy_gain"], float, -1)
     if values["min_accuracy_gain"] > 1:
-        raise ConfigError(f"--min-accuracy-gain {values['min_accuracy_gain']:g}: must lie in [-1, 1]: it is a "
+        raise ConfigError(f"--min-accuracy-gain {values['min_accuracy_gain']!r}: must lie in [-1, 1]: it is a "
                           f"fraction of the test set (0.05 = 5 points)")
     for field in ("bn_momentum", "bn_eps", "adam_eps", "monitor_interval"):
         _check_number(field, values[field], float, 0, low_ok=False)
@@ -177,7 +189,16 @@ def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "") ->
                           f"below {low:g} s the sampling thread takes a visible share of a core from the "
                           f"training it measures; above {high:g} s epochs get no sample of their own")
     if values["data_dir"] is not None:
+        if not str(values["data_dir"]).strip():
+            raise ConfigError("--data-dir is empty; give a folder, or leave the option out for the default")
         values["data_dir"] = _data_dir(str(values["data_dir"]))
+    for field in ("bn_eps", "adam_eps"):
+        if values[field] > 1:
+            raise ConfigError(f"{OPTION[field]} {values[field]!r}: must lie in (0, 1]: an epsilon above 1 outweighs "
+                              f"what it guards (a variance, a second moment)")
+    if values["bn_momentum"] < 1e-6:
+        raise ConfigError(f"--bn-momentum {values['bn_momentum']!r}: must be at least 1e-6: below that the running "
+                          f"statistics never move in any run's length")
     if values["bn_momentum"] > 1:
         raise ConfigError(f"--bn-momentum {values['bn_momentum']}: must lie in (0, 1] (torch convention)")
     if 0 < values["worker_memory_limit"] < MIN_WORKER_MEMORY_MIB:

@@ -91,11 +91,14 @@ def check_writable(folder: str | os.PathLike, option: str) -> None:
 
 
 def folder_problem(path: str | os.PathLike) -> str | None:
-    """Why PATH cannot be used as an input folder ("a file, not a folder", "a symlink loop"), or None
+    """Why PATH cannot be used as an input folder ("a file, not a folder", "a symlink loop", "a dangling
+    symlink"), or None
     when it is a folder or does not exist yet (Path.exists() says False for a loop: it hides why)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
+        if os.path.islink(path):
+            return f"a dangling symlink (to {os.readlink(path)}, which does not exist)"
         return None
     except OSError as e:
         return "a symlink loop" if e.errno == errno.ELOOP else (e.strerror or str(e))

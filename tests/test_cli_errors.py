@@ -74,7 +74,7 @@ OPTION_CASES = [
     (["--monitor-interval=0.0001"], ["--monitor-interval 0.0001: must lie in [0.01, 60] s", "share of a core"]),
     (["--epochs=1000000000"], ["--epochs 1000000000 x --train-size 256: the per-epoch shuffle orders take",
                                "of memory available; lower --epochs or --train-size"]),
-    (["--dataset=synthetic", "--test-size=100000000"], ["to generate the data set", "of memory available"]),
+    (["--dataset=synthetic", "--train-size=100000000"], ["for the data set it is taken from", "of memory available"]),
     (["--data-dir=pytest.ini"], ["--data-dir pytest.ini: a file, not a folder; give the folder that holds"]),
 ]
 

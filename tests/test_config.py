@@ -48,6 +48,14 @@ def test_preprocess_and_lr_defaults():
     ({"image_size": 16}, "--image-size 16"),
     ({"train_size": 16, "batch_size": 32}, "--batch-size 32 is larger than --train-size 16"),
     ({"bn_momentum": 1.5}, "--bn-momentum 1.5"),
+    ({"worker_timeout": 0.001}, "--worker-timeout 0.001: must be at least 1 s"),
+    ({"image_size": 100000}, "--image-size 100000: must be at most 2048"),
+    ({"test_size": 1}, "--test-size 1: must be 0 (all) or at least 10"),
+    ({"bn_eps": 1e300}, "--bn-eps 1e+300: must lie in (0, 1]"),
+    ({"bn_momentum": 1e-320}, "--bn-momentum 1e-320: must be at least 1e-6"),
+    ({"min_accuracy_gain": 1.0000001}, "--min-accuracy-gain 1.0000001: must lie in [-1, 1]"),
+    ({"data_dir": ""}, "--data-dir is empty"),
+    ({"epochs": 10**400}, "--epochs: a 401-digit number is out of any range it can run with"),
 ])
 def test_bad_values_name_the_option(options, needle):
     with pytest.raises(ConfigError) as e:
@@ -90,9 +98,21 @@ def test_any_option_values_resolve_within_range_or_fail_with_the_option_named(op
     except ConfigError as e:
         assert str(e).startswith("--") and "\n" not in str(e), str(e)
         return
-    assert 0 <= cfg.seed <= MAX_SEED and 0 < cfg.worker_timeout <= MAX_WORKER_TIMEOUT_S
+    assert 0 <= cfg.seed <= MAX_SEED and 1 <= cfg.worker_timeout <= MAX_WORKER_TIMEOUT_S
+    assert 32 <= cfg.image_size <= 2048 and (cfg.test_size == 0 or cfg.test_size >= 10)
+    assert 0 < cfg.bn_eps <= 1 and 0 < cfg.adam_eps <= 1 and cfg.bn_momentum >= 1e-6
     assert MONITOR_INTERVAL_RANGE[0] <= cfg.monitor_interval <= MONITOR_INTERVAL_RANGE[1]
     assert cfg.epochs >= 1 and cfg.batch_size >= 1 and cfg.image_size >= 32 and -1 <= cfg.min_accuracy_gain <= 1
     assert cfg.train_size == 0 or cfg.train_size >= cfg.batch_size
     assert all(math.isfinite(v) for v in (cfg.lr, cfg.momentum, cfg.bn_eps, cfg.adam_eps)) and 0 < cfg.bn_momentum <= 1
     assert cfg.worker_memory_limit == 0 or cfg.worker_memory_limit >= MIN_WORKER_MEMORY_MIB
+
+
+def test_data_dir_that_cannot_be_a_folder_says_why(tmp_path):
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match=r"--data-dir .*dangling: a dangling symlink \(to .*nowhere, which does "
+                                          r"not exist\); give the folder"):
+        resolve({"data_dir": str(tmp_path / "dangling")}, 0)
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(ConfigError, match="a symlink loop"):
+        resolve({"data_dir": str(tmp_path / "loop")}, 0)

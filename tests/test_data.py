@@ -336,6 +336,18 @@ class _Mirror(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         type(self).gets.append(self.path)
+        if self.mode == "slowhead":  # the status line and headers themselves trickle in
+            for byte in b"HTTP/1.0 200 OK\r\nContent-Length: 1000\r\nX-Padding: " + b"x" * 100:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.3)
+            return
+        if self.mode == "huge":
+            self.send_response(200)
+            self.send_header("Content-Length", str(10**15))
+            self.end_headers()
+            self.wfile.write(b"x" * 1000)
+            return
         self.send_response(200)
         self.send_header("Content-Length", str(len(self.body) + (100 if self.mode == "short" else 0)))
         self.end_headers()
@@ -372,6 +384,23 @@ def test_a_trickling_mirror_hits_the_deadline_and_the_error_names_the_url(tmp_pa
     msg = str(e.value)
     assert msg.startswith(f"cannot download CIFAR-10 from {url}: not complete after 1.5 s (") and "\n" not in msg
     assert ".part" not in msg and "--dataset synthetic" in msg
+    assert [p.name for p in (tmp_path / "d").iterdir()] == [".cifar10.lock"]
+
+
+def test_the_deadline_holds_while_the_headers_trickle(tmp_path, mirror):
+    handler, url, md5 = mirror
+    handler.mode = "slowhead"
+    start = time.monotonic()
+    with pytest.raises(DataError, match=f"cannot download CIFAR-10 from {url}: not complete after 1.5 s"):
+        data.download_cifar10(tmp_path / "d", url=url, md5=md5, timeout=5, deadline=1.5)
+    assert time.monotonic() - start < 4
+
+
+def test_a_server_announcing_more_than_the_archive_is_refused(tmp_path, mirror):
+    handler, url, md5 = mirror
+    handler.mode = "huge"
+    with pytest.raises(DataError, match="it announces 1,000,000,000,000,000 bytes, the archive has 170,498,071"):
+        data.download_cifar10(tmp_path / "d", url=url, md5=md5, timeout=5)
     assert [p.name for p in (tmp_path / "d").iterdir()] == [".cifar10.lock"]
 
 

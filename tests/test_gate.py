@@ -216,10 +216,14 @@ MUTATIONS = {
     "memory": lambda b, v: b["extra_info"].__setitem__("memory", v),
     "process_peak": lambda b, v: b["extra_info"]["memory"].__setitem__("process_peak", v),
     "fullname": lambda b, v: b.__setitem__("fullname", v),
+    "rounds": lambda b, v: b["stats"].__setitem__("rounds", v),
+    "test_size": lambda b, v: b["extra_info"].__setitem__("test_size", v),
+    "framework": lambda b, v: b["extra_info"].__setitem__("framework", v),
+    "utilization": lambda b, v: b["extra_info"].__setitem__("utilization", v),
 }
 BAD_VALUES = {
-    "median": [NAN, INF, -INF, -1.0, None, "1.0", [1.0], {}],
-    "data": [[NAN], [1.0, INF], [-1.0], "1,2", 3.0],
+    "median": [NAN, INF, -INF, -1.0, 0.0, 1e-320, None, "1.0", [1.0], {}],
+    "data": [[NAN], [1.0, INF], [-1.0], "1,2", 3.0, [], [1e308, 1e308]],
     "stats": [None, [], "fast", 1.0],
     "extra_info": [[], "x", 3],
     "accuracy_after": [NAN, INF, 1.5, -0.1, "0.5", [0.5], True],
@@ -227,7 +231,11 @@ BAD_VALUES = {
     "inter_epoch_gaps_s": ["0.2", [NAN], [-1.0], {"a": 1}, 0.2],
     "memory": [[], "1GB", 5],
     "process_peak": [NAN, -1.0, "1GB", [1]],
-    "fullname": [None, 3, "", ["x"]],
+    "fullname": [None, 3, "", ["x"], "tests/benchmarks/test_cases.py::test_finetune[torch-vgg19] "],
+    "rounds": [0, -1, 1.5, "3", True, 10**30],
+    "test_size": ["x", -100, 0, 100.5],
+    "framework": [3, ["torch"]],
+    "utilization": ["x", [1]],
 }
 malformation = st.sampled_from(sorted(MUTATIONS)).flatmap(
     lambda field: st.tuples(st.just(field), st.sampled_from(BAD_VALUES[field]), st.integers(0, 3), st.booleans()))
@@ -250,6 +258,9 @@ def test_the_gate_never_passes_a_run_it_cannot_read(tmp_path_factory, damage, du
     folder = tmp_path_factory.mktemp("malformed")
     paths = []
     for name, run in (("base.json", base), ("cand.json", cand)):
+        for b in run["benchmarks"]:  # what pytest-benchmark writes beside the rounds, unless damaged
+            if isinstance(b, dict) and isinstance(b.get("stats"), dict) and isinstance(b["stats"].get("data"), list):
+                b["stats"].setdefault("rounds", len(b["stats"]["data"]))
         (folder / name).write_text(json.dumps(run))  # NaN/Infinity as JSON writes them
         paths.append(str(folder / name))
     code, out, err = _gate_in_process(paths)
@@ -362,3 +373,39 @@ def test_changes_are_signed_as_the_values_moved():
     assert "-5.0 pt" in acc and "-2.0 pt" in acc
     time_line = next(line for line in table.splitlines() if line.strip().startswith("time"))
     assert "+10%" in time_line
+
+
+@pytest.mark.parametrize("name,text", [
+    ("nested", "[" * 100_000 + "]" * 100_000),
+    ("huge integer", '{"benchmarks": [], "x": ' + "9" * 5000 + "}"),
+    ("duplicate key", '{"benchmarks": [], "benchmarks": []}'),
+])
+def test_json_no_reader_can_trust_is_one_line_exit_2(tmp_path, name, text):
+    base, _ = _valid_pair()
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    (tmp_path / "cand.json").write_text(text)
+    code, out, err = _gate_in_process([str(tmp_path / "base.json"), str(tmp_path / "cand.json")])
+    assert code == gate.CANNOT_COMPARE and err.startswith("gate: cannot compare: ") and "cand.json: " in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_metric_judged_on_one_side_only_is_not_a_pass():
+    """The baseline lacks accuracy (null) and the candidate has it: not silently dropped (either way round)."""
+    base, cand = _valid_pair()
+    base["benchmarks"][0]["extra_info"]["accuracy_after"] = None
+    _, _, missing = gate.unreadable_cases(base, cand)
+    assert missing == ["test_finetune[torch-vgg19]: accuracy_after measured in the candidate, not (null) in the baseline"]
+
+
+def test_a_reader_that_goes_away_keeps_the_verdict(saved_runs, tmp_path):
+    """`bench gate ... | head -3`: the rest of the output is dropped, the exit code is the verdict's."""
+    run = json.loads(saved_runs[1].read_text())
+    for b in run["benchmarks"]:
+        b["stats"]["data"] = [t * 3 for t in b["stats"]["data"]]
+        b["stats"]["median"] *= 3
+    (tmp_path / "slow.json").write_text(json.dumps(run))
+    proc = subprocess.Popen([sys.executable, "-m", "bench_fixtures", "gate", str(saved_runs[0]), str(tmp_path / "slow.json")],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before the first line (as `| head -0`; `head -5` once it has 5)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == gate.REGRESSION and "Traceback" not in err and "BrokenPipe" not in err, err

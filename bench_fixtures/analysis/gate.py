@@ -256,8 +256,12 @@ def unreadable_cases(base: dict, cand: dict) -> tuple[list[str], list[str], list
         if failed(bb[case]):
             failed_before.append(f"{case}: its test failed in the baseline; record a baseline whose tests pass")
         for metric in METRICS.values():
-            if metric.extract(bb[case]) is not None and metric.extract(cb[case]) is None:
-                missing.append(f"{case}: {metric.name} measured in the baseline, not (null) in the candidate")
+            if not metric.judged:
+                continue
+            here, there = metric.extract(bb[case]) is not None, metric.extract(cb[case]) is not None
+            if here != there:  # either way round, a metric judged on one side only is not judged at all
+                had, lacks = ("baseline", "candidate") if here else ("candidate", "baseline")
+                missing.append(f"{case}: {metric.name} measured in the {had}, not (null) in the {lacks}")
     return failed_now, failed_before, missing
 
 

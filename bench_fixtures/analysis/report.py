@@ -241,6 +241,10 @@ def write_report(paths: list[str], out: str | Path) -> Path:
     if final.exists() and not final.is_dir():
         raise ResultsError(f"--out {final}: is a file, not a folder; give a folder for the report")
     runs = [load_run(p) for p in paths]  # every run validated before anything is written
+    empty = [p for p, r in zip(paths, runs) if not r["benchmarks"]]
+    if empty:
+        raise ResultsError(f"{empty[0]}: holds no benchmark (the session measured none: --benchmark-skip, "
+                           f"or every case deselected); nothing to report")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,10 @@ FRACTIONS = ("accuracy_before", "accuracy_after")           # in 0..1, or null =
 NON_NEGATIVE = ("train_images_per_s", "time_to_first_step_s", "finetune_s", "step_time_s", "warmup_s")
 SERIES = ("epoch_times_s", "inter_epoch_gaps_s")             # lists of non-negative numbers or nulls
 MEMORY = ("framework_peak", "process_peak", "device_peak", "reserved_peak")
+COUNTS = ("test_size", "train_size", "batch_size", "epochs", "steps_per_epoch")  # integers >= 1, or null
+NAMES = ("framework", "model")                                # strings, or null
+OBJECTS = ("utilization", "monitor", "memory")                # objects, or null
+MIN_TIME_S = 1e-9  # a round faster than a nanosecond was not timed: no timer resolves it
 
 
 class ResultsError(Exception):
@@ -28,7 +33,7 @@ class ResultsError(Exception):
 def load_run(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        run = json.loads(path.read_text())
+        run = json.loads(path.read_text(), object_pairs_hook=_no_duplicate_keys)
     except IsADirectoryError:
         raise ResultsError(f"{path}: is a folder, not a run file; give the --benchmark-json file") from None
     except OSError as e:
@@ -38,11 +43,25 @@ def load_run(path: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise ResultsError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); the file is truncated or "
                            f"corrupt, rerun the benchmark with --benchmark-json") from None
+    except (RecursionError, ValueError) as e:  # nested thousands deep; an integer of thousands of digits
+        why = "nested too deeply" if isinstance(e, RecursionError) else " ".join(str(e).split())[:80]
+        raise ResultsError(f"{path}: not a run file this suite wrote ({why}); rerun the benchmark with "
+                           f"--benchmark-json") from None
     problem = validate(run)
     if problem:
         raise ResultsError(f"{path}: {problem}; the file was not written by this suite or was edited since: "
                            f"rerun the benchmark with --benchmark-json")
     return run
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A key given twice in one object: JSON readers silently keep the last; which one counts?"""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"the key {key!r} appears twice in one object")
+        out[key] = value
+    return out
 
 
 def _number_problem(value: Any, low: float = 0.0, high: float = math.inf) -> str | None:
@@ -67,8 +86,10 @@ def _benchmark_problem(b: Any) -> str | None:
     """What is wrong with one benchmark entry (None: nothing the readers rely on)."""
     if not isinstance(b, dict):
         return f"a benchmark entry is a {type(b).__name__}, not an object"
-    if not isinstance(b.get("fullname"), str) or not b["fullname"]:
+    if not isinstance(b.get("fullname"), str) or not b["fullname"].strip():
         return "a benchmark entry has no 'fullname' string"
+    if b["fullname"] != b["fullname"].strip():
+        return f"{b['fullname'].strip()}: 'fullname' has leading or trailing spaces (another test, or the same?)"
     case = case_name(b)
     if "name" in b and not isinstance(b["name"], str):
         return f"{case}: 'name' must be a string"
@@ -77,12 +98,22 @@ def _benchmark_problem(b: Any) -> str | None:
         return f"{case}: 'stats' must be an object, found {type(stats).__name__}"
     if "median" not in stats or stats["median"] is None:
         return f"{case}: 'stats.median' is missing or null"
-    problem = _number_problem(stats["median"])
+    problem = _number_problem(stats["median"], MIN_TIME_S)
     if problem:
         return f"{case}: 'stats.median' {problem}"
-    problem = None if stats.get("data") is None else _numbers_problem(stats["data"], nulls=False)
-    if problem:
-        return f"{case}: 'stats.data' (the round times) {problem}"
+    rounds = stats.get("rounds")
+    if rounds is not None and (isinstance(rounds, bool) or not isinstance(rounds, int) or not 1 <= rounds <= 10**9):
+        return f"{case}: 'stats.rounds' must be a whole number of rounds >= 1, found {rounds!r:.40}"
+    data = stats.get("data")
+    if data is not None:
+        problem = _numbers_problem(data, nulls=False)
+        if problem:
+            return f"{case}: 'stats.data' (the round times) {problem}"
+        if rounds is not None and len(data) != rounds:
+            return f"{case}: 'stats.data' holds {len(data)} round times, 'stats.rounds' says {rounds}"
+        if data and not math.isclose(statistics.median(data), stats["median"], rel_tol=1e-6):
+            return f"{case}: 'stats.median' {stats['median']:g} is not the median of 'stats.data' " \
+                   f"({statistics.median(data):g})"
     extra = b.get("extra_info", {})
     if extra is None:
         return None
@@ -94,6 +125,20 @@ def _benchmark_problem(b: Any) -> str | None:
             problem = _number_problem(extra[key], low, high)
             if problem:
                 return f"{case}: 'extra_info.{key}' {problem}"
+    for key in COUNTS:
+        value = extra.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            return f"{case}: 'extra_info.{key}' must be a whole number >= 1, found {value!r:.40}"
+    for key in NAMES:
+        if extra.get(key) is not None and not isinstance(extra[key], str):
+            return f"{case}: 'extra_info.{key}' must be a string, found {extra[key]!r:.40}"
+    for key in OBJECTS:
+        if extra.get(key) is not None and not isinstance(extra[key], dict):
+            return f"{case}: 'extra_info.{key}' must be an object, found {type(extra[key]).__name__}"
+    rounds_info = extra.get("rounds")
+    if rounds_info is not None and not (isinstance(rounds_info, int) and not isinstance(rounds_info, bool)) \
+            and not (isinstance(rounds_info, list) and all(isinstance(r, dict) for r in rounds_info)):
+        return f"{case}: 'extra_info.rounds' must be a list of objects (or a count)"
     for key in SERIES:
         problem = None if extra.get(key) is None else _numbers_problem(extra[key], nulls=True)
         if problem:

@@ -14,6 +14,7 @@ from .cifar10 import ROW_SIZE, Cifar10, DataError, Split
 
 CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000
 ITEM_BYTES = ROW_SIZE + 8  # an image and its int64 label
+MEMORY_SHARE = 0.5  # the bundle is built in the parent's memory: at most half of what is available
 
 
 def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
@@ -46,7 +47,10 @@ def training_order(n: int, batch_size: int, epochs: int, seed: int) -> np.ndarra
     steps = n // batch_size
     if steps == 0:
         raise ValueError(f"batch size {batch_size} is larger than the {n} training images")
-    return np.stack([epoch_order(n, seed, e)[:steps * batch_size] for e in range(epochs)])
+    order = np.empty((epochs, steps * batch_size), np.int64)  # filled in place: no second copy
+    for e in range(epochs):
+        order[e] = epoch_order(n, seed, e)[:steps * batch_size]
+    return order
 
 
 BUNDLE_FILES = ("train_x", "train_y", "test_x", "test_y", "order")
@@ -104,9 +108,10 @@ def check_fits(n_train: int, n_test: int, batch_size: int, epochs: int, folder: 
     available = psutil.virtual_memory().available
     sizes = (f"--epochs {epochs} x --train-size {n_train}: the per-epoch shuffle orders take {_gib(orders)}, "
              f"the data bundle {_gib(total)} in all")
-    if total + source_bytes > available:
-        raise DataError(f"{sizes}{f' (+ {_gib(source_bytes)} to generate the data set)' if source_bytes else ''}; "
-                        f"this machine has {_gib(available)} of memory available; lower --epochs or --train-size")
+    if total + source_bytes > MEMORY_SHARE * available:
+        raise DataError(f"{sizes}{f' (+ {_gib(source_bytes)} for the data set it is taken from)' if source_bytes else ''}"
+                        f"; this machine has {_gib(available)} of memory available, and the training needs the "
+                        f"other half; lower --epochs or --train-size")
     if total > free_bytes(folder):
         raise DataError(space_message(folder, total, f"the data bundle ({sizes})", BUNDLE_FIX))
 

@@ -8,6 +8,7 @@ import shutil
 import tarfile
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -36,8 +37,33 @@ DOWNLOAD_DEADLINE_S = 1800.0     # for the whole download: a mirror that trickle
 SPACE_FIX = "free space there, or pass --data-dir / set CIFAR10_DIR to a folder on a larger disk"
 
 
+MAX_ARCHIVE_BYTES = ARCHIVE_BYTES + (1 << 20)  # a server sending more is not sending the archive
+
+
 class _TooSlow(Exception):
     pass
+
+
+def _open_within(url: str, timeout: float, deadline: float):
+    """urlopen, but given up at DEADLINE (monotonic) even if the server sends its headers (or a chain
+    of redirects) a byte at a time: each wait is bounded by TIMEOUT, their sum is not. The request
+    runs on a daemon thread; one given up on is abandoned and ends with its socket's timeout."""
+    box: dict = {}
+
+    def fetch() -> None:
+        try:
+            box["resp"] = urllib.request.urlopen(url, timeout=timeout)
+        except BaseException as e:  # handed to the caller
+            box["error"] = e
+
+    thread = threading.Thread(target=fetch, name="cifar10-download", daemon=True)
+    thread.start()
+    thread.join(max(deadline - time.monotonic(), 0))
+    if thread.is_alive():
+        raise _TooSlow()
+    if "error" in box:
+        raise box["error"]
+    return box["resp"]
 
 
 def download_cifar10(data_dir: str | os.PathLike, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5,
@@ -80,11 +106,19 @@ def _download(data_dir: Path, url: str, md5: str, timeout: float, deadline: floa
         digest, received, start = hashlib.md5(), 0, time.monotonic()
         with os.fdopen(fd, "wb") as out:
             try:
-                with urllib.request.urlopen(url, timeout=timeout) as resp:
+                with _open_within(url, timeout, start + deadline) as resp:
+                    length = int(resp.headers.get("Content-Length") or 0)
+                    if length > MAX_ARCHIVE_BYTES:
+                        raise DataError(f"cannot download CIFAR-10 from {url}: it announces {length:,} bytes, the "
+                                        f"archive has {ARCHIVE_BYTES:,}; not the CIFAR-10 archive; {offline}")
                     read = getattr(resp, "read1", resp.read)  # read1: what has arrived, so the deadline is seen
                     while chunk := read(1 << 20):
                         digest.update(chunk)
                         received += len(chunk)
+                        if received > MAX_ARCHIVE_BYTES:
+                            raise DataError(f"cannot download CIFAR-10 from {url}: more than {MAX_ARCHIVE_BYTES:,} "
+                                            f"bytes sent, the archive has {ARCHIVE_BYTES:,}; not the CIFAR-10 "
+                                            f"archive; {offline}")
                         try:
                             out.write(chunk)
                         except OSError as e:
@@ -99,7 +133,7 @@ def _download(data_dir: Path, url: str, md5: str, timeout: float, deadline: floa
                 raise DataError(f"cannot download CIFAR-10 from {url}: not complete after {deadline:g} s "
                                 f"({received / 2**20:.1f} MiB received; the mirror is too slow); {offline}") from None
             except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
-                reason = getattr(e, "reason", None) or e
+                reason = " ".join(str(getattr(e, "reason", None) or e).split())  # urllib's can span lines
                 raise DataError(f"cannot download CIFAR-10 from {url} ({reason}); {offline}") from None
         if digest.hexdigest() != md5:
             raise DataError(f"{url}: md5 {digest.hexdigest()} != expected {md5}; the download is corrupt "

@@ -44,7 +44,8 @@ def prepare_data(cfg: BenchConfig, out_dir: str | os.PathLike) -> tuple[Path, di
                    source_bytes=(n_train + n_test) * ITEM_BYTES)
         folder = ensure_synthetic(cfg.data_dir or cache_dir(), n_train, n_test, seed=0)
     else:
-        check_fits(cfg.train_size or CIFAR10_TRAIN, cfg.test_size or CIFAR10_TEST, cfg.batch_size, epochs, bundle_dir)
+        check_fits(cfg.train_size or CIFAR10_TRAIN, cfg.test_size or CIFAR10_TEST, cfg.batch_size, epochs, bundle_dir,
+                   source_bytes=(CIFAR10_TRAIN + CIFAR10_TEST) * ITEM_BYTES)
         folder = ensure_cifar10(cfg.data_dir or default_data_dir())
     dataset = read_canonical(folder)
     bundle = make_bundle(dataset, cfg.train_size, cfg.test_size, cfg.batch_size, epochs, cfg.seed)

@@ -21,7 +21,8 @@ def test_finetune(benchmark, bench_runner, bench_config, framework, model):
     exp.predict_after()
     info = exp.finetune_info()
     benchmark.extra_info.update(info)
-    assert telemetry_problems(info, "finetune") == []
+    problems = telemetry_problems(info, "finetune")
+    assert not problems, f"{framework}-{model}: untrustworthy figures: " + "; ".join(problems)
     assert info["accuracy_after"] >= info["accuracy_before"] + bench_config.min_accuracy_gain, (
         f"{framework}-{model}: accuracy {info['accuracy_before']:.3f} -> {info['accuracy_after']:.3f}, "
         f"less than the required gain of {bench_config.min_accuracy_gain} (--min-accuracy-gain)")
@@ -39,7 +40,8 @@ def test_train_step(benchmark, bench_runner, bench_config, framework, model):
         benchmark.pedantic(exp.train_steps, rounds=bench_config.step_rounds, iterations=1)
     info = exp.train_step_info()
     benchmark.extra_info.update(info)
-    assert telemetry_problems(info, "train_step") == []
+    problems = telemetry_problems(info, "train_step")
+    assert not problems, f"{framework}-{model}: untrustworthy figures: " + "; ".join(problems)
 
 
 OVERHEAD_CASES = [c for c in CASES if c.values[1] == "mobilenet_v2"]
