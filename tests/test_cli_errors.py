@@ -73,7 +73,7 @@ OPTION_CASES = [
     (["--worker-timeout=1e7"], ["--worker-timeout 1e+07: must be at most 2147483 s", "OS timer"]),
     (["--monitor-interval=0.0001"], ["--monitor-interval 0.0001: must lie in [0.01, 60] s", "share of a core"]),
     (["--epochs=1000000000"], ["--epochs 1000000000 x --train-size 256: the per-epoch shuffle orders take",
-                               "of memory available; lower --epochs or --train-size"]),
+                               "of memory available, and the training needs the other half; lower --epochs"]),
     (["--dataset=synthetic", "--train-size=100000000"], ["for the data set it is taken from", "of memory available"]),
     (["--data-dir=pytest.ini"], ["--data-dir pytest.ini: a file, not a folder; give the folder that holds"]),
 ]

@@ -178,7 +178,7 @@ def test_worker_faults_fail_only_their_own_test(tmp_path):
     worker (SIGSTOP) fails the next test at --worker-timeout; the test after that gets a fresh
     worker and passes; no worker outlives the session (checked by PID)."""
     out = tmp_path / "out.json"
-    proc, lines = _session(["-k", "torch-mobilenet_v2", "--epochs=3", "--worker-timeout=15",
+    proc, lines = _session(["-k", "torch-mobilenet_v2", "--epochs=3", "--worker-timeout=10",
                             f"--benchmark-json={out}", f"--telemetry-dir={tmp_path / 'telemetry'}"])
     seen: list[str] = []
     watch = _WorkerWatch(proc.pid)
@@ -198,7 +198,7 @@ def test_worker_faults_fail_only_their_own_test(tmp_path):
     assert "FAILED tests/benchmarks/test_cases.py::test_train_step[torch-mobilenet_v2]" in output
     assert "WorkerError: torch-mobilenet_v2 worker died (killed by SIGKILL) during 'fit'; SIGKILL from outside" \
         in output, output[-3000:]
-    assert "WorkerError: torch-mobilenet_v2 worker hung: no answer to 'hello' within 15 s (--worker-timeout); " \
+    assert "WorkerError: torch-mobilenet_v2 worker hung: no answer to 'hello' within 10 s (--worker-timeout); " \
            "killed it" in output
     assert "bench_fixtures/runner/worker.py" not in output  # the worker's account, not the harness's internals
     assert "2 failed, 1 passed" in output, output[-3000:]

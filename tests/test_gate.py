@@ -155,6 +155,17 @@ def test_gate_names_a_slowed_case_and_an_accuracy_drop(saved_runs, tmp_path):
     assert "test_finetune[torch-mobilenet_v2] accuracy_after" in last
 
 
+def test_history_flags_a_real_run_slowed_beyond_the_spread_of_its_history(saved_runs, tmp_path):
+    run = json.loads(saved_runs[1].read_text())
+    b = next(b for b in run["benchmarks"] if b["name"].startswith("test_finetune"))
+    b["stats"]["data"] = [t * 3 for t in b["stats"]["data"]]
+    b["stats"]["median"] *= 3
+    (tmp_path / "slow.json").write_text(json.dumps(run))
+    r = gate_cli(*saved_runs, tmp_path / "slow.json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stdout.strip().splitlines()[-1].startswith("REGRESSION: 1 finding(s) in test_finetune[torch-mobilenet_v2]")
+
+
 def test_gate_refuses_another_machine(saved_runs, tmp_path):
     run = json.loads(saved_runs[1].read_text())
     run["machine_info"]["gpu_name"] = "NVIDIA A100-SXM4-80GB"

@@ -4,10 +4,11 @@
              [--candidate-env OMP_NUM_THREADS=1] --framework torch --model mobilenet_v2 --out DIR
 
 Each case gets two workers, one per side (another interpreter, i.e. another venv with another
-torch or TensorFlow, and/or other environment variables), kept warm for the whole comparison. Their
+torch or TensorFlow, and/or other environment variables), kept warm for a block of rounds. Their
 rounds alternate, ABBA: pair i runs baseline then candidate, pair i+1 candidate then baseline, so
 whatever drifts during the session (a noisy neighbour, thermal throttling, a CPU hog) lands on both
-sides of every pair. The verdict tests the paired ratios, candidate/baseline: a case regresses when
+sides of every pair. Two blocks, each with fresh workers, the baseline's started first in one and
+the candidate's in the other: of two identical workers, the second started ran steadily faster. The verdict tests the paired ratios, candidate/baseline: a case regresses when
 their median exceeds 1 + --threshold *and* the one-sided Wilcoxon signed-rank test on their
 logarithms gives p < --alpha. Stored runs from different sessions cannot offer this: there, drift
 between the sessions is indistinguishable from a change.
@@ -69,35 +70,39 @@ def check_python(path: str, option: str) -> str:
 
 def run_case(framework: str, model: str, cfg: Any, bundle_dir: Path, meta: dict, work: Path,
              sides: dict[str, dict[str, Any]], pairs: int, measure: str) -> dict[str, Any]:
-    """Both sides' workers, warm; PAIRS alternated pairs of rounds. Returns per side its rounds
-    (seconds), accuracies (finetune), worker info and the failure, if any."""
-    exps = {side: Experiment(framework, model, cfg, bundle_dir, work / side, meta, python=sides[side]["python"],
-                             env=sides[side]["env"]) for side in SIDES}
+    """PAIRS alternated pairs of rounds, in two blocks with fresh workers: the second-started of two
+    identical workers ran 3-16% faster here, steadily (all 8 pairs), so block 1 starts the baseline's
+    worker first and block 2 the candidate's. Returns per side its rounds (seconds), accuracies
+    (finetune), worker info and the failure, if any."""
     out: dict[str, Any] = {side: dict(rounds=[], accuracy=[], info={}, error=None) for side in SIDES}
     current = SIDES[0]
-    try:
-        for current in SIDES:
-            out[current]["info"] = exps[current].load()
-            exps[current].init()
-            if measure == "steps":
-                exps[current].warm_up()
-        for i in range(pairs):
-            for current in (SIDES if i % 2 == 0 else SIDES[::-1]):
-                exp = exps[current]
+    for block, order in enumerate((SIDES, SIDES[::-1])):
+        exps = {side: Experiment(framework, model, cfg, bundle_dir, work / f"{side}-{block}", meta,
+                                 python=sides[side]["python"], env=sides[side]["env"]) for side in SIDES}
+        try:
+            for current in order:
+                out[current]["info"] = exps[current].load()
+                exps[current].init()
                 if measure == "steps":
-                    start = time.perf_counter()
-                    exp.train_steps()
-                    out[current]["rounds"].append(time.perf_counter() - start)
-                else:
-                    exp.start_round()
-                    out[current]["rounds"].append(exp.fine_tune()["seconds"])
-                    out[current]["accuracy"].append(exp.predict_after()["accuracy"])
-                    out[current]["test_size"] = meta.get("test_size")
-    except WorkerError as e:
-        out[current]["error"] = str(e).splitlines()[0]
-    finally:
-        for exp in exps.values():
-            exp.close()
+                    exps[current].warm_up()
+            for i in range(pairs // 2):
+                for current in (SIDES if i % 2 == 0 else SIDES[::-1]):
+                    exp = exps[current]
+                    if measure == "steps":
+                        start = time.perf_counter()
+                        exp.train_steps()
+                        out[current]["rounds"].append(time.perf_counter() - start)
+                    else:
+                        exp.start_round()
+                        out[current]["rounds"].append(exp.fine_tune()["seconds"])
+                        out[current]["accuracy"].append(exp.predict_after()["accuracy"])
+                        out[current]["test_size"] = meta.get("test_size")
+        except WorkerError as e:
+            out[current]["error"] = str(e).splitlines()[0]
+            return out
+        finally:
+            for exp in exps.values():
+                exp.close()
     return out
 
 
@@ -176,7 +181,7 @@ def main(argv: list[str] | None = None, prog: str = "bench ab") -> int:
     p.add_argument("--data-dir", help="CIFAR-10 folder (profile seed, or --dataset cifar10)")
     p.add_argument("--dataset", choices=("cifar10", "synthetic"))
     p.add_argument("--measure", default="steps", choices=("steps", "finetune"))
-    p.add_argument("--pairs", type=int, default=8, help="alternated pairs of rounds (8)")
+    p.add_argument("--pairs", type=int, default=12, help="alternated pairs of rounds, even: half in each block (12)")
     p.add_argument("--steps", type=int, default=10, help="training steps per round, --measure steps (10)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per side first, --measure steps (5)")
     p.add_argument("--epochs", type=int, help="fine-tuning epochs, --measure finetune (profile's)")
@@ -192,10 +197,12 @@ def main(argv: list[str] | None = None, prog: str = "bench ab") -> int:
                             env=parse_env(getattr(a, f"{side}_env"), f"--{side}-env")) for side in SIDES}
         if not (math.isfinite(a.threshold) and a.threshold >= 0 and math.isfinite(a.alpha) and 0 < a.alpha < 1):
             raise ABError("--threshold must be a number >= 0 and --alpha lie in (0, 1)")
-        if a.pairs < 2 or stats.min_paired_p(a.pairs) >= a.alpha:
+        if a.pairs < 2 or a.pairs % 2 or stats.min_paired_p(a.pairs) >= a.alpha:
             need = max(2, math.ceil(math.log2(1 / a.alpha)) + 1)
-            raise ABError(f"--pairs {a.pairs}: too few for the signed-rank test to reach p < {a.alpha:g} even when "
-                          f"every pair is slower; give at least {need}")
+            need += need % 2
+            raise ABError(f"--pairs {a.pairs}: give an even number (two blocks, each side's worker started first "
+                          f"in one) of at least {need}, the fewest with which the signed-rank test can reach "
+                          f"p < {a.alpha:g}")
         out = Path(a.out).expanduser()
         if out.exists() and not out.is_dir():
             raise ABError(f"--out {out}: is a file; give a folder")
