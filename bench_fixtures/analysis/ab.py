@@ -5,7 +5,8 @@
 
 Each case gets two workers, one per side (another interpreter, i.e. another venv with another
 torch or TensorFlow, and/or other environment variables), kept warm for a block of rounds. Their
-rounds alternate, ABBA: pair i runs baseline then candidate, pair i+1 candidate then baseline, so
+rounds alternate, ABBA: pair i runs baseline then candidate, pair i+1 candidate then baseline (an even
+number of pairs per block, so each side runs second equally often: second is slower here), so
 whatever drifts during the session (a noisy neighbour, thermal throttling, a CPU hog) lands on both
 sides of every pair. Two blocks, each with fresh workers, the baseline's started first in one and
 the candidate's in the other: of two identical workers, the second started ran steadily faster. The verdict tests the paired ratios, candidate/baseline: a case regresses when
@@ -43,6 +44,9 @@ from ..runner.worker import WorkerError
 from . import stats
 
 SIDES = ("baseline", "candidate")
+# Before each timed round: the other side's worker has just finished one, and its runtime's threads
+# spin on for a while (OpenMP/MKL wait policies) before they sleep; its round should not pay for that.
+SETTLE_S = 0.25
 PASS, REGRESSION, CANNOT_RUN = 0, 1, 2
 
 
@@ -88,6 +92,7 @@ def run_case(framework: str, model: str, cfg: Any, bundle_dir: Path, meta: dict,
             for i in range(pairs // 2):
                 for current in (SIDES if i % 2 == 0 else SIDES[::-1]):
                     exp = exps[current]
+                    time.sleep(SETTLE_S)
                     if measure == "steps":
                         start = time.perf_counter()
                         exp.train_steps()
@@ -181,7 +186,7 @@ def main(argv: list[str] | None = None, prog: str = "bench ab") -> int:
     p.add_argument("--data-dir", help="CIFAR-10 folder (profile seed, or --dataset cifar10)")
     p.add_argument("--dataset", choices=("cifar10", "synthetic"))
     p.add_argument("--measure", default="steps", choices=("steps", "finetune"))
-    p.add_argument("--pairs", type=int, default=12, help="alternated pairs of rounds, even: half in each block (12)")
+    p.add_argument("--pairs", type=int, default=12, help="alternated pairs of rounds, a multiple of 4: half in each block (12)")
     p.add_argument("--steps", type=int, default=10, help="training steps per round, --measure steps (10)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per side first, --measure steps (5)")
     p.add_argument("--epochs", type=int, help="fine-tuning epochs, --measure finetune (profile's)")
@@ -197,12 +202,12 @@ def main(argv: list[str] | None = None, prog: str = "bench ab") -> int:
                             env=parse_env(getattr(a, f"{side}_env"), f"--{side}-env")) for side in SIDES}
         if not (math.isfinite(a.threshold) and a.threshold >= 0 and math.isfinite(a.alpha) and 0 < a.alpha < 1):
             raise ABError("--threshold must be a number >= 0 and --alpha lie in (0, 1)")
-        if a.pairs < 2 or a.pairs % 2 or stats.min_paired_p(a.pairs) >= a.alpha:
-            need = max(2, math.ceil(math.log2(1 / a.alpha)) + 1)
-            need += need % 2
-            raise ABError(f"--pairs {a.pairs}: give an even number (two blocks, each side's worker started first "
-                          f"in one) of at least {need}, the fewest with which the signed-rank test can reach "
-                          f"p < {a.alpha:g}")
+        if a.pairs < 4 or a.pairs % 4 or stats.min_paired_p(a.pairs) >= a.alpha:
+            need = max(4, math.ceil(math.log2(1 / a.alpha)) + 1)
+            need += -need % 4
+            raise ABError(f"--pairs {a.pairs}: give a multiple of 4 (two blocks, each side's worker started first in "
+                          f"one; in each block each side runs first in half the pairs) of at least {need}, the "
+                          f"fewest with which the signed-rank test can reach p < {a.alpha:g}")
         out = Path(a.out).expanduser()
         if out.exists() and not out.is_dir():
             raise ABError(f"--out {out}: is a file; give a folder")
