@@ -70,6 +70,7 @@ def test_ab_passes_identical_sides_while_a_cpu_hog_runs_for_part_of_the_session(
     base, cand = load_run(tmp_path / "ab" / "baseline.json"), load_run(tmp_path / "ab" / "candidate.json")
     assert [b["name"] for b in base["benchmarks"]] == ["test_train_step[torch-mobilenet_v2]"]
     assert len(cand["benchmarks"][0]["stats"]["data"]) == 8
+    assert len(cand["benchmarks"][0]["extra_info"]["warmups_s"]) == 2  # one warm-up per block's worker, kept
     verdict = json.loads((tmp_path / "ab" / "verdict.json").read_text())
     assert verdict["cases"][0]["verdict"] == "ok" and verdict["cases"][0]["time"]["pairs"] == 8
     assert list(tmp_path.glob("bench-*")) == []  # the work folder went with the session

@@ -78,7 +78,7 @@ def run_case(framework: str, model: str, cfg: Any, bundle_dir: Path, meta: dict,
     identical workers ran 3-16% faster here, steadily (all 8 pairs), so block 1 starts the baseline's
     worker first and block 2 the candidate's. Returns per side its rounds (seconds), accuracies
     (finetune), worker info and the failure, if any."""
-    out: dict[str, Any] = {side: dict(rounds=[], accuracy=[], info={}, error=None) for side in SIDES}
+    out: dict[str, Any] = {side: dict(rounds=[], accuracy=[], info={}, warmups=[], error=None) for side in SIDES}
     current = SIDES[0]
     for block, order in enumerate((SIDES, SIDES[::-1])):
         exps = {side: Experiment(framework, model, cfg, bundle_dir, work / f"{side}-{block}", meta,
@@ -87,8 +87,8 @@ def run_case(framework: str, model: str, cfg: Any, bundle_dir: Path, meta: dict,
             for current in order:
                 out[current]["info"] = exps[current].load()
                 exps[current].init()
-                if measure == "steps":
-                    exps[current].warm_up()
+                if measure == "steps":  # untimed, but its time is kept (tracing, autotuning)
+                    out[current]["warmups"].append(exps[current].warm_up()["seconds"])
             for i in range(pairs // 2):
                 for current in (SIDES if i % 2 == 0 else SIDES[::-1]):
                     exp = exps[current]
@@ -155,7 +155,9 @@ def run_file(side: str, cfg: Any, results: dict[str, dict[str, Any]], measure: s
                      env=sides[side]["env"], measure=measure, framework_version=info.get("framework_version"),
                      device=cfg.device, batch_size=cfg.batch_size, test_outcome="passed")
         if per_round:
-            extra.update(steps_per_round=cfg.step_count, train_images_per_s=per_round / statistics.median(data))
+            extra.update(steps_per_round=cfg.step_count, train_images_per_s=per_round / statistics.median(data),
+                         warmup_steps=cfg.step_warmup, warmup_s=max(r["warmups"], default=None),
+                         warmups_s=r["warmups"])
         if r["accuracy"]:
             extra.update(accuracy_after=r["accuracy"][-1], test_size=r.get("test_size"))
         benchmarks.append(dict(
