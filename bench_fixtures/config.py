@@ -20,8 +20,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # The seed experiment: full CIFAR-10, 5 epochs at batch 32, fine-tuning ImageNet weights.
     "seed": dict(dataset="cifar10", train_size=0, test_size=0, epochs=5, batch_size=32,
                  weights="imagenet", image_size=32, finetune_rounds=1, step_rounds=10, step_count=50,
-                 step_warmup=20, min_accuracy_gain=0.10, eval_every_epoch=True, worker_timeout=7200.0,
-                 bn_momentum=0.1),
+                 step_warmup=20, min_accuracy_gain=0.10, eval_every_epoch=True, worker_timeout=7200.0),
 }
 # A profile on the other data set: smoke on real CIFAR-10 needs more steps than 16 to show a gain
 # (and BN statistics at the usual momentum); applied before explicit options.
@@ -29,9 +28,14 @@ DATASET_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
     ("smoke", "cifar10"): dict(train_size=2000, test_size=1000, bn_momentum=0.1),
 }
 COMMON: dict[str, Any] = dict(optimizer="sgd", lr=None, momentum=0.9, seed=0, device="auto",
-                              data_dir=None, precision="fp32", compile="off", preprocess="auto",
-                              bn_momentum=0.1, bn_eps=1e-5, adam_eps=1e-8, monitor_interval=0.05,
-                              worker_memory_limit=0)
+                              data_dir=None, preprocess="auto", monitor_interval=0.05,
+                              worker_memory_limit=0, setup="matched")
+# The framework settings whose defaults differ between torch and TensorFlow. `matched` aligns them
+# to these values; `defaults` leaves each framework's own (None: the worker sets nothing and reads
+# back what the framework uses). A value given by an option, or by the profile (smoke's BatchNorm
+# momentum, which 16 steps from random init need), is applied in both setups.
+MATCHED: dict[str, Any] = dict(precision="fp32", compile="off", bn_momentum=0.1, bn_eps=1e-5, adam_eps=1e-8)
+SETUPS = ("matched", "defaults")
 MIN_WORKER_MEMORY_MIB = 1024  # torch or TensorFlow imported, before any model
 # The real ranges, each with the reason a value outside it cannot run (said in the error).
 MAX_SEED = 2**32 - 1  # Keras' set_random_seed seeds NumPy's legacy generator: 32 bits
@@ -45,9 +49,9 @@ DEFAULT_LR = {"sgd": 0.01, "adam": 0.001}
 CHOICES = {"profile": ("auto", "smoke", "seed"), "dataset": ("cifar10", "synthetic"),
            "weights": ("imagenet", "none"), "device": ("auto", "cpu", "gpu"),
            "optimizer": ("sgd", "adam"), "precision": ("fp32", "tf32"), "compile": ("off", "on"),
-           "preprocess": ("auto", "cifar", "native")}
+           "preprocess": ("auto", "cifar", "native"), "setup": ("matched", "defaults", "both")}
 # Option name for each field, so an error names what the user typed.
-OPTION = {f: "--" + f.replace("_", "-") for f in (*PROFILES["smoke"], *COMMON)}
+OPTION = {f: "--" + f.replace("_", "-") for f in (*PROFILES["smoke"], *COMMON, *MATCHED)}
 OPTION["profile"] = "--bench-profile"
 
 
@@ -73,11 +77,13 @@ class BenchConfig:
     weights: str
     image_size: int
     preprocess: str        # resolved: "cifar" or "native"
-    precision: str
-    compile: str
-    bn_momentum: float     # torch convention; Keras gets 1 - this
-    bn_eps: float
-    adam_eps: float
+    setup: str             # "matched", "defaults", or "both" (a session that runs each case in both)
+    # The MATCHED settings; None = the framework's own default (setup defaults), read back by the worker.
+    precision: str | None
+    compile: str | None
+    bn_momentum: float | None  # torch convention; Keras gets 1 - this
+    bn_eps: float | None       # None with matched + imagenet weights too: each backbone keeps its own
+    adam_eps: float | None
     seed: int
     min_accuracy_gain: float
     worker_timeout: float
@@ -88,14 +94,35 @@ class BenchConfig:
     eval_every_epoch: bool
     monitor_interval: float  # seconds between utilisation/memory samples
     worker_memory_limit: int  # MiB of host memory a worker may map (RLIMIT_DATA); 0 = no limit
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # MATCHED settings given by option/profile
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def setups(self) -> tuple[str, ...]:
+        return SETUPS if self.setup == "both" else (self.setup,)
+
+    def for_setup(self, setup: str) -> "BenchConfig":
+        """This session's config for one case in SETUP: the framework settings that setup implies."""
+        return dataclasses.replace(self, setup=setup, **setup_values(setup, self.overrides, self.weights))
+
     def headline(self) -> str:
         return (f"bench: profile={self.profile} ({self.profile_reason}); device={self.device} "
                 f"({self.device_reason}); dataset={self.dataset}; epochs={self.epochs} "
-                f"batch={self.batch_size} weights={self.weights} precision={self.precision}")
+                f"batch={self.batch_size} weights={self.weights} setup={self.setup}"
+                + (f" precision={self.precision}" if self.precision else ""))
+
+
+def setup_values(setup: str, overrides: Mapping[str, Any], weights: str) -> dict[str, Any]:
+    """The MATCHED settings under SETUP: aligned (matched), the framework's own (defaults: None),
+    and in both the values given explicitly. Pretrained backbones keep the BatchNorm epsilon their
+    weights were trained with (Keras' MobileNetV2 1e-3, torchvision 1e-5): forcing one changes
+    what the weights compute; momentum only shapes training and is aligned."""
+    values = dict(MATCHED) if setup == "matched" else dict.fromkeys(MATCHED)
+    if weights == "imagenet":
+        values["bn_eps"] = None
+    return {**values, **overrides}
 
 
 def _check_choice(field: str, value: Any) -> None:
@@ -138,11 +165,15 @@ def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "") ->
                           else "auto: --device cpu")
     else:
         profile_reason = "--bench-profile"
-    unknown = set(given) - set(PROFILES[profile]) - set(COMMON)
+    unknown = set(given) - set(PROFILES[profile]) - set(COMMON) - set(MATCHED)
     if unknown:
         raise ConfigError(f"unknown setting(s) {sorted(unknown)}")
     dataset = given.get("dataset", PROFILES[profile]["dataset"])
     values = {**COMMON, **PROFILES[profile], **DATASET_OVERRIDES.get((profile, dataset), {}), **given}
+    _check_choice("setup", values["setup"])
+    values["overrides"] = {k: values[k] for k in MATCHED if k in values}
+    values.update(setup_values(values["setup"] if values["setup"] != "both" else "matched",
+                               values["overrides"], values.get("weights", "")))
     if device == "auto":
         values["device"] = "gpu" if gpu_count else "cpu"
         device_reason = f"auto: {gpu_count} GPU(s) seen by NVML" if gpu_count else "auto: " + (gpu_reason or "no GPU")
@@ -150,7 +181,8 @@ def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "") ->
         device_reason = "--device"
 
     for field in ("dataset", "weights", "optimizer", "precision", "compile", "preprocess"):
-        _check_choice(field, values[field])
+        if values[field] is not None:
+            _check_choice(field, values[field])
     for field in ("train_size", "test_size", "step_warmup", "worker_memory_limit"):
         _check_number(field, values[field], int, 0)
     for field in ("epochs", "batch_size", "finetune_rounds", "step_rounds", "step_count"):
@@ -182,7 +214,8 @@ def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "") ->
         raise ConfigError(f"--min-accuracy-gain {values['min_accuracy_gain']!r}: must lie in [-1, 1]: it is a "
                           f"fraction of the test set (0.05 = 5 points)")
     for field in ("bn_momentum", "bn_eps", "adam_eps", "monitor_interval"):
-        _check_number(field, values[field], float, 0, low_ok=False)
+        if values[field] is not None:
+            _check_number(field, values[field], float, 0, low_ok=False)
     low, high = MONITOR_INTERVAL_RANGE
     if not low <= values["monitor_interval"] <= high:
         raise ConfigError(f"--monitor-interval {values['monitor_interval']:g}: must lie in [{low:g}, {high:g}] s: "
@@ -193,13 +226,13 @@ def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "") ->
             raise ConfigError("--data-dir is empty; give a folder, or leave the option out for the default")
         values["data_dir"] = _data_dir(str(values["data_dir"]))
     for field in ("bn_eps", "adam_eps"):
-        if values[field] > 1:
+        if values[field] is not None and values[field] > 1:
             raise ConfigError(f"{OPTION[field]} {values[field]!r}: must lie in (0, 1]: an epsilon above 1 outweighs "
                               f"what it guards (a variance, a second moment)")
-    if values["bn_momentum"] < 1e-6:
+    if values["bn_momentum"] is not None and values["bn_momentum"] < 1e-6:
         raise ConfigError(f"--bn-momentum {values['bn_momentum']!r}: must be at least 1e-6: below that the running "
                           f"statistics never move in any run's length")
-    if values["bn_momentum"] > 1:
+    if values["bn_momentum"] is not None and values["bn_momentum"] > 1:
         raise ConfigError(f"--bn-momentum {values['bn_momentum']}: must lie in (0, 1] (torch convention)")
     if 0 < values["worker_memory_limit"] < MIN_WORKER_MEMORY_MIB:
         raise ConfigError(f"--worker-memory-limit {values['worker_memory_limit']}: a framework alone needs more; "

@@ -6,6 +6,7 @@ implementations can only come from the framework, never from two copies of a con
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -105,14 +106,20 @@ def parity_rows(descriptions: list[dict]) -> list[dict]:
                              non_trainable_params=d["non_trainable_params"],
                              bn=d["batchnorm"], optimizer=d["optimizer"], loss=d["loss"],
                              input_transform=d["input_transform"], precision=d["precision"],
-                             trainable_rel_diff=rel,
+                             settings=d.get("settings") or {}, trainable_rel_diff=rel,
                              explained="; ".join(SPECS[model].differences)))
     return rows
 
 
-def parity_problems(rows: list[dict]) -> list[str]:
+def _bn_momentum(bn: Any) -> Any:
+    return sorted({m for m, _ in bn}) if isinstance(bn, list) else bn
+
+
+def parity_problems(rows: list[dict], setup: str = "matched", weights: str = "none") -> list[str]:
     """What breaks parity: parameter counts beyond tolerance without an explanation, or BN,
-    optimizer or loss settings that the two frameworks do not share."""
+    optimizer or loss settings that the two frameworks do not share. In the defaults setup the
+    settings differ by design (see `parity_notes`); pretrained backbones keep their own BatchNorm
+    epsilon, so with ImageNet weights only the momentum must agree."""
     problems = []
     by_model: dict[str, list[dict]] = {}
     for r in rows:
@@ -126,10 +133,40 @@ def parity_problems(rows: list[dict]) -> list[str]:
             problems.append(f"{model}: trainable parameters {a['trainable_params']} vs "
                             f"{b['trainable_params']} differ by {a['trainable_rel_diff']:.2%} "
                             f"(> {PARITY_TOLERANCE:.1%}) with no explanation in models.SPECS")
-        for key in ("bn", "optimizer", "loss", "precision"):
-            if a[key] != b[key]:
-                problems.append(f"{model}: {key} differs: {a['framework']} {a[key]} vs {b['framework']} {b[key]}")
+        for key in ("bn", "optimizer", "loss", "precision") if setup == "matched" else ("loss",):
+            va, vb = a[key], b[key]
+            if key == "bn" and weights == "imagenet":
+                va, vb = _bn_momentum(va), _bn_momentum(vb)
+            if va != vb:
+                problems.append(f"{model}: {key} differs: {a['framework']} {va} vs {b['framework']} {vb}")
     return problems
+
+
+SETTING_KEYS = ("tf32_matmul", "tf32_conv", "cudnn_autotune", "xla", "compile_requested", "memory_allocator",
+                "input_autotune", "prefetch", "bn_momentum", "bn_eps", "adam_eps")
+
+
+def parity_notes(rows: list[dict], setup: str = "matched", weights: str = "none") -> list[str]:
+    """The settings as each framework read them back, one line each, marking where they differ
+    and why that is expected (the defaults setup; a pretrained backbone's own epsilon)."""
+    by_fw: dict[str, dict] = {}
+    for r in rows:
+        by_fw.setdefault(r["framework"], r.get("settings") or {})
+    lines = []
+    for key in SETTING_KEYS:
+        values = {fw: s.get(key) for fw, s in sorted(by_fw.items())}
+        if all(v is None for v in values.values()):
+            continue
+        same = len({repr(v) for v in values.values()}) == 1
+        why = "" if same else (" (each framework's default: setup defaults)" if setup == "defaults" else
+                               " (each pretrained backbone keeps the epsilon it was trained with)"
+                               if key == "bn_eps" and weights == "imagenet" else
+                               " (the frameworks differ here by nature)" if key in ("xla", "compile_requested",
+                                                                                    "memory_allocator", "input_autotune",
+                                                                                    "prefetch") else "")
+        lines.append(f"- {key}: " + ", ".join(f"{fw} {v}" for fw, v in values.items())
+                     + ("" if same else " — differs" + why))
+    return lines
 
 
 def format_parity(rows: list[dict]) -> str:

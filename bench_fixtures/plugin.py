@@ -48,14 +48,21 @@ OPTIONS = [
     ("--step-count", "step_count", int, "training steps per test_train_step round (smoke 1, seed 50)"),
     ("--step-warmup", "step_warmup", int, "untimed steps before test_train_step rounds (smoke 1, seed 20)"),
     ("--image-size", "image_size", int, "input size the backbone sees; CIFAR's 32 px are resized on the device (32)"),
-    ("--precision", "precision", str, "fp32 or tf32, set alike in both frameworks (fp32)"),
-    ("--compile", "compile", str, "off, or on = XLA jit_compile in Keras and torch.compile (off)"),
+    ("--setup", "setup", str, "matched (the framework settings below aligned), defaults (each framework as "
+                              "it ships: what a user gets) or both (each case in each setup, ids end in "
+                              "-matched / -defaults) (matched)"),
+    ("--precision", "precision", str, "fp32 or tf32, set alike in both frameworks (matched: fp32; "
+                                      "defaults: each framework's own)"),
+    ("--compile", "compile", str, "off, or on = XLA jit_compile in Keras and torch.compile (matched: off; "
+                                  "defaults: Keras jit_compile='auto', torch eager)"),
     ("--preprocess", "preprocess", str, "auto, cifar (shared CIFAR mean/std) or native (each weights' own "
                                         "preprocessing); auto = native with imagenet weights"),
     ("--bn-momentum", "bn_momentum", float, "BatchNorm momentum, torch convention; Keras gets 1 - m "
-                                            "(smoke 0.5, seed 0.1)"),
-    ("--bn-eps", "bn_eps", float, "BatchNorm epsilon in both frameworks (1e-5)"),
-    ("--adam-eps", "adam_eps", float, "Adam epsilon in both frameworks (1e-8)"),
+                                            "(smoke 0.5; seed: 0.1 matched, each framework's own with defaults)"),
+    ("--bn-eps", "bn_eps", float, "BatchNorm epsilon in both frameworks (matched 1e-5, except pretrained "
+                                  "backbones, which keep their own; defaults: each framework's own)"),
+    ("--adam-eps", "adam_eps", float, "Adam epsilon in both frameworks (matched 1e-8; defaults: torch 1e-8, "
+                                      "Keras 1e-7)"),
     ("--eval-every-epoch", "eval_every_epoch", None, "evaluate on the test split after every epoch "
                                                      "(Keras validation_data; a torch eval loop; seed: on)"),
     ("--monitor-interval", "monitor_interval", float, "seconds between utilisation/memory samples, taken "
@@ -131,12 +138,22 @@ def _rootdir_from_options(config: pytest.Config, parser: pytest.Parser, args: li
         config.known_args_namespace.confcutdir = str(inipath.parent if inipath else rootpath)
 
 
-def _case_key(item: pytest.Item) -> tuple[str, str] | None:
-    """(framework, model) of a benchmark case: a test that uses `bench_runner`, parametrised by both."""
+def _case_key(item: pytest.Item) -> tuple[str, str, str | None] | None:
+    """(framework, model, setup) of a benchmark case: a test that uses `bench_runner`, parametrised
+    by framework and model (and by setup in a `--setup both` session; else None)."""
     params = getattr(getattr(item, "callspec", None), "params", {})
     if "bench_runner" in getattr(item, "fixturenames", ()) and "framework" in params and "model" in params:
-        return params["framework"], params["model"]
+        return params["framework"], params["model"], params.get("bench_setup")
     return None
+
+
+@pytest.hookimpl(trylast=True)  # after the parametrize marks: the setup's id comes last
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`--setup both`: every case that takes `bench_setup` runs in each setup, ids ending in
+    -matched / -defaults. With one setup the ids stay as they are (the fixture gives it)."""
+    from .config import SETUPS
+    if "bench_setup" in metafunc.fixturenames and metafunc.config.getoption("bench_setup", None) == "both":
+        metafunc.parametrize("bench_setup", SETUPS, ids=SETUPS)
 
 
 def _require_writable(folder: str | Path, option: str, hint: str = "") -> None:
@@ -315,6 +332,12 @@ def bench_config(pytestconfig: pytest.Config) -> BenchConfig:
     if state is None:
         pytest.skip("no benchmark case collected in this session")
     return state.cfg
+
+
+@pytest.fixture(scope="session")
+def bench_setup(bench_config: BenchConfig) -> str:
+    """The case's setup: the session's one (with `--setup both`, the parametrisation gives it)."""
+    return bench_config.setups[0]
 
 
 @pytest.fixture(scope="session")

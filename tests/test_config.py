@@ -64,7 +64,10 @@ def test_bad_values_name_the_option(options, needle):
 
 
 def test_profiles_share_their_keys():
-    assert PROFILES["smoke"].keys() == PROFILES["seed"].keys()
+    """Except the framework settings that the setups decide: a profile that sets one (smoke's BN
+    momentum) sets it in both setups."""
+    from bench_fixtures.config import MATCHED
+    assert PROFILES["smoke"].keys() - MATCHED.keys() == PROFILES["seed"].keys() - MATCHED.keys()
 
 
 def test_bad_option_stops_pytest_before_any_worker(tmp_path):

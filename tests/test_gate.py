@@ -112,6 +112,15 @@ def test_mismatch_rules():
     assert gate.mismatches(base, other_gpu, "all") == []
 
 
+def test_the_setups_are_never_compared_with_each_other():
+    """matched and defaults answer different questions; runs from before `setup` existed were matched."""
+    old = run_of([bench("a", [1.0])], config={k: v for k, v in CONFIG.items() if k != "setup"})
+    matched = run_of([bench("a", [1.0])], config=dict(CONFIG, setup="matched"))
+    defaults = run_of([bench("a", [1.0])], config=dict(CONFIG, setup="defaults"))
+    assert gate.mismatches(old, matched, "versions") == []
+    assert gate.mismatches(matched, defaults, "versions") == ["bench_config.setup: 'matched' vs 'defaults'"]
+
+
 # --------------------------------------------------------------------------- end to end
 
 ROOT = Path(__file__).resolve().parents[1]

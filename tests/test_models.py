@@ -53,6 +53,19 @@ def test_head_init_is_shared_and_seeded():
     assert a[0].shape == (512, 10) and np.abs(a[0]).max() <= np.sqrt(6 / 522)
 
 
+def test_pretrained_backbones_and_the_defaults_setup_are_judged_for_what_they_align():
+    keras_bn, torch_bn = [(0.1, 0.001)], [(0.1, 1e-5)]
+    rows = models.parity_rows([row("mobilenet_v2", "torch", 10, batchnorm=torch_bn),
+                               row("mobilenet_v2", "tensorflow", 10, batchnorm=keras_bn)])
+    assert models.parity_problems(rows, weights="imagenet") == []  # each keeps its epsilon, momentum aligned
+    assert models.parity_problems(rows) == ["mobilenet_v2: bn differs: tensorflow [(0.1, 0.001)] vs "
+                                            "torch [(0.1, 1e-05)]"]
+    shipped = models.parity_rows([row("mobilenet_v2", "torch", 10, batchnorm=torch_bn),
+                                  row("mobilenet_v2", "tensorflow", 10, batchnorm=[(0.001, 0.001)])])
+    assert models.parity_problems(shipped, weights="imagenet") != []
+    assert models.parity_problems(shipped, setup="defaults") == []  # differences are the point there
+
+
 @pytest.mark.torch
 @pytest.mark.tensorflow
 def test_real_models_have_parity(tmp_path):

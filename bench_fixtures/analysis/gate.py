@@ -79,7 +79,8 @@ METRICS = {m.name: m for m in [
 HARDWARE_KEYS = ("gpu_name", "cpu_model")
 VERSION_KEYS = tuple(p for f in FRAMEWORKS.values() for p in f.packages)
 CONFIG_KEYS = ("profile", "device", "dataset", "train_size", "test_size", "epochs", "batch_size", "weights",
-               "precision", "compile", "image_size", "optimizer", "lr")
+               "setup", "precision", "compile", "image_size", "optimizer", "lr")
+CONFIG_DEFAULTS = {"setup": "matched"}  # what runs recorded before the key existed ran
 
 
 @dataclass
@@ -161,8 +162,9 @@ def mismatches(base: dict, cand: dict, allow: str) -> list[str]:
                 out.append(f"machine_info.{key}: {bm.get(key)!r} vs {cm.get(key)!r}")
         bc, cc = base.get("bench_config") or {}, cand.get("bench_config") or {}
         for key in CONFIG_KEYS:
-            if bc.get(key) != cc.get(key):
-                out.append(f"bench_config.{key}: {bc.get(key)!r} vs {cc.get(key)!r}")
+            b, c = (conf.get(key, CONFIG_DEFAULTS.get(key)) for conf in (bc, cc))
+            if b != c:
+                out.append(f"bench_config.{key}: {b!r} vs {c!r}")
     if allow == "none":
         bp, cp = bm.get("packages") or {}, cm.get("packages") or {}
         for key in VERSION_KEYS:

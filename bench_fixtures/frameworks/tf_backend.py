@@ -1,8 +1,10 @@
 """TensorFlow backend: keras.applications backbone + shared head, trained the idiomatic way (`fit`).
 
-Imported only inside a TensorFlow worker process. Keras' own defaults that would make the
-comparison unequal are set explicitly: memory growth on, XLA (`jit_compile`) off unless
---compile on, TF32 as --precision says, BatchNorm momentum/epsilon and Adam epsilon aligned.
+Imported only inside a TensorFlow worker process. In the `matched` setup, Keras' own defaults that
+would make the comparison unequal are set explicitly: memory growth on, XLA (`jit_compile`) off
+unless --compile on, tf.data autotuning off, TF32 as --precision says, BatchNorm momentum/epsilon
+and Adam epsilon aligned. In `defaults` none of these is touched (a value left None in the config),
+and everything is read back either way (`settings`).
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ import tensorflow as tf  # noqa: E402
 from ..data import MEAN, STD, Bundle  # noqa: E402
 from ..models import SPECS, f32, head_init, input_transform, transform_mode  # noqa: E402
 from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, EVAL_START, EVAL_STOP, FIRST_STEP_END,  # noqa: E402
-                                 FIRST_STEP_START, LAST_STEP_END, RUN_START, RUN_STOP, Timeline)
+                                 FIRST_STEP_START, LAST_STEP_END, RUN_START, RUN_STOP, USER_WORK_START,
+                                 USER_WORK_STOP, Timeline)
 from .protocol import BackendError, WeightsError, nonfinite_error  # noqa: E402
 
 
@@ -69,44 +72,54 @@ class FirstNonFiniteStep(keras.metrics.Metric):
 PREFETCH = 4  # batches ready ahead of the training step
 
 
-class _TimelineCallback(keras.callbacks.Callback):
-    """Epoch and step boundaries from the main thread only: overriding a *_batch_end hook would
-    make Keras convert logs to numpy after every step (a device sync per step)."""
+class _StepClock:
+    """Step boundaries where the steps happen: `fit` calls the model's train function once per step,
+    and this wraps it (see `_instrument`). The first and the last step of an epoch are synchronised
+    and recorded as they finish, so everything Keras does after the last step (epoch metrics,
+    validation set-up, callbacks, a fresh iterator) lands between epochs, not in the steps.
+    Callbacks cannot do this: overriding a *_batch_end hook makes Keras convert the logs to numpy
+    after every step on the main thread (a device sync per step)."""
 
-    def __init__(self, timeline: Timeline, backend: "TensorFlowBackend") -> None:
-        super().__init__()
-        self.timeline, self.backend, self.epoch, self.steps_done = timeline, backend, 0, False
+    def __init__(self, timeline: Timeline, steps_per_epoch: int) -> None:
+        self.timeline, self.steps, self.epoch, self.step = timeline, steps_per_epoch, 0, 0
 
-    def _steps_done(self) -> None:
-        if not self.steps_done:
+    def begin_epoch(self, epoch: int) -> None:
+        self.epoch, self.step = epoch, 0
+
+    def __call__(self, inner, iterator):
+        step, self.step = self.step, self.step + 1
+        if step == 0:
+            self.timeline.record(FIRST_STEP_START, epoch=self.epoch)
+        logs = inner(iterator)
+        if step == 0 or step == self.steps - 1:
             tf.test.experimental.sync_devices()
-            if not any(e["name"] == FIRST_STEP_END and e.get("epoch") == self.epoch
-                       for e in self.timeline.events):
+            if step == 0:
                 self.timeline.record(FIRST_STEP_END, epoch=self.epoch)
-            self.timeline.record(LAST_STEP_END, epoch=self.epoch)
-            self.steps_done = True
+            if step == self.steps - 1:
+                self.timeline.record(LAST_STEP_END, epoch=self.epoch)
+        return logs
+
+
+class _TimelineCallback(keras.callbacks.Callback):
+    """Epoch and validation boundaries (the steps are the StepClock's), from the main thread."""
+
+    def __init__(self, timeline: Timeline, backend: "TensorFlowBackend", clock: _StepClock) -> None:
+        super().__init__()
+        self.timeline, self.backend, self.clock, self.epoch = timeline, backend, clock, 0
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch, self.steps_done = epoch, False
+        self.epoch = epoch
+        self.clock.begin_epoch(epoch)
         self.backend.reset_peak_memory()
         self.timeline.record(EPOCH_START, epoch=epoch)
 
-    def on_train_batch_begin(self, batch, logs=None):
-        if batch == 0:
-            self.timeline.record(FIRST_STEP_START, epoch=self.epoch)
-        elif batch == 1:  # step 0 has been dispatched; wait for it, as the torch loop does
-            tf.test.experimental.sync_devices()
-            self.timeline.record(FIRST_STEP_END, epoch=self.epoch)
-
     def on_test_begin(self, logs=None):
-        self._steps_done()
         self.timeline.record(EVAL_START, epoch=self.epoch)
 
     def on_test_end(self, logs=None):
         self.timeline.record(EVAL_STOP, epoch=self.epoch)
 
     def on_epoch_end(self, epoch, logs=None):
-        self._steps_done()
         logs = logs or {}
         bad = int(logs.get("first_nonfinite_step", -1))
         if bad >= 0:
@@ -116,26 +129,59 @@ class _TimelineCallback(keras.callbacks.Callback):
                              val_accuracy=logs.get("val_accuracy"))
 
 
+def configure(cfg: dict[str, Any]) -> None:
+    """The process-wide settings of a setup (the backend and the standalone bare loop share it)."""
+    if cfg.get("setup", "matched") == "matched":  # else TF reserves nearly all GPU memory up front
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    if cfg.get("precision") is not None:  # None: TensorFlow's default (TF32 on)
+        tf.config.experimental.enable_tensor_float_32_execution(cfg["precision"] == "tf32")
+
+
+class _SleepCallback(keras.callbacks.Callback):
+    """The tests' stand-in for a user's callbacks: work at the end of each epoch and at the start
+    of validation (see `add_sleep_hooks`), each marked on the timeline."""
+
+    def __init__(self, timeline: Timeline, epoch_end_s: float, eval_begin_s: float) -> None:
+        super().__init__()
+        self.timeline, self.epoch_end_s, self.eval_begin_s, self.epoch = timeline, epoch_end_s, eval_begin_s, 0
+
+    def _work(self, at: str, seconds: float) -> None:
+        self.timeline.record(USER_WORK_START, epoch=self.epoch, at=at)
+        time.sleep(seconds)
+        self.timeline.record(USER_WORK_STOP, epoch=self.epoch, at=at)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._work("epoch_end", self.epoch_end_s)
+
+    def on_test_begin(self, logs=None):
+        self._work("eval_begin", self.eval_begin_s)
+
+
 class TensorFlowBackend:
     framework = "tensorflow"
 
     def __init__(self, cfg: dict[str, Any], bundle: Bundle, timeline: Timeline) -> None:
         self.cfg, self.bundle, self.timeline = cfg, bundle, timeline
+        self.matched = cfg.get("setup", "matched") == "matched"
         gpus = tf.config.list_physical_devices("GPU")
-        for gpu in gpus:  # or TF reserves the whole GPU and its memory figure means nothing
-            tf.config.experimental.set_memory_growth(gpu, True)
+        configure(cfg)
         if cfg["device"] == "gpu" and not gpus:
             build = tf.sysconfig.get_build_info()
             raise BackendError(f"--device gpu, but TensorFlow {tf.__version__} (built for CUDA "
                                f"{build.get('cuda_version')}, cuDNN {build.get('cudnn_version')}) sees no "
                                f"GPU; install tensorflow[and-cuda] matching the driver")
-        tf.config.experimental.enable_tensor_float_32_execution(cfg["precision"] == "tf32")
         keras.utils.set_random_seed(cfg["seed"])
         self.gpu = bool(gpus) and cfg["device"] == "gpu"
         with tf.device("/CPU:0"):  # host-side arrays; batches go to the device through tf.data
             self.train_x = tf.constant(np.asarray(bundle.train.images))
             self.train_y = tf.constant(np.asarray(bundle.train.labels))
         self.model: keras.Model | None = None
+        self.clock: _StepClock | None = None  # set while `fit` runs
+        self.test_callbacks: list[keras.callbacks.Callback] = []  # the tests' own (a user's callbacks)
 
     @staticmethod
     def is_out_of_memory(exc: BaseException) -> bool:
@@ -153,7 +199,13 @@ class TensorFlowBackend:
                     tf32_matmul=tf.config.experimental.tensor_float_32_execution_enabled(),
                     tf32_conv=tf.config.experimental.tensor_float_32_execution_enabled(),
                     cudnn_autotune=os.environ.get("TF_CUDNN_USE_AUTOTUNE", "1") != "0",
-                    memory_growth=True)
+                    memory_growth=self._memory_growth(), setup=self.cfg.get("setup", "matched"))
+
+    @staticmethod
+    def _memory_growth() -> bool | None:
+        """Read back from TensorFlow; None without a GPU (nothing to grow)."""
+        gpus = tf.config.list_physical_devices("GPU")
+        return all(tf.config.experimental.get_memory_growth(g) for g in gpus) if gpus else None
 
     # -- model -----------------------------------------------------------------------------
     def _backbone(self, name: str) -> keras.Model:
@@ -195,23 +247,43 @@ class TensorFlowBackend:
         self.backbone = backbone = self._backbone(name)
         if self.cfg["weights"] != "imagenet":
             self._torchvision_init(backbone)
-        for layer in backbone.layers:
+        for layer in backbone.layers:  # None: as keras.applications ships it
             if isinstance(layer, keras.layers.BatchNormalization):
-                layer.momentum = 1.0 - self.cfg["bn_momentum"]  # Keras' m is torch's 1 - m
-                layer.epsilon = self.cfg["bn_eps"]
+                if self.cfg.get("bn_momentum") is not None:
+                    layer.momentum = 1.0 - self.cfg["bn_momentum"]  # Keras' m is torch's 1 - m
+                if self.cfg.get("bn_eps") is not None:
+                    layer.epsilon = self.cfg["bn_eps"]
         head = keras.layers.Dense(10, name="head")
         outputs = head(backbone(InputTransform(self.transform, self.cfg["image_size"])(inputs)))
         head.set_weights(list(head_init(spec.feature_dim, self.cfg["seed"])))
         self.model = keras.Model(inputs, outputs)
         if self.cfg["optimizer"] == "sgd":
             opt = keras.optimizers.SGD(self.cfg["lr"], momentum=self.cfg["momentum"])
-        else:
+        elif self.cfg.get("adam_eps") is not None:
             opt = keras.optimizers.Adam(self.cfg["lr"], epsilon=self.cfg["adam_eps"])
+        else:
+            opt = keras.optimizers.Adam(self.cfg["lr"])
+        jit = {"on": True, "off": False, None: "auto"}[self.cfg.get("compile")]  # "auto": Keras' default
         self.model.compile(optimizer=opt,
                            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                           metrics=["accuracy", FirstNonFiniteStep()], jit_compile=self.cfg["compile"] == "on")
+                           metrics=["accuracy", FirstNonFiniteStep()], jit_compile=jit)
+        self._instrument()
         self.step_iterator = None
         return self.describe(name)
+
+    def _instrument(self) -> None:
+        """Wrap the train function `fit` calls once per step, so the StepClock sees each step (a
+        counter and, at the first and last step of an epoch, a sync). `train_steps` calls the same
+        function; outside `fit` the wrapper only passes through."""
+        assert self.model is not None
+        self.model.make_train_function()
+        inner = self.model.train_function
+
+        def train_function(iterator):
+            clock = self.clock
+            return inner(iterator) if clock is None else clock(inner, iterator)
+
+        self.model.train_function = train_function
 
     def describe(self, name: str) -> dict[str, Any]:
         assert self.model is not None
@@ -229,9 +301,34 @@ class TensorFlowBackend:
                     non_trainable_params=count(self.model.non_trainable_weights),
                     batchnorm=sorted({(f32(1.0 - b.momentum), f32(b.epsilon)) for b in bns}) or "none",
                     optimizer=optimizer, loss="softmax cross-entropy from logits, mean over batch",
-                    input_transform=self.transform, precision=self.cfg["precision"],
-                    image_size=self.cfg["image_size"], compile=self.cfg["compile"],
-                    init="imagenet" if self.cfg["weights"] == "imagenet" else "he_normal(fan_out), as torchvision")
+                    input_transform=self.transform, precision=self.cfg.get("precision") or "default",
+                    image_size=self.cfg["image_size"], compile=self.cfg.get("compile") or "default",
+                    init="imagenet" if self.cfg["weights"] == "imagenet" else "he_normal(fan_out), as torchvision",
+                    settings=self.settings(bns))
+
+    def settings(self, bns: list) -> dict[str, Any]:
+        """The framework settings the setups differ in, read back from TensorFlow and Keras."""
+        tf32 = tf.config.experimental.tensor_float_32_execution_enabled()
+        opt, growth = self.model.optimizer, self._memory_growth()
+        allocator = {True: "BFC, grows as needed (memory growth)", False: "BFC, reserves the GPU up front",
+                     None: "BFC (no GPU)"}[growth]
+        return dict(setup=self.cfg.get("setup", "matched"), tf32_matmul=tf32, tf32_conv=tf32,
+                    xla=bool(self.model.jit_compile), compile_requested=str(self.cfg.get("compile") or "auto"),
+                    memory_growth=growth, memory_allocator=allocator,
+                    cudnn_autotune=os.environ.get("TF_CUDNN_USE_AUTOTUNE", "1") != "0",
+                    input_autotune=not self.matched, prefetch="AUTOTUNE" if not self.matched else PREFETCH,
+                    bn_momentum=sorted({f32(1.0 - b.momentum) for b in bns}) or None,
+                    bn_eps=sorted({f32(b.epsilon) for b in bns}) or None,
+                    adam_eps=f32(opt.epsilon) if self.cfg["optimizer"] == "adam" else None)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether Keras compiled the steps with XLA (`jit_compile` as resolved; the bare reference follows it)."""
+        return bool(self.model is not None and self.model.jit_compile)
+
+    def add_sleep_hooks(self, epoch_end_s: float, eval_begin_s: float) -> None:
+        """A user's per-epoch work, for the tests (the worker's fault-injection commands only)."""
+        self.test_callbacks.append(_SleepCallback(self.timeline, epoch_end_s, eval_begin_s))
 
     def reset_peak_memory(self) -> None:
         if self.gpu:
@@ -245,15 +342,17 @@ class TensorFlowBackend:
         return dict(peak=info["peak"], reserved_peak=None, current=info["current"])
 
     # -- data ------------------------------------------------------------------------------
-    @staticmethod
-    def _options() -> tf.data.Options:
-        """tf.data autotuning off. Its optimiser thread sleeps for growing periods (up to a minute)
-        and deleting the iterator waits for it: `fit` returned 5-40 s after its last epoch, idle
-        (gdb: ~RootDataset::Iterator waiting on Model::OptimizeLoop). The pipeline is one gather
-        from memory; a fixed prefetch keeps it ahead of the model (see input_headroom)."""
+    def _finish(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+        """matched: tf.data autotuning off. Its optimiser thread sleeps for growing periods (up to a
+        minute) and deleting the iterator waits for it: `fit` returned 5-40 s after its last epoch,
+        idle (gdb: ~RootDataset::Iterator waiting on Model::OptimizeLoop). The pipeline is one
+        gather from memory; a fixed prefetch keeps it ahead of the model (see input_headroom).
+        defaults: `prefetch(tf.data.AUTOTUNE)` with autotuning on, as tf.data's guide writes it."""
+        if not self.matched:
+            return ds.prefetch(tf.data.AUTOTUNE)
         options = tf.data.Options()
         options.autotune.enabled = False
-        return options
+        return ds.prefetch(PREFETCH).with_options(options)
 
     def _train_dataset(self, order: np.ndarray, repeat: bool = False) -> tf.data.Dataset:
         bs = self.cfg["batch_size"]
@@ -261,12 +360,12 @@ class TensorFlowBackend:
         if repeat:
             ds = ds.repeat()
         gather = lambda idx: (tf.gather(self.train_x, idx), tf.gather(self.train_y, idx))  # noqa: E731
-        return ds.batch(bs, drop_remainder=True).map(gather).prefetch(PREFETCH).with_options(self._options())
+        return self._finish(ds.batch(bs, drop_remainder=True).map(gather))
 
     def _test_dataset(self) -> tf.data.Dataset:
         test = self.bundle.test
-        return tf.data.Dataset.from_tensor_slices((np.asarray(test.images), np.asarray(test.labels))) \
-            .batch(self.cfg["batch_size"]).prefetch(PREFETCH).with_options(self._options())
+        return self._finish(tf.data.Dataset.from_tensor_slices((np.asarray(test.images), np.asarray(test.labels)))
+                            .batch(self.cfg["batch_size"]))
 
     def peek_labels(self, batches: int) -> list[list[int]]:
         """Labels of the first BATCHES training batches exactly as `fit` feeds them."""
@@ -285,13 +384,17 @@ class TensorFlowBackend:
         assert self.model is not None
         order, bs = self.bundle.order, self.cfg["batch_size"]
         steps = order.shape[1] // bs
-        callback = _TimelineCallback(self.timeline, self)
+        self.clock = _StepClock(self.timeline, steps)
+        callback = _TimelineCallback(self.timeline, self, self.clock)
         self.diverged: tuple[int, int] | None = None
         self.timeline.record(RUN_START)
-        history = self.model.fit(
-            self._train_dataset(order[:epochs]), epochs=epochs, steps_per_epoch=steps, verbose=0,
-            validation_data=self._test_dataset() if self.cfg["eval_every_epoch"] else None,
-            callbacks=[callback], shuffle=False)
+        try:
+            history = self.model.fit(
+                self._train_dataset(order[:epochs]), epochs=epochs, steps_per_epoch=steps, verbose=0,
+                validation_data=self._test_dataset() if self.cfg["eval_every_epoch"] else None,
+                callbacks=[callback, *self.test_callbacks], shuffle=False)
+        finally:
+            self.clock = None
         self.timeline.record(RUN_STOP)
         if self.diverged is not None:
             raise nonfinite_error("tensorflow", *self.diverged)
@@ -314,43 +417,47 @@ class TensorFlowBackend:
         return dict(seconds=time.perf_counter() - start, batches=count)
 
     def train_steps(self, count: int) -> dict[str, Any]:
-        """COUNT calls of Keras' compiled train function on a persistent iterator, then synchronise."""
+        """COUNT steps down the per-step path of `fit` (Keras 3: on_train_batch_begin, the train
+        function, on_train_batch_end dispatched to Keras' callback thread with the logs), on a
+        persistent iterator, then synchronise. What `fit` adds per epoch (metrics, validation,
+        epoch callbacks) is between-epoch work and is measured there."""
         assert self.model is not None
         if self.step_iterator is None:
             self.step_iterator = iter(self._train_dataset(self.bundle.order, repeat=True))
-            self.model.make_train_function()
         self.model.reset_metrics()
+        callbacks = keras.callbacks.CallbackList([keras.callbacks.Callback(), *self.test_callbacks],
+                                                 add_history=True, model=self.model, verbose=0, epochs=1,
+                                                 steps=count)
+        callbacks.on_train_begin()
         start = time.perf_counter()
-        for _ in range(count):
+        for step in range(count):
+            callbacks.on_train_batch_begin(step)
             logs = self.model.train_function(self.step_iterator)
+            callbacks.on_train_batch_end(step, logs)
         tf.test.experimental.sync_devices()
         seconds = time.perf_counter() - start
+        callbacks.on_train_end()  # joins Keras' callback thread, as the end of `fit` does
         bad = int(logs["first_nonfinite_step"])
         if bad >= 0:
             raise nonfinite_error("tensorflow", None, bad)
         return dict(seconds=seconds, images=count * self.cfg["batch_size"], loss=float(logs["loss"]))
 
 
-def bare_step(model: str, batch: int, device: str, size: int):
+def bare_step(model: str, batch: int, device: str, size: int, compiled: bool = False):
     """The overhead check's reference: a hand-written `tf.function` training step (GradientTape) on
-    a device-resident batch, using none of the class above. Returns (step, sync)."""
-    for gpu in tf.config.list_physical_devices("GPU"):
-        try:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:  # already initialised (inside a worker, which set it already)
-            pass
-    tf.config.experimental.enable_tensor_float_32_execution(False)
+    a device-resident batch, using none of the class above. Returns (step, sync). It runs under the
+    process's settings (the suite's, set by `configure`), with XLA when the suite's steps use it,
+    and changes no process-wide setting (its inputs come from a stateless RNG)."""
     base = getattr(keras.applications, SPECS[model].keras)(include_top=False, weights=None,
                                                           input_shape=(size, size, 3), pooling="avg")
     m = keras.Sequential([base, keras.layers.Dense(10)])
     opt = keras.optimizers.SGD(0.01, momentum=0.9)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    x = tf.random.uniform((batch, 32, 32, 3), 0, 256, dtype=tf.int32)
-    x = tf.cast(x, tf.uint8)
-    y = tf.random.uniform((batch,), 0, 10, dtype=tf.int32)
+    x = tf.cast(tf.random.stateless_uniform((batch, 32, 32, 3), (0, 1), 0, 256, dtype=tf.int32), tf.uint8)
+    y = tf.random.stateless_uniform((batch,), (0, 2), 0, 10, dtype=tf.int32)
     mean, std = tf.constant(MEAN) * 255, tf.constant(STD) * 255
 
-    @tf.function(jit_compile=False)
+    @tf.function(jit_compile=compiled)
     def step():
         with tf.GradientTape() as tape:
             xb = (tf.cast(x, tf.float32) - mean) / std

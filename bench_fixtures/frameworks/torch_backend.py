@@ -1,6 +1,8 @@
 """PyTorch backend: torchvision backbone + shared head, a plain hand-written training loop.
 
 Imported only inside a torch worker process. Synchronises the device wherever a time is taken.
+In the `matched` setup cuDNN autotuning, TF32, BatchNorm and Adam epsilon are set as the config
+says; in `defaults` (values None) torch's own are kept. Both are read back (`settings`).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from torch import nn
 from ..data import MEAN, STD, Bundle
 from ..models import SPECS, f32, head_init, input_transform, transform_mode
 from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, EVAL_START, EVAL_STOP, FIRST_STEP_END, FIRST_STEP_START,
-                                 LAST_STEP_END, RUN_START, RUN_STOP, Timeline)
+                                 LAST_STEP_END, RUN_START, RUN_STOP, USER_WORK_START, USER_WORK_STOP, Timeline)
 from .protocol import BackendError, WeightsError, nonfinite_error
 
 # Test batches are views of the read-only memory-mapped bundle and are only read; torch's warning
@@ -48,6 +50,16 @@ class InputTransform(nn.Module):
         return x
 
 
+def configure(cfg: dict[str, Any]) -> None:
+    """The process-wide settings of a setup (the backend and the standalone bare loop share it)."""
+    if cfg.get("precision") is not None:  # None: torch's default (TF32 for convolutions only)
+        tf32 = "tf32" if cfg["precision"] == "tf32" else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = tf32
+        torch.backends.cudnn.conv.fp32_precision = tf32
+    if cfg.get("setup", "matched") == "matched":
+        torch.backends.cudnn.benchmark = True  # autotuning, as TensorFlow does by default; torch's is off
+
+
 class TorchBackend:
     framework = "torch"
 
@@ -58,11 +70,9 @@ class TorchBackend:
         if cfg["device"] == "gpu" and not torch.cuda.is_available():
             raise BackendError(f"--device gpu, but torch {torch.__version__} (CUDA {torch.version.cuda}) "
                                f"sees no CUDA device; check the driver and CUDA_VISIBLE_DEVICES")
-        tf32 = "tf32" if cfg["precision"] == "tf32" else "ieee"
-        torch.backends.cuda.matmul.fp32_precision = tf32
-        torch.backends.cudnn.conv.fp32_precision = tf32
-        torch.backends.cudnn.benchmark = True  # autotuning, as TensorFlow does by default
+        configure(cfg)
         self.model: nn.Module | None = None
+        self.sleep_hooks = dict(epoch_end=0.0, eval_begin=0.0)  # the tests' stand-in for a user's epoch-end code
 
     @staticmethod
     def is_out_of_memory(exc: BaseException) -> bool:
@@ -79,7 +89,7 @@ class TorchBackend:
                     cpu_threads=torch.get_num_threads(), gpus_visible=torch.cuda.device_count(),
                     tf32_matmul=torch.backends.cuda.matmul.fp32_precision == "tf32",
                     tf32_conv=torch.backends.cudnn.conv.fp32_precision == "tf32",
-                    cudnn_autotune=torch.backends.cudnn.benchmark)
+                    cudnn_autotune=torch.backends.cudnn.benchmark, setup=self.cfg.get("setup", "matched"))
 
     # -- model -----------------------------------------------------------------------------
     def _backbone(self, name: str) -> nn.Module:
@@ -113,16 +123,21 @@ class TorchBackend:
         model = nn.Sequential(OrderedDict(
             transform=InputTransform(self.transform, self.cfg["image_size"]), backbone=self._backbone(name),
             pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), head=head))
-        for m in model.modules():
+        for m in model.modules():  # None: as torchvision ships it
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.momentum, m.eps = self.cfg["bn_momentum"], self.cfg["bn_eps"]
+                if self.cfg.get("bn_momentum") is not None:
+                    m.momentum = self.cfg["bn_momentum"]
+                if self.cfg.get("bn_eps") is not None:
+                    m.eps = self.cfg["bn_eps"]
         self.model = model.to(self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.cfg["optimizer"] == "sgd":
             self.optimizer = torch.optim.SGD(params, lr=self.cfg["lr"], momentum=self.cfg["momentum"])
-        else:
+        elif self.cfg.get("adam_eps") is not None:
             self.optimizer = torch.optim.Adam(params, lr=self.cfg["lr"], eps=self.cfg["adam_eps"])
-        self.step_fn = torch.compile(self.model) if self.cfg["compile"] == "on" else self.model
+        else:
+            self.optimizer = torch.optim.Adam(params, lr=self.cfg["lr"])
+        self.step_fn = torch.compile(self.model) if self.cfg.get("compile") == "on" else self.model
         self.cursor = 0
         return self.describe(name)
 
@@ -143,11 +158,43 @@ class TorchBackend:
                     non_trainable_params=stats + frozen,
                     batchnorm=sorted({(f32(m.momentum), f32(m.eps)) for m in bns}) or "none",
                     optimizer=opt, loss="softmax cross-entropy from logits, mean over batch",
-                    input_transform=self.transform, precision=self.cfg["precision"],
-                    image_size=self.cfg["image_size"], compile=self.cfg["compile"],
-                    init="imagenet" if self.cfg["weights"] == "imagenet" else "he_normal(fan_out), as torchvision")
+                    input_transform=self.transform, precision=self.cfg.get("precision") or "default",
+                    image_size=self.cfg["image_size"], compile=self.cfg.get("compile") or "default",
+                    init="imagenet" if self.cfg["weights"] == "imagenet" else "he_normal(fan_out), as torchvision",
+                    settings=self.settings(bns))
+
+    def settings(self, bns: list) -> dict[str, Any]:
+        """The framework settings the setups differ in, read back from torch."""
+        g = self.optimizer.param_groups[0]
+        return dict(setup=self.cfg.get("setup", "matched"),
+                    tf32_matmul=torch.backends.cuda.matmul.fp32_precision == "tf32",
+                    tf32_conv=torch.backends.cudnn.conv.fp32_precision == "tf32",
+                    xla=False, compile_requested=str(self.cfg.get("compile") or "off"),
+                    torch_compile=self.step_fn is not self.model,
+                    memory_growth=None, memory_allocator="caching allocator (grows as needed; torch has no "
+                                                         "up-front reservation)",
+                    cudnn_autotune=torch.backends.cudnn.benchmark,
+                    input_autotune=None, prefetch=None,
+                    bn_momentum=sorted({f32(m.momentum) for m in bns}) or None,
+                    bn_eps=sorted({f32(m.eps) for m in bns}) or None,
+                    adam_eps=f32(g["eps"]) if self.cfg["optimizer"] == "adam" else None)
 
     # -- running ---------------------------------------------------------------------------
+    @property
+    def compiled(self) -> bool:
+        """Whether the steps run through torch.compile (the bare reference follows it)."""
+        return self.step_fn is not self.model
+
+    def add_sleep_hooks(self, epoch_end_s: float, eval_begin_s: float) -> None:
+        """A user's per-epoch work, for the tests (the worker's fault-injection commands only)."""
+        self.sleep_hooks = dict(epoch_end=epoch_end_s, eval_begin=eval_begin_s)
+
+    def _user_work(self, epoch: int, at: str) -> None:
+        if self.sleep_hooks[at]:
+            self.timeline.record(USER_WORK_START, epoch=epoch, at=at)
+            time.sleep(self.sleep_hooks[at])
+            self.timeline.record(USER_WORK_STOP, epoch=epoch, at=at)
+
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
@@ -246,8 +293,10 @@ class TorchBackend:
             losses.append(total.item() / steps)
             if self.cfg["eval_every_epoch"]:
                 tl.record(EVAL_START, epoch=epoch)
+                self._user_work(epoch, "eval_begin")
                 evals.append(self.evaluate())
                 tl.record(EVAL_STOP, epoch=epoch)
+            self._user_work(epoch, "epoch_end")
             tl.record(EPOCH_STOP, epoch=epoch, memory=self.memory(), loss=losses[-1],
                       val_accuracy=evals[-1]["accuracy"] if evals else None)
         tl.record(RUN_STOP)
@@ -286,18 +335,21 @@ class TorchBackend:
         return dict(seconds=time.perf_counter() - start, images=count * bs, loss=loss)
 
 
-def bare_step(model: str, batch: int, device: str, size: int):
+def bare_step(model: str, batch: int, device: str, size: int, compiled: bool = False):
     """The overhead check's reference: one hand-written training step on a device-resident batch,
-    using none of the class above (no input pipeline, no timeline). Returns (step, sync)."""
+    using none of the class above (no input pipeline, no timeline). Returns (step, sync). It runs
+    under the process's numeric settings (the suite's, set by `configure`), through torch.compile
+    when the suite's steps do, and leaves the process as it found it (its RNG draws are forked)."""
     dev = torch.device("cuda" if device == "gpu" else "cpu")
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = "ieee"
-    net = getattr(torchvision.models, SPECS[model].torchvision)(weights=None)
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        torch.manual_seed(0)
+        net = getattr(torchvision.models, SPECS[model].torchvision)(weights=None)
+        x = torch.randint(0, 256, (batch, 32, 32, 3), dtype=torch.uint8).to(dev)
+        y = torch.randint(0, 10, (batch,)).to(dev)
     features = nn.Sequential(*list(net.children())[:-2]) if model == "resnet50" else net.features
     m = nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(SPECS[model].feature_dim, 10)).to(dev)
+    forward = torch.compile(m) if compiled else m
     opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
-    x = torch.randint(0, 256, (batch, 32, 32, 3), dtype=torch.uint8, device=dev)
-    y = torch.randint(0, 10, (batch,), device=dev)
     mean = torch.tensor(MEAN, device=dev).view(1, 3, 1, 1) * 255
     std = torch.tensor(STD, device=dev).view(1, 3, 1, 1) * 255
 
@@ -306,7 +358,7 @@ def bare_step(model: str, batch: int, device: str, size: int):
         if size != 32:
             xb = F.interpolate(xb, size=(size, size), mode="bilinear", align_corners=False)
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(m(xb), y).backward()
+        F.cross_entropy(forward(xb), y).backward()
         opt.step()
 
     return step, (torch.cuda.synchronize if dev.type == "cuda" else (lambda: None))

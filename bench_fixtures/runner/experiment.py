@@ -20,7 +20,8 @@ from ..files import write_json_atomic
 from ..frameworks import NAMES
 from ..telemetry.monitor import Monitor, judge, peak, summarize_util
 from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, RUN_START, RUN_STOP, epoch_phases, epoch_times,
-                                  inter_epoch_gaps, step_intervals, time_to_first_step)
+                                  fit_teardown, inter_epoch_gaps, project_overhead, step_intervals,
+                                  time_to_first_step)
 from .worker import Worker, hide_for_worker_errors, kill_all
 
 __tracebackhide__ = hide_for_worker_errors
@@ -65,7 +66,7 @@ class Experiment:
         self.bundle_meta = bundle_meta or {}
         self.telemetry_dir = Path(telemetry_dir) if telemetry_dir else None
         self.monitor: Monitor | None = None
-        self.name = f"{framework}-{model}"
+        self.name = f"{framework}-{model}" + (f"-{cfg.setup}" if cfg.setup != "matched" else "")
         self.worker: Worker | None = None
         self.description: dict[str, Any] = {}
         self.rounds: list[dict[str, Any]] = []
@@ -162,7 +163,9 @@ class Experiment:
                     train_size=self.bundle_meta.get("train_size", cfg.train_size),
                     test_size=self.bundle_meta.get("test_size", cfg.test_size),
                     batch_size=cfg.batch_size, weights=cfg.weights, device=cfg.device,
-                    device_name=info.get("device_name"), precision=cfg.precision, compile=cfg.compile,
+                    device_name=info.get("device_name"), precision=cfg.precision or "default",
+                    compile=cfg.compile or "default", setup=cfg.setup, overrides=cfg.overrides,
+                    settings=self.description.get("settings"),
                     image_size=cfg.image_size, optimizer=cfg.optimizer, lr=cfg.lr, seed=cfg.seed,
                     bn_momentum=cfg.bn_momentum, bn_eps=cfg.bn_eps,
                     framework_version=info.get("framework_version"),
@@ -181,6 +184,8 @@ class Experiment:
                     loss_before=last["before"]["loss"], loss_after=last["after"]["loss"],
                     epoch_losses=fit["epoch_losses"], epoch_evals=fit["epoch_evals"],
                     epoch_times_s=times, time_to_first_step_s=time_to_first_step(events),
+                    fit_teardown_s=fit_teardown(events, self.cfg.epochs),
+                    overhead_projection=project_overhead(events, self.cfg.epochs, fit["steps_per_epoch"]),
                     finetune_s=fit["seconds"], train_images_per_s=fit["images"] / fit["seconds"],
                     rounds=[dict(accuracy_before=r["before"]["accuracy"],
                                  accuracy_after=r.get("after", {}).get("accuracy"),
@@ -253,21 +258,23 @@ class CaseRunner:
         self.cfg, self.bundle_dir, self.bundle_meta, self.work_dir = cfg, bundle_dir, bundle_meta, work_dir
         self.telemetry_dir = telemetry_dir
         self.current: Experiment | None = None
-        self.framework_builds: dict[str, dict[str, Any]] = {}   # the last worker's answer per framework
+        self.framework_builds: dict[str, dict[str, Any]] = {}   # the last worker's answer per framework (and setup)
         self.worker_infos: dict[str, list[dict[str, Any]]] = {}  # every worker's, for import times
         self.progress: Any = None  # (case name, epoch_stop event) -> None
 
-    def get(self, framework: str, model: str) -> Experiment:
+    def get(self, framework: str, model: str, setup: str | None = None) -> Experiment:
+        """The case's worker, started on first use; SETUP (matched/defaults) when the session runs both."""
+        cfg = self.cfg.for_setup(setup or self.cfg.setups[0])
         cur = self.current
-        if cur is not None and (cur.framework, cur.model) == (framework, model) \
+        if cur is not None and (cur.framework, cur.model, cur.cfg.setup) == (framework, model, cfg.setup) \
                 and cur.worker is not None and cur.worker.proc.poll() is None:
             return cur
         self.close()
-        self.current = Experiment(framework, model, self.cfg, self.bundle_dir, self.work_dir, self.bundle_meta,
+        self.current = Experiment(framework, model, cfg, self.bundle_dir, self.work_dir, self.bundle_meta,
                                   self.telemetry_dir)
         info = self.current.load()
         self.current.worker.on_progress = self.progress
-        self.framework_builds[framework] = info
+        self.framework_builds[framework if len(self.cfg.setups) == 1 else f"{framework}/{cfg.setup}"] = info
         self.worker_infos.setdefault(framework, []).append(info)
         return self.current
 
@@ -301,6 +308,7 @@ def describe_models(cfg: BenchConfig, bundle_dir: str | os.PathLike, work_dir: s
                     ) -> list[dict[str, Any]]:
     """Build every model in every framework (one worker per framework) and collect `describe`."""
     out = []
+    cfg = cfg.for_setup(cfg.setups[0])  # a worker runs one setup
     for framework in frameworks or NAMES:
         with Worker(framework, cfg.as_dict(), bundle_dir, Path(work_dir) / f"describe-{framework}.log",
                     cfg.worker_timeout) as w:

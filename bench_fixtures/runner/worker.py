@@ -263,7 +263,8 @@ class _Session:
         from ..frameworks.bare import make_step, timed_rounds
         if self.bare is None:
             cfg = self.backend.cfg
-            step, sync = make_step(msg["framework"], msg["model"], cfg["batch_size"], cfg["device"], cfg["image_size"])
+            step, sync = make_step(msg["framework"], msg["model"], cfg["batch_size"], cfg["device"], cfg["image_size"],
+                                   compiled=self.backend.compiled)
             timed_rounds(step, sync, max(msg.get("warmup", 1), 1), 1)
             self.bare = (step, sync)
         return {"seconds": timed_rounds(*self.bare, msg["count"], 1)[0]}
@@ -296,7 +297,9 @@ def _crash(s: _Session, m: dict) -> None:
 
 # Fault injection for the tests: die, raise or hang the way a real worker would. Reachable only in a
 # worker started with faults=True (FAULTS_ENV set), never in a benchmark run.
-FAULTS: dict[str, Callable[[_Session, dict], Any]] = {"crash": _crash, "raise": _raise, "sleep": _sleep}
+FAULTS: dict[str, Callable[[_Session, dict], Any]] = {
+    "crash": _crash, "raise": _raise, "sleep": _sleep,
+    "sleep_hooks": lambda s, m: s.backend.add_sleep_hooks(m["epoch_end_s"], m["eval_begin_s"])}
 FAULTS_ENV = "BENCH_WORKER_FAULTS"
 
 

@@ -5,6 +5,7 @@ samples and the worker's events line up without translation.
 """
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any, Callable
 
@@ -18,6 +19,8 @@ FIRST_STEP_END = "first_step_end"      # epoch=k: ... and finished (synchronised
 LAST_STEP_END = "last_step_end"        # epoch=k: the last training step finished (synchronised)
 EVAL_START = "eval_start"              # epoch=k: per-epoch validation
 EVAL_STOP = "eval_stop"
+USER_WORK_START = "user_work_start"    # epoch=k, at=where: a user's own per-epoch work (the tests' stand-in)
+USER_WORK_STOP = "user_work_stop"
 EVENTS = (RUN_START, RUN_STOP, EPOCH_START, EPOCH_STOP, FIRST_STEP_START, FIRST_STEP_END, LAST_STEP_END,
           EVAL_START, EVAL_STOP)
 PROGRESS_EVENTS = (RUN_START, EPOCH_STOP)  # forwarded to the parent as they happen
@@ -141,3 +144,56 @@ def step_intervals(events: list[dict], epochs: int) -> tuple[list[tuple[int, int
     gaps = [(at[LAST_STEP_END, k], at[FIRST_STEP_START, k + 1]) for k in range(epochs - 1)
             if (LAST_STEP_END, k) in at and (FIRST_STEP_START, k + 1) in at]
     return steps, gaps
+
+
+def fit_teardown(events: list[dict], epochs: int) -> float | None:
+    """Seconds from the last epoch's end to fit() returning: what the framework does once training
+    is over (TensorFlow with tf.data autotuning waits here for the autotuner's thread)."""
+    stop, last = _first(events, RUN_STOP), _first(events, EPOCH_STOP, epoch=epochs - 1)
+    return None if stop is None or last is None else (stop - last) / 1e9
+
+
+PROJECTED_EPOCHS = (5, 50, 500)
+
+
+def project_overhead(events: list[dict], epochs: int, steps_per_epoch: int,
+                     horizons: tuple[int, ...] = PROJECTED_EPOCHS) -> dict[str, Any] | None:
+    """The fixed and the per-epoch cost of this run, and the overhead share of total time projected
+    to longer runs: a projection from the measured figures, not a measurement.
+
+    Work is the training steps at their steady speed and the validation; overhead is the rest.
+    The per-epoch work is the median steps time of epochs 1.. (epoch 0 holds the first step's
+    tracing; with one epoch, its steps less the first step's excess over a steady step). The
+    recurring overhead is the mean gap between epochs less its validation; the one-time overhead is
+    what remains of the measured total (time to first step beyond a steady step, the first epoch's
+    set-up, fit's teardown). So total(E) = one_time + E * (steps + eval) + (E - 1) * gap, which
+    reproduces the measured total at the measured E. None when events are missing."""
+    phases, problems = epoch_phases(events, epochs)
+    gaps, gap_problems = inter_epoch_gaps(events, epochs)
+    start, stop = _first(events, RUN_START), _first(events, RUN_STOP)
+    first_start, first_end = _first(events, FIRST_STEP_START, epoch=0), _first(events, FIRST_STEP_END, epoch=0)
+    if problems or gap_problems or None in (start, stop, first_start, first_end) or not phases or steps_per_epoch < 1:
+        return None
+    total = (stop - start) / 1e9
+    first_step = (first_end - first_start) / 1e9
+    if epochs > 1:
+        per_epoch = statistics.median(p["steps_s"] for p in phases[1:])
+    elif steps_per_epoch > 1:
+        per_epoch = (phases[0]["steps_s"] - first_step) * steps_per_epoch / (steps_per_epoch - 1)
+    else:
+        per_epoch = phases[0]["steps_s"]
+    evals = [p["eval_s"] for p in phases]
+    eval_per_epoch = sum(evals) / len(evals)
+    gap = sum(g["total_s"] - g["eval_s"] for g in gaps) / len(gaps) if gaps else 0.0
+    one_time = total - epochs * (per_epoch + eval_per_epoch) - (epochs - 1) * gap
+
+    def at(n: int) -> dict[str, float]:
+        overhead = one_time + (n - 1) * gap
+        run = overhead + n * (per_epoch + eval_per_epoch)
+        return dict(epochs=n, total_s=run, overhead_s=overhead, overhead_share=overhead / run if run > 0 else None)
+
+    return dict(measured_epochs=epochs, measured_total_s=total, one_time_s=one_time, per_epoch_steps_s=per_epoch,
+                per_epoch_eval_s=eval_per_epoch, per_gap_s=gap, first_step_s=first_step,
+                step_s=per_epoch / steps_per_epoch, measured=at(epochs), projected=[at(n) for n in horizons],
+                note="projected from this run's own figures (one-time + per-epoch + per-gap costs); "
+                     "assumes later epochs cost what the measured ones did")

@@ -12,10 +12,10 @@ CASES = [pytest.param(fw, model, id=f"{fw}-{model}", marks=getattr(pytest.mark, 
 
 
 @pytest.mark.parametrize("framework,model", CASES)
-def test_finetune(benchmark, bench_runner, bench_config, framework, model):
+def test_finetune(benchmark, bench_runner, bench_config, bench_setup, framework, model):
     """One round = the whole fine-tune of a fresh model; accuracy before and after on the test split."""
-    benchmark.group = f"finetune-{model}"
-    exp = bench_runner.get(framework, model)
+    benchmark.group = f"finetune-{model}"  # both frameworks (and setups) side by side
+    exp = bench_runner.get(framework, model, bench_setup)
     benchmark.pedantic(exp.fine_tune, setup=exp.start_round, rounds=bench_config.finetune_rounds,
                        iterations=1)
     exp.predict_after()
@@ -29,10 +29,10 @@ def test_finetune(benchmark, bench_runner, bench_config, framework, model):
 
 
 @pytest.mark.parametrize("framework,model", CASES)
-def test_train_step(benchmark, bench_runner, bench_config, framework, model):
+def test_train_step(benchmark, bench_runner, bench_config, bench_setup, framework, model):
     """Steady-state throughput: R rounds of K steps after untimed, reported warm-up steps."""
     benchmark.group = f"train_step-{model}"
-    exp = bench_runner.get(framework, model)
+    exp = bench_runner.get(framework, model, bench_setup)
     if not exp.description:
         exp.init()
     exp.warm_up()
@@ -48,11 +48,11 @@ OVERHEAD_CASES = [c for c in CASES if c.values[1] == "mobilenet_v2"]
 
 
 @pytest.mark.parametrize("framework,model", OVERHEAD_CASES)
-def test_harness_overhead(benchmark, bench_runner, bench_config, framework, model):
+def test_harness_overhead(benchmark, bench_runner, bench_config, bench_setup, framework, model):
     """Suite vs a bare hand-written loop, monitor on vs off, input headroom: alternated rounds in
     the case's own worker. One benchmark round = one cycle of the three kinds."""
     benchmark.group = f"overhead-{model}"
-    exp = bench_runner.get(framework, model)
+    exp = bench_runner.get(framework, model, bench_setup)
     if not exp.description:
         exp.init()
     exp.warm_up()
