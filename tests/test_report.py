@@ -1,13 +1,17 @@
-"""The report from real smoke runs, its robustness to runs without telemetry, and the DX figures."""
+"""The report from real smoke runs, its robustness to runs without telemetry, the DX figures, and
+from crafted runs: matched and defaults side by side, what the setups change, the overhead projection."""
 import json
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 from matplotlib.image import imread
 
-from bench_fixtures.analysis import dx
+from bench_fixtures.analysis import dx, report
 from bench_fixtures.analysis.report import write_report
+from bench_fixtures.analysis.results import ResultsError, cases, setups
+from bench_fixtures.telemetry import timeline as tl
 
 
 def decoded(path):
@@ -106,3 +110,190 @@ def test_null_figures_are_not_measured_and_a_failed_case_is_marked(saved_runs, t
     assert "| accuracy after | –" in md and "| time to first step (s) | –" in md
     assert "| test outcome | FAILED" in md
     assert (tmp_path / "out" / "accuracy.png").is_file() and not list(tmp_path.glob(".out.*"))
+
+
+# -- crafted runs: the setups side by side, the overhead projection (no framework, no worker) --------
+
+EPOCHS = 2
+SETTINGS = {  # what each framework reads back, per setup (as on a GPU)
+    ("torch", "matched"): dict(tf32_matmul=False, tf32_conv=False, xla=False, compile_requested="off",
+                               torch_compile=False, memory_growth=None, cudnn_autotune=True,
+                               memory_allocator="caching allocator", bn_momentum=[0.1], bn_eps=[1e-5]),
+    ("torch", "defaults"): dict(tf32_matmul=False, tf32_conv=True, xla=False, compile_requested="off",
+                                torch_compile=False, memory_growth=None, cudnn_autotune=False,
+                                memory_allocator="caching allocator", bn_momentum=[0.1], bn_eps=[1e-5]),
+    ("tensorflow", "matched"): dict(tf32_matmul=False, tf32_conv=False, xla=False, compile_requested="off",
+                                    memory_growth=True, memory_allocator="BFC, grows as needed (memory growth)",
+                                    cudnn_autotune=True, bn_momentum=[0.1], bn_eps=[1e-5]),
+    ("tensorflow", "defaults"): dict(tf32_matmul=True, tf32_conv=True, xla=False, compile_requested="auto",
+                                     memory_growth=False, memory_allocator="BFC, reserves the GPU up front",
+                                     cudnn_autotune=True, bn_momentum=[0.1], bn_eps=[0.001]),
+}
+
+
+def projection(one_time: float, steps: float, gap: float, eval_s: float, first_step: float) -> dict:
+    """overhead_projection as the run records it: total(E) = one_time + E (steps + eval) + (E - 1) gap."""
+    def at(n):
+        overhead = one_time + (n - 1) * gap
+        total = overhead + n * (steps + eval_s)
+        return dict(epochs=n, total_s=total, overhead_s=overhead, overhead_share=overhead / total)
+    return dict(measured_epochs=EPOCHS, measured_total_s=at(EPOCHS)["total_s"], one_time_s=one_time,
+                per_epoch_steps_s=steps, per_epoch_eval_s=eval_s, per_gap_s=gap, first_step_s=first_step,
+                step_s=steps / 8, measured=at(EPOCHS), projected=[at(n) for n in (5, 50, 500)],
+                note="projected from this run's own figures (crafted)")
+
+
+def telemetry(path, backend: str, mem_key: str = "proc_mem") -> str:
+    """A crafted timeline: two epochs of 1 s steps, 0.5 s between them, a sample every 0.1 s."""
+    s, events = 10**9, [dict(name=tl.RUN_START, t_ns=0)]
+    for k, t0 in enumerate((0.2, 1.7)):
+        events += [dict(name=tl.EPOCH_START, t_ns=int(t0 * s), epoch=k),
+                   dict(name=tl.FIRST_STEP_START, t_ns=int((t0 + 0.1) * s), epoch=k),
+                   dict(name=tl.FIRST_STEP_END, t_ns=int((t0 + 0.2) * s), epoch=k),
+                   dict(name=tl.LAST_STEP_END, t_ns=int((t0 + 1.1) * s), epoch=k),
+                   dict(name=tl.EPOCH_STOP, t_ns=int((t0 + 1.2) * s), epoch=k, memory=dict(peak=(k + 1) * 2**29))]
+    events.append(dict(name=tl.RUN_STOP, t_ns=3 * s))
+    samples = [dict(t_ns=i * s // 10, util=0.9 if i % 15 < 10 else 0.1, **{mem_key: (1 + i / 30) * 2**30})
+               for i in range(30)]
+    path.write_text(json.dumps(dict(events=events, samples=samples, monitor=dict(backend=backend))))
+    return path.name
+
+
+def benchmark(folder, test, fw, model, setup, backend="psutil", **extra) -> dict:
+    """One test's entry as the suite writes it; SETUP None: a run recorded before setups existed."""
+    case = f"{fw}-{model}" + (f"-{setup}" if setup else "")
+    e = dict(framework=fw, model=model, epochs=EPOCHS, accuracy_before=0.1, accuracy_after=0.6,
+             epoch_times_s=[3.0, 2.5], inter_epoch_gaps_s=[0.75], time_to_first_step_s=10.0,
+             trainable_params=2236682, non_trainable_params=34112, train_images_per_s=100.0,
+             telemetry_file=telemetry(folder / f"{test}-{case}.json", backend))
+    if setup:
+        e.update(setup=setup, overrides={}, settings=dict(setup=setup, **SETTINGS[fw, setup]))
+    e.update(extra)
+    name = f"{test}[{case}]"
+    return dict(name=name, fullname=f"tests/benchmarks/test_cases.py::{name}",
+                stats=dict(median=20.0, rounds=1, data=[20.0]), extra_info=e)
+
+
+def crafted_run(folder, names, device="cpu", models=("mobilenet_v2",), backend="psutil", **extra) -> str:
+    """A run file of fine-tune cases (both frameworks, MODELS) in each setup of NAMES (None: no key)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    benchmarks = [benchmark(folder, "test_finetune", fw, m, s, backend, **extra)
+                  for s in names for fw in ("torch", "tensorflow") for m in models]
+    setup = "both" if len(names) > 1 else names[0]
+    run = dict(benchmarks=benchmarks, datetime="crafted", command="pytest --setup crafted",
+               machine_info={}, bench_config=dict(profile="seed", device=device, epochs=EPOCHS, setup=setup))
+    path = folder / "run.json"
+    path.write_text(json.dumps(run))
+    return str(path)
+
+
+def table(md: str, model: str) -> list[str]:
+    """The table lines under `## MODEL`."""
+    lines = md.split(f"## {model}\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert all(line.startswith("|") for line in lines)
+    return lines
+
+
+def test_setups_are_ordered_and_a_run_without_the_key_ran_matched(tmp_path):
+    run = json.loads(open(crafted_run(tmp_path, ["defaults", "matched"])).read())
+    assert setups(run) == ["matched", "defaults"]
+    assert cases(run, "test_finetune", "defaults")["torch", "mobilenet_v2"]["extra_info"]["setup"] == "defaults"
+    old = json.loads(open(crafted_run(tmp_path / "old", [None])).read())
+    assert setups(old) == ["matched"] and set(cases(old, "test_finetune", "matched")) == \
+        {("torch", "mobilenet_v2"), ("tensorflow", "mobilenet_v2")}
+    assert cases(old, "test_finetune", "defaults") == {}
+
+
+def test_both_setups_side_by_side_with_what_changed_and_the_projection(tmp_path):
+    tf_defaults = projection(one_time=12.5, steps=2.0, gap=0.75, eval_s=0.25, first_step=10.0)
+    path = crafted_run(tmp_path / "run", ["matched", "defaults"], models=("resnet50", "mobilenet_v2"),
+                       overhead_projection=tf_defaults, fit_teardown_s=2.0)
+    run = json.loads(open(path).read())
+    for b in run["benchmarks"]:  # per model: Keras' ResNet50 ships its own BN epsilon; one noisy case
+        e = b["extra_info"]
+        if (e["framework"], e["model"], e["setup"]) == ("tensorflow", "resnet50", "defaults"):
+            e["settings"]["bn_eps"] = [1.001e-5]
+        if (e["framework"], e["model"], e["setup"]) == ("torch", "mobilenet_v2", "matched"):
+            e["overhead_projection"] = projection(one_time=-0.4, steps=3.0, gap=0.01, eval_s=0.0, first_step=0.5)
+        if (e["framework"], e["model"], e["setup"]) == ("tensorflow", "resnet50", "matched"):
+            e["overhead_projection"] = None  # its timeline lacked an event
+    open(path, "w").write(json.dumps(run))
+    out = tmp_path / "out"
+    md = report.write_report([path], out).read_text()
+
+    assert "setups **matched** and **defaults** side by side" in md
+    for model in ("mobilenet_v2", "resnet50"):
+        lines = table(md, model)
+        assert lines[0] == "| | torch matched | torch defaults | tensorflow matched | tensorflow defaults |"
+        assert all(line.count("|") == 6 for line in lines)  # a name and 4 columns
+        assert "| fit teardown (s) | 2.000 | 2.000 | 2.000 | 2.000 |" in lines
+
+    changes = md.split("## What the setups change", 1)[1].split("\n## ", 1)[0]
+    assert "- torch: cuDNN autotune True → False" in changes
+    assert "- torch: TF32 convolutions False → True" in changes and "torch: TF32 matmul" not in changes
+    assert "- tensorflow: memory allocator BFC, grows as needed (memory growth) → BFC, reserves the GPU up front" \
+        in changes
+    assert "- tensorflow: XLA False (requested off) → False (requested auto)" in changes
+    assert "- tensorflow (mobilenet_v2): BatchNorm epsilon [1e-05] → [0.001]" in changes
+    assert "- tensorflow (resnet50): BatchNorm epsilon [1e-05] → [1.001e-05]" in changes
+    assert "BatchNorm momentum" not in changes  # the same in both
+
+    overhead = md.split("## Overhead: fixed vs per-epoch cost (projection)", 1)[1].split("\n## ", 1)[0]
+    shares = [f"{100 * r['overhead_share']:.1f}%" for r in tf_defaults["projected"]]
+    measured = f"{100 * tf_defaults['measured']['overhead_share']:.1f}% (2 epochs)"
+    assert (f"| tensorflow-mobilenet_v2-defaults | 10.000 | 12.500 | 2.000 | 0.750 | 0.250 | 2.000 | {measured} | "
+            + " | ".join(shares) + " |") in overhead
+    assert shares == ["57.9%", "30.4%", "25.6%"]  # the fixed cost fades; the gaps stay: 0.75 / 3 = 25%
+    assert overhead.count("| torch-") == 4 and "**projection**" in overhead and "(crafted)" in overhead
+    assert "torch-mobilenet_v2-matched: the one-time cost came out at -0.40 s" in overhead
+    assert "below the epoch-to-epoch noise" in overhead
+    assert "- tensorflow-resnet50-matched: no projection" in overhead
+
+    pngs = {p.name for p in out.glob("*.png")}
+    assert {"accuracy.png", "utilization_mobilenet_v2.png", "memory_mobilenet_v2.png",
+            "utilization_mobilenet_v2_defaults.png", "memory_mobilenet_v2_defaults.png",
+            "memory_resnet50_defaults.png", "overhead_share.png"} <= pngs
+    for name in pngs:
+        assert np.std(decoded(out / name)[..., :3]) > 0.05, f"{name} looks blank"
+    assert "a CPU run cannot show" in md and "TensorFlow's up-front reservation" in md
+
+
+def test_a_run_without_setup_keys_renders_as_matched(tmp_path):
+    md = report.write_report([crafted_run(tmp_path / "run", [None])], tmp_path / "out").read_text()
+    assert "setup **matched**" in md and "## What the setups change" not in md
+    assert table(md, "mobilenet_v2")[0] == "| | torch | tensorflow |"
+    assert "| fit teardown (s) | – | – |" in md  # not recorded then
+    assert "## Overhead" not in md and "no overhead projection in this run" in md  # not recorded then
+    assert "a CPU run cannot show" not in md  # nothing of defaults to miss
+    assert not list((tmp_path / "out").glob("*_defaults.png"))
+
+
+def test_one_setup_has_no_side_by_side_columns(tmp_path):
+    md = report.write_report([crafted_run(tmp_path / "run", ["defaults"])], tmp_path / "out").read_text()
+    assert "setup **defaults**" in md and "## What the setups change" not in md
+    assert table(md, "mobilenet_v2")[0] == "| | torch | tensorflow |" and "torch defaults" not in md
+    assert "a CPU run cannot show" in md
+    assert (tmp_path / "out" / "memory_mobilenet_v2.png").is_file()  # its own figures, plain names
+
+
+def test_a_gpu_run_plots_the_memory_nvml_sees(tmp_path):
+    path = crafted_run(tmp_path / "run", ["matched", "defaults"], device="gpu", backend="nvml")
+    md = report.write_report([path], tmp_path / "out").read_text()
+    assert "a CPU run cannot show" not in md and "memory_mobilenet_v2_defaults.png" in md
+    tel = json.loads((tmp_path / "run" / "test_finetune-tensorflow-mobilenet_v2-defaults.json").read_text())
+    assert report._memory_series(tel) == ("proc_mem", "GPU memory, this process (MiB)")
+    assert "NVML" in report._memory_caption({"tensorflow": (tel, EPOCHS)})
+    telemetry(tmp_path / "unlisted.json", "nvml", mem_key="device_mem")
+    unlisted = json.loads((tmp_path / "unlisted.json").read_text())
+    assert report._memory_series(unlisted)[0] == "device_mem"  # NVML did not list the worker: the device's
+    assert report._memory_series(dict(monitor=dict(backend="psutil"), samples=[]))[1] == "resident host memory (MiB)"
+
+
+def test_a_setup_that_is_not_a_name_is_refused_and_nothing_is_written(tmp_path):
+    path = crafted_run(tmp_path / "run", ["matched"])
+    run = json.loads(open(path).read())
+    run["benchmarks"][0]["extra_info"]["setup"] = ["matched"]
+    open(path, "w").write(json.dumps(run))
+    with pytest.raises(ResultsError, match=r"'extra_info.setup' must be a setup's name"):
+        report.write_report([path], tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -2,9 +2,11 @@
 
 From the last run: accuracy before/after, training time, utilisation and memory over time per
 model (torch and TensorFlow on one figure, aligned at run start, epoch gaps shaded), throughput
-and time to first step, and DIR/report.md with the side-by-side tables, the parity columns, the
-developer-experience table, machine info and the command line. Several runs add a history table
-and a trend plot. Cases without telemetry get a note, not a crash.
+and time to first step, and DIR/report.md with the side-by-side tables, the overhead projection
+(fixed vs per-epoch cost), the parity columns, the developer-experience table, machine info and
+the command line. A `--setup both` run puts matched and defaults side by side per model, lists
+the settings that differ between them, and draws the timelines of both. Several runs add a
+history table and a trend plot. Cases without telemetry get a note, not a crash.
 """
 from __future__ import annotations
 
@@ -26,8 +28,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..config import MODELS  # noqa: E402
 from ..frameworks import FRAMEWORKS as REGISTRY  # noqa: E402
-from ..telemetry.timeline import EPOCH_START, EPOCH_STOP, RUN_START, step_intervals  # noqa: E402
-from .results import ResultsError, cases, failed, load_run  # noqa: E402
+from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, PROJECTED_EPOCHS, RUN_START,  # noqa: E402
+                                  step_intervals)
+from .results import ResultsError, case_name, cases, failed, load_run, setups  # noqa: E402
 
 FRAMEWORKS = tuple(REGISTRY)
 COLORS = {f.name: f.color for f in REGISTRY.values()}
@@ -57,7 +60,7 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-def plot_accuracy(ft: dict, out: Path) -> str:
+def plot_accuracy(ft: dict, out: Path, setup: str) -> str:
     models = _models(ft)
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.2
@@ -68,12 +71,12 @@ def plot_accuracy(ft: dict, out: Path) -> str:
             ax.bar(xs, vals, width, color=COLORS[fw] if j else LIGHT[fw], label=f"{fw} {label}")
     ax.set_xticks(range(len(models)), models)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Accuracy before and after fine-tuning")
+    ax.set_title(f"Accuracy before and after fine-tuning (setup: {setup})")
     ax.legend(fontsize=8)
     return _save(fig, out / "accuracy.png")
 
 
-def plot_time(ft: dict, out: Path) -> str:
+def plot_time(ft: dict, out: Path, setup: str) -> str:
     models = _models(ft)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, (title, get) in zip(axes, (
@@ -83,7 +86,7 @@ def plot_time(ft: dict, out: Path) -> str:
             vals = [get(ft[(fw, m)]) if (fw, m) in ft else 0 for m in models]
             ax.bar([k + (i - 0.5) * 0.38 for k in range(len(models))], vals, 0.38, color=COLORS[fw], label=fw)
         ax.set_xticks(range(len(models)), models)
-        ax.set_title(title)
+        ax.set_title(f"{title}, setup: {setup}")
         ax.legend(fontsize=8)
     return _save(fig, out / "training_time.png")
 
@@ -105,8 +108,31 @@ def _mark_epochs(ax, tel: dict, start: int, epochs: int) -> None:
             ax.axvline((e["t_ns"] - start) / 1e9, color="black", lw=0.6, ls=":")
 
 
-def plot_timelines(ft: dict, base: Path, out: Path, notes: list[str]) -> list[str]:
-    """Per model: utilisation and memory over time, both frameworks, epoch gaps shaded."""
+def _memory_series(tel: dict) -> tuple[str, str]:
+    """Which memory a case's samples hold, and its axis label. NVML lists the worker's own GPU
+    memory (where an up-front reservation shows); inside a container's PID namespace it may not
+    list the worker, and the whole device's memory is the closest it can see (cases run one at a
+    time). psutil sees the worker's resident host memory."""
+    if (tel.get("monitor") or {}).get("backend") != "nvml":
+        return "proc_mem", "resident host memory (MiB)"
+    if any(s.get("proc_mem") is not None for s in tel["samples"]):
+        return "proc_mem", "GPU memory, this process (MiB)"
+    return "device_mem", "GPU memory, whole device (MiB)"
+
+
+def _memory_caption(tels: dict) -> str:
+    """What the memory plot can show: on a GPU the reservation NVML sees, on a CPU host memory only."""
+    if any((tel.get("monitor") or {}).get("backend") == "nvml" for tel, _ in tels.values()):
+        return ("GPU memory as NVML sees it: an up-front reservation or block-wise growth shows here\n"
+                "triangles: the framework's own peak in use per epoch")
+    return ("the worker's resident host memory (psutil): a CPU run has no GPU memory to reserve\n"
+            "triangles, where a framework reports one: its peak per epoch")
+
+
+def plot_timelines(ft: dict, base: Path, out: Path, notes: list[str], setup: str, suffix: str = "",
+                   label: str = "") -> list[str]:
+    """Per model: utilisation and memory over time, both frameworks, epoch gaps shaded; the files
+    end in SUFFIX (another setup's figures beside the first's), case names in notes in LABEL."""
     files = []
     for m in _models(ft):
         tels = {}
@@ -115,16 +141,17 @@ def plot_timelines(ft: dict, base: Path, out: Path, notes: list[str]) -> list[st
                 continue
             tel = _telemetry(ft[(fw, m)], base)
             if tel is None:
-                notes.append(f"{fw}-{m}: no telemetry file (run without telemetry or file moved); "
+                notes.append(f"{fw}-{m}{label}: no telemetry file (run without telemetry or file moved); "
                              f"utilisation and memory plots omit it")
             else:
                 tels[fw] = (tel, ft[(fw, m)]["extra_info"].get("epochs", 0))
         if not tels:
             continue
-        for kind, key, ylabel, scale in (("utilization", "util", "utilisation (%)", 100),
-                                         ("memory", "proc_mem", "process memory (MiB)", 1 / 2**20)):
-            fig, axes = plt.subplots(len(tels), 1, figsize=(10, 2.6 * len(tels)), squeeze=False)
+        for kind in ("utilization", "memory"):
+            fig, axes = plt.subplots(len(tels), 1, figsize=(10, 2.6 * len(tels) + 0.4), squeeze=False)
             for ax, (fw, (tel, epochs)) in zip(axes[:, 0], tels.items()):
+                key, ylabel, scale = ("util", "utilisation (%)", 100) if kind == "utilization" \
+                    else (*_memory_series(tel), 1 / 2**20)
                 xs, ys, start = _series(tel, key)
                 ax.plot(xs, [y * scale for y in ys], color=COLORS[fw], lw=1, label=f"{fw} ({tel['monitor'].get('backend')})")
                 if kind == "memory":
@@ -138,12 +165,13 @@ def plot_timelines(ft: dict, base: Path, out: Path, notes: list[str]) -> list[st
                 ax.set_ylabel(ylabel)
                 ax.legend(loc="upper right", fontsize=8)
             axes[-1, 0].set_xlabel("seconds since run start (dotted: epoch start; shaded: inter-epoch gap)")
-            axes[0, 0].set_title(f"{m}: {kind} over time" + (" (triangles: framework peak per epoch)" if kind == "memory" else ""))
-            files.append(_save(fig, out / f"{kind}_{m}.png"))
+            caption = f"\n{_memory_caption(tels)}" if kind == "memory" else ""
+            axes[0, 0].set_title(f"{m}, setup {setup}: {kind} over time{caption}", fontsize=10)
+            files.append(_save(fig, out / f"{kind}_{m}{suffix}.png"))
     return files
 
 
-def plot_throughput(ft: dict, ts: dict, out: Path) -> str:
+def plot_throughput(ft: dict, ts: dict, out: Path, setup: str) -> str:
     models = _models(ft) or _models(ts)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, (title, src, key) in zip(axes, (("Steady-state throughput (images/s)", ts, "train_images_per_s"),
@@ -152,22 +180,73 @@ def plot_throughput(ft: dict, ts: dict, out: Path) -> str:
             vals = [(src[(fw, m)]["extra_info"].get(key) or 0) if (fw, m) in src else 0 for m in models]
             ax.bar([k + (i - 0.5) * 0.38 for k in range(len(models))], vals, 0.38, color=COLORS[fw], label=fw)
         ax.set_xticks(range(len(models)), models)
-        ax.set_title(title)
+        ax.set_title(f"{title}, setup: {setup}")
         ax.legend(fontsize=8)
     return _save(fig, out / "throughput.png")
 
 
-def plot_trend(runs: list[dict], out: Path) -> str:
+def plot_trend(runs: list[dict], out: Path, setup: str) -> str:
     fig, ax = plt.subplots(figsize=(10, 4))
-    keys = sorted({k for r in runs for k in cases(r, "test_finetune")})
+    keys = sorted({k for r in runs for k in cases(r, "test_finetune", setup)})
     for fw, m in keys:
-        ys = [(cases(r, "test_finetune").get((fw, m)) or {}).get("stats", {}).get("median") for r in runs]
+        ys = [(cases(r, "test_finetune", setup).get((fw, m)) or {}).get("stats", {}).get("median") for r in runs]
         ax.plot(range(1, len(runs) + 1), ys, "o-", color=COLORS[fw], alpha=0.4 + 0.2 * MODELS.index(m), label=f"{fw}-{m}")
     ax.set_xlabel("run")
     ax.set_ylabel("fine-tuning time (s)")
-    ax.set_title("Fine-tuning time across runs")
+    ax.set_title(f"Fine-tuning time across runs (setup: {setup})")
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, out / "trend.png")
+
+
+def _in_order(ft: dict) -> list[tuple[tuple[str, str], dict]]:
+    """FT's cases by model, then framework, in the suite's order (as the tables list them)."""
+    return [((fw, m), ft[(fw, m)]) for m in MODELS for fw in FRAMEWORKS if (fw, m) in ft]
+
+
+def _projection(b: dict) -> dict | None:
+    """The case's overhead projection (None: not recorded, or its timeline lacked events)."""
+    p = (b.get("extra_info") or {}).get("overhead_projection")
+    return p if isinstance(p, dict) else None
+
+
+def _share_points(p: dict) -> list[tuple[int, float]]:
+    """(epochs, overhead share) of the measured run and its projections, those that are numbers."""
+    rows = [p.get("measured")] + list(p.get("projected") or [])
+    pts = {(r["epochs"], r["overhead_share"]) for r in rows if isinstance(r, dict)
+           and all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
+                   for k in ("epochs", "overhead_share")) and r["epochs"] > 0}
+    return sorted(pts)
+
+
+def _below_noise(p: dict | None) -> bool:
+    """A negative one-time cost: the run's epochs varied by more than its fixed cost."""
+    one_time = (p or {}).get("one_time_s")
+    return isinstance(one_time, (int, float)) and one_time < 0
+
+
+def plot_overhead_share(fts: dict[str, dict], out: Path) -> str | None:
+    """Overhead share of total time vs epochs (log x), per case and setup: the fixed cost fading
+    (or a per-gap cost staying) as runs get longer. Cases whose fixed cost is below the noise are
+    left out (their shares are not figures). None when no case has a projection to draw."""
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    styles, drawn = ("-", "--", ":", "-."), False
+    for i, (setup, ft) in enumerate(fts.items()):
+        for (fw, m), b in _in_order(ft):
+            p = _projection(b)
+            pts = [] if _below_noise(p) else _share_points(p or {})
+            if pts:
+                ax.plot([x for x, _ in pts], [100 * y for _, y in pts], marker="osd^"[MODELS.index(m) % 4],
+                        ls=styles[i % 4], color=COLORS[fw], label=f"{fw}-{m} ({setup})")
+                drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xscale("log")
+    ax.set_xlabel("epochs (first point: measured; the others projected from it)")
+    ax.set_ylabel("overhead share of total time (%)")
+    ax.set_title(f"Overhead share vs run length, projected (setup: {', '.join(fts)})")
+    ax.legend(fontsize=8)
+    return _save(fig, out / "overhead_share.png")
 
 
 def _num(v: Any) -> float:
@@ -194,7 +273,7 @@ def case_rows(ft: dict, ts: dict, model: str) -> list[tuple[str, list[str]]]:
         b = ft.get((fw, model))
         try:
             return f(b["extra_info"], b, ts.get((fw, model))) if b else "–"
-        except (KeyError, TypeError, statistics.StatisticsError):
+        except (KeyError, TypeError, ValueError, statistics.StatisticsError):
             return "–"
     mem = lambda e: (e.get("memory") or {}).get("framework_peak") or (e.get("memory") or {}).get("process_peak")  # noqa: E731
     rows = [
@@ -204,6 +283,7 @@ def case_rows(ft: dict, ts: dict, model: str) -> list[tuple[str, list[str]]]:
         ("total fine-tune (s)", lambda e, b, t: f"{b['stats']['median']:.2f}"),
         ("median epoch (s)", lambda e, b, t: f"{statistics.median(x for x in e['epoch_times_s'] if x):.2f}"),
         ("mean inter-epoch gap (s)", lambda e, b, t: _f(_mean(e.get("inter_epoch_gaps_s")), ".3f")),
+        ("fit teardown (s)", lambda e, b, t: _f(e.get("fit_teardown_s"), ".3f")),
         ("mean utilisation in steps", lambda e, b, t: _f((e["utilization"]["steps"]["mean"] or 0) * 100, ".0f") + "%"),
         ("peak memory (MiB)", lambda e, b, t: _f(mem(e) / 2**20 if mem(e) else None, ".0f")),
         ("steady images/s", lambda e, b, t: _f(t["extra_info"]["train_images_per_s"] if t else None, ".1f")),
@@ -211,6 +291,153 @@ def case_rows(ft: dict, ts: dict, model: str) -> list[tuple[str, list[str]]]:
         ("trainable / non-trainable", lambda e, b, t: f"{e['trainable_params']:,} / {e['non_trainable_params']:,}"),
     ]
     return [(name, [get(fw, f) for fw in FRAMEWORKS]) for name, f in rows]
+
+
+def side_by_side_rows(fts: dict[str, dict], tss: dict[str, dict], model: str) -> list[tuple[str, list[str]]]:
+    """`case_rows` with one column per framework and setup (torch matched, torch defaults, ...):
+    what each framework's own defaults change, next to the aligned run."""
+    cells = {s: {name: dict(zip(FRAMEWORKS, vals)) for name, vals in case_rows(fts[s], tss[s], model)} for s in fts}
+    names = list(next(iter(cells.values())))
+    return [(name, [cells[s][name][fw] for fw in FRAMEWORKS for s in fts]) for name in names]
+
+
+def model_table(fts: dict[str, dict], tss: dict[str, dict], model: str) -> list[str]:
+    """One model's table: a column per framework, or per framework and setup when there are several."""
+    if len(fts) == 1:
+        setup = next(iter(fts))
+        heads, rows = list(FRAMEWORKS), case_rows(fts[setup], tss[setup], model)
+    else:
+        heads, rows = [f"{fw} {s}" for fw in FRAMEWORKS for s in fts], side_by_side_rows(fts, tss, model)
+    lines = ["| | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
+    return lines + [f"| {name} | " + " | ".join(vals) + " |" for name, vals in rows]
+
+
+# The settings the setups differ in, as `settings` reads them back, in the order they are listed.
+SETTING_LABELS = {"tf32_matmul": "TF32 matmul", "tf32_conv": "TF32 convolutions", "xla": "XLA",
+                  "torch_compile": "torch.compile", "memory_growth": "memory growth",
+                  "memory_allocator": "memory allocator", "cudnn_autotune": "cuDNN autotune",
+                  "input_autotune": "tf.data autotune", "prefetch": "prefetch", "bn_momentum": "BatchNorm momentum",
+                  "bn_eps": "BatchNorm epsilon", "adam_eps": "Adam epsilon"}
+NOT_COMPARED = ("setup", "compile_requested")  # the setup's name; what was asked for is shown with XLA / compile
+
+
+def _value(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(x) for x in v) + "]"
+    return format(v, "g") if isinstance(v, float) else str(v)
+
+
+def _setting(settings: dict, key: str) -> str:
+    """A read-back setting as the report shows it; compilation with what was requested, since Keras'
+    `auto` may or may not compile."""
+    text = _value(settings.get(key))
+    return f"{text} (requested {settings.get('compile_requested')})" if key in ("xla", "torch_compile") else text
+
+
+def _settings_of(ft: dict, fw: str) -> dict[str, dict]:
+    """Per model, the read-back settings of FW's case in FT (models without them left out)."""
+    out = {}
+    for m in MODELS:
+        s = ((ft.get((fw, m)) or {}).get("extra_info") or {}).get("settings")
+        if isinstance(s, dict):
+            out[m] = s
+    return out
+
+
+def setting_changes(fts: dict[str, dict]) -> list[str]:
+    """One line per framework and setting whose read-back value differs between the first setup and
+    each other one; per model where the models differ (BatchNorm values can)."""
+    first, lines = next(iter(fts)), []
+    for other in list(fts)[1:]:
+        for fw in FRAMEWORKS:
+            a, b = _settings_of(fts[first], fw), _settings_of(fts[other], fw)
+            models = [m for m in a if m in b]
+            if not a and not b and not any(k[0] == fw for k in (*fts[first], *fts[other])):
+                continue  # the framework did not run
+            if not models:
+                lines.append(f"{fw}: settings not recorded in both setups (no case ran in both, or an older run)")
+                continue
+            keys = [k for k in SETTING_LABELS if any(k in a[m] or k in b[m] for m in models)]
+            keys += sorted({k for m in models for k in (*a[m], *b[m])} - set(SETTING_LABELS) - set(NOT_COMPARED))
+            found = False
+            for key in keys:
+                pairs = {m: (_setting(a[m], key), _setting(b[m], key)) for m in models}
+                changed = {m: p for m, p in pairs.items() if p[0] != p[1]}
+                label = SETTING_LABELS.get(key, key)
+                if changed and len(set(pairs.values())) == 1:
+                    lines.append(f"{fw}: {label} {pairs[models[0]][0]} → {pairs[models[0]][1]}")
+                else:
+                    lines += [f"{fw} ({m}): {label} {x} → {y}" for m, (x, y) in changed.items()]
+                found = found or bool(changed)
+            if not found:
+                lines.append(f"{fw}: no setting differs")
+    return lines
+
+
+def changes_section(fts: dict[str, dict], cfg: dict) -> list[str]:
+    """What the setups change, read back from the frameworks (not what was asked for)."""
+    given = cfg.get("overrides") or {}
+    md = ["## What the setups change", "",
+          f"Read back from each framework (`settings`), {' → '.join(fts)}:", ""]
+    md += [f"- {line}" for line in setting_changes(fts)]
+    if given:
+        md += ["", "Set explicitly (by an option or the profile), so the same in every setup: "
+               + ", ".join(f"{k} {_value(v)}" for k, v in given.items()) + "."]
+    return md + [""]
+
+
+def _pct(v: Any) -> str:
+    return f"{100 * v:.1f}%" if isinstance(v, (int, float)) and not isinstance(v, bool) else "–"
+
+
+def _secs(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "–"
+
+
+def overhead_row(label: str, b: dict) -> str:
+    """One case's fixed and per-epoch costs and its overhead share, measured and projected."""
+    e, p = b.get("extra_info") or {}, _projection(b) or {}
+    measured = p.get("measured") if isinstance(p.get("measured"), dict) else {}
+    projected = {r["epochs"]: r for r in p.get("projected") or []
+                 if isinstance(r, dict) and isinstance(r.get("epochs"), int)}
+    cells = [_secs(e.get("time_to_first_step_s")), _secs(p.get("one_time_s")), _secs(p.get("per_epoch_steps_s")),
+             _secs(p.get("per_gap_s")), _secs(p.get("per_epoch_eval_s")), _secs(e.get("fit_teardown_s")),
+             f"{_pct(measured.get('overhead_share'))} ({measured.get('epochs', '–')} epochs)" if measured else "–"]
+    cells += [_pct((projected.get(n) or {}).get("overhead_share")) for n in PROJECTED_EPOCHS]
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
+def overhead_section(fts: dict[str, dict]) -> list[str]:
+    """Per case and setup: the fixed cost, the per-epoch cost, and the overhead share measured and
+    projected to longer runs (stated as a projection), with caveats where a figure cannot hold."""
+    multi = len(fts) > 1
+    heads = ["time to first step", "one-time", "steps per epoch", "per gap", "eval per epoch", "fit teardown",
+             "overhead share, measured"] + [f"projected, {n} epochs" for n in PROJECTED_EPOCHS]
+    md = ["## Overhead: fixed vs per-epoch cost (projection)", "",
+          "| case | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
+    caveats, note = [], None
+    for setup, ft in fts.items():
+        for (fw, m), b in _in_order(ft):
+            label = f"{fw}-{m}" + (f"-{setup}" if multi else "")
+            md.append(overhead_row(label, b))
+            p = _projection(b)
+            if p is None:
+                caveats.append(f"{label}: no projection (not recorded, or its timeline lacks events)")
+                continue
+            note = note or p.get("note")
+            if _below_noise(p):
+                caveats.append(f"{label}: the one-time cost came out at {p['one_time_s']:.2f} s: the fixed cost is "
+                               f"below the epoch-to-epoch noise of this run (its epochs differed by more), so its "
+                               f"shares say only that the fixed cost is small; left out of overhead_share.png")
+    md += ["", "Seconds. Overhead is all but the training steps at their steady speed and the validation: the "
+               "one-time cost (time to first step beyond a steady step, the first epoch's set-up, fit's teardown) "
+               "and the per-gap cost between epochs. The shares at 5, 50 and 500 epochs are a **projection**, "
+               "not a measurement: " + (note or "projected from each run's own figures") + "."]
+    if caveats:
+        md += [""] + [f"- {c}" for c in caveats]
+    return md + [""]
 
 
 def _gpu_libraries(d: dict) -> str:
@@ -234,6 +461,15 @@ def dx_rows(dx: dict) -> list[str]:
     return lines
 
 
+def _check_setups(path: str, run: dict) -> None:
+    """A setup that is not a name cannot be a column: refused like any field no reader can interpret."""
+    for b in run["benchmarks"]:
+        setup = (b.get("extra_info") or {}).get("setup")
+        if setup is not None and not (isinstance(setup, str) and setup.strip()):
+            raise ResultsError(f"{path}: {case_name(b)}: 'extra_info.setup' must be a setup's name, found "
+                               f"{setup!r:.40}; the file was not written by this suite or was edited since")
+
+
 def write_report(paths: list[str], out: str | Path) -> Path:
     """OUT/report.md and its figures, whole or not at all: everything is drawn into a temporary
     folder beside OUT and moved in at the end, report.md last."""
@@ -245,6 +481,8 @@ def write_report(paths: list[str], out: str | Path) -> Path:
     if empty:
         raise ResultsError(f"{empty[0]}: holds no benchmark (the session measured none: --benchmark-skip, "
                            f"or every case deselected); nothing to report")
+    for p, r in zip(paths, runs):
+        _check_setups(p, r)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
     try:
@@ -257,70 +495,144 @@ def write_report(paths: list[str], out: str | Path) -> Path:
     return final / "report.md"
 
 
-def _write_report(paths: list[str], runs: list[dict], out: Path) -> None:
-    run, base = runs[-1], Path(paths[-1]).parent
-    ft, ts = cases(run, "test_finetune"), cases(run, "test_train_step")
-    notes: list[str] = []
-    figures = []
-    if ft:
-        figures += [plot_accuracy(ft, out), plot_time(ft, out)]
-        figures += plot_timelines(ft, base, out, notes)
-        figures.append(plot_throughput(ft, ts, out))
-    else:
-        notes.append("no test_finetune case in the run: accuracy, time and timeline figures omitted")
-    if len(runs) > 1:
-        figures.append(plot_trend(runs, out))
-    for test, by_case in (("test_finetune", ft), ("test_train_step", ts)):
-        for (fw, m), b in sorted(by_case.items()):
-            e = b.get("extra_info") or {}
-            notes += [f"{fw}-{m} {test}: {text}" for text in e.get("telemetry_problems") or []]
-            notes += [f"{fw}-{m} {test} (flag): {text}" for text in e.get("telemetry_flags") or []]
+def _given(v: Any) -> Any:
+    return "each framework's default" if v is None else v
+
+
+def header(path: str, run: dict, names: list[str]) -> list[str]:
+    """Which run, how it was started, and what it ran: profile, device, setup(s), the options."""
     cfg = run.get("bench_config") or {}
-    mi = run.get("machine_info") or {}
-    md = ["# PyTorch vs TensorFlow: fine-tuning report", "",
-          f"Run: `{paths[-1]}` ({run.get('datetime', 'unknown time')})", "",
-          f"Command: `{run.get('command', 'not recorded')}`", "",
-          f"Profile **{cfg.get('profile')}** on **{cfg.get('device')}**: dataset {cfg.get('dataset')}, "
-          f"{cfg.get('epochs')} epochs at batch {cfg.get('batch_size')}, weights {cfg.get('weights')}, "
-          f"precision {cfg.get('precision')}, compile {cfg.get('compile')}, optimizer {cfg.get('optimizer')} "
-          f"lr {cfg.get('lr')}, BN momentum {cfg.get('bn_momentum')} eps {cfg.get('bn_eps')}.", ""]
-    for m in _models(ft):
-        md += [f"## {m}", "", "| | " + " | ".join(FRAMEWORKS) + " |", "|---|" + "---:|" * len(FRAMEWORKS)]
-        md += [f"| {name} | " + " | ".join(vals) + " |" for name, vals in case_rows(ft, ts, m)]
-        md.append("")
-    if ft:
-        md += ["## Parity", "", "| case | trainable | non-trainable | input transform | optimizer | lr | BN momentum / eps | precision |",
-               "|---|---:|---:|---|---|---:|---|---|"]
+    if len(names) == 1:
+        setup = f"setup **{names[0]}**"
+    else:
+        setup = "setups " + " and ".join(f"**{s}**" for s in names) + " side by side"
+    options = (f"precision {_given(cfg.get('precision'))}, compile {_given(cfg.get('compile'))}, "
+               f"optimizer {cfg.get('optimizer')} lr {cfg.get('lr')}, BN momentum {_given(cfg.get('bn_momentum'))} "
+               f"eps {_given(cfg.get('bn_eps'))}")
+    if len(names) > 1:
+        options += " (in matched; defaults keeps each framework's own, except options given explicitly)"
+    return ["# PyTorch vs TensorFlow: fine-tuning report", "",
+            f"Run: `{path}` ({run.get('datetime', 'unknown time')})", "",
+            f"Command: `{run.get('command', 'not recorded')}`", "",
+            f"Profile **{cfg.get('profile')}** on **{cfg.get('device')}**, {setup}: "
+            f"dataset {cfg.get('dataset')}, "
+            f"{cfg.get('epochs')} epochs at batch {cfg.get('batch_size')}, weights {cfg.get('weights')}, {options}.", ""]
+
+
+def _bn(e: dict) -> str:
+    """BatchNorm momentum / epsilon as read back (a setup may leave them to the framework), else as set."""
+    s = e.get("settings") if isinstance(e.get("settings"), dict) else {}
+    return f"{_value(s.get('bn_momentum', e.get('bn_momentum')))} / {_value(s.get('bn_eps', e.get('bn_eps')))}"
+
+
+def parity_section(fts: dict[str, dict]) -> list[str]:
+    multi = len(fts) > 1
+    md = ["## Parity", "", "| case | trainable | non-trainable | input transform | optimizer | lr | BN momentum / eps | precision |",
+          "|---|---:|---:|---|---|---:|---|---|"]
+    for setup, ft in fts.items():
         for (fw, m), b in sorted(ft.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             e = b["extra_info"]
-            md.append(f"| {fw}-{m} | {_f(e.get('trainable_params'), ',')} | {_f(e.get('non_trainable_params'), ',')} | "
-                      f"{e.get('input_transform')} | {e.get('optimizer')} | {e.get('lr')} | "
-                      f"{e.get('bn_momentum')} / {e.get('bn_eps')} | {e.get('precision')} |")
-        md.append("")
+            md.append(f"| {fw}-{m}{f'-{setup}' if multi else ''} | {_f(e.get('trainable_params'), ',')} | "
+                      f"{_f(e.get('non_trainable_params'), ',')} | {e.get('input_transform')} | {e.get('optimizer')} | "
+                      f"{e.get('lr')} | {_bn(e)} | {e.get('precision')} |")
+    return md + [""]
+
+
+def machine_section(mi: dict) -> list[str]:
+    md = ["## Machine", "", f"- GPU: {mi.get('gpu_name') or 'none'} ({mi.get('gpu_reason') or 'NVML'})",
+          f"- CPU: {mi.get('cpu_model')} x {mi.get('cpu_count')}",
+          f"- packages: {', '.join(f'{k} {v}' for k, v in (mi.get('packages') or {}).items())}"]
+    for fw, info in (mi.get("framework_builds") or {}).items():  # "torch", or "torch/defaults" with both setups
+        md.append(f"- {fw}: {info.get('framework_version')} on {info.get('device_name')}, CUDA build "
+                  f"{info.get('cuda_build')}, cuDNN {info.get('cudnn_version')}, TF32 matmul/conv "
+                  f"{info.get('tf32_matmul')}/{info.get('tf32_conv')}, threads {info.get('cpu_threads')}")
+    return md + [""]
+
+
+def history_section(paths: list[str], runs: list[dict], setup: str) -> list[str]:
+    """Fine-tuning time and accuracy per case across runs, in one setup (like for like)."""
+    md = [f"## History (setup {setup})", "",
+          "| run | " + " | ".join(f"{fw}-{m}" for m in MODELS for fw in FRAMEWORKS) + " |",
+          "|---|" + "---:|" * (len(MODELS) * len(FRAMEWORKS))]
+    for p, r in zip(paths, runs):
+        c = cases(r, "test_finetune", setup)
+        cells = [f"{c[(fw, m)]['stats']['median']:.1f}s / "
+                 f"{_f(_num(c[(fw, m)]['extra_info'].get('accuracy_after')) * 100, '.0f')}%"
+                 f"{' FAILED' if failed(c[(fw, m)]) else ''}"
+                 if (fw, m) in c else "–" for m in MODELS for fw in FRAMEWORKS]
+        md.append(f"| `{Path(p).name}` | " + " | ".join(cells) + " |")
+    return md + ["", "Cells: fine-tuning time / accuracy after.", ""]
+
+
+def device_notes(run: dict, names: list[str]) -> list[str]:
+    """What the run's device can and cannot show of the setups' memory and numeric settings."""
+    if (run.get("bench_config") or {}).get("device") != "cpu" or "defaults" not in names:
+        return []
+    return ["a CPU run cannot show what the defaults setup changes on a GPU: TensorFlow's up-front reservation "
+            "of GPU memory (no memory growth) and torch's caching allocator act on GPU memory; on a CPU the "
+            "memory plots show the worker's resident host memory, and the TF32 and cuDNN settings have no effect"]
+
+
+def figures(fts: dict[str, dict], tss: dict[str, dict], runs: list[dict], base: Path, out: Path,
+            notes: list[str]) -> list[str]:
+    """The first setup's figures as a one-setup run draws them; the other setups' timelines beside
+    them (`_<setup>` file names); the overhead share; the trend across runs."""
+    first, multi, files = next(iter(fts)), len(fts) > 1, []
+    ft, ts = fts[first], tss[first]
+    if ft:
+        files += [plot_accuracy(ft, out, first), plot_time(ft, out, first)]
+        files += plot_timelines(ft, base, out, notes, first, label=f"-{first}" if multi else "")
+        files.append(plot_throughput(ft, ts, out, first))
+    for setup in list(fts)[1:]:
+        files += plot_timelines(fts[setup], base, out, notes, setup, suffix=f"_{setup}", label=f"-{setup}")
+    if not any(fts.values()):
+        notes.append("no test_finetune case in the run: accuracy, time and timeline figures omitted")
+    share = plot_overhead_share(fts, out)
+    files += [share] if share else []
+    if len(runs) > 1:
+        files.append(plot_trend(runs, out, first))
+    return files
+
+
+def _telemetry_notes(fts: dict[str, dict], tss: dict[str, dict]) -> list[str]:
+    notes, multi = [], len(fts) > 1
+    for setup in fts:
+        for test, by_case in (("test_finetune", fts[setup]), ("test_train_step", tss[setup])):
+            for (fw, m), b in sorted(by_case.items()):
+                e, name = b.get("extra_info") or {}, f"{fw}-{m}" + (f"-{setup}" if multi else "")
+                notes += [f"{name} {test}: {text}" for text in e.get("telemetry_problems") or []]
+                notes += [f"{name} {test} (flag): {text}" for text in e.get("telemetry_flags") or []]
+    return notes
+
+
+def _write_report(paths: list[str], runs: list[dict], out: Path) -> None:
+    run, base = runs[-1], Path(paths[-1]).parent
+    names = setups(run)
+    fts = {s: cases(run, "test_finetune", s) for s in names}
+    tss = {s: cases(run, "test_train_step", s) for s in names}
+    notes: list[str] = []
+    files = figures(fts, tss, runs, base, out, notes)
+    notes += _telemetry_notes(fts, tss) + device_notes(run, names)
+    md = header(paths[-1], run, names)
+    for m in _models({k: b for ft in fts.values() for k, b in ft.items()}):
+        md += [f"## {m}", ""] + model_table(fts, tss, m) + [""]
+    if len(names) > 1:
+        md += changes_section(fts, run.get("bench_config") or {})
+    if any(_projection(b) for ft in fts.values() for b in ft.values()):
+        md += overhead_section(fts)
+    elif any(fts.values()):
+        notes.append("no overhead projection in this run (recorded since the setups exist): the fixed vs "
+                     "per-epoch cost section is omitted")
+    if any(fts.values()):
+        md += parity_section(fts)
     if run.get("dx"):
         md += ["## Developer experience", ""] + dx_rows(run["dx"]) + [""]
     else:
         notes.append("no developer-experience figures in this run (recorded by the pytest session)")
-    md += ["## Machine", "", f"- GPU: {mi.get('gpu_name') or 'none'} ({mi.get('gpu_reason') or 'NVML'})",
-           f"- CPU: {mi.get('cpu_model')} x {mi.get('cpu_count')}",
-           f"- packages: {', '.join(f'{k} {v}' for k, v in (mi.get('packages') or {}).items())}"]
-    for fw, info in (mi.get("framework_builds") or {}).items():
-        md.append(f"- {fw}: {info.get('framework_version')} on {info.get('device_name')}, CUDA build "
-                  f"{info.get('cuda_build')}, cuDNN {info.get('cudnn_version')}, TF32 matmul/conv "
-                  f"{info.get('tf32_matmul')}/{info.get('tf32_conv')}, threads {info.get('cpu_threads')}")
-    md.append("")
+    md += machine_section(run.get("machine_info") or {})
     if len(runs) > 1:
-        md += ["## History", "", "| run | " + " | ".join(f"{fw}-{m}" for m in MODELS for fw in FRAMEWORKS) + " |",
-               "|---|" + "---:|" * (len(MODELS) * len(FRAMEWORKS))]
-        for p, r in zip(paths, runs):
-            c = cases(r, "test_finetune")
-            cells = [f"{c[(fw, m)]['stats']['median']:.1f}s / "
-                     f"{_f(_num(c[(fw, m)]['extra_info'].get('accuracy_after')) * 100, '.0f')}%"
-                     f"{' FAILED' if failed(c[(fw, m)]) else ''}"
-                     if (fw, m) in c else "–" for m in MODELS for fw in FRAMEWORKS]
-            md.append(f"| `{Path(p).name}` | " + " | ".join(cells) + " |")
-        md += ["", "Cells: fine-tuning time / accuracy after.", ""]
-    md += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
+        md += history_section(paths, runs, names[0])
+    md += ["## Figures", ""] + [f"![{f}]({f})" for f in files] + [""]
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     (out / "report.md").write_text("\n".join(md))

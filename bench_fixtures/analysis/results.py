@@ -188,11 +188,20 @@ def case_name(b: dict) -> str:
     return b["fullname"].split("::")[-1]
 
 
-def cases(run: dict, test: str) -> dict[tuple[str, str], dict]:
-    """TEST's benchmarks in RUN by (framework, model)."""
+def cases(run: dict, test: str, setup: str | None = None) -> dict[tuple[str, str], dict]:
+    """TEST's benchmarks in RUN by (framework, model); with SETUP, only that setup's (a `--setup both`
+    run holds each case twice). A benchmark recorded before setups existed ran `matched`."""
     out = {}
     for b in run["benchmarks"]:
         e = b.get("extra_info") or {}
-        if b.get("name", case_name(b)).startswith(test + "[") and "framework" in e and "model" in e:
+        if b.get("name", case_name(b)).startswith(test + "[") and "framework" in e and "model" in e \
+                and setup in (None, e.get("setup") or "matched"):
             out[(e["framework"], e["model"])] = b
     return out
+
+
+def setups(run: dict) -> list[str]:
+    """The setups RUN's benchmarks ran in, matched first, then defaults (the order of the report's
+    columns); a benchmark without `setup` ran matched."""
+    found = {(b.get("extra_info") or {}).get("setup") or "matched" for b in run["benchmarks"]}
+    return sorted(found, key=lambda s: (s != "matched", s != "defaults", str(s)))
