@@ -8,11 +8,15 @@
 2. monitor on / off: the suite's rounds with the parent-side monitor sampling or not; target <= 1.01.
 The three kinds of round alternate (order rotated every cycle), so drift hits all alike.
 3. input headroom: step time over the time the input path alone needs for one batch; target >= 10.
-Median over rounds everywhere. Prints a table; `--out FILE` writes the numbers as JSON.
+Median over rounds everywhere. Each ratio also gets an interval: the order-statistic interval
+(stats.median_interval) for the median of its per-cycle paired ratios; a ratio whose interval
+straddles its target is unresolved (`?` in the table): noise at this many rounds, not a finding.
+Prints a table; `--out FILE` writes the numbers as JSON.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import tempfile
@@ -26,8 +30,13 @@ from ..files import write_json_atomic
 from ..frameworks import NAMES
 from ..machine import nvml_gpus
 from ..runner.experiment import Experiment
+from .stats import median_interval
 
 TARGETS = {"suite_over_bare": 1.03, "monitor_on_over_off": 1.01, "input_headroom": 10.0}
+# "<=": the target is a most, ">=": a least
+DIRECTION = {"suite_over_bare": "<=", "monitor_on_over_off": "<=", "input_headroom": ">="}
+LEVEL = 0.95  # wanted coverage of each ratio's interval; fewer rounds get the full range and say so
+MORE = "more --step-rounds / --rounds needed"
 
 
 KINDS = ("off", "bare", "on")
@@ -56,16 +65,69 @@ def cycle(exp: Experiment, r: int, times: dict[str, list[float]]) -> None:
 
 
 def summarize(exp: Experiment, times: dict[str, list[float]]) -> dict[str, Any]:
-    """The three ratios from alternated rounds, plus the input path timed alone."""
+    """The three ratios from alternated rounds, plus the input path timed alone; RATIO_INTERVALS
+    gives each its spread over the cycles and whether that spread leaves the target decided."""
     cfg = exp.cfg
     pipe = exp.request("input_pipeline", count=cfg.step_count)
-    batch_s = pipe["seconds"] / pipe["batches"]
-    off, on, bare = (statistics.median(times[k]) for k in ("off", "on", "bare"))
+    batch_s = _div(pipe["seconds"], pipe["batches"])
+    off, on, bare = (_median(times.get(k, [])) for k in ("off", "on", "bare"))
+    intervals = ratio_intervals(times, batch_s)
     return dict(framework=exp.framework, model=exp.model, device=cfg.device, batch_size=cfg.batch_size,
-                steps_per_round=cfg.step_count, rounds=len(times["off"]), monitor_interval_s=cfg.monitor_interval,
+                steps_per_round=cfg.step_count, rounds=len(times.get("off", [])),
+                monitor_interval_s=cfg.monitor_interval,
                 bare_step_s=bare, suite_step_s=off, monitor_on_step_s=on, input_batch_s=batch_s,
-                suite_over_bare=off / bare, monitor_on_over_off=on / off, input_headroom=off / batch_s,
-                targets=TARGETS, step_s=times)
+                suite_over_bare=_div(off, bare), monitor_on_over_off=_div(on, off),
+                input_headroom=_div(off, batch_s), targets=TARGETS, step_s=times,
+                ratio_intervals=intervals, unresolved=[k for k, v in intervals.items() if not v["resolved"]])
+
+
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else math.nan
+
+
+def _div(a: float, b: float) -> float:
+    """A / B, NaN where B is not a positive finite number (a time that cannot be one)."""
+    return a / b if isinstance(b, (int, float)) and 0 < b < math.inf else math.nan
+
+
+def ratio_intervals(times: dict[str, list[float]], batch_s: float) -> dict[str, dict[str, Any]]:
+    """Per ratio: the median of its per-cycle paired ratios (off_r/bare_r, on_r/off_r, off_r/BATCH_S),
+    the order-statistic interval for that median, and whether the interval decides the target."""
+    off, on, bare = (times.get(k, []) for k in ("off", "on", "bare"))
+    pairs = {"suite_over_bare": list(zip(off, bare)), "monitor_on_over_off": list(zip(on, off)),
+             "input_headroom": [(t, batch_s) for t in off]}
+    return {name: _interval(name, ps) for name, ps in pairs.items()}
+
+
+def _interval(name: str, pairs: list[tuple[float, float]]) -> dict[str, Any]:
+    target, direction = TARGETS[name], DIRECTION[name]
+    ratios = [a / b for a, b in pairs if _usable(a) and _usable(b) and math.isfinite(a / b)]
+    dropped = len(pairs) - len(ratios)
+    out: dict[str, Any] = dict(median=None, low=None, high=None, coverage=0.0, n=len(ratios), target=target,
+                               resolved=False)
+    left_out = f" ({dropped} of {len(pairs)} rounds without a usable time left out)" if dropped else ""
+    if not ratios:
+        out["note"] = f"cannot be computed: no round with positive times{left_out}"
+        return out
+    low, high, coverage = median_interval(ratios, LEVEL)
+    out.update(median=statistics.median(ratios), low=low, high=high, coverage=coverage)
+    n = len(ratios)
+    rounds = f"{n} round{'s' * (n != 1)}"
+    if n < 2:
+        out["note"] = f"{rounds}: no spread to judge it by; {MORE}{left_out}"
+        return out
+    met = high <= target if direction == "<=" else low >= target
+    missed = low > target if direction == "<=" else high < target
+    out["resolved"] = met or missed
+    verdict = "within" if met else "beyond" if missed else "straddle"
+    spread = f"{rounds}: paired ratios {low:.3g}-{high:.3g} ({coverage:.0%} interval for the median)"
+    out["note"] = (f"{spread} {verdict} the target {direction} {target:g}"
+                   + ("" if out["resolved"] else f"; {MORE}") + left_out)
+    return out
+
+
+def _usable(t: Any) -> bool:
+    return isinstance(t, (int, float)) and 0 < t < math.inf
 
 
 def measure(framework: str, model: str, cfg: BenchConfig) -> dict[str, Any]:
@@ -88,15 +150,42 @@ def measure(framework: str, model: str, cfg: BenchConfig) -> dict[str, Any]:
 
 
 def format_results(rows: list[dict[str, Any]]) -> str:
-    lines = ["| case | device | bare step | suite step | suite/bare | monitor on/off | input headroom |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    """The table; each ratio as `value [low-high]`, a trailing `?` where the interval straddles the
+    target, then a line on the intervals and each unresolved ratio's note."""
+    lines = ["| case | device | bare step | suite step | suite/bare | monitor on/off | input headroom | rounds |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    notes = []
     for r in rows:
+        ivs = r.get("ratio_intervals", {})
+        covs = sorted({(iv["n"], iv["coverage"]) for iv in ivs.values()})
+        rounds = ", ".join(f"{n} ({c:.0%})" for n, c in covs) if covs else str(r.get("rounds", ""))
         lines.append(f"| {r['framework']}-{r['model']} | {r['device']} | {r['bare_step_s'] * 1e3:.1f} ms | "
-                     f"{r['suite_step_s'] * 1e3:.1f} ms | {r['suite_over_bare']:.3f} | "
-                     f"{r['monitor_on_over_off']:.3f} | {r['input_headroom']:.0f}x |")
-    lines.append(f"targets: suite/bare <= {TARGETS['suite_over_bare']}, monitor on/off <= "
-                 f"{TARGETS['monitor_on_over_off']}, input headroom >= {TARGETS['input_headroom']:.0f}x")
+                     f"{r['suite_step_s'] * 1e3:.1f} ms | {_cell(r, 'suite_over_bare', '.3f')} | "
+                     f"{_cell(r, 'monitor_on_over_off', '.3f')} | {_cell(r, 'input_headroom', '.0f', 'x')} | "
+                     f"{rounds} |")
+        notes += [f"  {r['framework']}-{r['model']} {k}: {ivs[k]['note']}" for k in r.get("unresolved", []) if k in ivs]
+    lines.append("targets: " + ", ".join(f"{label} {DIRECTION[k]} {TARGETS[k]:g}{'x' * (k == 'input_headroom')}"
+                                         for k, label in (("suite_over_bare", "suite/bare"),
+                                                          ("monitor_on_over_off", "monitor on/off"),
+                                                          ("input_headroom", "input headroom"))))
+    if any("ratio_intervals" in r for r in rows):
+        lines.append("[low-high]: distribution-free (order-statistic) interval for the median of the per-cycle "
+                     "paired ratios; its coverage is in the rounds column.")
+        lines.append("? = unresolved: the interval straddles the target (or one round gives no spread), so the "
+                     "ratio is noise at this many rounds, not a finding.")
+        lines += notes
     return "\n".join(lines)
+
+
+def _cell(row: dict[str, Any], key: str, fmt: str, unit: str = "") -> str:
+    value = row[key]
+    text = f"{value:{fmt}}{unit}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+    iv = row.get("ratio_intervals", {}).get(key)
+    if iv is None:
+        return text
+    if iv["low"] is not None:
+        text += f" [{iv['low']:{fmt}}-{iv['high']:{fmt}}]"
+    return text + ("" if iv["resolved"] else " ?")
 
 
 def main(argv: list[str] | None = None, prog: str = "bench overhead") -> int:

@@ -4,7 +4,8 @@ the measurement itself can show?" in the way that fits how the numbers were take
 - paired rounds (A/B in one session): drift hits both sides, so the paired ratios are tested
   (one-sided Wilcoxon signed-rank on their logarithms);
 - several stored runs (history): the runs' own spread is the noise band;
-- an accuracy on N test images: a two-proportion test, and the smallest drop N can resolve.
+- an accuracy on N test images: a two-proportion test, and the smallest drop N can resolve;
+- a median over a few rounds (the overhead ratios): a distribution-free interval from order statistics.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import math
 import statistics
 from dataclasses import dataclass
 
+import numpy as np
 from scipy import stats as _st
 
 NOISE_FACTOR = 2.0  # history: a change must exceed twice the largest deviation identical runs showed
@@ -69,3 +71,27 @@ def resolvable_drop(accuracy: float, n: int, alpha: float) -> float:
     N each: below it the gate cannot tell a real drop from which images happened to be right."""
     p = min(max(accuracy, 1 / n), 1 - 1 / n)
     return float(_st.norm.isf(alpha)) * math.sqrt(2 * p * (1 - p) / n)
+
+
+def median_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """A confidence interval for the median of VALUES: (low, high, coverage).
+
+    Rounds are few and their times skewed (a neighbour, a clock change), so nothing is assumed about
+    their distribution: [x(k), x(n+1-k)] of the sorted values misses the true median only when k or
+    more values fall on one side of it, which has probability 2 P(B <= k-1), B ~ Binomial(n, 1/2).
+    The narrowest such pair with coverage >= LEVEL; when N is too small to reach LEVEL, the full
+    range [min, max] with the coverage it has, 1 - 2 * 0.5**n (0 for one value)."""
+    xs = sorted(float(v) for v in values)
+    if not xs:
+        raise ValueError("median_interval needs at least one value")
+    if any(math.isnan(x) for x in xs):
+        raise ValueError("median_interval: NaN among the values")
+    if not 0 < level < 1:
+        raise ValueError(f"median_interval: level must lie in (0, 1), not {level}")
+    n = len(xs)
+    ks = np.arange(1, n // 2 + 1)                        # k < n+1-k: a pair of distinct ranks
+    coverage = 1 - 2 * _st.binom.cdf(ks - 1, n, 0.5)     # falls as k rises
+    ok = np.nonzero(coverage >= level - 1e-12)[0]
+    k = int(ks[ok[-1]]) if ok.size else 1
+    cov = float(coverage[k - 1]) if ok.size else 1 - 2 * 0.5 ** n
+    return xs[k - 1], xs[n - k], max(cov, 0.0)

@@ -63,3 +63,6 @@ def test_harness_overhead(benchmark, bench_runner, bench_config, bench_setup, fr
     info = overhead.summarize(exp, times)
     benchmark.extra_info.update(info)
     assert all(info[k] > 0 for k in ("suite_over_bare", "monitor_on_over_off", "input_headroom"))
+    intervals = info["ratio_intervals"]  # each ratio with its spread over the rounds, and whether it means anything
+    assert all(intervals[k]["low"] <= intervals[k]["high"] and intervals[k]["note"] for k in intervals)
+    assert set(info["unresolved"]) == {k for k, v in intervals.items() if not v["resolved"]}
