@@ -27,7 +27,7 @@ from typing import Any
 from ..config import MODELS, BenchConfig, resolve
 from ..data import LABEL_NAMES, Cifar10, make_bundle, make_synthetic
 from ..files import write_json_atomic
-from ..frameworks import NAMES
+from ..frameworks import NAMES, installed, unavailable
 from ..machine import nvml_gpus
 from ..runner.experiment import Experiment
 from .stats import median_interval
@@ -190,7 +190,7 @@ def _cell(row: dict[str, Any], key: str, fmt: str, unit: str = "") -> str:
 
 def main(argv: list[str] | None = None, prog: str = "bench overhead") -> int:
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--framework", nargs="+", default=list(NAMES), choices=NAMES)
+    p.add_argument("--framework", nargs="+", default=None, choices=NAMES, help="(default: the installed ones)")
     p.add_argument("--model", nargs="+", default=["mobilenet_v2"], choices=MODELS)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
     p.add_argument("--batch-size", type=int, default=32)
@@ -204,6 +204,10 @@ def main(argv: list[str] | None = None, prog: str = "bench overhead") -> int:
     cfg = resolve(dict(profile="smoke", device=a.device, batch_size=a.batch_size, step_count=a.steps,
                        step_rounds=a.rounds, step_warmup=a.warmup, monitor_interval=a.monitor_interval,
                        train_size=0), len(gpus), reason)
+    if a.framework is None:
+        for reason in unavailable().values():
+            print(reason, file=sys.stderr)
+        a.framework = list(installed())
     rows = [measure(fw, m, cfg) for m in a.model for fw in a.framework]
     print(format_results(rows))
     if a.out:

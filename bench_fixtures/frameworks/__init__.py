@@ -30,7 +30,11 @@ class Framework:
     def missing(self) -> str | None:
         """Why this framework cannot run here (one line with the fix), or None when it can."""
         for module in self.imports:
-            if importlib.util.find_spec(module) is None:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):  # a broken or hidden package: as good as absent
+                found = False
+            if not found:
                 return f"{self.name} cases skipped: the Python package '{module}' is not installed; {self.install}"
         return None
 
@@ -53,6 +57,12 @@ def backend_module(framework: str) -> str:
 def load_backend(framework: str) -> type:
     """The backend class; imports the framework (inside a worker only)."""
     return getattr(importlib.import_module(backend_module(framework)), FRAMEWORKS[framework].backend.split(":")[1])
+
+
+def installed() -> tuple[str, ...]:
+    """The frameworks that can run here, in registry order."""
+    missing = unavailable()
+    return tuple(name for name in NAMES if name not in missing)
 
 
 def unavailable() -> dict[str, str]:
