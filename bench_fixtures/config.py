@@ -21,6 +21,11 @@ PROFILES: dict[str, dict[str, Any]] = {
     "seed": dict(dataset="cifar10", train_size=0, test_size=0, epochs=5, batch_size=32,
                  weights="imagenet", image_size=32, finetune_rounds=1, step_rounds=10, step_count=50,
                  step_warmup=20, min_accuracy_gain=0.10, eval_every_epoch=True, worker_timeout=7200.0),
+    # The GPU runner's short check (.ci/gpu): real CIFAR-10, a 10,000-image training subset, the full
+    # test set, the seed's 5 epochs at batch 32; all six cases within about 6 minutes on an H100-class GPU.
+    "quick": dict(dataset="cifar10", train_size=10000, test_size=0, epochs=5, batch_size=32,
+                  weights="imagenet", image_size=32, finetune_rounds=1, step_rounds=5, step_count=50,
+                  step_warmup=20, min_accuracy_gain=0.10, eval_every_epoch=True, worker_timeout=1800.0),
 }
 # A profile on the other data set: smoke on real CIFAR-10 needs more steps than 16 to show a gain
 # (and BN statistics at the usual momentum); applied before explicit options.
@@ -46,7 +51,7 @@ MIN_TEST_SIZE = 10  # the test subset is stratified over the 10 classes: one ima
 MONITOR_INTERVAL_RANGE = (0.01, 60.0)  # below 10 ms sampling takes a visible share of a core; above
 #                                        a minute a fine-tune's epochs get no sample of their own
 DEFAULT_LR = {"sgd": 0.01, "adam": 0.001}
-CHOICES = {"profile": ("auto", "smoke", "seed"), "dataset": ("cifar10", "synthetic"),
+CHOICES = {"profile": ("auto", "smoke", "seed", "quick"), "dataset": ("cifar10", "synthetic"),
            "weights": ("imagenet", "none"), "device": ("auto", "cpu", "gpu"),
            "optimizer": ("sgd", "adam"), "precision": ("fp32", "tf32"), "compile": ("off", "on"),
            "preprocess": ("auto", "cifar", "native"), "setup": ("matched", "defaults", "both")}

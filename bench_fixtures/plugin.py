@@ -24,7 +24,8 @@ from .frameworks import unavailable
 
 # (option, dest, type, help); defaults come from the profile (None = "profile decides").
 OPTIONS = [
-    ("--bench-profile", "profile", str, "auto (seed on a GPU, smoke on a CPU), smoke or seed"),
+    ("--bench-profile", "profile", str, "auto (seed on a GPU, smoke on a CPU), smoke, seed, or quick (real "
+                                        "CIFAR-10, 10,000 training images, 5 epochs: the GPU runner's check)"),
     ("--dataset", "dataset", str, "cifar10 or synthetic (profile: smoke=synthetic, seed=cifar10)"),
     ("--data-dir", "data_dir", str, "folder holding cifar-10-batches-py/ (env CIFAR10_DIR; "
                                     "default ~/.cache/bench_fixtures/cifar10, downloaded when absent)"),

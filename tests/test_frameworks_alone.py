@@ -9,22 +9,21 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import real_subset
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("hidden, runs, skipped", [
-    pytest.param("tensorflow,keras", "torch", "tensorflow", marks=pytest.mark.torch),
-    pytest.param("torch,torchvision", "tensorflow", "torch", marks=pytest.mark.tensorflow),
-])
-def test_a_missing_framework_is_skipped_with_its_fix_and_the_other_runs(hidden, runs, skipped):
-    env = dict(os.environ, BENCH_HIDE_MODULES=hidden,
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "tests" / "hidden"), os.environ.get("PYTHONPATH")])))
-    r = subprocess.run([sys.executable, "-m", "pytest", "tests/benchmarks", "--benchmark-only", "-p", "no:cacheprovider",
-                        "-k", "test_finetune and mobilenet_v2", "--epochs", "1", "--train-size", "64", "--test-size", "20",
-                        "--min-accuracy-gain=-1", "-q", "-rs"], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=600)
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out
+TINY = ["-k", "test_finetune and mobilenet_v2", "--epochs", "1", "--train-size", "64", "--test-size", "20",
+        "--min-accuracy-gain=-1", "-rs"]
+
+
+def hiding(modules: str) -> dict[str, str]:
+    return dict(os.environ, BENCH_HIDE_MODULES=modules,
+                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "tests" / "hidden"), os.environ.get("PYTHONPATH")])))
+
+
+def check_alone(out: str, hidden: str, runs: str, skipped: str) -> None:
     package = hidden.split(",")[0]
     line = (f"{skipped} cases skipped: the Python package '{package}' is not installed; "
             f"pip install {hidden.replace(',', ' ')} (the versions pinned in requirements.txt)")
@@ -32,3 +31,47 @@ def test_a_missing_framework_is_skipped_with_its_fix_and_the_other_runs(hidden, 
     assert re.search(rf"SKIPPED \[1\] tests/benchmarks/test_cases.py:\d+: {re.escape(line)}", out), out
     assert "1 passed, 1 skipped" in out
     assert f"test_finetune[{runs}-mobilenet_v2]" in out  # its benchmark table
+
+
+@pytest.mark.tensorflow
+def test_tensorflow_alone_runs_its_cases_and_skips_torch_with_the_fix():
+    r = subprocess.run([sys.executable, "-m", "pytest", "tests/benchmarks", "--benchmark-only", "-p", "no:cacheprovider",
+                        "-q", *TINY], cwd=ROOT, env=hiding("torch,torchvision"), capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    check_alone(r.stdout + r.stderr, "torch,torchvision", "tensorflow", "torch")
+
+
+@pytest.mark.torch
+def test_ci_gpu_runs_end_to_end_with_torch_alone(tmp_path):
+    """`.ci/gpu` on a CPU (--device cpu, a tiny smoke run) on a torch-only machine: the torch case runs,
+    TensorFlow's is skipped with its fix, and one folder holds the run, its telemetry, the report."""
+    out = tmp_path / "results"
+    try:  # real CIFAR-10 where the pack is (the project's machines): the subset the real-data tests build
+        data = ["--data-dir", str(real_subset()), "--dataset", "cifar10"]
+    except pytest.skip.Exception:
+        data = ["--dataset", "synthetic"]
+    r = subprocess.run(["bash", ".ci/gpu", "--out", str(out), *data, "--device", "cpu", "--bench-profile", "smoke",
+                        *TINY], cwd=ROOT, env=hiding("tensorflow,keras"), capture_output=True, text=True, timeout=600)
+    text = r.stdout + r.stderr
+    assert r.returncode == 0, text
+    check_alone(text, "tensorflow,keras", "torch", "tensorflow")
+    assert {"run.json", "run.telemetry", "report.md", "machine.json"} <= {p.name for p in out.iterdir()}
+    assert (out / "run.telemetry" / "finetune-torch-mobilenet_v2.json").is_file()
+    assert f".ci/gpu: exit 0; results in {out}/" in text
+
+
+def test_ci_gpu_refuses_what_it_cannot_run(tmp_path):
+    """One line and a non-zero exit, before anything runs."""
+    r = subprocess.run(["bash", ".ci/gpu", "--out", str(tmp_path / "o"), "--pack", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 3 and r.stderr.strip() == (f".ci/gpu: --pack {tmp_path}: no build_cifar10.py there; "
+                                                      f"give the CIFAR-10 JPEG pack's folder")
+    (tmp_path / "file").write_text("")
+    r = subprocess.run(["bash", ".ci/gpu", "--out", str(tmp_path / "file")], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 3 and "is a file, not a folder" in r.stderr
+    r = subprocess.run(["bash", ".ci/gpu", "--out", str(tmp_path / "none"), "--device", "cpu", "--bench-profile",
+                        "smoke", "--dataset", "synthetic", "-k", "no_such_case"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode != 0 and ".ci/gpu: exit" in r.stdout

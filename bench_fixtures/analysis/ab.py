@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import machine
-from ..config import MODELS, ConfigError, resolve
+from ..config import CHOICES, MODELS, ConfigError, resolve
 from ..data import DataError
 from ..files import WorkFolder, write_json_atomic
 from ..frameworks import NAMES
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None, prog: str = "bench ab") -> int:
     p.add_argument("--framework", nargs="+", default=list(NAMES), choices=NAMES)
     p.add_argument("--model", nargs="+", default=["mobilenet_v2"], choices=MODELS)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
-    p.add_argument("--bench-profile", default="auto", choices=("auto", "smoke", "seed"))
+    p.add_argument("--bench-profile", default="auto", choices=CHOICES["profile"])
     p.add_argument("--data-dir", help="CIFAR-10 folder (profile seed, or --dataset cifar10)")
     p.add_argument("--dataset", choices=("cifar10", "synthetic"))
     p.add_argument("--measure", default="steps", choices=("steps", "finetune"))
