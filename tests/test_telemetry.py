@@ -278,3 +278,26 @@ def test_an_idle_gpu_is_a_flag_not_a_failure_and_the_monitor_reports_its_own_cos
     assert problems == []
     assert flags[0].startswith("the GPU was idle (utilisation < 5%) in 80% of the steps' samples")
     assert flags[1].startswith("the monitor was busy 20% of the time at --monitor-interval 0.05")
+
+
+def test_nvml_buffered_samples_land_on_the_timeline_clock_once_each(monkeypatch):
+    """The driver's buffered utilisation samples carry wall-clock microseconds; they are moved onto
+    the monotonic clock the worker's timeline uses, and a sample is never taken twice."""
+    pynvml = pytest.importorskip("pynvml")
+    wall_us = time.time_ns() // 1000
+    value = lambda v: type("V", (), {"uiVal": v})()  # noqa: E731
+    buffered = [type("S", (), {"timeStamp": wall_us + 100_000 * k, "sampleValue": value(50 + k)})() for k in (1, 2, 3)]
+    fake = dict(nvmlInit=lambda: None, nvmlShutdown=lambda: None, nvmlDeviceGetHandleByIndex=lambda i: "h",
+                nvmlDeviceGetSamples=lambda h, kind, since: (1, [s for s in buffered if s.timeStamp > since]),
+                nvmlDeviceGetMemoryInfo=lambda h: type("M", (), {"used": 1})(),
+                nvmlDeviceGetComputeRunningProcesses=lambda h: [])
+    for name, fn in fake.items():
+        monkeypatch.setattr(pynvml, name, fn)
+    s = mon.NvmlSampler(pid=__import__("os").getpid())
+    assert s.buffered
+    util = [x for x in s.sample() if "util" in x]
+    offset = time.monotonic_ns() - time.time_ns()
+    assert [u["util"] for u in util] == [0.51, 0.52, 0.53]
+    for k, u in zip((1, 2, 3), util):
+        assert abs(u["t_ns"] - ((wall_us + 100_000 * k) * 1000 + offset)) < 5_000_000  # within 5 ms
+    assert [x for x in s.sample() if "util" in x] == []  # already taken

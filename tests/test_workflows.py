@@ -22,6 +22,20 @@ def test_workflow_matches_the_github_schema(path):
 
 def test_gpu_workflow_gates_and_promotes_only_on_main():
     text = next(p for p in WORKFLOWS if p.stem == "gpu-gate").read_text()
-    assert "bench gate $(ls baseline/history/*.json | sort) candidate.json" in text
+    assert ".ci/gpu --out results" in text  # the one command for a GPU runner
+    assert "bench gate $(ls baseline/history/*.json | sort) results/run.json" in text
     assert "bench ab --baseline-python" in text
     assert "github.ref == 'refs/heads/main'" in text and "self-hosted" in text
+
+
+def test_gpu_workflow_never_runs_a_fork_and_keeps_its_history_durably():
+    """Fork code never reaches the self-hosted runner; the history lives on a branch (the Actions
+    cache evicts entries unused for 7 days), a missing baseline is a visible warning, and the gate
+    and the report reach the job summary."""
+    text = next(p for p in WORKFLOWS if p.stem == "gpu-gate").read_text()
+    assert ("if: github.event_name != 'pull_request' || "
+            "github.event.pull_request.head.repo.full_name == github.repository") in text
+    assert "actions/cache" not in text and "git push origin bench-history" in text
+    assert "::warning title=No baseline::" in text
+    assert text.count('>> "$GITHUB_STEP_SUMMARY"') >= 3
+    assert "permissions:\n  contents: read" in text  # write only in the promote job

@@ -50,12 +50,27 @@ class InputTransform(nn.Module):
         return x
 
 
+# torch >= 2.9 has `fp32_precision`; older ones only the `allow_tf32` flags. Which one ran is recorded.
+TF32_API = "fp32_precision" if hasattr(torch.backends.cudnn.conv, "fp32_precision") else "allow_tf32"
+
+
+def tf32_state() -> tuple[bool, bool]:
+    """(matmul, convolution) TF32, read back from torch."""
+    if TF32_API == "fp32_precision":
+        return (torch.backends.cuda.matmul.fp32_precision == "tf32",
+                torch.backends.cudnn.conv.fp32_precision == "tf32")
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
 def configure(cfg: dict[str, Any]) -> None:
     """The process-wide settings of a setup (the backend and the standalone bare loop share it)."""
     if cfg.get("precision") is not None:  # None: torch's default (TF32 for convolutions only)
-        tf32 = "tf32" if cfg["precision"] == "tf32" else "ieee"
-        torch.backends.cuda.matmul.fp32_precision = tf32
-        torch.backends.cudnn.conv.fp32_precision = tf32
+        on = cfg["precision"] == "tf32"
+        if TF32_API == "fp32_precision":
+            torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = \
+                "tf32" if on else "ieee"
+        else:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = on
     if cfg.get("setup", "matched") == "matched":
         torch.backends.cudnn.benchmark = True  # autotuning, as TensorFlow does by default; torch's is off
 
@@ -87,8 +102,7 @@ class TorchBackend:
                     device=self.cfg["device"],
                     device_name=torch.cuda.get_device_name(0) if cuda else "cpu",
                     cpu_threads=torch.get_num_threads(), gpus_visible=torch.cuda.device_count(),
-                    tf32_matmul=torch.backends.cuda.matmul.fp32_precision == "tf32",
-                    tf32_conv=torch.backends.cudnn.conv.fp32_precision == "tf32",
+                    tf32_matmul=tf32_state()[0], tf32_conv=tf32_state()[1], tf32_api=TF32_API,
                     cudnn_autotune=torch.backends.cudnn.benchmark, setup=self.cfg.get("setup", "matched"))
 
     # -- model -----------------------------------------------------------------------------
@@ -167,8 +181,7 @@ class TorchBackend:
         """The framework settings the setups differ in, read back from torch."""
         g = self.optimizer.param_groups[0]
         return dict(setup=self.cfg.get("setup", "matched"),
-                    tf32_matmul=torch.backends.cuda.matmul.fp32_precision == "tf32",
-                    tf32_conv=torch.backends.cudnn.conv.fp32_precision == "tf32",
+                    tf32_matmul=tf32_state()[0], tf32_conv=tf32_state()[1],
                     xla=False, compile_requested=str(self.cfg.get("compile") or "off"),
                     torch_compile=self.step_fn is not self.model,
                     memory_growth=None, memory_allocator="caching allocator (grows as needed; torch has no "
