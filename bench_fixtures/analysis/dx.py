@@ -102,10 +102,14 @@ def footprint() -> dict[str, dict[str, Any]]:
     closures = {fw: closure(f.packages) for fw, f in FRAMEWORKS.items()}
     out = {}
     for fw, pkgs in closures.items():
+        if not pkgs:  # not installed here: no size, never a zero that reads as "light"
+            out[fw] = dict(bytes=None, packages=0, largest=[], installed=False,
+                           gpu_libraries=_gpu_libraries(fw, pkgs))
+            continue
         others = set().union(*(c for f, c in closures.items() if f != fw))
         own = sorted(p for p in pkgs - others if not GPU_LIBRARY.match(p))
         sizes = {p: _size(p) for p in own}
-        out[fw] = dict(bytes=sum(sizes.values()), packages=len(own),
+        out[fw] = dict(bytes=sum(sizes.values()), packages=len(own), installed=True,
                        largest=sorted(sizes.items(), key=lambda kv: -kv[1])[:5],
                        gpu_libraries=_gpu_libraries(fw, pkgs))
     return out

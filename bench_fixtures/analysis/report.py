@@ -451,7 +451,8 @@ def dx_rows(dx: dict) -> list[str]:
     lines = ["| | " + " | ".join(FRAMEWORKS) + " |", "|---|" + "---:|" * len(FRAMEWORKS)]
     fields = [("import time (s, median of fresh processes)", lambda d: _f(d.get("import_s"), ".2f") + f" (n={d.get('import_samples')})"),
               ("install footprint (MiB, own packages, without GPU libraries)",
-               lambda d: f"{d['footprint_bytes'] / 2**20:,.0f} ({d['footprint_packages']} pkgs)"),
+               lambda d: "not installed" if d.get("footprint_bytes") is None else
+               f"{d['footprint_bytes'] / 2**20:,.0f} ({d['footprint_packages']} pkgs)"),
               ("GPU libraries (MiB; how they are installed)", _gpu_libraries),
               ("time to first step (s, median)", lambda d: _f(d.get("time_to_first_step_s"), ".2f")),
               ("GPUs visible / seen by NVML", lambda d: f"{d.get('gpus_visible')} / {d.get('gpus_nvml')}"),
