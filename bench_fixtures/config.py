@@ -27,10 +27,11 @@ PROFILES: dict[str, dict[str, Any]] = {
                   weights="imagenet", image_size=32, finetune_rounds=1, step_rounds=5, step_count=50,
                   step_warmup=20, min_accuracy_gain=0.10, eval_every_epoch=True, worker_timeout=1800.0),
 }
+MATCHED_BN_MOMENTUM = 0.1  # torch's default; Keras 0.9
 # A profile on the other data set: smoke on real CIFAR-10 needs more steps than 16 to show a gain
 # (and BN statistics at the usual momentum); applied before explicit options.
 DATASET_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
-    ("smoke", "cifar10"): dict(train_size=2000, test_size=1000, bn_momentum=0.1),
+    ("smoke", "cifar10"): dict(train_size=2000, test_size=1000, bn_momentum=MATCHED_BN_MOMENTUM),
 }
 COMMON: dict[str, Any] = dict(optimizer="sgd", lr=None, momentum=0.9, seed=0, device="auto",
                               data_dir=None, preprocess="auto", monitor_interval=0.05,
@@ -39,7 +40,8 @@ COMMON: dict[str, Any] = dict(optimizer="sgd", lr=None, momentum=0.9, seed=0, de
 # to these values; `defaults` leaves each framework's own (None: the worker sets nothing and reads
 # back what the framework uses). A value given by an option, or by the profile (smoke's BatchNorm
 # momentum, which 16 steps from random init need), is applied in both setups.
-MATCHED: dict[str, Any] = dict(precision="fp32", compile="off", bn_momentum=0.1, bn_eps=1e-5, adam_eps=1e-8)
+MATCHED: dict[str, Any] = dict(precision="fp32", compile="off", bn_momentum=MATCHED_BN_MOMENTUM, bn_eps=1e-5,
+                               adam_eps=1e-8)
 SETUPS = ("matched", "defaults")
 MIN_WORKER_MEMORY_MIB = 1024  # torch or TensorFlow imported, before any model
 # The real ranges, each with the reason a value outside it cannot run (said in the error).
@@ -176,7 +178,11 @@ def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "") ->
     dataset = given.get("dataset", PROFILES[profile]["dataset"])
     values = {**COMMON, **PROFILES[profile], **DATASET_OVERRIDES.get((profile, dataset), {}), **given}
     _check_choice("setup", values["setup"])
-    values["overrides"] = {k: values[k] for k in MATCHED if k in values}
+    # Set explicitly: by an option, or by the profile unless the data set's own values replace it
+    # (smoke on real CIFAR-10 goes back to the usual momentum: matched's, or each framework's own).
+    by_dataset = DATASET_OVERRIDES.get((profile, dataset), {})
+    values["overrides"] = {k: values[k] for k in MATCHED
+                           if k in given or (k in PROFILES[profile] and k not in by_dataset)}
     values.update(setup_values(values["setup"] if values["setup"] != "both" else "matched",
                                values["overrides"], values.get("weights", "")))
     if device == "auto":

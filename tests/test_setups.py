@@ -24,6 +24,14 @@ def test_matched_aligns_and_defaults_leaves_each_framework_its_own():
     assert "setup=defaults" in defaults.headline() and "precision" not in defaults.headline()
 
 
+def test_smoke_on_real_data_goes_back_to_the_usual_momentum_in_each_setup():
+    """Smoke's momentum 0.5 is for 16 synthetic steps; on real CIFAR-10 the data set's values replace
+    it: matched's 0.1, and in defaults each framework's own (not an override)."""
+    cfg = resolve(dict(profile="smoke", dataset="cifar10", setup="both"), gpu_count=0)
+    assert cfg.overrides == {}
+    assert (cfg.for_setup("matched").bn_momentum, cfg.for_setup("defaults").bn_momentum) == (0.1, None)
+
+
 def test_both_runs_each_setup_and_explicit_values_hold_in_both():
     cfg = resolve(dict(profile="smoke", setup="both", precision="tf32"), gpu_count=0)
     assert cfg.setups == ("matched", "defaults")
@@ -151,4 +159,4 @@ def test_work_after_the_last_step_lands_in_the_gap_not_the_steps(framework, tmp_
     gaps, problems = tl.inter_epoch_gaps(events, 2)
     assert not problems and gaps[0]["total_s"] >= 0.6
     phases, _ = tl.epoch_phases(events, 2)
-    assert phases[1]["steps_s"] == pytest.approx((at[tl.LAST_STEP_END, 1, None] - at[tl.FIRST_STEP_START, 1, None]) / 1e9)
+    assert all(p["steps_s"] < 0.6 for p in phases[1:])  # 4 small steps; with the user's work in them, >= 0.6 s

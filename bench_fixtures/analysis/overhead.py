@@ -35,6 +35,7 @@ from .stats import median_interval
 TARGETS = {"suite_over_bare": 1.03, "monitor_on_over_off": 1.01, "input_headroom": 10.0}
 # "<=": the target is a most, ">=": a least
 DIRECTION = {"suite_over_bare": "<=", "monitor_on_over_off": "<=", "input_headroom": ">="}
+MIN_COVERAGE = 0.9  # below it (fewer than 5 rounds) no interval settles a ratio either way
 LEVEL = 0.95  # wanted coverage of each ratio's interval; fewer rounds get the full range and say so
 MORE = "more --step-rounds / --rounds needed"
 
@@ -118,10 +119,13 @@ def _interval(name: str, pairs: list[tuple[float, float]]) -> dict[str, Any]:
         return out
     met = high <= target if direction == "<=" else low >= target
     missed = low > target if direction == "<=" else high < target
-    out["resolved"] = met or missed
+    weak = coverage < MIN_COVERAGE  # 2-4 rounds: even their full range covers the median at 50-88% only
+    out["resolved"] = (met or missed) and not weak
     verdict = "within" if met else "beyond" if missed else "straddle"
     spread = f"{rounds}: paired ratios {low:.3g}-{high:.3g} ({coverage:.0%} interval for the median)"
     out["note"] = (f"{spread} {verdict} the target {direction} {target:g}"
+                   + (f", but {coverage:.0%} is too weak to settle it (5 rounds reach 94%)" if weak and (met or missed)
+                      else "")
                    + ("" if out["resolved"] else f"; {MORE}") + left_out)
     return out
 
@@ -171,8 +175,8 @@ def format_results(rows: list[dict[str, Any]]) -> str:
     if any("ratio_intervals" in r for r in rows):
         lines.append("[low-high]: distribution-free (order-statistic) interval for the median of the per-cycle "
                      "paired ratios; its coverage is in the rounds column.")
-        lines.append("? = unresolved: the interval straddles the target (or one round gives no spread), so the "
-                     "ratio is noise at this many rounds, not a finding.")
+        lines.append("? = unresolved: the interval straddles the target, or covers the median at under 90% (fewer "
+                     "than 5 rounds), so the ratio is noise at this many rounds, not a finding.")
         lines += notes
     return "\n".join(lines)
 

@@ -310,13 +310,15 @@ class TensorFlowBackend:
         """The framework settings the setups differ in, read back from TensorFlow and Keras."""
         tf32 = tf.config.experimental.tensor_float_32_execution_enabled()
         opt, growth = self.model.optimizer, self._memory_growth()
+        autotune = self._train_dataset(self.bundle.order[:1]).options().autotune.enabled  # from the pipeline fit gets
+        autotune = True if autotune is None else bool(autotune)  # None: tf.data's default, which is on
         allocator = {True: "BFC, grows as needed (memory growth)", False: "BFC, reserves the GPU up front",
                      None: "BFC (no GPU)"}[growth]
         return dict(setup=self.cfg.get("setup", "matched"), tf32_matmul=tf32, tf32_conv=tf32,
                     xla=bool(self.model.jit_compile), compile_requested=str(self.cfg.get("compile") or "auto"),
                     memory_growth=growth, memory_allocator=allocator,
                     cudnn_autotune=os.environ.get("TF_CUDNN_USE_AUTOTUNE", "1") != "0",
-                    input_autotune=not self.matched, prefetch="AUTOTUNE" if not self.matched else PREFETCH,
+                    input_autotune=autotune, prefetch="AUTOTUNE" if not self.matched else PREFETCH,  # as configured
                     bn_momentum=sorted({f32(1.0 - b.momentum) for b in bns}) or None,
                     bn_eps=sorted({f32(b.epsilon) for b in bns}) or None,
                     adam_eps=f32(opt.epsilon) if self.cfg["optimizer"] == "adam" else None)
@@ -447,7 +449,8 @@ def bare_step(model: str, batch: int, device: str, size: int, compiled: bool = F
     """The overhead check's reference: a hand-written `tf.function` training step (GradientTape) on
     a device-resident batch, using none of the class above. Returns (step, sync). It runs under the
     process's settings (the suite's, set by `configure`), with XLA when the suite's steps use it,
-    and changes no process-wide setting (its inputs come from a stateless RNG)."""
+    and changes no process-wide setting (its inputs come from a stateless RNG; building its model
+    advances Keras' seed generator, which the suite's `build` reseeds)."""
     base = getattr(keras.applications, SPECS[model].keras)(include_top=False, weights=None,
                                                           input_shape=(size, size, 3), pooling="avg")
     m = keras.Sequential([base, keras.layers.Dense(10)])

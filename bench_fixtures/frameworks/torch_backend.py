@@ -51,7 +51,7 @@ class InputTransform(nn.Module):
 
 
 # torch >= 2.9 has `fp32_precision`; older ones only the `allow_tf32` flags. Which one ran is recorded.
-TF32_API = "fp32_precision" if hasattr(torch.backends.cudnn.conv, "fp32_precision") else "allow_tf32"
+TF32_API = "fp32_precision" if hasattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision") else "allow_tf32"
 
 
 def tf32_state() -> tuple[bool, bool]:
@@ -181,7 +181,7 @@ class TorchBackend:
         """The framework settings the setups differ in, read back from torch."""
         g = self.optimizer.param_groups[0]
         return dict(setup=self.cfg.get("setup", "matched"),
-                    tf32_matmul=tf32_state()[0], tf32_conv=tf32_state()[1],
+                    tf32_matmul=tf32_state()[0], tf32_conv=tf32_state()[1], tf32_api=TF32_API,
                     xla=False, compile_requested=str(self.cfg.get("compile") or "off"),
                     torch_compile=self.step_fn is not self.model,
                     memory_growth=None, memory_allocator="caching allocator (grows as needed; torch has no "
