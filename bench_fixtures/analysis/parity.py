@@ -14,7 +14,7 @@ import tempfile
 
 from ..config import resolve
 from ..data import LABEL_NAMES, Cifar10, make_bundle, make_synthetic
-from ..frameworks import NAMES, unavailable
+from ..frameworks import installed, unavailable
 from ..models import format_parity, parity_notes, parity_problems, parity_rows
 from ..runner.experiment import describe_models
 
@@ -32,11 +32,9 @@ def main(argv: list[str] | None = None, prog: str = "bench parity") -> int:
     with tempfile.TemporaryDirectory() as tmp:
         train, test = make_synthetic(64, 32)
         bundle = make_bundle(Cifar10(train, test, LABEL_NAMES, "synthetic"), 0, 0, 32, 1, 0).write(f"{tmp}/b")
-        missing = unavailable()
-        for reason in missing.values():
+        for reason in unavailable().values():
             print(reason, file=sys.stderr)
-        installed = tuple(fw for fw in NAMES if fw not in missing)
-        rows = parity_rows(describe_models(cfg, bundle, tmp, frameworks=installed))
+        rows = parity_rows(describe_models(cfg, bundle, tmp, frameworks=installed()))
     print(format_parity(rows))
     print(f"\nSettings read back ({a.setup} setup):")
     print("\n".join(parity_notes(rows, a.setup, a.weights)))

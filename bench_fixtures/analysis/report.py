@@ -260,7 +260,10 @@ def _median(xs: list | None) -> float:
 
 
 def _f(v: Any, fmt: str) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+    """A number as FMT says; "–" for anything else (null, NaN, or what an unvalidated key holds)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(v):
+        return "–"
+    return format(v, fmt)
 
 
 def _mean(xs: list | None) -> float | None:
@@ -388,24 +391,17 @@ def changes_section(fts: dict[str, dict], cfg: dict) -> list[str]:
     return md + [""]
 
 
-def _pct(v: Any) -> str:
-    return f"{100 * v:.1f}%" if isinstance(v, (int, float)) and not isinstance(v, bool) else "–"
-
-
-def _secs(v: Any) -> str:
-    return f"{v:.3f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "–"
-
-
 def overhead_row(label: str, b: dict) -> str:
     """One case's fixed and per-epoch costs and its overhead share, measured and projected."""
     e, p = b.get("extra_info") or {}, _projection(b) or {}
     measured = p.get("measured") if isinstance(p.get("measured"), dict) else {}
     projected = {r["epochs"]: r for r in p.get("projected") or []
                  if isinstance(r, dict) and isinstance(r.get("epochs"), int)}
-    cells = [_secs(e.get("time_to_first_step_s")), _secs(p.get("one_time_s")), _secs(p.get("per_epoch_steps_s")),
-             _secs(p.get("per_gap_s")), _secs(p.get("per_epoch_eval_s")), _secs(e.get("fit_teardown_s")),
-             f"{_pct(measured.get('overhead_share'))} ({measured.get('epochs', '–')} epochs)" if measured else "–"]
-    cells += [_pct((projected.get(n) or {}).get("overhead_share")) for n in PROJECTED_EPOCHS]
+    seconds = [e.get("time_to_first_step_s"), p.get("one_time_s"), p.get("per_epoch_steps_s"), p.get("per_gap_s"),
+               p.get("per_epoch_eval_s"), e.get("fit_teardown_s")]
+    cells = [_f(v, ".3f") for v in seconds]
+    cells.append(f"{_f(measured.get('overhead_share'), '.1%')} ({measured.get('epochs', '–')} epochs)" if measured else "–")
+    cells += [_f((projected.get(n) or {}).get("overhead_share"), ".1%") for n in PROJECTED_EPOCHS]
     return f"| {label} | " + " | ".join(cells) + " |"
 
 

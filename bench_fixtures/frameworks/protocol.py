@@ -74,6 +74,13 @@ class Backend(Protocol):
     def peek_labels(self, batches: int) -> list[list[int]]:
         """Labels of the first training batches as `fit` would feed them (to prove the shared order)."""
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the steps run compiled (XLA, torch.compile): the bare reference loop follows it."""
+
+    def add_sleep_hooks(self, epoch_end_s: float, eval_begin_s: float) -> None:
+        """The tests' stand-in for a user's per-epoch work (reachable through fault injection only)."""
+
     @staticmethod
     def is_out_of_memory(exc: BaseException) -> bool:
         """Whether EXC is this framework's allocation failure (host or device)."""

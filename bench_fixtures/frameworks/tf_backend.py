@@ -315,7 +315,7 @@ class TensorFlowBackend:
         allocator = {True: "BFC, grows as needed (memory growth)", False: "BFC, reserves the GPU up front",
                      None: "BFC (no GPU)"}[growth]
         return dict(setup=self.cfg.get("setup", "matched"), tf32_matmul=tf32, tf32_conv=tf32,
-                    xla=bool(self.model.jit_compile), compile_requested=str(self.cfg.get("compile") or "auto"),
+                    xla=self.compiled, compile_requested=str(self.cfg.get("compile") or "auto"),
                     memory_growth=growth, memory_allocator=allocator,
                     cudnn_autotune=os.environ.get("TF_CUDNN_USE_AUTOTUNE", "1") != "0",
                     input_autotune=autotune, prefetch="AUTOTUNE" if not self.matched else PREFETCH,  # as configured

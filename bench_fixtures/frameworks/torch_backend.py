@@ -102,8 +102,13 @@ class TorchBackend:
                     device=self.cfg["device"],
                     device_name=torch.cuda.get_device_name(0) if cuda else "cpu",
                     cpu_threads=torch.get_num_threads(), gpus_visible=torch.cuda.device_count(),
-                    tf32_matmul=tf32_state()[0], tf32_conv=tf32_state()[1], tf32_api=TF32_API,
-                    cudnn_autotune=torch.backends.cudnn.benchmark, setup=self.cfg.get("setup", "matched"))
+                    **self._tf32(), cudnn_autotune=torch.backends.cudnn.benchmark,
+                    setup=self.cfg.get("setup", "matched"))
+
+    @staticmethod
+    def _tf32() -> dict[str, Any]:
+        matmul, conv = tf32_state()
+        return dict(tf32_matmul=matmul, tf32_conv=conv, tf32_api=TF32_API)
 
     # -- model -----------------------------------------------------------------------------
     def _backbone(self, name: str) -> nn.Module:
@@ -180,10 +185,9 @@ class TorchBackend:
     def settings(self, bns: list) -> dict[str, Any]:
         """The framework settings the setups differ in, read back from torch."""
         g = self.optimizer.param_groups[0]
-        return dict(setup=self.cfg.get("setup", "matched"),
-                    tf32_matmul=tf32_state()[0], tf32_conv=tf32_state()[1], tf32_api=TF32_API,
+        return dict(setup=self.cfg.get("setup", "matched"), **self._tf32(),
                     xla=False, compile_requested=str(self.cfg.get("compile") or "off"),
-                    torch_compile=self.step_fn is not self.model,
+                    torch_compile=self.compiled,
                     memory_growth=None, memory_allocator="caching allocator (grows as needed; torch has no "
                                                          "up-front reservation)",
                     cudnn_autotune=torch.backends.cudnn.benchmark,
