@@ -17,9 +17,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(dataset="synthetic", train_size=256, test_size=100, epochs=2, batch_size=32, bn_momentum=0.5,
                   weights="none", image_size=32, finetune_rounds=1, step_rounds=3, step_count=1,
                   step_warmup=1, min_accuracy_gain=0.05, eval_every_epoch=False, worker_timeout=900.0),
-    # The seed experiment: full CIFAR-10, 5 epochs at batch 32, fine-tuning ImageNet weights.
+    # The seed experiment: full CIFAR-10, 5 epochs at batch 32, fine-tuning ImageNet weights; three
+    # fine-tune rounds (each a fresh model, same seed), so every figure comes with its spread.
     "seed": dict(dataset="cifar10", train_size=0, test_size=0, epochs=5, batch_size=32,
-                 weights="imagenet", image_size=32, finetune_rounds=1, step_rounds=10, step_count=50,
+                 weights="imagenet", image_size=32, finetune_rounds=3, step_rounds=10, step_count=50,
                  step_warmup=20, min_accuracy_gain=0.10, eval_every_epoch=True, worker_timeout=7200.0),
     # The GPU runner's short check (.ci/gpu): real CIFAR-10, a 10,000-image training subset, the full
     # test set, the seed's 5 epochs at batch 32; all six cases within about 6 minutes on an H100-class GPU.
@@ -35,7 +36,8 @@ DATASET_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
 }
 COMMON: dict[str, Any] = dict(optimizer="sgd", lr=None, momentum=0.9, seed=0, device="auto",
                               data_dir=None, preprocess="auto", monitor_interval=0.05,
-                              worker_memory_limit=0, setup="matched")
+                              worker_memory_limit=0, setup="matched", channels_last=False,
+                              target_accuracy=None, peak_tflops=None)
 # The framework settings whose defaults differ between torch and TensorFlow. `matched` aligns them
 # to these values; `defaults` leaves each framework's own (None: the worker sets nothing and reads
 # back what the framework uses). A value given by an option, or by the profile (smoke's BatchNorm
@@ -52,10 +54,13 @@ MAX_IMAGE_SIZE = 2048  # 7 times ImageNet's 299: beyond, a single image's activa
 MIN_TEST_SIZE = 10  # the test subset is stratified over the 10 classes: one image each at least
 MONITOR_INTERVAL_RANGE = (0.01, 60.0)  # below 10 ms sampling takes a visible share of a core; above
 #                                        a minute a fine-tune's epochs get no sample of their own
+# fp32 (TF32 off), tf32 (fp32 with TF32 on), and mixed precision: bf16 / fp16 compute with float32
+# weights, logits and loss (torch autocast, Keras' mixed_* policies), fp16 with dynamic loss scaling.
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 DEFAULT_LR = {"sgd": 0.01, "adam": 0.001}
 CHOICES = {"profile": ("auto", "smoke", "seed", "quick"), "dataset": ("cifar10", "synthetic"),
            "weights": ("imagenet", "none"), "device": ("auto", "cpu", "gpu"),
-           "optimizer": ("sgd", "adam"), "precision": ("fp32", "tf32"), "compile": ("off", "on"),
+           "optimizer": ("sgd", "adam"), "precision": PRECISIONS, "compile": ("off", "on"),
            "preprocess": ("auto", "cifar", "native"), "setup": ("matched", "defaults", "both")}
 # Option name for each field, so an error names what the user typed.
 OPTION = {f: "--" + f.replace("_", "-") for f in (*PROFILES["smoke"], *COMMON, *MATCHED)}
@@ -99,6 +104,9 @@ class BenchConfig:
     step_count: int
     step_warmup: int
     eval_every_epoch: bool
+    channels_last: bool    # torch only: NHWC memory format (Keras is NHWC already)
+    target_accuracy: float | None  # time to this test accuracy (needs eval_every_epoch)
+    peak_tflops: float | None      # the device's dense peak for MFU; None = the table in peaks.py
     monitor_interval: float  # seconds between utilisation/memory samples
     worker_memory_limit: int  # MiB of host memory a worker may map (RLIMIT_DATA); 0 = no limit
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # MATCHED settings given by option/profile
@@ -118,7 +126,11 @@ class BenchConfig:
         return (f"bench: profile={self.profile} ({self.profile_reason}); device={self.device} "
                 f"({self.device_reason}); dataset={self.dataset}; epochs={self.epochs} "
                 f"batch={self.batch_size} weights={self.weights} setup={self.setup}"
-                + (f" precision={self.precision}" if self.precision else ""))
+                + (f" precision={self.precision}" if self.precision else "")
+                + (" (fp16 on a CPU: emulated, several times slower than fp32; a GPU precision)"
+                   if self.precision == "fp16" and self.device == "cpu" else "")
+                + (" channels_last" if self.channels_last else "")
+                + (f" target_accuracy={self.target_accuracy:g}" if self.target_accuracy is not None else ""))
 
 
 def setup_values(setup: str, overrides: Mapping[str, Any], weights: str) -> dict[str, Any]:
@@ -258,6 +270,17 @@ def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "") ->
     if values["preprocess"] == "auto":
         values["preprocess"] = "native" if values["weights"] == "imagenet" else "cifar"
     values["eval_every_epoch"] = bool(values["eval_every_epoch"])
+    values["channels_last"] = bool(values["channels_last"])
+    if values["target_accuracy"] is not None:
+        _check_number("target_accuracy", values["target_accuracy"], float, 0, low_ok=False)
+        if values["target_accuracy"] > 1:
+            raise ConfigError(f"--target-accuracy {values['target_accuracy']!r}: must lie in (0, 1]: a fraction of "
+                              f"the test set (0.2 = 20%)")
+        if not values["eval_every_epoch"]:
+            raise ConfigError(f"--target-accuracy {values['target_accuracy']:g} needs the test accuracy after every "
+                              f"epoch: add --eval-every-epoch (on by default in the seed and quick profiles)")
+    if values["peak_tflops"] is not None:
+        _check_number("peak_tflops", values["peak_tflops"], float, 0, low_ok=False)
     ints = ("train_size", "test_size", "epochs", "batch_size", "image_size", "seed",
             "finetune_rounds", "step_rounds", "step_count", "step_warmup", "worker_memory_limit")
     values.update({k: int(values[k]) for k in ints})

@@ -106,7 +106,7 @@ def parity_rows(descriptions: list[dict]) -> list[dict]:
                              non_trainable_params=d["non_trainable_params"],
                              bn=d["batchnorm"], optimizer=d["optimizer"], loss=d["loss"],
                              input_transform=d["input_transform"], precision=d["precision"],
-                             settings=d.get("settings") or {}, trainable_rel_diff=rel,
+                             settings=d.get("settings") or {}, trainable_rel_diff=rel, flops=d.get("flops") or {},
                              explained="; ".join(SPECS[model].differences)))
     return rows
 
@@ -142,8 +142,9 @@ def parity_problems(rows: list[dict], setup: str = "matched", weights: str = "no
     return problems
 
 
-SETTING_KEYS = ("tf32_matmul", "tf32_conv", "cudnn_autotune", "xla", "compile_requested", "memory_allocator",
-                "input_autotune", "prefetch", "bn_momentum", "bn_eps", "adam_eps")
+SETTING_KEYS = ("compute_dtype", "loss_scale", "memory_format", "tf32_matmul", "tf32_conv", "cudnn_autotune", "xla",
+                "compile_requested", "memory_allocator", "input_autotune", "prefetch", "bn_momentum", "bn_eps",
+                "adam_eps")
 
 
 def parity_notes(rows: list[dict], setup: str = "matched", weights: str = "none") -> list[str]:
@@ -163,18 +164,47 @@ def parity_notes(rows: list[dict], setup: str = "matched", weights: str = "none"
                                if key == "bn_eps" and weights == "imagenet" else
                                " (the frameworks differ here by nature)" if key in ("xla", "compile_requested",
                                                                                     "memory_allocator", "input_autotune",
-                                                                                    "prefetch") else "")
+                                                                                    "prefetch", "memory_format")
+                               else "")
         lines.append(f"- {key}: " + ", ".join(f"{fw} {v}" for fw, v in values.items())
                      + ("" if same else " — differs" + why))
     return lines
 
 
+def _gflops(v: Any) -> str:
+    return f"{v / 1e9:.4g}" if isinstance(v, (int, float)) else "–"
+
+
+def flops_notes(rows: list[dict]) -> list[str]:
+    """Per model, how far the frameworks' training FLOPs per image differ, and what each counter
+    could not count."""
+    notes, by_model = [], {}
+    for r in rows:
+        by_model.setdefault(r["model"], {})[r["framework"]] = r.get("flops") or {}
+    for model, counts in by_model.items():
+        train = {fw: c.get("train_per_image") for fw, c in sorted(counts.items()) if c.get("train_per_image")}
+        if len(train) >= 2:
+            low, high = min(train.values()), max(train.values())
+            notes.append(f"- {model}: training FLOPs per image " + ", ".join(f"{fw} {_gflops(v)} G" for fw, v in
+                                                                          train.items())
+                         + f" ({(high - low) / low:.2%} apart)")
+        for fw, c in sorted(counts.items()):
+            if c.get("uncounted_ops"):
+                notes.append(f"- {model}, {fw}: its counter has no formula for {', '.join(c['uncounted_ops'])} "
+                             f"(not in its count)")
+    return notes
+
+
 def format_parity(rows: list[dict]) -> str:
-    lines = ["| model | framework | trainable | non-trainable | diff | BN (momentum, eps) | optimizer | precision |",
-             "|---|---|---:|---:|---:|---|---|---|"]
+    lines = ["| model | framework | trainable | non-trainable | diff | BN (momentum, eps) | optimizer | precision "
+             "| GFLOPs/image forward | GFLOPs/image training |",
+             "|---|---|---:|---:|---:|---|---|---|---:|---:|"]
     for r in rows:
         diff = "" if r["trainable_rel_diff"] is None else f"{r['trainable_rel_diff']:.3%}"
+        f = r.get("flops") or {}
         lines.append(f"| {r['model']} | {r['framework']} | {r['trainable_params']:,} | "
-                     f"{r['non_trainable_params']:,} | {diff} | {r['bn']} | {r['optimizer']} | {r['precision']} |")
+                     f"{r['non_trainable_params']:,} | {diff} | {r['bn']} | {r['optimizer']} | {r['precision']} | "
+                     f"{_gflops(f.get('forward_per_image'))} | {_gflops(f.get('train_per_image'))} |")
     notes = sorted({f"- {r['model']}: {r['explained']}" for r in rows if r["explained"]})
-    return "\n".join(lines + ([""] + notes if notes else []))
+    counters = sorted({f"- {r['framework']} FLOPs: {r['flops']['counter']}" for r in rows if (r.get("flops") or {}).get("counter")})
+    return "\n".join(lines + ([""] + notes if notes else []) + ([""] + counters + flops_notes(rows) if counters else []))

@@ -44,7 +44,8 @@ OPTIONS = [
     ("--worker-memory-limit", "worker_memory_limit", int, "MiB of host memory each worker may allocate "
                                                           "(RLIMIT_DATA); past it the case fails as out of "
                                                           "memory instead of the machine swapping (0 = none)"),
-    ("--finetune-rounds", "finetune_rounds", int, "test_finetune rounds, each with a fresh model (1)"),
+    ("--finetune-rounds", "finetune_rounds", int, "test_finetune rounds, each a fresh model with the same seed "
+                                                "(smoke 1, seed 3)"),
     ("--step-rounds", "step_rounds", int, "test_train_step rounds (smoke 3, seed 10)"),
     ("--step-count", "step_count", int, "training steps per test_train_step round (smoke 1, seed 50)"),
     ("--step-warmup", "step_warmup", int, "untimed steps before test_train_step rounds (smoke 1, seed 20)"),
@@ -52,8 +53,12 @@ OPTIONS = [
     ("--setup", "setup", str, "matched (the framework settings below aligned), defaults (each framework as "
                               "it ships: what a user gets) or both (each case in each setup, ids end in "
                               "-matched / -defaults) (matched)"),
-    ("--precision", "precision", str, "fp32 or tf32, set alike in both frameworks (matched: fp32; "
-                                      "defaults: each framework's own)"),
+    ("--precision", "precision", str, "fp32, tf32, or bf16 / fp16 mixed precision (torch autocast, Keras "
+                                      "mixed_* policy; float32 logits and loss; fp16 with dynamic loss "
+                                      "scaling), set alike in both frameworks (matched: fp32; defaults: each "
+                                      "framework's own)"),
+    ("--channels-last", "channels_last", None, "torch: train in the channels-last (NHWC) memory format, as "
+                                               "Keras always does (default: torch's NCHW)"),
     ("--compile", "compile", str, "off, or on = XLA jit_compile in Keras and torch.compile (matched: off; "
                                   "defaults: Keras jit_compile='auto', torch eager)"),
     ("--preprocess", "preprocess", str, "auto, cifar (shared CIFAR mean/std) or native (each weights' own "
@@ -66,6 +71,11 @@ OPTIONS = [
                                       "Keras 1e-7)"),
     ("--eval-every-epoch", "eval_every_epoch", None, "evaluate on the test split after every epoch "
                                                      "(Keras validation_data; a torch eval loop; seed: on)"),
+    ("--target-accuracy", "target_accuracy", float, "report the training and wall seconds until the test "
+                                                    "accuracy first reaches this fraction (needs "
+                                                    "--eval-every-epoch); the gate judges it"),
+    ("--peak-tflops", "peak_tflops", float, "the device's dense peak TFLOP/s at the run's precision, for MFU "
+                                            "(default: the table of NVIDIA GPUs by NVML name; none for a CPU)"),
     ("--monitor-interval", "monitor_interval", float, "seconds between utilisation/memory samples, taken "
                                                       "from this process by the worker's PID (0.05)"),
 ]

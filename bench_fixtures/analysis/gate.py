@@ -11,6 +11,11 @@ what the measurement can show, by the rule each verdict line names:
                    2x the largest deviation the stored runs show from their median.
   accuracy         also a two-proportion test on the test-set size; the line says when the test set
                    is too small to resolve the limit.
+  time to accuracy (--target-accuracy) wall seconds until the target; a candidate that never reaches
+                   a target its baseline reached is a regression whatever the limit.
+
+Rounds (--finetune-rounds, 3 in the seed profile) feed the tests: time's Mann-Whitney takes the
+saved rounds (pytest-benchmark's, or the case's own record of them), accuracy is their median.
 
 For gating an upgrade, `bench ab` (both environments in one session, rounds alternated) is stronger
 than any stored baseline. Exit 0 pass, 1 regression, 2 cannot compare (bad file, machine or config
@@ -61,6 +66,38 @@ def _peak_memory(b: dict) -> float | None:
     return mem.get("framework_peak") or mem.get("process_peak")
 
 
+def _accuracy_after(b: dict) -> float | None:
+    """The median over the fine-tune rounds (each a fresh model, same seed); one round: its value."""
+    e = b.get("extra_info") or {}
+    listed = e.get("rounds") if isinstance(e.get("rounds"), list) else []  # older runs: a count
+    rounds = [r.get("accuracy_after") for r in listed if isinstance(r, dict)]
+    rounds = [r for r in rounds if isinstance(r, (int, float))]
+    return statistics.median(rounds) if len(rounds) >= 2 else e.get("accuracy_after")
+
+
+def _time_to_accuracy(b: dict) -> float | None:
+    """Wall seconds until the target accuracy; inf when the run had a target and never reached it
+    (so a miss reads as worse than any time); None when the run had no target."""
+    tta = (b.get("extra_info") or {}).get("time_to_accuracy")
+    if not isinstance(tta, dict):
+        return None
+    if tta.get("reached") is not True:
+        return math.inf
+    wall = tta.get("wall_s")
+    return float(wall) if isinstance(wall, (int, float)) and not isinstance(wall, bool) and wall >= 0 else None
+
+
+def _round_times(b: dict) -> list[float]:
+    """The timed rounds: pytest-benchmark's saved data (--benchmark-save-data), else the case's own
+    record of its fine-tune rounds."""
+    data = (b.get("stats") or {}).get("data") or []
+    if data:
+        return list(data)
+    rounds = (b.get("extra_info") or {}).get("rounds")
+    rounds = rounds if isinstance(rounds, list) else []  # older runs: a count
+    return [r["finetune_s"] for r in rounds if isinstance(r, dict) and isinstance(r.get("finetune_s"), (int, float))]
+
+
 def _mean_gap(b: dict) -> float | None:
     gaps = [g for g in (b.get("extra_info") or {}).get("inter_epoch_gaps_s") or [] if g is not None]
     return statistics.fmean(gaps) if gaps else None
@@ -68,19 +105,22 @@ def _mean_gap(b: dict) -> float | None:
 
 METRICS = {m.name: m for m in [
     Metric("time", lambda b: b["stats"]["median"], "lower", "relative", 0.10, "s", source="median of the rounds"),
-    Metric("accuracy_after", _extra("accuracy_after"), "higher", "points", 2.0, "%", source="last round"),
+    Metric("accuracy_after", _accuracy_after, "higher", "points", 2.0, "%", source="median of the rounds"),
     Metric("peak_memory", _peak_memory, "lower", "relative", 0.10, "B", source="last round"),
     Metric("throughput", _extra("train_images_per_s"), "higher", "relative", 0.05, "img/s", judged=False,
            source="shown only: the inverse of time (judged there)"),
     Metric("time_to_first_step", _extra("time_to_first_step_s"), "lower", "relative", 0.25, "s", floor=0.05,
            source="last round"),
     Metric("inter_epoch_gap", _mean_gap, "lower", "relative", 0.25, "s", floor=0.05, source="last round"),
+    Metric("time_to_accuracy", _time_to_accuracy, "lower", "relative", 0.10, "s", floor=0.05,
+           source="wall seconds to --target-accuracy, last round"),
 ]}
 HARDWARE_KEYS = ("gpu_name", "cpu_model")
 VERSION_KEYS = tuple(p for f in FRAMEWORKS.values() for p in f.packages)
 CONFIG_KEYS = ("profile", "device", "dataset", "train_size", "test_size", "epochs", "batch_size", "weights",
-               "setup", "precision", "compile", "image_size", "optimizer", "lr")
-CONFIG_DEFAULTS = {"setup": "matched"}  # what runs recorded before the key existed ran
+               "setup", "precision", "compile", "image_size", "optimizer", "lr", "channels_last", "target_accuracy")
+# What runs recorded before the key existed ran.
+CONFIG_DEFAULTS = {"setup": "matched", "channels_last": False, "target_accuracy": None}
 
 
 @dataclass
@@ -185,6 +225,14 @@ def compare_metric(case: str, metric: Metric, bases: list[dict], c: dict, thresh
     if not values or vc is None:
         return None
     vb = statistics.median(values)
+    if math.isinf(vb) or math.isinf(vc):  # time to accuracy: a target missed, on one side or both
+        if math.isinf(vb) and math.isinf(vc):
+            return Verdict(case, metric.name, vb, vc, 0.0, threshold, "ok", "neither reached the target", "missed both")
+        if math.isinf(vc):
+            return Verdict(case, metric.name, vb, vc, math.inf, threshold, "REGRESSION",
+                           "the candidate never reached the target its baseline reached", "target missed")
+        return Verdict(case, metric.name, vb, vc, -math.inf, threshold, "improved",
+                       "the candidate reached a target its baseline missed", "target reached")
     if metric.mode == "points":
         worse = (vb - vc) * 100 if metric.better == "higher" else (vc - vb) * 100
     else:
@@ -199,12 +247,12 @@ def compare_metric(case: str, metric: Metric, bases: list[dict], c: dict, thresh
         shown = f"{band:.1f} pt" if metric.mode == "points" else f"{band:.1%}"
         rule = f"limit and noise band {shown} ({len(values)} runs)"
     elif metric.name == "time":
-        db, dc = (bases[0]["stats"].get("data") or []), (c["stats"].get("data") or [])
-        if len(db) >= 2 and len(dc) >= 2 and _min_p(len(db), len(dc)) <= alpha:
+        db, dc = _round_times(bases[0]), _round_times(c)
+        if len(db) >= 2 and len(dc) >= 2 and _min_p(len(db), len(dc)) <= alpha * (1 + 1e-9):
             from scipy.stats import mannwhitneyu
             p = float(mannwhitneyu(dc, db, alternative="greater").pvalue)
             notes.append(f"p={p:.3g}, {len(db)} vs {len(dc)} rounds")
-            beyond = beyond and p < alpha
+            beyond = beyond and p <= alpha * (1 + 1e-9)  # significant at p <= alpha: 3 vs 3 rounds reach 0.05
             rule = "limit + Mann-Whitney (one baseline)"
         else:
             rule = "limit only (one baseline" + (", too few rounds)" if db and dc else ", no saved rounds)")
@@ -268,6 +316,8 @@ def unreadable_cases(base: dict, cand: dict) -> tuple[list[str], list[str], list
 
 
 def _fmt(value: float, metric: Metric) -> str:
+    if math.isinf(value):
+        return "missed"
     if metric.unit == "%":
         return f"{value * 100:.1f}%"
     if metric.unit == "B":
@@ -284,7 +334,7 @@ def format_table(verdicts: list[Verdict]) -> str:
         for v in (v for v in verdicts if v.case == case):
             m = METRICS[v.metric]
             sign = "+" if m.better == "lower" else "-"
-            change = f"{v.delta:+.1f} pt" if m.mode == "points" else f"{v.delta:+.1%}"
+            change = f"{v.delta:+.1f} pt" if m.mode == "points" else f"{v.delta:+.1%}" if math.isfinite(v.delta) else "–"
             limit = f"{sign}{v.threshold:.1f} pt" if m.mode == "points" else f"{sign}{v.threshold:.0%}"
             if not m.judged:
                 limit = "–"
@@ -300,7 +350,7 @@ def github_entries(cand: dict) -> tuple[list[dict], list[dict]]:
     for b in cand["benchmarks"]:
         for metric in METRICS.values():
             value = metric.extract(b)
-            if value is None:
+            if value is None or not math.isfinite(value):  # a missed target has no value to chart
                 continue
             unit = {"%": "fraction"}.get(metric.unit, metric.unit)
             entry = dict(name=f"{case_name(b)} {metric.name}", unit=unit, value=value)
@@ -328,7 +378,8 @@ def main(argv: list[str] | None = None, prog: str = "bench gate") -> int:
                                                 "(oldest first): their spread becomes the noise band")
     p.add_argument("candidate")
     p.add_argument("--threshold", action="append", default=[], metavar="[TEST:]METRIC=VALUE",
-                   help="relative for time/peak_memory/throughput/time_to_first_step/inter_epoch_gap "
+                   help="relative for time/peak_memory/throughput/time_to_first_step/inter_epoch_gap/"
+                        "time_to_accuracy "
                         "(0.10 = 10%%), percentage points for accuracy_after")
     p.add_argument("--config", help="TOML file: [thresholds] and [tests.\"TEST\"] tables")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level for time (0.05)")

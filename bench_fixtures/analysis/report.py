@@ -76,6 +76,31 @@ def plot_accuracy(ft: dict, out: Path, setup: str) -> str:
     return _save(fig, out / "accuracy.png")
 
 
+def plot_accuracy_curves(ft: dict, out: Path, setup: str) -> str | None:
+    """Test accuracy after each epoch over the training seconds so far, per model and framework
+    (the time-to-accuracy view; the target as a line). None without per-epoch evaluation."""
+    models = [m for m in _models(ft) if any(len(ft[(fw, m)]["extra_info"].get("accuracy_curve") or []) >= 1
+                                            for fw in FRAMEWORKS if (fw, m) in ft)]
+    if not models:
+        return None
+    target = _target(ft)
+    fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 3.8), squeeze=False)
+    for ax, m in zip(axes[0], models):
+        for fw in FRAMEWORKS:
+            curve = (ft.get((fw, m)) or {}).get("extra_info", {}).get("accuracy_curve") or []
+            pts = [(p["train_s"], 100 * p["accuracy"]) for p in curve if isinstance(p, dict)]
+            if pts:
+                ax.plot([0] + [p[0] for p in pts], [100 * _num(ft[(fw, m)]["extra_info"].get("accuracy_before"))]
+                        + [p[1] for p in pts], marker="o", color=COLORS[fw], label=fw)
+        if target is not None:
+            ax.axhline(100 * target, color="grey", linestyle="--", linewidth=1, label=f"target {100 * target:.0f}%")
+        ax.set_xlabel("training seconds (steps only)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{m}: accuracy over training time ({setup})", fontsize=9)
+        ax.legend(fontsize=8)
+    return _save(fig, out / "accuracy_curve.png")
+
+
 def plot_time(ft: dict, out: Path, setup: str) -> str:
     models = _models(ft)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -271,6 +296,36 @@ def _mean(xs: list | None) -> float | None:
     return statistics.fmean(xs) if xs else None
 
 
+def _rounds(e: dict, key: str, scale: float, fmt: str, unit: str) -> str:
+    """median (min–max) over the fine-tune rounds; the value alone for one round."""
+    r = (e.get("rounds_summary") or {}).get(key)
+    if not isinstance(r, dict) or not r.get("n"):
+        return "–"
+    if r["n"] == 1:
+        return f"{_f(r['median'] * scale, fmt)}{unit} (1 round)"
+    return (f"{_f(r['median'] * scale, fmt)}{unit} ({_f(r['min'] * scale, fmt)}–{_f(r['max'] * scale, fmt)}, "
+            f"{r['n']} rounds)")
+
+
+def _gflops(v: Any) -> str:
+    return _f(v / 1e9 if isinstance(v, (int, float)) else None, ".3g")
+
+
+def _mfu(e: dict) -> str:
+    if isinstance(e.get("mfu"), (int, float)):
+        return f"{100 * e['mfu']:.1f}% of {e.get('peak_tflops'):g} TFLOP/s ({e.get('mfu_precision')})"
+    return "– (" + str(e.get("mfu_reason") or "not recorded") + ")"
+
+
+def _tta(e: dict) -> str:
+    t = e.get("time_to_accuracy")
+    if not isinstance(t, dict):
+        return "–"
+    if not t.get("reached"):
+        return f"not reached in {t.get('evaluated_epochs')} epochs"
+    return f"{_f(t.get('wall_s'), '.1f')} s wall / {_f(t.get('train_s'), '.1f')} s training (epoch {t.get('epoch')})"
+
+
 def case_rows(ft: dict, ts: dict, model: str) -> list[tuple[str, list[str]]]:
     def get(fw: str, f) -> str:
         b = ft.get((fw, model))
@@ -284,6 +339,10 @@ def case_rows(ft: dict, ts: dict, model: str) -> list[tuple[str, list[str]]]:
         ("accuracy before", lambda e, b, t: f"{100 * e['accuracy_before']:.1f}%"),
         ("accuracy after", lambda e, b, t: f"{100 * e['accuracy_after']:.1f}%"),
         ("total fine-tune (s)", lambda e, b, t: f"{b['stats']['median']:.2f}"),
+        ("fine-tune time over rounds (s)", lambda e, b, t: _rounds(e, "finetune_s", 1, ".2f", "")),
+        ("accuracy after over rounds", lambda e, b, t: _rounds(e, "accuracy_after", 100, ".1f", "%")),
+        (f"time to accuracy {_f(100 * e0, '.0f')}%" if (e0 := _target(ft)) else "time to accuracy",
+         lambda e, b, t: _tta(e)),
         ("median epoch (s)", lambda e, b, t: f"{statistics.median(x for x in e['epoch_times_s'] if x):.2f}"),
         ("mean inter-epoch gap (s)", lambda e, b, t: _f(_mean(e.get("inter_epoch_gaps_s")), ".3f")),
         ("fit teardown (s)", lambda e, b, t: _f(e.get("fit_teardown_s"), ".3f")),
@@ -291,9 +350,19 @@ def case_rows(ft: dict, ts: dict, model: str) -> list[tuple[str, list[str]]]:
         ("peak memory (MiB)", lambda e, b, t: _f(mem(e) / 2**20 if mem(e) else None, ".0f")),
         ("steady images/s", lambda e, b, t: _f(t["extra_info"]["train_images_per_s"] if t else None, ".1f")),
         ("time to first step (s)", lambda e, b, t: f"{e['time_to_first_step_s']:.2f}"),
+        ("training GFLOPs / image (own counter)", lambda e, b, t: _gflops((e.get("flops_per_image") or {})
+                                                                         .get("train_per_image"))),
+        ("achieved GFLOP/s (steady steps)", lambda e, b, t: _gflops((t or {}).get("extra_info", {})
+                                                                    .get("achieved_flops_per_s"))),
+        ("MFU (steady steps)", lambda e, b, t: _mfu(t["extra_info"]) if t else "–"),
         ("trainable / non-trainable", lambda e, b, t: f"{e['trainable_params']:,} / {e['non_trainable_params']:,}"),
     ]
     return [(name, [get(fw, f) for fw in FRAMEWORKS]) for name, f in rows]
+
+
+def _target(ft: dict) -> float | None:
+    return next((b["extra_info"].get("target_accuracy") for b in ft.values()
+                 if isinstance(b["extra_info"].get("target_accuracy"), (int, float))), None)
 
 
 def side_by_side_rows(fts: dict[str, dict], tss: dict[str, dict], model: str) -> list[tuple[str, list[str]]]:
@@ -316,7 +385,8 @@ def model_table(fts: dict[str, dict], tss: dict[str, dict], model: str) -> list[
 
 
 # The settings the setups differ in, as `settings` reads them back, in the order they are listed.
-SETTING_LABELS = {"tf32_matmul": "TF32 matmul", "tf32_conv": "TF32 convolutions", "xla": "XLA",
+SETTING_LABELS = {"compute_dtype": "compute dtype", "loss_scale": "loss scaling", "memory_format": "memory format",
+                  "tf32_matmul": "TF32 matmul", "tf32_conv": "TF32 convolutions", "xla": "XLA",
                   "torch_compile": "torch.compile", "memory_growth": "memory growth",
                   "memory_allocator": "memory allocator", "cudnn_autotune": "cuDNN autotune",
                   "input_autotune": "tf.data autotune", "prefetch": "prefetch", "bn_momentum": "BatchNorm momentum",
@@ -524,15 +594,22 @@ def _bn(e: dict) -> str:
 
 def parity_section(fts: dict[str, dict]) -> list[str]:
     multi = len(fts) > 1
-    md = ["## Parity", "", "| case | trainable | non-trainable | input transform | optimizer | lr | BN momentum / eps | precision |",
-          "|---|---:|---:|---|---|---:|---|---|"]
+    md = ["## Parity", "", "| case | trainable | non-trainable | input transform | optimizer | lr | BN momentum / eps "
+                           "| precision | GFLOPs / image, forward / training (own counter) |",
+          "|---|---:|---:|---|---|---:|---|---|---:|"]
     for setup, ft in fts.items():
         for (fw, m), b in sorted(ft.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             e = b["extra_info"]
             md.append(f"| {fw}-{m}{f'-{setup}' if multi else ''} | {_f(e.get('trainable_params'), ',')} | "
                       f"{_f(e.get('non_trainable_params'), ',')} | {e.get('input_transform')} | {e.get('optimizer')} | "
-                      f"{e.get('lr')} | {_bn(e)} | {e.get('precision')} |")
-    return md + [""]
+                      f"{e.get('lr')} | {_bn(e)} | {e.get('precision')} | {_flops_cell(e)} |")
+    return md + ["", "FLOPs: each framework's own counter on its model as built (torch FlopCounterMode, TensorFlow's "
+                     "profiler on the traced step), convolutions and matmuls at 2 per multiply-add.", ""]
+
+
+def _flops_cell(e: dict) -> str:
+    f = e.get("flops_per_image") if isinstance(e.get("flops_per_image"), dict) else {}
+    return f"{_gflops(f.get('forward_per_image'))} / {_gflops(f.get('train_per_image'))}"
 
 
 def machine_section(mi: dict) -> list[str]:
@@ -578,6 +655,8 @@ def figures(fts: dict[str, dict], tss: dict[str, dict], runs: list[dict], base: 
     ft, ts = fts[first], tss[first]
     if ft:
         files += [plot_accuracy(ft, out, first), plot_time(ft, out, first)]
+        curves = plot_accuracy_curves(ft, out, first)
+        files += [curves] if curves else []
         files += plot_timelines(ft, base, out, notes, first, label=f"-{first}" if multi else "")
         files.append(plot_throughput(ft, ts, out, first))
     for setup in list(fts)[1:]:

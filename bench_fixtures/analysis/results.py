@@ -16,13 +16,14 @@ from typing import Any
 # of a test that failed after measuring, e.g. one whose accuracy did not improve).
 OUTCOME_KEY = "test_outcome"
 OUTCOMES = ("passed", "failed")
-FRACTIONS = ("accuracy_before", "accuracy_after")           # in 0..1, or null = not measured
-NON_NEGATIVE = ("train_images_per_s", "time_to_first_step_s", "finetune_s", "step_time_s", "warmup_s")
+FRACTIONS = ("accuracy_before", "accuracy_after", "target_accuracy")  # in 0..1, or null = not measured
+NON_NEGATIVE = ("train_images_per_s", "time_to_first_step_s", "finetune_s", "step_time_s", "warmup_s",
+                "achieved_flops_per_s", "mfu", "peak_tflops")
 SERIES = ("epoch_times_s", "inter_epoch_gaps_s")             # lists of non-negative numbers or nulls
 MEMORY = ("framework_peak", "process_peak", "device_peak", "reserved_peak")
 COUNTS = ("test_size", "train_size", "batch_size", "epochs", "steps_per_epoch")  # integers >= 1, or null
 NAMES = ("framework", "model")                                # strings, or null
-OBJECTS = ("utilization", "monitor", "memory")                # objects, or null
+OBJECTS = ("utilization", "monitor", "memory", "time_to_accuracy", "rounds_summary", "flops_per_image")  # or null
 MIN_TIME_S = 1e-9  # a round faster than a nanosecond was not timed: no timer resolves it
 
 
@@ -152,6 +153,14 @@ def _benchmark_problem(b: Any) -> str | None:
                 problem = _number_problem(memory[key])
                 if problem:
                     return f"{case}: 'extra_info.memory.{key}' {problem}"
+    tta = extra.get("time_to_accuracy")
+    if tta is not None:
+        if not isinstance(tta.get("reached"), bool):
+            return f"{case}: 'extra_info.time_to_accuracy.reached' must be true or false"
+        for key in ("wall_s", "train_s"):
+            problem = _number_problem(tta.get(key)) if tta["reached"] else None
+            if problem:
+                return f"{case}: 'extra_info.time_to_accuracy.{key}' {problem}"
     if extra.get(OUTCOME_KEY) is not None and extra[OUTCOME_KEY] not in OUTCOMES:
         return f"{case}: 'extra_info.{OUTCOME_KEY}' must be one of {', '.join(OUTCOMES)}"
     return None

@@ -1,10 +1,11 @@
 """The reference for the harness-overhead check: the same training step, hand-written, no harness.
 
-`make_step(framework, model, batch, device, size, compiled)` returns (step, sync): one training
+`make_step(framework, model, batch, device, size, compiled, precision, channels_last)` returns (step, sync): one training
 step on a device-resident batch, and the device synchronisation. No worker protocol, no timeline,
 no input pipeline. The overhead check runs it inside the case's own worker, alternating with the
 suite's rounds, so both see the same process and machine conditions: the suite's numeric settings
-(TF32, cuDNN autotuning, set once by the backend's `configure`) and its compile mode (`compiled`).
+(TF32, cuDNN autotuning, Keras' dtype policy, set once by the backend's `configure`), its compile
+mode (`compiled`), its mixed precision and (torch) memory format.
 `python -m bench_fixtures.frameworks.bare FRAMEWORK MODEL ...` runs it standalone and prints {"round_s": [...]}.
 """
 from __future__ import annotations
@@ -15,14 +16,16 @@ import json
 import sys
 import time
 
+from ..config import PRECISIONS
 from ..models import SPECS
 from . import NAMES, backend_module
 
 
-def make_step(framework: str, model: str, batch: int, device: str, size: int, compiled: bool = False):
+def make_step(framework: str, model: str, batch: int, device: str, size: int, compiled: bool = False,
+              precision: str | None = None, channels_last: bool = False):
     """Each backend module carries its framework's bare step (`bare_step`), apart from its class."""
     module = importlib.import_module(backend_module(framework))
-    return module.bare_step(model, batch, device, size, compiled)
+    return module.bare_step(model, batch, device, size, compiled, precision, channels_last)
 
 
 def timed_rounds(step, sync, steps: int, rounds: int) -> list[float]:
@@ -47,13 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--setup", choices=("matched", "defaults"), default="matched")
-    p.add_argument("--precision", choices=("fp32", "tf32"), help="(default: the setup's: fp32 matched, "
+    p.add_argument("--precision", choices=PRECISIONS, help="(default: the setup's: fp32 matched, "
                                                                   "the framework's own with defaults)")
     p.add_argument("--compile", action="store_true", help="torch.compile / XLA, as --compile on")
+    p.add_argument("--channels-last", action="store_true", help="torch: NHWC memory format")
     a = p.parse_args(argv)
     precision = a.precision or ("fp32" if a.setup == "matched" else None)
     importlib.import_module(backend_module(a.framework)).configure(dict(setup=a.setup, precision=precision))
-    step, sync = make_step(a.framework, a.model, a.batch, a.device, a.image_size, a.compile)
+    step, sync = make_step(a.framework, a.model, a.batch, a.device, a.image_size, a.compile, precision,
+                           a.channels_last)
     timed_rounds(step, sync, max(a.warmup, 1), 1)
     print(json.dumps({"round_s": timed_rounds(step, sync, a.steps, a.rounds)}))
     return 0

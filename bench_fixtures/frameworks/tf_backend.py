@@ -4,7 +4,9 @@ Imported only inside a TensorFlow worker process. In the `matched` setup, Keras'
 would make the comparison unequal are set explicitly: memory growth on, XLA (`jit_compile`) off
 unless --compile on, tf.data autotuning off, TF32 as --precision says, BatchNorm momentum/epsilon
 and Adam epsilon aligned. In `defaults` none of these is touched (a value left None in the config),
-and everything is read back either way (`settings`).
+and everything is read back either way (`settings`). Mixed precision (bf16/fp16) is Keras' global
+`mixed_bfloat16` / `mixed_float16` policy with the input transform and the head in float32 (so
+the logits and the loss are), and for fp16 Keras' LossScaleOptimizer.
 """
 from __future__ import annotations
 
@@ -28,10 +30,11 @@ from .protocol import BackendError, WeightsError, nonfinite_error  # noqa: E402
 
 
 class InputTransform(keras.layers.Layer):
-    """uint8 NHWC batch -> normalised float NHWC, resized on the device if asked."""
+    """uint8 NHWC batch -> normalised float NHWC, resized on the device if asked; float32 under a
+    mixed policy too (the backbone casts its input to the compute dtype), as torch's autocast does."""
 
     def __init__(self, mode: str, image_size: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(dtype="float32", **kwargs)
         order, scale, offset = input_transform(mode)
         self.order, self.scale, self.offset = list(order), scale, offset
         self.image_size = image_size
@@ -134,8 +137,19 @@ def configure(cfg: dict[str, Any]) -> None:
     if cfg.get("setup", "matched") == "matched":  # else TF reserves nearly all GPU memory up front
         for gpu in tf.config.list_physical_devices("GPU"):
             tf.config.experimental.set_memory_growth(gpu, True)
-    if cfg.get("precision") is not None:  # None: TensorFlow's default (TF32 on)
+    if cfg.get("precision") is not None:  # None: TensorFlow's default (TF32 on), Keras' float32 policy
         tf.config.experimental.enable_tensor_float_32_execution(cfg["precision"] == "tf32")
+    set_policy(cfg)
+
+
+def set_policy(cfg: dict[str, Any]) -> None:
+    """Keras' global dtype policy for the precision; again after every `clear_session`, which resets it."""
+    if cfg.get("precision") is not None:
+        keras.mixed_precision.set_global_policy(POLICIES.get(cfg["precision"], "float32"))
+
+
+POLICIES = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
+DENSE_OPS = r"^(Conv2D|Conv2DBackprop|DepthwiseConv2dNative|MatMul|BatchMatMul)"  # what MFU counts (as torch's counter)
 
 
 class _SleepCallback(keras.callbacks.Callback):
@@ -240,6 +254,7 @@ class TensorFlowBackend:
 
     def build(self, name: str) -> dict[str, Any]:
         keras.backend.clear_session()
+        set_policy(self.cfg)
         keras.utils.set_random_seed(self.cfg["seed"])
         spec = SPECS[name]
         self.transform = transform_mode("tensorflow", name, self.cfg["preprocess"])
@@ -253,7 +268,7 @@ class TensorFlowBackend:
                     layer.momentum = 1.0 - self.cfg["bn_momentum"]  # Keras' m is torch's 1 - m
                 if self.cfg.get("bn_eps") is not None:
                     layer.epsilon = self.cfg["bn_eps"]
-        head = keras.layers.Dense(10, name="head")
+        head = keras.layers.Dense(10, name="head", dtype="float32")  # float32 logits under a mixed policy
         outputs = head(backbone(InputTransform(self.transform, self.cfg["image_size"])(inputs)))
         head.set_weights(list(head_init(spec.feature_dim, self.cfg["seed"])))
         self.model = keras.Model(inputs, outputs)
@@ -263,6 +278,8 @@ class TensorFlowBackend:
             opt = keras.optimizers.Adam(self.cfg["lr"], epsilon=self.cfg["adam_eps"])
         else:
             opt = keras.optimizers.Adam(self.cfg["lr"])
+        if keras.mixed_precision.global_policy().name == "mixed_float16":  # compile() would wrap it alike
+            opt = keras.optimizers.LossScaleOptimizer(opt)
         jit = {"on": True, "off": False, None: "auto"}[self.cfg.get("compile")]  # "auto": Keras' default
         self.model.compile(optimizer=opt,
                            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -288,7 +305,7 @@ class TensorFlowBackend:
     def describe(self, name: str) -> dict[str, Any]:
         assert self.model is not None
         bns = [layer for layer in self.backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
-        opt = self.model.optimizer
+        opt = self._inner(self.model.optimizer)  # fp16: the optimizer inside the LossScaleOptimizer
         if self.cfg["optimizer"] == "sgd":
             optimizer = dict(name="sgd", lr=f32(opt.learning_rate), momentum=f32(opt.momentum),
                              nesterov=opt.nesterov, weight_decay=f32(opt.weight_decay or 0))
@@ -309,7 +326,7 @@ class TensorFlowBackend:
     def settings(self, bns: list) -> dict[str, Any]:
         """The framework settings the setups differ in, read back from TensorFlow and Keras."""
         tf32 = tf.config.experimental.tensor_float_32_execution_enabled()
-        opt, growth = self.model.optimizer, self._memory_growth()
+        opt, growth = self.model.optimizer, self._memory_growth()  # opt: the loss scaler under fp16
         autotune = self._train_dataset(self.bundle.order[:1]).options().autotune.enabled  # from the pipeline fit gets
         autotune = True if autotune is None else bool(autotune)  # None: tf.data's default, which is on
         allocator = {True: "BFC, grows as needed (memory growth)", False: "BFC, reserves the GPU up front",
@@ -321,7 +338,67 @@ class TensorFlowBackend:
                     input_autotune=autotune, prefetch="AUTOTUNE" if not self.matched else PREFETCH,  # as configured
                     bn_momentum=sorted({f32(1.0 - b.momentum) for b in bns}) or None,
                     bn_eps=sorted({f32(b.epsilon) for b in bns}) or None,
-                    adam_eps=f32(opt.epsilon) if self.cfg["optimizer"] == "adam" else None)
+                    adam_eps=f32(self._inner(opt).epsilon) if self.cfg["optimizer"] == "adam" else None,
+                    compute_dtype=self.backbone.compute_dtype, policy=keras.mixed_precision.global_policy().name,
+                    head_dtype=f"{self.model.get_layer('head').compute_dtype} (float32 policy)",
+                    loss_scale=dict(kind="dynamic (LossScaleOptimizer)", initial=f32(opt.initial_scale),
+                                    growth_interval=int(opt.dynamic_growth_steps), growth_factor=2.0,
+                                    backoff_factor=0.5)
+                    if isinstance(opt, keras.optimizers.LossScaleOptimizer) else None,
+                    memory_format="channels_last (NHWC)")
+
+    @staticmethod
+    def _inner(opt):
+        """The optimizer a LossScaleOptimizer wraps (fp16), else OPT."""
+        return getattr(opt, "inner_optimizer", opt)
+
+    def count_flops(self) -> dict[str, Any]:
+        """FLOPs per image of one training step (forward, loss, gradients) and of a forward pass,
+        counted by TensorFlow's profiler on the graphs of the model as built, traced (never run)
+        at the run's batch size. Called after the timed work: tracing must not warm anything the
+        time to first step measures. MFU counts convolutions and matmuls (2 per multiply-add, as
+        torch's counter); the profiler also counts element-wise ops (`train_all_ops_per_image`),
+        and has no formula for some dense ops (`uncounted_ops`: depthwise backward)."""
+        import re
+
+        from tensorflow.python.profiler import model_analyzer, option_builder
+        assert self.model is not None
+        model, bs = self.model, self.cfg["batch_size"]
+        loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+        @tf.function
+        def train(x, y):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, model(x, training=True))
+            return tape.gradient(loss, model.trainable_variables)
+
+        @tf.function
+        def forward(x):
+            return model(x, training=False)
+
+        x = tf.TensorSpec((bs, 32, 32, 3), tf.uint8)
+        graphs = dict(train=train.get_concrete_function(x, tf.TensorSpec((bs,), tf.int32)).graph,
+                      forward=forward.get_concrete_function(x).graph)
+        options = option_builder.ProfileOptionBuilder(
+            option_builder.ProfileOptionBuilder.float_operation()).with_empty_output().build()
+        counts: dict[str, dict[str, int]] = {}
+        for kind, graph in graphs.items():
+            by_op: dict[str, int] = {}
+            stack = [model_analyzer.profile(graph, cmd="op", options=options)]
+            while stack:  # the op view: one node per op type, each holding its own float_ops
+                node = stack.pop()
+                stack.extend(node.children)
+                if node.float_ops:
+                    by_op[node.name] = by_op.get(node.name, 0) + node.float_ops
+            counts[kind] = by_op
+        dense = lambda by_op: sum(v for k, v in by_op.items() if re.match(DENSE_OPS, k))  # noqa: E731
+        present = {op.type for op in graphs["train"].get_operations()}
+        return dict(counter=f"TensorFlow {tf.__version__} profiler (tf.compat.v1.profiler float_operation) on the "
+                            f"traced graphs; convolutions and matmuls",
+                    forward_per_image=dense(counts["forward"]) / bs, train_per_image=dense(counts["train"]) / bs,
+                    train_all_ops_per_image=sum(counts["train"].values()) / bs,
+                    by_op={k: v // bs for k, v in sorted(counts["train"].items())},
+                    uncounted_ops=sorted(t for t in present if re.match(DENSE_OPS, t) and t not in counts["train"]))
 
     @property
     def compiled(self) -> bool:
@@ -445,16 +522,21 @@ class TensorFlowBackend:
         return dict(seconds=seconds, images=count * self.cfg["batch_size"], loss=float(logs["loss"]))
 
 
-def bare_step(model: str, batch: int, device: str, size: int, compiled: bool = False):
+def bare_step(model: str, batch: int, device: str, size: int, compiled: bool = False, precision: str | None = None,
+              channels_last: bool = False):
     """The overhead check's reference: a hand-written `tf.function` training step (GradientTape) on
     a device-resident batch, using none of the class above. Returns (step, sync). It runs under the
-    process's settings (the suite's, set by `configure`), with XLA when the suite's steps use it,
+    process's settings (the suite's, set by `configure`: TF32 and the mixed-precision policy, with
+    loss scaling under mixed_float16 as `compile` adds it), with XLA when the suite's steps use it,
     and changes no process-wide setting (its inputs come from a stateless RNG; building its model
     advances Keras' seed generator, which the suite's `build` reseeds)."""
     base = getattr(keras.applications, SPECS[model].keras)(include_top=False, weights=None,
                                                           input_shape=(size, size, 3), pooling="avg")
-    m = keras.Sequential([base, keras.layers.Dense(10)])
+    m = keras.Sequential([base, keras.layers.Dense(10, dtype="float32")])
     opt = keras.optimizers.SGD(0.01, momentum=0.9)
+    scaled = keras.mixed_precision.global_policy().name == "mixed_float16"
+    if scaled:
+        opt = keras.optimizers.LossScaleOptimizer(opt)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     x = tf.cast(tf.random.stateless_uniform((batch, 32, 32, 3), (0, 1), 0, 256, dtype=tf.int32), tf.uint8)
     y = tf.random.stateless_uniform((batch,), (0, 2), 0, 10, dtype=tf.int32)
@@ -467,7 +549,8 @@ def bare_step(model: str, batch: int, device: str, size: int, compiled: bool = F
             if size != 32:
                 xb = tf.image.resize(xb, (size, size), method="bilinear")
             loss = loss_fn(y, m(xb, training=True))
-        grads = tape.gradient(loss, m.trainable_variables)
+            scaled_loss = opt.scale_loss(loss) if scaled else loss
+        grads = tape.gradient(scaled_loss, m.trainable_variables)  # apply_gradients unscales
         opt.apply_gradients(zip(grads, m.trainable_variables))
         return loss
 

@@ -2,10 +2,13 @@
 
 Imported only inside a torch worker process. Synchronises the device wherever a time is taken.
 In the `matched` setup cuDNN autotuning, TF32, BatchNorm and Adam epsilon are set as the config
-says; in `defaults` (values None) torch's own are kept. Both are read back (`settings`).
+says; in `defaults` (values None) torch's own are kept. Both are read back (`settings`). Mixed
+precision (bf16/fp16) is `torch.autocast` around the model, with the head, its logits and the loss
+in float32 (as Keras' mixed policies with a float32 head), and for fp16 a GradScaler.
 """
 from __future__ import annotations
 
+import copy
 import os
 import time
 import urllib.error
@@ -19,6 +22,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torch.utils import flop_counter
 
 from ..data import MEAN, STD, Bundle
 from ..models import SPECS, f32, head_init, input_transform, transform_mode
@@ -42,12 +46,42 @@ class InputTransform(nn.Module):
         self.register_buffer("offset", torch.from_numpy(offset).view(1, 3, 1, 1), persistent=False)
         self.image_size = image_size
 
+        self.memory_format = torch.contiguous_format
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 3, 1, 2).index_select(1, self.order).float()
-        x = (x * self.scale + self.offset).contiguous()
+        x = (x * self.scale + self.offset).contiguous(memory_format=self.memory_format)
         if x.shape[-1] != self.image_size:
             x = F.interpolate(x, size=(self.image_size,) * 2, mode="bilinear", align_corners=False)
         return x
+
+
+class Float32Head(nn.Linear):
+    """The classifier in float32 under autocast too: its logits, and so the loss, are float32 in
+    both frameworks (Keras: the head layer's dtype policy is float32)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "meta":  # FLOP counting: no autocast there (nor needed)
+            return super().forward(x.float())
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+LOSS_SCALE_MATCHED = 2.0 ** 15  # Keras' LossScaleOptimizer starts here; torch's GradScaler at 2**16
+
+
+def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                        _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+    """torch's formula for a convolution's backward, except the weight gradient: that costs as many
+    multiply-adds as the forward convolution. torch's own counts it as if groups were 1, which
+    makes MobileNetV2's depthwise layers ~7x a training step's real FLOPs."""
+    flops = 0
+    if output_mask[0]:
+        flops += flop_counter.conv_flop_count(grad_out_shape, w_shape, x_shape, not transposed)
+    if output_mask[1]:
+        flops += flop_counter.conv_flop_count(x_shape, w_shape, grad_out_shape, transposed)
+    return flops
 
 
 # torch >= 2.9 has `fp32_precision`; older ones only the `allow_tf32` flags. Which one ran is recorded.
@@ -65,7 +99,7 @@ def tf32_state() -> tuple[bool, bool]:
 def configure(cfg: dict[str, Any]) -> None:
     """The process-wide settings of a setup (the backend and the standalone bare loop share it)."""
     if cfg.get("precision") is not None:  # None: torch's default (TF32 for convolutions only)
-        on = cfg["precision"] == "tf32"
+        on = cfg["precision"] == "tf32"  # bf16/fp16: what stays float32 under autocast runs as fp32
         if TF32_API == "fp32_precision":
             torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = \
                 "tf32" if on else "ieee"
@@ -86,6 +120,8 @@ class TorchBackend:
             raise BackendError(f"--device gpu, but torch {torch.__version__} (CUDA {torch.version.cuda}) "
                                f"sees no CUDA device; check the driver and CUDA_VISIBLE_DEVICES")
         configure(cfg)
+        self.amp = AMP_DTYPES.get(cfg.get("precision") or "")
+        self.memory_format = torch.channels_last if cfg.get("channels_last") else torch.contiguous_format
         self.model: nn.Module | None = None
         self.sleep_hooks = dict(epoch_end=0.0, eval_begin=0.0)  # the tests' stand-in for a user's epoch-end code
 
@@ -133,7 +169,7 @@ class TorchBackend:
     def build(self, name: str) -> dict[str, Any]:
         torch.manual_seed(self.cfg["seed"])
         spec = SPECS[name]
-        head = nn.Linear(spec.feature_dim, 10)
+        head = Float32Head(spec.feature_dim, 10)
         kernel, bias = head_init(spec.feature_dim, self.cfg["seed"])
         with torch.no_grad():
             head.weight.copy_(torch.from_numpy(kernel.T))
@@ -148,7 +184,8 @@ class TorchBackend:
                     m.momentum = self.cfg["bn_momentum"]
                 if self.cfg.get("bn_eps") is not None:
                     m.eps = self.cfg["bn_eps"]
-        self.model = model.to(self.device)
+        model.transform.memory_format = self.memory_format
+        self.model = model.to(self.device, memory_format=self.memory_format)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.cfg["optimizer"] == "sgd":
             self.optimizer = torch.optim.SGD(params, lr=self.cfg["lr"], momentum=self.cfg["momentum"])
@@ -157,6 +194,9 @@ class TorchBackend:
         else:
             self.optimizer = torch.optim.Adam(params, lr=self.cfg["lr"])
         self.step_fn = torch.compile(self.model) if self.cfg.get("compile") == "on" else self.model
+        # fp16 only: bf16 has float32's range. Matched starts where Keras' LossScaleOptimizer does.
+        scale = dict(init_scale=LOSS_SCALE_MATCHED) if self.cfg.get("setup", "matched") == "matched" else {}
+        self.scaler = torch.amp.GradScaler(self.device.type, **scale) if self.amp is torch.float16 else None
         self.cursor = 0
         return self.describe(name)
 
@@ -194,7 +234,46 @@ class TorchBackend:
                     input_autotune=None, prefetch=None,
                     bn_momentum=sorted({f32(m.momentum) for m in bns}) or None,
                     bn_eps=sorted({f32(m.eps) for m in bns}) or None,
-                    adam_eps=f32(g["eps"]) if self.cfg["optimizer"] == "adam" else None)
+                    adam_eps=f32(g["eps"]) if self.cfg["optimizer"] == "adam" else None,
+                    compute_dtype=str(self.amp or torch.float32).removeprefix("torch."),
+                    head_dtype=str(self.model.head.weight.dtype).removeprefix("torch.") + " (autocast off)",
+                    loss_scale=self._loss_scale(), memory_format=self._memory_format())
+
+    def _memory_format(self) -> str:
+        """Read back from a 4-D weight: channels_last (NHWC) or contiguous (NCHW)."""
+        w = next((p for p in self.model.parameters() if p.dim() == 4), None) if self.model is not None else None
+        if w is None:
+            return "none"
+        return "channels_last (NHWC)" if w.is_contiguous(memory_format=torch.channels_last) and \
+            not w.is_contiguous() else "contiguous (NCHW)"
+
+    def _loss_scale(self) -> dict[str, Any] | None:
+        """fp16's dynamic loss scaling as configured (read at build: the scale before any step)."""
+        if self.scaler is None:
+            return None
+        return dict(kind="dynamic (GradScaler)", initial=self.scaler.get_scale(), growth_interval=self.scaler.get_growth_interval(),
+                    growth_factor=self.scaler.get_growth_factor(), backoff_factor=self.scaler.get_backoff_factor())
+
+    def count_flops(self) -> dict[str, Any]:
+        """FLOPs per image of one training step (forward, loss, backward) and of a forward pass,
+        counted by torch's FlopCounterMode on a copy of the model as built, moved to the meta
+        device (no memory, no compute, no effect on the model). It counts convolutions and
+        matmuls, 2 per multiply-add; see `_conv_backward_flop` for the one formula replaced."""
+        assert self.model is not None
+        meta = copy.deepcopy(self.model).to("meta")
+        bs = self.cfg["batch_size"]
+        x = torch.zeros((bs, 32, 32, 3), dtype=torch.uint8, device="meta")
+        y = torch.zeros((bs,), dtype=torch.int64, device="meta")
+        mapping = {torch.ops.aten.convolution_backward: _conv_backward_flop}
+        with flop_counter.FlopCounterMode(display=False, custom_mapping=mapping) as train:
+            F.cross_entropy(meta(x), y).backward()
+        with flop_counter.FlopCounterMode(display=False, custom_mapping=mapping) as forward, torch.no_grad():
+            meta(x)
+        ops = {str(k).removeprefix("aten."): v // bs for k, v in train.get_flop_counts().get("Global", {}).items()}
+        return dict(counter=f"torch.utils.flop_counter.FlopCounterMode (torch {torch.__version__}; convolution "
+                            f"weight gradients counted with groups, see _conv_backward_flop)",
+                    forward_per_image=forward.get_total_flops() / bs, train_per_image=train.get_total_flops() / bs,
+                    train_all_ops_per_image=None, by_op=ops, uncounted_ops=[])
 
     # -- running ---------------------------------------------------------------------------
     @property
@@ -243,9 +322,16 @@ class TorchBackend:
         x = self._to_device(self.bundle.train.images[idx])
         y = self._to_device(self.bundle.train.labels[idx])
         self.optimizer.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.step_fn(x), y)
-        loss.backward()
-        self.optimizer.step()
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            logits = self.step_fn(x)  # float32: Float32Head
+        loss = F.cross_entropy(logits, y)
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:  # skips the update when the scaled gradients overflowed, then adjusts the scale
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         return loss.detach()
 
     def _epoch_batches(self, epoch: int):
@@ -271,7 +357,8 @@ class TorchBackend:
         start = time.perf_counter()
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         loss = torch.zeros((), device=self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp or torch.float32,
+                                                    enabled=self.amp is not None):
             for i in range(0, len(test), bs):
                 x, y = self._to_device(test.images[i:i + bs]), self._to_device(test.labels[i:i + bs])
                 logits = self.step_fn(x)
@@ -352,11 +439,13 @@ class TorchBackend:
         return dict(seconds=time.perf_counter() - start, images=count * bs, loss=loss)
 
 
-def bare_step(model: str, batch: int, device: str, size: int, compiled: bool = False):
+def bare_step(model: str, batch: int, device: str, size: int, compiled: bool = False, precision: str | None = None,
+              channels_last: bool = False):
     """The overhead check's reference: one hand-written training step on a device-resident batch,
     using none of the class above (no input pipeline, no timeline). Returns (step, sync). It runs
     under the process's numeric settings (the suite's, set by `configure`), through torch.compile
-    when the suite's steps do, and leaves the process as it found it (its RNG draws are forked)."""
+    when the suite's steps do, at the suite's precision (autocast; fp16 with a GradScaler) and memory
+format, and leaves the process as it found it (its RNG draws are forked)."""
     dev = torch.device("cuda" if device == "gpu" else "cpu")
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(0)
@@ -364,18 +453,30 @@ def bare_step(model: str, batch: int, device: str, size: int, compiled: bool = F
         x = torch.randint(0, 256, (batch, 32, 32, 3), dtype=torch.uint8).to(dev)
         y = torch.randint(0, 10, (batch,)).to(dev)
     features = nn.Sequential(*list(net.children())[:-2]) if model == "resnet50" else net.features
-    m = nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(SPECS[model].feature_dim, 10)).to(dev)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    m = nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                      Float32Head(SPECS[model].feature_dim, 10)).to(dev, memory_format=fmt)
     forward = torch.compile(m) if compiled else m
     opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+    amp = AMP_DTYPES.get(precision or "")
+    scaler = torch.amp.GradScaler(dev.type) if amp is torch.float16 else None
     mean = torch.tensor(MEAN, device=dev).view(1, 3, 1, 1) * 255
     std = torch.tensor(STD, device=dev).view(1, 3, 1, 1) * 255
 
     def step() -> None:
-        xb = ((x.permute(0, 3, 1, 2).float() - mean) / std).contiguous()
+        xb = ((x.permute(0, 3, 1, 2).float() - mean) / std).contiguous(memory_format=fmt)
         if size != 32:
             xb = F.interpolate(xb, size=(size, size), mode="bilinear", align_corners=False)
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(forward(xb), y).backward()
-        opt.step()
+        with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = forward(xb)
+        loss = F.cross_entropy(logits, y)
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
 
     return step, (torch.cuda.synchronize if dev.type == "cuda" else (lambda: None))

@@ -13,15 +13,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import peaks
 from ..config import MODELS, BenchConfig
 from ..data import default_data_dir, ensure_cifar10, ensure_synthetic, make_bundle, read_canonical
 from ..data.bundle import CIFAR10_TEST, CIFAR10_TRAIN, ITEM_BYTES, check_fits
 from ..files import write_json_atomic
 from ..frameworks import NAMES
 from ..telemetry.monitor import Monitor, judge, peak, summarize_util
-from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, RUN_START, RUN_STOP, epoch_phases, epoch_times,
-                                  fit_teardown, inter_epoch_gaps, project_overhead, step_intervals,
-                                  time_to_first_step)
+from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, RUN_START, RUN_STOP, accuracy_curve, epoch_phases,
+                                  epoch_times, fit_teardown, inter_epoch_gaps, project_overhead, step_intervals,
+                                  time_to_accuracy, time_to_first_step)
 from .worker import Worker, hide_for_worker_errors, kill_all
 
 __tracebackhide__ = hide_for_worker_errors
@@ -73,6 +74,8 @@ class Experiment:
         self.steps: list[dict[str, Any]] = []
         self.warmup: dict[str, Any] = {}
         self.steps_monitor: Monitor | None = None
+        self.flops: dict[str, Any] | None = None
+        self.gpu_name: str | None = None  # as NVML reports it: the peak table's key
 
     # -- the five steps --------------------------------------------------------------------
     def load(self) -> dict[str, Any]:
@@ -80,6 +83,7 @@ class Experiment:
         self.worker = Worker(self.framework, self.cfg.as_dict(), self.bundle_dir,
                              self.work_dir / f"{self.name}.log", self.cfg.worker_timeout, name=self.name,
                              python=self.python, env=self.env)
+        self.gpu_name = gpu_name(self.cfg.device, self.worker.info)
         return self.worker.info
 
     def init(self) -> dict[str, Any]:
@@ -145,6 +149,21 @@ class Experiment:
         self.steps.append(dict(result, start_ns=start, stop_ns=time.monotonic_ns()))
         return result
 
+    def count_flops(self) -> dict[str, Any]:
+        """The framework's own FLOP count of this model's training step, once per worker, after the
+        timed work (tracing a graph for it must not warm what time to first step measures)."""
+        if self.flops is None:
+            self.flops = self.request("count_flops")
+        return self.flops
+
+    def utilization(self, images_per_s: float | None) -> dict[str, Any]:
+        """Achieved FLOP/s at IMAGES_PER_S of training steps, and MFU where the device's peak is known."""
+        flops = self.count_flops()
+        precision = peaks.effective_precision(self.cfg.precision, self.description.get("settings"))
+        return dict(flops_per_image=flops, **peaks.utilization(
+            flops.get("train_per_image"), images_per_s, self.cfg.device, self.gpu_name, precision,
+            self.cfg.peak_tflops))
+
     def close(self) -> None:
         self.stop_monitor()
         if self.worker is not None:
@@ -178,6 +197,12 @@ class Experiment:
         fit = last["fit"]
         events = fit["events"]
         times = epoch_times(events, self.cfg.epochs)
+        phases, _ = epoch_phases(events, self.cfg.epochs)
+        step_s = sum(p["steps_s"] for p in phases if p) if all(phases) else None
+        curve = accuracy_curve(events, self.cfg.epochs)
+        target = self.cfg.target_accuracy
+        rounds = [dict(accuracy_before=r["before"]["accuracy"], accuracy_after=r.get("after", {}).get("accuracy"),
+                       finetune_s=r["fit"]["seconds"]) for r in self.rounds if "fit" in r]
         return dict(self.common_info(), epochs=self.cfg.epochs, steps_per_epoch=fit["steps_per_epoch"],
                     eval_every_epoch=self.cfg.eval_every_epoch,
                     accuracy_before=last["before"]["accuracy"], accuracy_after=last["after"]["accuracy"],
@@ -187,9 +212,11 @@ class Experiment:
                     fit_teardown_s=fit_teardown(events, self.cfg.epochs),
                     overhead_projection=project_overhead(events, self.cfg.epochs, fit["steps_per_epoch"]),
                     finetune_s=fit["seconds"], train_images_per_s=fit["images"] / fit["seconds"],
-                    rounds=[dict(accuracy_before=r["before"]["accuracy"],
-                                 accuracy_after=r.get("after", {}).get("accuracy"),
-                                 finetune_s=r["fit"]["seconds"]) for r in self.rounds if "fit" in r],
+                    step_images_per_s=fit["images"] / step_s if step_s else None,
+                    rounds=rounds, rounds_summary=rounds_summary(rounds),
+                    accuracy_curve=curve, target_accuracy=target,
+                    time_to_accuracy=time_to_accuracy(curve, target) if target is not None else None,
+                    **self.utilization(fit["images"] / step_s if step_s else None),
                     **self._telemetry("finetune", events, last.get("monitor")))
 
     def _telemetry(self, test: str, events: list[dict], mon: Monitor | None) -> dict[str, Any]:
@@ -245,7 +272,34 @@ class Experiment:
                     step_time_s=statistics.median(s["seconds"] / self.cfg.step_count for s in self.steps)
                     if self.steps else None,
                     final_loss=self.steps[-1]["loss"] if self.steps else None,
+                    **self.utilization(statistics.median(rates) if rates else None),
                     **self._telemetry("train_step", [], self.steps_monitor))
+
+
+def gpu_name(device: str, worker_info: dict[str, Any]) -> str | None:
+    """The GPU's name as NVML reports it (the peak table's key; the first GPU, as the worker uses
+    the first visible one), else as the framework reports it; None on a CPU."""
+    if device != "gpu":
+        return None
+    from ..machine import nvml_gpus
+    gpus = nvml_gpus()[0]
+    return gpus[0]["name"] if gpus else worker_info.get("device_name")
+
+
+def spread(values: list[float], relative: bool) -> dict[str, Any] | None:
+    """Median, min, max and spread (max - min; relative: over the median) of a case's rounds."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    mid, width = statistics.median(values), max(values) - min(values)
+    return dict(n=len(values), median=mid, min=min(values), max=max(values),
+                spread=width / mid if relative and mid else width, spread_kind="relative" if relative else "absolute")
+
+
+def rounds_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The fine-tune rounds (each a fresh model, same seed): time spread relative, accuracy in points."""
+    return dict(finetune_s=spread([r["finetune_s"] for r in rounds], relative=True),
+                accuracy_after=spread([r["accuracy_after"] for r in rounds], relative=False))
 
 
 class CaseRunner:
@@ -306,13 +360,15 @@ class _Monitoring:
 def describe_models(cfg: BenchConfig, bundle_dir: str | os.PathLike, work_dir: str | os.PathLike,
                     models: tuple[str, ...] | None = None, frameworks: tuple[str, ...] | None = None
                     ) -> list[dict[str, Any]]:
-    """Build every model in every framework (one worker per framework) and collect `describe`."""
+    """Build every model in every framework (one worker per framework) and collect `describe`, with
+    each framework's own FLOP count of the model (`flops`)."""
     out = []
     cfg = cfg.for_setup(cfg.setups[0])  # a worker runs one setup
     for framework in frameworks or NAMES:
         with Worker(framework, cfg.as_dict(), bundle_dir, Path(work_dir) / f"describe-{framework}.log",
                     cfg.worker_timeout) as w:
-            out.extend(w.request("build", model=m) for m in (models or MODELS))
+            for m in models or MODELS:
+                out.append(dict(w.request("build", model=m), flops=w.request("count_flops")))
     return out
 
 

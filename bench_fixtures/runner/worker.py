@@ -264,7 +264,8 @@ class _Session:
         if self.bare is None:
             cfg = self.backend.cfg
             step, sync = make_step(msg["framework"], msg["model"], cfg["batch_size"], cfg["device"], cfg["image_size"],
-                                   compiled=self.backend.compiled)
+                                   compiled=self.backend.compiled, precision=cfg.get("precision"),
+                                   channels_last=bool(cfg.get("channels_last")))
             timed_rounds(step, sync, max(msg.get("warmup", 1), 1), 1)
             self.bare = (step, sync)
         return {"seconds": timed_rounds(*self.bare, msg["count"], 1)[0]}
@@ -280,6 +281,7 @@ COMMANDS: dict[str, Callable[[_Session, dict], Any]] = {
     "bare_steps": _Session.bare_steps,
     "input_pipeline": lambda s, m: s.backend.input_pipeline(m["count"]),
     "peek_labels": lambda s, m: s.backend.peek_labels(m["batches"]),
+    "count_flops": lambda s, m: s.backend.count_flops(),
 }
 
 

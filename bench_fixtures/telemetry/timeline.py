@@ -197,3 +197,31 @@ def project_overhead(events: list[dict], epochs: int, steps_per_epoch: int,
                 step_s=per_epoch / steps_per_epoch, measured=at(epochs), projected=[at(n) for n in horizons],
                 note="projected from this run's own figures (one-time + per-epoch + per-gap costs); "
                      "assumes later epochs cost what the measured ones did")
+
+
+def accuracy_curve(events: list[dict], epochs: int) -> list[dict[str, Any]]:
+    """Per epoch with a test evaluation: the accuracy, the training seconds so far (the steps of
+    the epochs up to it: what a faster step shortens) and the wall seconds since fit started, to
+    the end of that evaluation (everything: tracing, gaps, evaluations). Stops at the first epoch
+    whose events are incomplete: a later point would be measured from a gap."""
+    phases, _ = epoch_phases(events, epochs)
+    at = _events_by_epoch(events)
+    stops = {e.get("epoch"): e for e in events if e["name"] == EPOCH_STOP}
+    run_start = _first(events, RUN_START)
+    curve, train_s = [], 0.0
+    for k in range(epochs):
+        accuracy = (stops.get(k) or {}).get("val_accuracy")
+        if phases[k] is None or run_start is None or accuracy is None:
+            break
+        train_s += phases[k]["steps_s"]
+        end = at.get((EVAL_STOP, k), at.get((EPOCH_STOP, k)))
+        curve.append(dict(epoch=k + 1, accuracy=float(accuracy), train_s=train_s, wall_s=(end - run_start) / 1e9))
+    return curve
+
+
+def time_to_accuracy(curve: list[dict[str, Any]], target: float) -> dict[str, Any]:
+    """The first point of CURVE at or above TARGET: its epoch (1-based), training and wall seconds;
+    reached False and the times None if no evaluated epoch got there."""
+    hit = next((p for p in curve if p["accuracy"] >= target), None)
+    return dict(target=target, reached=hit is not None, epoch=hit and hit["epoch"],
+                train_s=hit and hit["train_s"], wall_s=hit and hit["wall_s"], evaluated_epochs=len(curve))
