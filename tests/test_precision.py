@@ -34,10 +34,11 @@ def test_precisions_rounds_and_the_target_are_options_with_one_line_errors():
 
 # -- MFU ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,row", [("NVIDIA H100 80GB HBM3", "H100"), ("NVIDIA H100 PCIe", "H100.*PCIe"),
-                                      ("NVIDIA H100 NVL", "H100 NVL"), ("NVIDIA H200", "H200"),
+                                      ("NVIDIA H100 NVL", "H100 NVL"), ("NVIDIA H200", "(?<!G)H200"),
                                       ("NVIDIA A100-SXM4-80GB", "A100"), ("NVIDIA A100 80GB PCIe", "A100"),
                                       ("NVIDIA L4", r"\bL4\b"), ("NVIDIA L40S", "L40S"), ("NVIDIA A10", r"\bA10\b"),
                                       ("Tesla T4", r"\bT4\b"), ("Tesla V100-SXM2-16GB", "V100"),
+                                      ("Tesla V100S-PCIE-32GB", "V100S"), ("NVIDIA GH200 480GB", None),
                                       ("NVIDIA GeForce RTX 4090", None)])
 def test_the_peak_table_is_keyed_by_the_names_nvml_reports(name, row):
     found = peaks.lookup(name)
@@ -69,6 +70,9 @@ def test_mfu_is_null_with_the_reason_where_no_peak_is_known():
     assert peaks.utilization(2e9, 100.0, "cpu", None, "fp32", peak_tflops=1.0)["mfu"] == pytest.approx(0.2)
     t4 = peaks.utilization(2e9, 100.0, "gpu", "Tesla T4", "bf16")
     assert t4["mfu"] is None and "no bf16 tensor-core peak" in t4["mfu_reason"]
+    no_tf32 = peaks.utilization(2e9, 100.0, "gpu", "Tesla T4", "tf32")  # no TF32 units: the maths runs as fp32
+    assert no_tf32["mfu_precision"] == "fp32" and no_tf32["mfu"] == pytest.approx(0.2 / 8.1)
+    assert peaks.utilization(2e9, math.nan, "gpu", "NVIDIA H200", "bf16")["mfu"] is None
     odd = peaks.utilization(2e9, 100.0, "gpu", "NVIDIA GeForce RTX 4090", "fp16")
     assert odd["mfu"] is None and "not in the peak table" in odd["mfu_reason"]
     assert peaks.utilization(None, 100.0, "gpu", "NVIDIA H200", "fp16")["mfu_reason"].startswith("no FLOP count")
@@ -112,6 +116,13 @@ def test_time_to_accuracy_is_the_first_evaluated_epoch_at_the_target(epochs, gap
         assert t["train_s"] == pytest.approx(sum(steps[:first + 1]), rel=1e-6, abs=1e-6)
         assert t["wall_s"] == pytest.approx(sum(steps[:first + 1]) + (first + 1) * ev + first * gap, rel=1e-6,
                                             abs=1e-6)
+
+
+def test_a_target_met_before_training_is_reached_at_zero_seconds():
+    curve = tl.accuracy_curve(_events([1.0, 1.0], 0.1, 0.2, [0.3, 0.4]), 2)
+    assert tl.time_to_accuracy(curve, 0.2, before=0.25) == dict(target=0.2, reached=True, epoch=0, train_s=0.0,
+                                                                 wall_s=0.0, evaluated_epochs=2)
+    assert tl.time_to_accuracy(curve, 0.35, before=0.25)["epoch"] == 2
 
 
 def test_an_epoch_without_its_evaluation_ends_the_curve():
@@ -220,6 +231,28 @@ def test_the_gate_flags_a_candidate_that_misses_a_target_its_baseline_reached():
     assert "time_to_accuracy" not in _verdicts(_run(None, target=None), _run(None, target=None))
 
 
+def test_a_missed_target_in_the_history_does_not_widen_the_noise_band():
+    reached = dict(target=0.2, reached=True, epoch=2, train_s=30.0, wall_s=10.0)
+    history = [_run(reached), _run(dict(reached, wall_s=11.0)), _run(dict(reached=False, target=0.2))]
+    from bench_fixtures.analysis import gate
+    verdicts, _, _ = gate.compare(history, _run(dict(reached, wall_s=30.0)), gate.Thresholds())
+    v = next(v for v in verdicts if v.metric == "time_to_accuracy")
+    assert v.verdict == "REGRESSION" and "2 runs" in v.rule and "inf" not in v.rule
+
+
+def test_malformed_new_keys_are_one_line_errors_not_reader_crashes():
+    from bench_fixtures.analysis.results import _benchmark_problem
+    entry = lambda extra: {"fullname": "t::a", "stats": {"median": 1.0}, "extra_info": extra}  # noqa: E731
+    assert "an MFU needs the peak" in _benchmark_problem(entry(dict(mfu=0.5)))
+    assert "rounds[0].finetune_s' must be finite" in _benchmark_problem(entry(dict(rounds=[dict(finetune_s=math.nan)])))
+    assert "rounds[0].accuracy_after' must lie in 0..1" in _benchmark_problem(entry(dict(rounds=[dict(accuracy_after=42)])))
+    assert "rounds_summary.finetune_s.median" in _benchmark_problem(
+        entry(dict(rounds_summary=dict(finetune_s=dict(n=1, median=None)))))
+    assert "accuracy_curve[0].accuracy" in _benchmark_problem(entry(dict(accuracy_curve=[dict(epoch=1)])))
+    assert "time_to_accuracy.reached" in _benchmark_problem(entry(dict(time_to_accuracy=dict(wall_s=3))))
+    assert _benchmark_problem(entry(dict(mfu=0.5, peak_tflops=989.5, rounds=3))) is None
+
+
 def test_the_gate_refuses_runs_with_different_targets_and_reads_a_miss_in_its_table(tmp_path, capsys):
     from bench_fixtures.analysis import gate
     from bench_fixtures.files import write_json_atomic
@@ -243,3 +276,13 @@ def test_the_gate_tests_time_and_accuracy_on_the_rounds():
     v = _verdicts(_run(None, base, target=None), _run(None, slow, target=None))
     assert v["time"].verdict == "REGRESSION" and "Mann-Whitney" in v["time"].rule and "3 vs 3 rounds" in v["time"].note
     assert v["accuracy_after"].candidate == 0.49 and v["accuracy_after"].verdict == "ok"
+
+
+def test_the_fine_tunes_step_rate_leaves_out_each_epochs_first_step():
+    events = _events([2.0, 2.0], 0.1, 0.2, [0.1, 0.2])
+    for e in list(events):  # the first step of each epoch ends 1.5 s in (tracing), the rest take 0.5 s
+        if e["name"] == tl.FIRST_STEP_START:
+            events.append(dict(name=tl.FIRST_STEP_END, epoch=e["epoch"], t_ns=e["t_ns"] + int(1.5e9)))
+    assert tl.after_first_steps(events, 2, steps_per_epoch=4) == (pytest.approx(1.0), 6)
+    assert tl.after_first_steps(events, 2, steps_per_epoch=1) is None
+    assert tl.after_first_steps(events[:3], 2, steps_per_epoch=4) is None

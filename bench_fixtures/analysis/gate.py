@@ -240,12 +240,13 @@ def compare_metric(case: str, metric: Metric, bases: list[dict], c: dict, thresh
         worse = diff / vb if vb else (0.0 if diff == 0 else math.inf)
     beyond = worse > threshold and abs(vc - vb) > metric.floor
     band, notes = threshold, [metric.source] if metric.source else []
-    if len(values) >= 2:  # history: what identical runs already show
-        spread = stats.noise(values, relative=metric.mode == "relative") * (100 if metric.mode == "points" else 1)
+    finite = [v for v in values if math.isfinite(v)]  # a missed target says nothing of the noise
+    if len(finite) >= 2:  # history: what identical runs already show
+        spread = stats.noise(finite, relative=metric.mode == "relative") * (100 if metric.mode == "points" else 1)
         band = max(threshold, stats.NOISE_FACTOR * spread)
         beyond = beyond and worse > band
         shown = f"{band:.1f} pt" if metric.mode == "points" else f"{band:.1%}"
-        rule = f"limit and noise band {shown} ({len(values)} runs)"
+        rule = f"limit and noise band {shown} ({len(finite)} runs)"
     elif metric.name == "time":
         db, dc = _round_times(bases[0]), _round_times(c)
         if len(db) >= 2 and len(dc) >= 2 and _min_p(len(db), len(dc)) <= alpha * (1 + 1e-9):

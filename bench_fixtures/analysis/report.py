@@ -313,7 +313,7 @@ def _gflops(v: Any) -> str:
 
 def _mfu(e: dict) -> str:
     if isinstance(e.get("mfu"), (int, float)):
-        return f"{100 * e['mfu']:.1f}% of {e.get('peak_tflops'):g} TFLOP/s ({e.get('mfu_precision')})"
+        return f"{100 * e['mfu']:.1f}% of {_f(e.get('peak_tflops'), 'g')} TFLOP/s ({e.get('mfu_precision')})"
     return "– (" + str(e.get("mfu_reason") or "not recorded") + ")"
 
 
@@ -341,8 +341,7 @@ def case_rows(ft: dict, ts: dict, model: str) -> list[tuple[str, list[str]]]:
         ("total fine-tune (s)", lambda e, b, t: f"{b['stats']['median']:.2f}"),
         ("fine-tune time over rounds (s)", lambda e, b, t: _rounds(e, "finetune_s", 1, ".2f", "")),
         ("accuracy after over rounds", lambda e, b, t: _rounds(e, "accuracy_after", 100, ".1f", "%")),
-        (f"time to accuracy {_f(100 * e0, '.0f')}%" if (e0 := _target(ft)) else "time to accuracy",
-         lambda e, b, t: _tta(e)),
+        *([(f"time to accuracy {_f(100 * e0, '.0f')}%", lambda e, b, t: _tta(e))] if (e0 := _target(ft)) else []),
         ("median epoch (s)", lambda e, b, t: f"{statistics.median(x for x in e['epoch_times_s'] if x):.2f}"),
         ("mean inter-epoch gap (s)", lambda e, b, t: _f(_mean(e.get("inter_epoch_gaps_s")), ".3f")),
         ("fit teardown (s)", lambda e, b, t: _f(e.get("fit_teardown_s"), ".3f")),

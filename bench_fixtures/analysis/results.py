@@ -153,6 +153,9 @@ def _benchmark_problem(b: Any) -> str | None:
                 problem = _number_problem(memory[key])
                 if problem:
                     return f"{case}: 'extra_info.memory.{key}' {problem}"
+    problem = _issue15_problem(extra)
+    if problem:
+        return f"{case}: {problem}"
     tta = extra.get("time_to_accuracy")
     if tta is not None:
         if not isinstance(tta.get("reached"), bool):
@@ -163,6 +166,49 @@ def _benchmark_problem(b: Any) -> str | None:
                 return f"{case}: 'extra_info.time_to_accuracy.{key}' {problem}"
     if extra.get(OUTCOME_KEY) is not None and extra[OUTCOME_KEY] not in OUTCOMES:
         return f"{case}: 'extra_info.{OUTCOME_KEY}' must be one of {', '.join(OUTCOMES)}"
+    return None
+
+
+def _fields_problem(where: str, item: Any, fields: dict[str, tuple[float, float]], nulls: bool = False) -> str | None:
+    """ITEM must be an object whose FIELDS are numbers in their ranges (null allowed when NULLS)."""
+    if not isinstance(item, dict):
+        return f"'{where}' must be an object, found {type(item).__name__}"
+    for key, (low, high) in fields.items():
+        if nulls and item.get(key) is None:
+            continue
+        problem = _number_problem(item.get(key), low, high)
+        if problem:
+            return f"'{where}.{key}' {problem}"
+    return None
+
+
+def _issue15_problem(extra: dict) -> str | None:
+    """The rounds, their summary, the accuracy curve and MFU: what the gate and the report compute with."""
+    if isinstance(extra.get("mfu"), (int, float)) and not isinstance(extra.get("mfu"), bool):
+        problem = _number_problem(extra.get("peak_tflops"), 1e-9)
+        if problem:
+            return f"'extra_info.peak_tflops' {problem} (an MFU needs the peak it was computed against)"
+    for n, r in enumerate(extra.get("rounds") if isinstance(extra.get("rounds"), list) else []):
+        problem = _fields_problem(f"extra_info.rounds[{n}]", r, dict(finetune_s=(0, math.inf), accuracy_before=(0, 1),
+                                                                      accuracy_after=(0, 1)), nulls=True)
+        if problem:
+            return problem
+    summary = extra.get("rounds_summary")
+    for key in ("finetune_s", "accuracy_after") if isinstance(summary, dict) else ():
+        if summary.get(key) is not None:
+            problem = _fields_problem(f"extra_info.rounds_summary.{key}", summary[key],
+                                      dict(n=(1, math.inf), median=(0, math.inf), min=(0, math.inf),
+                                           max=(0, math.inf), spread=(0, math.inf)))
+            if problem:
+                return problem
+    curve = extra.get("accuracy_curve")
+    if curve is not None and not isinstance(curve, list):
+        return f"'extra_info.accuracy_curve' must be a list, found {type(curve).__name__}"
+    for n, point in enumerate(curve or []):
+        problem = _fields_problem(f"extra_info.accuracy_curve[{n}]", point,
+                                  dict(epoch=(0, math.inf), accuracy=(0, 1), train_s=(0, math.inf), wall_s=(0, math.inf)))
+        if problem:
+            return problem
     return None
 
 

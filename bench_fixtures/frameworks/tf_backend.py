@@ -341,10 +341,12 @@ class TensorFlowBackend:
                     adam_eps=f32(self._inner(opt).epsilon) if self.cfg["optimizer"] == "adam" else None,
                     compute_dtype=self.backbone.compute_dtype, policy=keras.mixed_precision.global_policy().name,
                     head_dtype=f"{self.model.get_layer('head').compute_dtype} (float32 policy)",
-                    loss_scale=dict(kind="dynamic (LossScaleOptimizer)", initial=f32(opt.initial_scale),
+                    loss_scale=dict(kind="dynamic", initial=f32(opt.initial_scale),
                                     growth_interval=int(opt.dynamic_growth_steps), growth_factor=2.0,
-                                    backoff_factor=0.5)
+                                    backoff_factor=0.5)  # the factors: Keras constants, not settable
                     if isinstance(opt, keras.optimizers.LossScaleOptimizer) else None,
+                    loss_scaler="keras LossScaleOptimizer" if isinstance(opt, keras.optimizers.LossScaleOptimizer)
+                    else None,
                     memory_format="channels_last (NHWC)")
 
     @staticmethod
@@ -535,8 +537,9 @@ def bare_step(model: str, batch: int, device: str, size: int, compiled: bool = F
     m = keras.Sequential([base, keras.layers.Dense(10, dtype="float32")])
     opt = keras.optimizers.SGD(0.01, momentum=0.9)
     scaled = keras.mixed_precision.global_policy().name == "mixed_float16"
-    if scaled:
+    if scaled:  # built before tracing: an unbuilt one bakes its initial scale into the graph
         opt = keras.optimizers.LossScaleOptimizer(opt)
+        opt.build(m.trainable_variables)  # the backbone has its input shape: m is built
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     x = tf.cast(tf.random.stateless_uniform((batch, 32, 32, 3), (0, 1), 0, 256, dtype=tf.int32), tf.uint8)
     y = tf.random.stateless_uniform((batch,), (0, 2), 0, 10, dtype=tf.int32)

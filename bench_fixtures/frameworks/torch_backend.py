@@ -237,7 +237,8 @@ class TorchBackend:
                     adam_eps=f32(g["eps"]) if self.cfg["optimizer"] == "adam" else None,
                     compute_dtype=str(self.amp or torch.float32).removeprefix("torch."),
                     head_dtype=str(self.model.head.weight.dtype).removeprefix("torch.") + " (autocast off)",
-                    loss_scale=self._loss_scale(), memory_format=self._memory_format())
+                    loss_scale=self._loss_scale(), loss_scaler="torch.amp.GradScaler" if self.scaler else None,
+                    memory_format=self._memory_format())
 
     def _memory_format(self) -> str:
         """Read back from a 4-D weight: channels_last (NHWC) or contiguous (NCHW)."""
@@ -251,7 +252,7 @@ class TorchBackend:
         """fp16's dynamic loss scaling as configured (read at build: the scale before any step)."""
         if self.scaler is None:
             return None
-        return dict(kind="dynamic (GradScaler)", initial=self.scaler.get_scale(), growth_interval=self.scaler.get_growth_interval(),
+        return dict(kind="dynamic", initial=self.scaler.get_scale(), growth_interval=self.scaler.get_growth_interval(),
                     growth_factor=self.scaler.get_growth_factor(), backoff_factor=self.scaler.get_backoff_factor())
 
     def count_flops(self) -> dict[str, Any]:
@@ -459,7 +460,7 @@ format, and leaves the process as it found it (its RNG draws are forked)."""
     forward = torch.compile(m) if compiled else m
     opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
     amp = AMP_DTYPES.get(precision or "")
-    scaler = torch.amp.GradScaler(dev.type) if amp is torch.float16 else None
+    scaler = torch.amp.GradScaler(dev.type, init_scale=LOSS_SCALE_MATCHED) if amp is torch.float16 else None
     mean = torch.tensor(MEAN, device=dev).view(1, 3, 1, 1) * 255
     std = torch.tensor(STD, device=dev).view(1, 3, 1, 1) * 255
 

@@ -20,8 +20,8 @@ from ..data.bundle import CIFAR10_TEST, CIFAR10_TRAIN, ITEM_BYTES, check_fits
 from ..files import write_json_atomic
 from ..frameworks import NAMES
 from ..telemetry.monitor import Monitor, judge, peak, summarize_util
-from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, RUN_START, RUN_STOP, accuracy_curve, epoch_phases,
-                                  epoch_times, fit_teardown, inter_epoch_gaps, project_overhead, step_intervals,
+from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, RUN_START, RUN_STOP, accuracy_curve, after_first_steps,
+                                  epoch_phases, epoch_times, fit_teardown, inter_epoch_gaps, project_overhead, step_intervals,
                                   time_to_accuracy, time_to_first_step)
 from .worker import Worker, hide_for_worker_errors, kill_all
 
@@ -197,8 +197,8 @@ class Experiment:
         fit = last["fit"]
         events = fit["events"]
         times = epoch_times(events, self.cfg.epochs)
-        phases, _ = epoch_phases(events, self.cfg.epochs)
-        step_s = sum(p["steps_s"] for p in phases if p) if all(phases) else None
+        steady = after_first_steps(events, self.cfg.epochs, fit["steps_per_epoch"])
+        step_rate = steady[1] * self.cfg.batch_size / steady[0] if steady else None  # first steps left out
         curve = accuracy_curve(events, self.cfg.epochs)
         target = self.cfg.target_accuracy
         rounds = [dict(accuracy_before=r["before"]["accuracy"], accuracy_after=r.get("after", {}).get("accuracy"),
@@ -212,11 +212,12 @@ class Experiment:
                     fit_teardown_s=fit_teardown(events, self.cfg.epochs),
                     overhead_projection=project_overhead(events, self.cfg.epochs, fit["steps_per_epoch"]),
                     finetune_s=fit["seconds"], train_images_per_s=fit["images"] / fit["seconds"],
-                    step_images_per_s=fit["images"] / step_s if step_s else None,
+                    step_images_per_s=step_rate,
                     rounds=rounds, rounds_summary=rounds_summary(rounds),
                     accuracy_curve=curve, target_accuracy=target,
-                    time_to_accuracy=time_to_accuracy(curve, target) if target is not None else None,
-                    **self.utilization(fit["images"] / step_s if step_s else None),
+                    time_to_accuracy=time_to_accuracy(curve, target, last["before"]["accuracy"])
+                    if target is not None else None,
+                    **self.utilization(step_rate),
                     **self._telemetry("finetune", events, last.get("monitor")))
 
     def _telemetry(self, test: str, events: list[dict], mon: Monitor | None) -> dict[str, Any]:

@@ -146,6 +146,17 @@ def step_intervals(events: list[dict], epochs: int) -> tuple[list[tuple[int, int
     return steps, gaps
 
 
+def after_first_steps(events: list[dict], epochs: int, steps_per_epoch: int) -> tuple[float, int] | None:
+    """(seconds, steps) from each epoch's first step's end to its last step's end: the steps of a
+    fine-tune without the first of each epoch (graph tracing, autotuning, a fresh iterator). None
+    when an epoch's events are missing or it has a single step."""
+    at = _events_by_epoch(events)
+    if steps_per_epoch < 2 or any((n, k) not in at for k in range(epochs) for n in (FIRST_STEP_END, LAST_STEP_END)):
+        return None
+    seconds = sum(at[LAST_STEP_END, k] - at[FIRST_STEP_END, k] for k in range(epochs)) / 1e9
+    return (seconds, epochs * (steps_per_epoch - 1)) if seconds > 0 else None
+
+
 def fit_teardown(events: list[dict], epochs: int) -> float | None:
     """Seconds from the last epoch's end to fit() returning: what the framework does once training
     is over (TensorFlow with tf.data autotuning waits here for the autotuner's thread)."""
@@ -219,9 +230,11 @@ def accuracy_curve(events: list[dict], epochs: int) -> list[dict[str, Any]]:
     return curve
 
 
-def time_to_accuracy(curve: list[dict[str, Any]], target: float) -> dict[str, Any]:
+def time_to_accuracy(curve: list[dict[str, Any]], target: float, before: float | None = None) -> dict[str, Any]:
     """The first point of CURVE at or above TARGET: its epoch (1-based), training and wall seconds;
-    reached False and the times None if no evaluated epoch got there."""
-    hit = next((p for p in curve if p["accuracy"] >= target), None)
+    epoch 0 and 0 s when the accuracy BEFORE training already met it; reached False and the times
+    None if no evaluated epoch got there."""
+    start = [dict(epoch=0, train_s=0.0, wall_s=0.0, accuracy=before)] if before is not None else []
+    hit = next((p for p in start + curve if p["accuracy"] >= target), None)
     return dict(target=target, reached=hit is not None, epoch=hit and hit["epoch"],
                 train_s=hit and hit["train_s"], wall_s=hit and hit["wall_s"], evaluated_epochs=len(curve))
