@@ -11,7 +11,8 @@ _DIRS: dict[str, Path] = {}
 
 @pytest.fixture(scope="session")
 def saved_runs(tmp_path_factory):
-    """Two real smoke runs of the torch-mobilenet_v2 case (fine-tune and train steps), autosaved
+    """Two real smoke runs of the torch-mobilenet_v2 case (fine-tune and train steps, evaluated
+    every epoch, time to 20% accuracy), autosaved
     with their raw rounds into a storage folder, telemetry kept beside. Path options are written
     with a space and point at existing folders outside the project, as users write them."""
     store = tmp_path_factory.mktemp("storage")
@@ -22,7 +23,8 @@ def saved_runs(tmp_path_factory):
         r = subprocess.run([sys.executable, "-m", "pytest", "tests/benchmarks", "-q", "-p", "no:cacheprovider",
                             "--benchmark-only", "-k", "torch-mobilenet_v2 and (test_finetune or test_train_step)",
                             "--benchmark-autosave", "--benchmark-save-data", "--benchmark-storage", f"file://{store}",
-                            "--telemetry-dir", str(telemetry), "--data-dir", str(data)]
+                            "--telemetry-dir", str(telemetry), "--data-dir", str(data),
+                            "--eval-every-epoch", "--target-accuracy", "0.2"]
                            + (["--bench-report", str(report)] if i else []),
                            cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

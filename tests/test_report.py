@@ -24,13 +24,15 @@ def test_report_from_two_real_runs(saved_runs, tmp_path):
     md_path = write_report([str(p) for p in saved_runs], tmp_path / "out")
     out = md_path.parent
     pngs = {p.name for p in out.glob("*.png")}
-    assert {"accuracy.png", "training_time.png", "throughput.png", "trend.png",
+    assert {"accuracy.png", "training_time.png", "throughput.png", "trend.png", "accuracy_curve.png",
             "utilization_mobilenet_v2.png", "memory_mobilenet_v2.png"} <= pngs
     for name in pngs:
         img = decoded(out / name)
         assert np.std(img[..., :3]) > 0.05, f"{name} looks blank"  # something was drawn
     md = md_path.read_text()
     assert "## mobilenet_v2" in md and "| accuracy after |" in md and "| time to first step (s) |" in md
+    assert "| time to accuracy 20% |" in md and "| training GFLOPs / image (own counter) | 0.0363 |" in md
+    assert "| MFU (steady steps) | – (no peak figure for a CPU" in md and "| accuracy after over rounds |" in md
     assert "## History" in md and md.count(".json` |") == 2
     assert "## Developer experience" in md and "import time" in md
     assert "pytest tests/benchmarks" in md  # the command line that produced the run
