@@ -355,12 +355,13 @@ class TensorFlowBackend:
         return getattr(opt, "inner_optimizer", opt)
 
     def count_flops(self) -> dict[str, Any]:
-        """FLOPs per image of one training step (forward, loss, gradients) and of a forward pass,
-        counted by TensorFlow's profiler on the graphs of the model as built, traced (never run)
-        at the run's batch size. Called after the timed work: tracing must not warm anything the
-        time to first step measures. MFU counts convolutions and matmuls (2 per multiply-add, as
-        torch's counter); the profiler also counts element-wise ops (`train_all_ops_per_image`),
-        and has no formula for some dense ops (`uncounted_ops`: depthwise backward)."""
+        """FLOPs per image of one training step (forward, loss, gradients) and of its forward part,
+        counted by TensorFlow's profiler on the graph of the model as built, traced once (never
+        run) at the run's batch size; the forward part is what lies outside the tape's gradient
+        scope. Called after the timed work: tracing must not warm anything the time to first step
+        measures. MFU counts convolutions and matmuls (2 per multiply-add, as torch's counter);
+        the profiler also counts element-wise ops (`train_all_ops_per_image`), and has no formula
+        for some dense ops (`uncounted_ops`: depthwise gradients)."""
         import re
 
         from tensorflow.python.profiler import model_analyzer, option_builder
@@ -374,33 +375,28 @@ class TensorFlowBackend:
                 loss = loss_fn(y, model(x, training=True))
             return tape.gradient(loss, model.trainable_variables)
 
-        @tf.function
-        def forward(x):
-            return model(x, training=False)
-
-        x = tf.TensorSpec((bs, 32, 32, 3), tf.uint8)
-        graphs = dict(train=train.get_concrete_function(x, tf.TensorSpec((bs,), tf.int32)).graph,
-                      forward=forward.get_concrete_function(x).graph)
+        graph = train.get_concrete_function(tf.TensorSpec((bs, 32, 32, 3), tf.uint8),
+                                            tf.TensorSpec((bs,), tf.int32)).graph
         options = option_builder.ProfileOptionBuilder(
             option_builder.ProfileOptionBuilder.float_operation()).with_empty_output().build()
-        counts: dict[str, dict[str, int]] = {}
-        for kind, graph in graphs.items():
-            by_op: dict[str, int] = {}
-            stack = [model_analyzer.profile(graph, cmd="op", options=options)]
-            while stack:  # the op view: one node per op type, each holding its own float_ops
-                node = stack.pop()
-                stack.extend(node.children)
-                if node.float_ops:
-                    by_op[node.name] = by_op.get(node.name, 0) + node.float_ops
-            counts[kind] = by_op
-        dense = lambda by_op: sum(v for k, v in by_op.items() if re.match(DENSE_OPS, k))  # noqa: E731
-        present = {op.type for op in graphs["train"].get_operations()}
+        per_node: dict[str, int] = {}
+        stack = [model_analyzer.profile(graph, cmd="graph", options=options)]
+        while stack:  # the graph view: one node per op, each holding its own float_ops
+            node = stack.pop()
+            stack.extend(node.children)
+            if node.float_ops:
+                per_node[node.name] = node.float_ops
+        types = {op.name: op.type for op in graph.get_operations()}
+        dense = {k: v for k, v in per_node.items() if re.match(DENSE_OPS, types.get(k, ""))}
+        by_op: dict[str, int] = {}
+        for k, v in per_node.items():
+            by_op[types.get(k, "?")] = by_op.get(types.get(k, "?"), 0) + v
         return dict(counter=f"TensorFlow {tf.__version__} profiler (tf.compat.v1.profiler float_operation) on the "
-                            f"traced graphs; convolutions and matmuls",
-                    forward_per_image=dense(counts["forward"]) / bs, train_per_image=dense(counts["train"]) / bs,
-                    train_all_ops_per_image=sum(counts["train"].values()) / bs,
-                    by_op={k: v // bs for k, v in sorted(counts["train"].items())},
-                    uncounted_ops=sorted(t for t in present if re.match(DENSE_OPS, t) and t not in counts["train"]))
+                            f"traced training step; convolutions and matmuls",
+                    forward_per_image=sum(v for k, v in dense.items() if not k.startswith("gradient_tape/")) / bs,
+                    train_per_image=sum(dense.values()) / bs, train_all_ops_per_image=sum(per_node.values()) / bs,
+                    by_op={k: v // bs for k, v in sorted(by_op.items())},
+                    uncounted_ops=sorted(t for t in set(types.values()) if re.match(DENSE_OPS, t) and t not in by_op))
 
     @property
     def compiled(self) -> bool:
