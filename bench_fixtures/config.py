@@ -57,6 +57,7 @@ MONITOR_INTERVAL_RANGE = (0.01, 60.0)  # below 10 ms sampling takes a visible sh
 # fp32 (TF32 off), tf32 (fp32 with TF32 on), and mixed precision: bf16 / fp16 compute with float32
 # weights, logits and loss (torch autocast, Keras' mixed_* policies), fp16 with dynamic loss scaling.
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+PEAK_TFLOPS_RANGE = (1e-3, 1e5)  # --peak-tflops, in TFLOP/s; the run validator holds files to it too
 DEFAULT_LR = {"sgd": 0.01, "adam": 0.001}
 CHOICES = {"profile": ("auto", "smoke", "seed", "quick"), "dataset": ("cifar10", "synthetic"),
            "weights": ("imagenet", "none"), "device": ("auto", "cpu", "gpu"),
@@ -281,6 +282,10 @@ def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "") ->
                               f"epoch: add --eval-every-epoch (on by default in the seed and quick profiles)")
     if values["peak_tflops"] is not None:
         _check_number("peak_tflops", values["peak_tflops"], float, 0, low_ok=False)
+        low, high = PEAK_TFLOPS_RANGE
+        if not low <= values["peak_tflops"] <= high:
+            raise ConfigError(f"--peak-tflops {values['peak_tflops']:g}: must lie in [{low:g}, {high:g}] TFLOP/s: "
+                              f"a CPU core's peak is above {low:g}, no device's dense peak is near {high:g}")
     ints = ("train_size", "test_size", "epochs", "batch_size", "image_size", "seed",
             "finetune_rounds", "step_rounds", "step_count", "step_warmup", "worker_memory_limit")
     values.update({k: int(values[k]) for k in ints})

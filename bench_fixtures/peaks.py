@@ -29,7 +29,7 @@ PEAKS: tuple[Peak, ...] = (
     Peak(r"H100 NVL", dict(fp32=60.0, tf32=417.5, bf16=835.5, fp16=835.5), _H100),
     Peak(r"H100.*PCIe", dict(fp32=51.0, tf32=378.0, bf16=756.5, fp16=756.5), _H100),
     Peak(r"H100", dict(fp32=67.0, tf32=494.5, bf16=989.5, fp16=989.5), _H100 + ", SXM5"),
-    Peak(r"A100", dict(fp32=19.5, tf32=156.0, bf16=312.0, fp16=312.0),
+    Peak(r"\bA100\b", dict(fp32=19.5, tf32=156.0, bf16=312.0, fp16=312.0),
          "https://www.nvidia.com/content/dam/en-zz/Solutions/Data-Center/a100/pdf/"
          "nvidia-a100-datasheet-us-nvidia-1758950-r4-web.pdf (dense figures)"),
     Peak(r"L40S", dict(fp32=91.6, tf32=183.0, bf16=362.05, fp16=362.05),
@@ -40,11 +40,11 @@ PEAKS: tuple[Peak, ...] = (
          "https://www.nvidia.com/en-us/data-center/products/a10-gpu/ (dense figures)"),
     Peak(r"\bT4\b", dict(fp32=8.1, fp16=65.0),
          "https://www.nvidia.com/en-us/data-center/tesla-t4/ (no TF32 or bf16 tensor cores)"),
-    Peak(r"V100S", dict(fp32=16.4, fp16=130.0),
+    Peak(r"(?<!G)V100S", dict(fp32=16.4, fp16=130.0),
          "https://images.nvidia.com/content/technologies/volta/pdf/volta-v100-datasheet-update-us-1165301-r5.pdf"),
-    Peak(r"V100.*PCIE", dict(fp32=14.0, fp16=112.0),
+    Peak(r"(?<!G)V100.*PCIE", dict(fp32=14.0, fp16=112.0),
          "https://images.nvidia.com/content/technologies/volta/pdf/volta-v100-datasheet-update-us-1165301-r5.pdf"),
-    Peak(r"V100", dict(fp32=15.7, fp16=125.0),
+    Peak(r"(?<!G)V100", dict(fp32=15.7, fp16=125.0),
          "https://images.nvidia.com/content/technologies/volta/pdf/volta-v100-datasheet-update-us-1165301-r5.pdf"),
 )
 

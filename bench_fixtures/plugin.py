@@ -325,12 +325,22 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         compat.discard_empty_json(config)
         return
     report = config.getoption("bench_report")
-    if report and state.json_path is not None and state.json_path.is_file():
-        from .analysis.report import write_report
-        path = write_report([str(state.json_path)], Path(report).expanduser())
-        reporter = config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(f"bench: report written to {path}")
+    try:
+        if report and state.json_path is not None and state.json_path.is_file():
+            from .analysis.report import write_report
+            from .analysis.results import ResultsError
+            reporter = config.pluginmanager.get_plugin("terminalreporter")
+            try:
+                line = f"bench: report written to {write_report([str(state.json_path)], Path(report).expanduser())}"
+            except ResultsError as e:  # the run is kept; only the report could not be drawn from it
+                line = f"bench: no report: {e}"
+            if reporter is not None:
+                reporter.write_line(line)
+    finally:
+        _cleanup(state)
+
+
+def _cleanup(state: BenchState) -> None:
     if state.runner is not None:
         state.runner.close()
     if state.work is not None:

@@ -29,16 +29,19 @@ def test_precisions_rounds_and_the_target_are_options_with_one_line_errors():
         resolve(dict(profile="seed", target_accuracy=1.5), gpu_count=0)
     with pytest.raises(ConfigError, match="--peak-tflops 0: must be a number > 0"):
         resolve(dict(profile="smoke", peak_tflops=0), gpu_count=0)
+    with pytest.raises(ConfigError, match=r"--peak-tflops 1e-12: must lie in \[0.001, 100000\] TFLOP/s"):
+        resolve(dict(profile="smoke", peak_tflops=1e-12), gpu_count=0)
     assert resolve(dict(profile="seed", target_accuracy=0.2), gpu_count=0).target_accuracy == 0.2
 
 
 # -- MFU ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name,row", [("NVIDIA H100 80GB HBM3", "H100"), ("NVIDIA H100 PCIe", "H100.*PCIe"),
                                       ("NVIDIA H100 NVL", "H100 NVL"), ("NVIDIA H200", "(?<!G)H200"),
-                                      ("NVIDIA A100-SXM4-80GB", "A100"), ("NVIDIA A100 80GB PCIe", "A100"),
+                                      ("NVIDIA A100-SXM4-80GB", r"\bA100\b"), ("NVIDIA A100 80GB PCIe", r"\bA100\b"),
+                                      ("NVIDIA RTX A1000 6GB Laptop GPU", None), ("Quadro GV100", None),
                                       ("NVIDIA L4", r"\bL4\b"), ("NVIDIA L40S", "L40S"), ("NVIDIA A10", r"\bA10\b"),
-                                      ("Tesla T4", r"\bT4\b"), ("Tesla V100-SXM2-16GB", "V100"),
-                                      ("Tesla V100S-PCIE-32GB", "V100S"), ("NVIDIA GH200 480GB", None),
+                                      ("Tesla T4", r"\bT4\b"), ("Tesla V100-SXM2-16GB", "(?<!G)V100"),
+                                      ("Tesla V100S-PCIE-32GB", "(?<!G)V100S"), ("NVIDIA GH200 480GB", None),
                                       ("NVIDIA GeForce RTX 4090", None)])
 def test_the_peak_table_is_keyed_by_the_names_nvml_reports(name, row):
     found = peaks.lookup(name)
@@ -231,6 +234,37 @@ def test_the_gate_flags_a_candidate_that_misses_a_target_its_baseline_reached():
     assert _verdicts(_run(reached), _run(dict(reached, wall_s=50.0)))["time_to_accuracy"].verdict == "REGRESSION"
     assert _verdicts(_run(reached), _run(dict(reached, wall_s=42.0)))["time_to_accuracy"].verdict == "ok"
     assert "time_to_accuracy" not in _verdicts(_run(None, target=None), _run(None, target=None))
+
+
+def test_against_a_history_a_miss_is_judged_by_the_baselines_that_reached_the_target():
+    hit, miss = dict(target=0.2, reached=True, epoch=2, train_s=1.0, wall_s=1.5), dict(target=0.2, reached=False)
+    from bench_fixtures.analysis import gate
+    verdict = lambda bases, cand: next(v for v in gate.compare([_run(t) for t in bases], _run(cand),  # noqa: E731
+                                                               gate.Thresholds())[0] if v.metric == "time_to_accuracy")
+    v = verdict([miss, hit], miss)
+    assert v.verdict == "REGRESSION" and "1 of 2 baseline(s) did" in v.note
+    assert verdict([hit, miss, miss], hit).verdict == "ok"  # against the time of the run that reached it
+    assert verdict([miss, miss], hit).verdict == "improved"
+    zero = dict(hit, epoch=0, train_s=0.0, wall_s=0.0)  # met before training: nothing to time
+    assert verdict([zero], hit).verdict == "ok" and "before training" in verdict([zero], hit).note
+    cut = dict(miss, evaluated_epochs=1)  # a curve cut short by missing events: not measured, not a miss
+    run = _run(cut)
+    run["benchmarks"][0]["extra_info"]["epochs"] = 2
+    assert gate._time_to_accuracy(run["benchmarks"][0]) is None
+
+
+def test_hundreds_of_rounds_and_giant_numbers_are_read_not_crashed_on():
+    from bench_fixtures.analysis import gate
+    from bench_fixtures.analysis.results import _benchmark_problem
+    assert 0 <= gate._min_p(520, 520) < 1e-300
+    entry = lambda extra: {"fullname": "t::a", "stats": {"median": 1.0}, "extra_info": extra}  # noqa: E731
+    assert "401-digit number" in _benchmark_problem(entry(dict(achieved_flops_per_s=10**400)))
+    assert "flops_per_image.train_per_image" in _benchmark_problem(entry(dict(flops_per_image=dict(
+        train_per_image=10**400))))
+    assert "peak_tflops" in _benchmark_problem(entry(dict(mfu=1e9, peak_tflops=1e-12)))
+    assert "rounds_summary.finetune_s.n' must be a whole number" in _benchmark_problem(entry(dict(
+        rounds_summary=dict(finetune_s=dict(n=2.5, median=1.0, min=1.0, max=1.0, spread=0.0)))))
+    assert "'extra_info.rounds' must be a count >= 1" in _benchmark_problem(entry(dict(rounds=-5)))
 
 
 def test_a_missed_target_in_the_history_does_not_widen_the_noise_band():

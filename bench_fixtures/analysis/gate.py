@@ -81,8 +81,11 @@ def _time_to_accuracy(b: dict) -> float | None:
     tta = (b.get("extra_info") or {}).get("time_to_accuracy")
     if not isinstance(tta, dict):
         return None
-    if tta.get("reached") is not True:
-        return math.inf
+    if tta.get("reached") is not True:  # a miss, unless the curve was cut short (missing events): not measured
+        epochs = (b.get("extra_info") or {}).get("epochs")
+        evaluated = tta.get("evaluated_epochs")
+        cut = isinstance(epochs, int) and isinstance(evaluated, int) and evaluated < epochs
+        return None if cut else math.inf
     wall = tta.get("wall_s")
     return float(wall) if isinstance(wall, (int, float)) and not isinstance(wall, bool) and wall >= 0 else None
 
@@ -214,7 +217,7 @@ def mismatches(base: dict, cand: dict, allow: str) -> list[str]:
 
 
 def _min_p(n1: int, n2: int) -> float:
-    return 1.0 / math.comb(n1 + n2, n1)
+    return 1 / math.comb(n1 + n2, n1)  # integer true division: no float overflow at hundreds of rounds
 
 
 def compare_metric(case: str, metric: Metric, bases: list[dict], c: dict, threshold: float, alpha: float
@@ -225,14 +228,22 @@ def compare_metric(case: str, metric: Metric, bases: list[dict], c: dict, thresh
     if not values or vc is None:
         return None
     vb = statistics.median(values)
-    if math.isinf(vb) or math.isinf(vc):  # time to accuracy: a target missed, on one side or both
-        if math.isinf(vb) and math.isinf(vc):
-            return Verdict(case, metric.name, vb, vc, 0.0, threshold, "ok", "neither reached the target", "missed both")
+    if metric.name == "time_to_accuracy":
+        reached = [v for v in values if math.isfinite(v)]
+        if math.isinf(vc) and reached:  # any baseline (or the last) reached it: a miss is a regression
+            return Verdict(case, metric.name, statistics.median(reached), vc, math.inf, threshold, "REGRESSION",
+                           f"the candidate never reached the target; {len(reached)} of {len(values)} baseline(s) did",
+                           "target missed")
         if math.isinf(vc):
-            return Verdict(case, metric.name, vb, vc, math.inf, threshold, "REGRESSION",
-                           "the candidate never reached the target its baseline reached", "target missed")
-        return Verdict(case, metric.name, vb, vc, -math.inf, threshold, "improved",
-                       "the candidate reached a target its baseline missed", "target reached")
+            return Verdict(case, metric.name, vb, vc, 0.0, threshold, "ok", "neither reached the target", "missed both")
+        if not reached:
+            return Verdict(case, metric.name, vb, vc, -math.inf, threshold, "improved",
+                           "the candidate reached a target no baseline reached", "target reached")
+        if min(reached) == 0 or vc == 0:
+            return Verdict(case, metric.name, statistics.median(reached), vc, 0.0, threshold, "ok",
+                           "the target was met before training: nothing to time (choose a target above the "
+                           "accuracy before)", "not judged")
+        values, vb = reached, statistics.median(reached)  # the baselines that reached it set the time
     if metric.mode == "points":
         worse = (vb - vc) * 100 if metric.better == "higher" else (vc - vb) * 100
     else:

@@ -12,6 +12,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from ..config import PEAK_TFLOPS_RANGE
+
 # Outcome of the test around a benchmark (the plugin records it: pytest-benchmark keeps the numbers
 # of a test that failed after measuring, e.g. one whose accuracy did not improve).
 OUTCOME_KEY = "test_outcome"
@@ -68,6 +70,8 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _number_problem(value: Any, low: float = 0.0, high: float = math.inf) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return f"must be a number, found {type(value).__name__} {value!r:.40}"
+    if isinstance(value, int) and abs(value) > 2**63:  # float() of it overflows: no measurement is this big
+        return f"must lie in {low:g}..{high:g}, found a {len(str(abs(value)))}-digit number"
     if not math.isfinite(value):
         return f"must be finite, found {value}"
     if not low <= value <= high:
@@ -160,7 +164,7 @@ def _benchmark_problem(b: Any) -> str | None:
     if tta is not None:
         if not isinstance(tta.get("reached"), bool):
             return f"{case}: 'extra_info.time_to_accuracy.reached' must be true or false"
-        for key in ("wall_s", "train_s"):
+        for key in ("wall_s", "train_s", "epoch"):
             problem = _number_problem(tta.get(key)) if tta["reached"] else None
             if problem:
                 return f"{case}: 'extra_info.time_to_accuracy.{key}' {problem}"
@@ -184,10 +188,27 @@ def _fields_problem(where: str, item: Any, fields: dict[str, tuple[float, float]
 
 def _issue15_problem(extra: dict) -> str | None:
     """The rounds, their summary, the accuracy curve and MFU: what the gate and the report compute with."""
+    if extra.get("peak_tflops") is not None:
+        problem = _number_problem(extra["peak_tflops"], *PEAK_TFLOPS_RANGE)
+        if problem:
+            return f"'extra_info.peak_tflops' {problem}"
     if isinstance(extra.get("mfu"), (int, float)) and not isinstance(extra.get("mfu"), bool):
-        problem = _number_problem(extra.get("peak_tflops"), 1e-9)
+        problem = _number_problem(extra.get("peak_tflops"), *PEAK_TFLOPS_RANGE)
         if problem:
             return f"'extra_info.peak_tflops' {problem} (an MFU needs the peak it was computed against)"
+    flops = extra.get("flops_per_image")
+    if isinstance(flops, dict):
+        problem = _fields_problem("extra_info.flops_per_image", flops, dict(forward_per_image=(0, math.inf),
+                                                                            train_per_image=(0, math.inf)), nulls=True)
+        if problem:
+            return problem
+    for key in ("step_images_per_s",):
+        if extra.get(key) is not None:
+            problem = _number_problem(extra[key])
+            if problem:
+                return f"'extra_info.{key}' {problem}"
+    if isinstance(extra.get("rounds"), int) and not isinstance(extra.get("rounds"), bool) and extra["rounds"] < 1:
+        return f"'extra_info.rounds' must be a count >= 1 or a list of rounds, found {extra['rounds']}"
     for n, r in enumerate(extra.get("rounds") if isinstance(extra.get("rounds"), list) else []):
         problem = _fields_problem(f"extra_info.rounds[{n}]", r, dict(finetune_s=(0, math.inf), accuracy_before=(0, 1),
                                                                       accuracy_after=(0, 1)), nulls=True)
@@ -201,6 +222,8 @@ def _issue15_problem(extra: dict) -> str | None:
                                            max=(0, math.inf), spread=(0, math.inf)))
             if problem:
                 return problem
+            if not isinstance(summary[key]["n"], int):
+                return f"'extra_info.rounds_summary.{key}.n' must be a whole number of rounds"
     curve = extra.get("accuracy_curve")
     if curve is not None and not isinstance(curve, list):
         return f"'extra_info.accuracy_curve' must be a list, found {type(curve).__name__}"
