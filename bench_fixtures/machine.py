@@ -33,7 +33,8 @@ def nvml_gpus() -> tuple[list[dict[str, Any]], str]:
         gpus = []
         for i in range(pynvml.nvmlDeviceGetCount()):
             h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            gpus.append(dict(index=i, name=pynvml.nvmlDeviceGetName(h),
+            name = pynvml.nvmlDeviceGetName(h)  # bytes from nvidia-ml-py before 11.5: the peak table needs text
+            gpus.append(dict(index=i, name=name.decode() if isinstance(name, bytes) else name,
                              memory_total=pynvml.nvmlDeviceGetMemoryInfo(h).total,
                              driver=driver, cuda_driver=f"{cuda // 1000}.{cuda % 1000 // 10}"))
         return gpus, "" if gpus else "NVML reports no GPU"
