@@ -5,6 +5,7 @@ implementations can only come from the framework, never from two copies of a con
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,8 +172,10 @@ def parity_notes(rows: list[dict], setup: str = "matched", weights: str = "none"
     return lines
 
 
-def _gflops(v: Any) -> str:
-    return f"{v / 1e9:.4g}" if isinstance(v, (int, float)) else "–"
+def gflops(v: Any, digits: int = 4) -> str:
+    """FLOPs as GFLOPs to DIGITS significant digits; "–" for anything not a finite number."""
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return f"{v / 1e9:.{digits}g}" if ok else "–"
 
 
 def flops_notes(rows: list[dict]) -> list[str]:
@@ -185,7 +188,7 @@ def flops_notes(rows: list[dict]) -> list[str]:
         train = {fw: c.get("train_per_image") for fw, c in sorted(counts.items()) if c.get("train_per_image")}
         if len(train) >= 2:
             low, high = min(train.values()), max(train.values())
-            notes.append(f"- {model}: training FLOPs per image " + ", ".join(f"{fw} {_gflops(v)} G" for fw, v in
+            notes.append(f"- {model}: training FLOPs per image " + ", ".join(f"{fw} {gflops(v)} G" for fw, v in
                                                                           train.items())
                          + f" ({(high - low) / low:.2%} apart)")
         for fw, c in sorted(counts.items()):
@@ -204,7 +207,7 @@ def format_parity(rows: list[dict]) -> str:
         f = r.get("flops") or {}
         lines.append(f"| {r['model']} | {r['framework']} | {r['trainable_params']:,} | "
                      f"{r['non_trainable_params']:,} | {diff} | {r['bn']} | {r['optimizer']} | {r['precision']} | "
-                     f"{_gflops(f.get('forward_per_image'))} | {_gflops(f.get('train_per_image'))} |")
+                     f"{gflops(f.get('forward_per_image'))} | {gflops(f.get('train_per_image'))} |")
     notes = sorted({f"- {r['model']}: {r['explained']}" for r in rows if r["explained"]})
     counters = sorted({f"- {r['framework']} FLOPs: {r['flops']['counter']}" for r in rows if (r.get("flops") or {}).get("counter")})
     return "\n".join(lines + ([""] + notes if notes else []) + ([""] + counters + flops_notes(rows) if counters else []))

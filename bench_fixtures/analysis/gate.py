@@ -220,6 +220,12 @@ def _min_p(n1: int, n2: int) -> float:
     return 1 / math.comb(n1 + n2, n1)  # integer true division: no float overflow at hundreds of rounds
 
 
+def _significant(p: float, alpha: float) -> bool:
+    """p <= alpha, as the test's definition has it (3 vs 3 rounds reach exactly 0.05), with room for
+    the last bit of a float p."""
+    return p <= alpha * (1 + 1e-9)
+
+
 def compare_metric(case: str, metric: Metric, bases: list[dict], c: dict, threshold: float, alpha: float
                    ) -> Verdict | None:
     """One metric of one case: the candidate C against the baselines BASES (one, or a history)."""
@@ -251,20 +257,19 @@ def compare_metric(case: str, metric: Metric, bases: list[dict], c: dict, thresh
         worse = diff / vb if vb else (0.0 if diff == 0 else math.inf)
     beyond = worse > threshold and abs(vc - vb) > metric.floor
     band, notes = threshold, [metric.source] if metric.source else []
-    finite = [v for v in values if math.isfinite(v)]  # a missed target says nothing of the noise
-    if len(finite) >= 2:  # history: what identical runs already show
-        spread = stats.noise(finite, relative=metric.mode == "relative") * (100 if metric.mode == "points" else 1)
+    if len(values) >= 2:  # history: what identical runs already show
+        spread = stats.noise(values, relative=metric.mode == "relative") * (100 if metric.mode == "points" else 1)
         band = max(threshold, stats.NOISE_FACTOR * spread)
         beyond = beyond and worse > band
         shown = f"{band:.1f} pt" if metric.mode == "points" else f"{band:.1%}"
-        rule = f"limit and noise band {shown} ({len(finite)} runs)"
+        rule = f"limit and noise band {shown} ({len(values)} runs)"
     elif metric.name == "time":
         db, dc = _round_times(bases[0]), _round_times(c)
-        if len(db) >= 2 and len(dc) >= 2 and _min_p(len(db), len(dc)) <= alpha * (1 + 1e-9):
+        if len(db) >= 2 and len(dc) >= 2 and _significant(_min_p(len(db), len(dc)), alpha):
             from scipy.stats import mannwhitneyu
             p = float(mannwhitneyu(dc, db, alternative="greater").pvalue)
             notes.append(f"p={p:.3g}, {len(db)} vs {len(dc)} rounds")
-            beyond = beyond and p <= alpha * (1 + 1e-9)  # significant at p <= alpha: 3 vs 3 rounds reach 0.05
+            beyond = beyond and _significant(p, alpha)
             rule = "limit + Mann-Whitney (one baseline)"
         else:
             rule = "limit only (one baseline" + (", too few rounds)" if db and dc else ", no saved rounds)")

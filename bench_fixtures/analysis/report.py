@@ -27,6 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..config import MODELS  # noqa: E402
+from ..models import gflops  # noqa: E402
 from ..frameworks import FRAMEWORKS as REGISTRY  # noqa: E402
 from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, PROJECTED_EPOCHS, RUN_START,  # noqa: E402
                                   step_intervals)
@@ -307,10 +308,6 @@ def _rounds(e: dict, key: str, scale: float, fmt: str, unit: str) -> str:
             f"{r['n']} rounds)")
 
 
-def _gflops(v: Any) -> str:
-    return _f(v / 1e9 if isinstance(v, (int, float)) else None, ".3g")
-
-
 def _mfu(e: dict) -> str:
     if isinstance(e.get("mfu"), (int, float)):
         return f"{100 * e['mfu']:.1f}% of {_f(e.get('peak_tflops'), 'g')} TFLOP/s ({e.get('mfu_precision')})"
@@ -349,10 +346,10 @@ def case_rows(ft: dict, ts: dict, model: str) -> list[tuple[str, list[str]]]:
         ("peak memory (MiB)", lambda e, b, t: _f(mem(e) / 2**20 if mem(e) else None, ".0f")),
         ("steady images/s", lambda e, b, t: _f(t["extra_info"]["train_images_per_s"] if t else None, ".1f")),
         ("time to first step (s)", lambda e, b, t: f"{e['time_to_first_step_s']:.2f}"),
-        ("training GFLOPs / image (own counter)", lambda e, b, t: _gflops((e.get("flops_per_image") or {})
-                                                                         .get("train_per_image"))),
-        ("achieved GFLOP/s (steady steps)", lambda e, b, t: _gflops((t or {}).get("extra_info", {})
-                                                                    .get("achieved_flops_per_s"))),
+        ("training GFLOPs / image (own counter)", lambda e, b, t: gflops((e.get("flops_per_image") or {})
+                                                                         .get("train_per_image"), 3)),
+        ("achieved GFLOP/s (steady steps)", lambda e, b, t: gflops((t or {}).get("extra_info", {})
+                                                                    .get("achieved_flops_per_s"), 3)),
         ("MFU (steady steps)", lambda e, b, t: _mfu(t["extra_info"]) if t else "–"),
         ("trainable / non-trainable", lambda e, b, t: f"{e['trainable_params']:,} / {e['non_trainable_params']:,}"),
     ]
@@ -608,7 +605,7 @@ def parity_section(fts: dict[str, dict]) -> list[str]:
 
 def _flops_cell(e: dict) -> str:
     f = e.get("flops_per_image") if isinstance(e.get("flops_per_image"), dict) else {}
-    return f"{_gflops(f.get('forward_per_image'))} / {_gflops(f.get('train_per_image'))}"
+    return f"{gflops(f.get('forward_per_image'), 3)} / {gflops(f.get('train_per_image'), 3)}"
 
 
 def machine_section(mi: dict) -> list[str]:

@@ -20,7 +20,7 @@ OUTCOME_KEY = "test_outcome"
 OUTCOMES = ("passed", "failed")
 FRACTIONS = ("accuracy_before", "accuracy_after", "target_accuracy")  # in 0..1, or null = not measured
 NON_NEGATIVE = ("train_images_per_s", "time_to_first_step_s", "finetune_s", "step_time_s", "warmup_s",
-                "achieved_flops_per_s", "mfu", "peak_tflops")
+                "achieved_flops_per_s", "mfu", "step_images_per_s")
 SERIES = ("epoch_times_s", "inter_epoch_gaps_s")             # lists of non-negative numbers or nulls
 MEMORY = ("framework_peak", "process_peak", "device_peak", "reserved_peak")
 COUNTS = ("test_size", "train_size", "batch_size", "epochs", "steps_per_epoch")  # integers >= 1, or null
@@ -157,17 +157,9 @@ def _benchmark_problem(b: Any) -> str | None:
                 problem = _number_problem(memory[key])
                 if problem:
                     return f"{case}: 'extra_info.memory.{key}' {problem}"
-    problem = _issue15_problem(extra)
+    problem = _rounds_and_rates_problem(extra)
     if problem:
         return f"{case}: {problem}"
-    tta = extra.get("time_to_accuracy")
-    if tta is not None:
-        if not isinstance(tta.get("reached"), bool):
-            return f"{case}: 'extra_info.time_to_accuracy.reached' must be true or false"
-        for key in ("wall_s", "train_s", "epoch"):
-            problem = _number_problem(tta.get(key)) if tta["reached"] else None
-            if problem:
-                return f"{case}: 'extra_info.time_to_accuracy.{key}' {problem}"
     if extra.get(OUTCOME_KEY) is not None and extra[OUTCOME_KEY] not in OUTCOMES:
         return f"{case}: 'extra_info.{OUTCOME_KEY}' must be one of {', '.join(OUTCOMES)}"
     return None
@@ -186,27 +178,30 @@ def _fields_problem(where: str, item: Any, fields: dict[str, tuple[float, float]
     return None
 
 
-def _issue15_problem(extra: dict) -> str | None:
-    """The rounds, their summary, the accuracy curve and MFU: what the gate and the report compute with."""
+def _rounds_and_rates_problem(extra: dict) -> str | None:
+    """The rounds, their summary, the accuracy curve, time to accuracy, FLOPs and MFU: what the gate
+    and the report compute with."""
+    if extra.get("mfu") is not None and extra.get("peak_tflops") is None:
+        return "'extra_info.peak_tflops' is missing (an MFU needs the peak it was computed against)"
     if extra.get("peak_tflops") is not None:
         problem = _number_problem(extra["peak_tflops"], *PEAK_TFLOPS_RANGE)
         if problem:
             return f"'extra_info.peak_tflops' {problem}"
-    if isinstance(extra.get("mfu"), (int, float)) and not isinstance(extra.get("mfu"), bool):
-        problem = _number_problem(extra.get("peak_tflops"), *PEAK_TFLOPS_RANGE)
-        if problem:
-            return f"'extra_info.peak_tflops' {problem} (an MFU needs the peak it was computed against)"
     flops = extra.get("flops_per_image")
     if isinstance(flops, dict):
         problem = _fields_problem("extra_info.flops_per_image", flops, dict(forward_per_image=(0, math.inf),
                                                                             train_per_image=(0, math.inf)), nulls=True)
         if problem:
             return problem
-    for key in ("step_images_per_s",):
-        if extra.get(key) is not None:
-            problem = _number_problem(extra[key])
+    tta = extra.get("time_to_accuracy")
+    if tta is not None:
+        if not isinstance(tta.get("reached"), bool):
+            return "'extra_info.time_to_accuracy.reached' must be true or false"
+        if tta["reached"]:
+            problem = _fields_problem("extra_info.time_to_accuracy", tta,
+                                      dict(wall_s=(0, math.inf), train_s=(0, math.inf), epoch=(0, math.inf)))
             if problem:
-                return f"'extra_info.{key}' {problem}"
+                return problem
     if isinstance(extra.get("rounds"), int) and not isinstance(extra.get("rounds"), bool) and extra["rounds"] < 1:
         return f"'extra_info.rounds' must be a count >= 1 or a list of rounds, found {extra['rounds']}"
     for n, r in enumerate(extra.get("rounds") if isinstance(extra.get("rounds"), list) else []):

@@ -8,6 +8,7 @@ in float32 (as Keras' mixed policies with a float32 head), and for fp16 a GradSc
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import time
@@ -61,14 +62,32 @@ class Float32Head(nn.Linear):
     both frameworks (Keras: the head layer's dtype policy is float32)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "meta":  # FLOP counting: no autocast there (nor needed)
-            return super().forward(x.float())
-        with torch.autocast(x.device.type, enabled=False):
+        with autocast(x.device.type, None):
             return super().forward(x.float())
 
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 LOSS_SCALE_MATCHED = 2.0 ** 15  # Keras' LossScaleOptimizer starts here; torch's GradScaler at 2**16
+
+
+def autocast(device_type: str, amp: torch.dtype | None):
+    """Mixed precision at AMP (None: off). The meta device (FLOP counting) has no autocast."""
+    if device_type == "meta":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=amp or torch.float32, enabled=amp is not None)
+
+
+def backward_and_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                      scaler: "torch.amp.GradScaler | None") -> None:
+    """The backward pass and the update; with fp16's scaler the update is skipped when the scaled
+    gradients overflowed, then the scale adjusts. The suite's step and the bare one share it."""
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
 
 def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
@@ -323,16 +342,10 @@ class TorchBackend:
         x = self._to_device(self.bundle.train.images[idx])
         y = self._to_device(self.bundle.train.labels[idx])
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+        with autocast(self.device.type, self.amp):
             logits = self.step_fn(x)  # float32: Float32Head
         loss = F.cross_entropy(logits, y)
-        if self.scaler is None:
-            loss.backward()
-            self.optimizer.step()
-        else:  # skips the update when the scaled gradients overflowed, then adjusts the scale
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+        backward_and_step(loss, self.optimizer, self.scaler)
         return loss.detach()
 
     def _epoch_batches(self, epoch: int):
@@ -358,8 +371,7 @@ class TorchBackend:
         start = time.perf_counter()
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         loss = torch.zeros((), device=self.device)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp or torch.float32,
-                                                    enabled=self.amp is not None):
+        with torch.inference_mode(), autocast(self.device.type, self.amp):
             for i in range(0, len(test), bs):
                 x, y = self._to_device(test.images[i:i + bs]), self._to_device(test.labels[i:i + bs])
                 logits = self.step_fn(x)
@@ -469,15 +481,8 @@ format, and leaves the process as it found it (its RNG draws are forked)."""
         if size != 32:
             xb = F.interpolate(xb, size=(size, size), mode="bilinear", align_corners=False)
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
+        with autocast(dev.type, amp):
             logits = forward(xb)
-        loss = F.cross_entropy(logits, y)
-        if scaler is None:
-            loss.backward()
-            opt.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
+        backward_and_step(F.cross_entropy(logits, y), opt, scaler)
 
     return step, (torch.cuda.synchronize if dev.type == "cuda" else (lambda: None))

@@ -21,8 +21,8 @@ from ..files import write_json_atomic
 from ..frameworks import NAMES
 from ..telemetry.monitor import Monitor, judge, peak, summarize_util
 from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, RUN_START, RUN_STOP, accuracy_curve, after_first_steps,
-                                  epoch_phases, epoch_times, fit_teardown, inter_epoch_gaps, project_overhead, step_intervals,
-                                  time_to_accuracy, time_to_first_step)
+                                  epoch_phases, epoch_times, fit_teardown, inter_epoch_gaps, project_overhead,
+                                  step_intervals, time_to_accuracy, time_to_first_step)
 from .worker import Worker, hide_for_worker_errors, kill_all
 
 __tracebackhide__ = hide_for_worker_errors
