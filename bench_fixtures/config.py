@@ -37,7 +37,7 @@ DATASET_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
 COMMON: dict[str, Any] = dict(optimizer="sgd", lr=None, momentum=0.9, seed=0, device="auto",
                               data_dir=None, preprocess="auto", monitor_interval=0.05,
                               worker_memory_limit=0, setup="matched", channels_last=False,
-                              target_accuracy=None, peak_tflops=None)
+                              target_accuracy=None, peak_tflops=None, train_layers="all")
 # The framework settings whose defaults differ between torch and TensorFlow. `matched` aligns them
 # to these values; `defaults` leaves each framework's own (None: the worker sets nothing and reads
 # back what the framework uses). A value given by an option, or by the profile (smoke's BatchNorm
@@ -62,7 +62,8 @@ DEFAULT_LR = {"sgd": 0.01, "adam": 0.001}
 CHOICES = {"profile": ("auto", "smoke", "seed", "quick"), "dataset": ("cifar10", "synthetic"),
            "weights": ("imagenet", "none"), "device": ("auto", "cpu", "gpu"),
            "optimizer": ("sgd", "adam"), "precision": PRECISIONS, "compile": ("off", "on"),
-           "preprocess": ("auto", "cifar", "native"), "setup": ("matched", "defaults", "both")}
+           "preprocess": ("auto", "cifar", "native"), "setup": ("matched", "defaults", "both"),
+           "train_layers": ("all", "head")}
 # Option name for each field, so an error names what the user typed.
 OPTION = {f: "--" + f.replace("_", "-") for f in (*PROFILES["smoke"], *COMMON, *MATCHED)}
 OPTION["profile"] = "--bench-profile"
@@ -108,6 +109,7 @@ class BenchConfig:
     channels_last: bool    # torch only: NHWC memory format (Keras is NHWC already)
     target_accuracy: float | None  # time to this test accuracy (needs eval_every_epoch)
     peak_tflops: float | None      # the device's dense peak for MFU; None = the table in peaks.py
+    train_layers: str      # "all" (the whole network) or "head" (backbone frozen, its BatchNorm in inference mode)
     monitor_interval: float  # seconds between utilisation/memory samples
     worker_memory_limit: int  # MiB of host memory a worker may map (RLIMIT_DATA); 0 = no limit
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # MATCHED settings given by option/profile
@@ -131,6 +133,7 @@ class BenchConfig:
                 + (" (fp16 on a CPU: emulated, several times slower than fp32; a GPU precision)"
                    if self.precision == "fp16" and self.device == "cpu" else "")
                 + (" channels_last" if self.channels_last else "")
+                + (f" train_layers={self.train_layers}" if self.train_layers != "all" else "")
                 + (f" target_accuracy={self.target_accuracy:g}" if self.target_accuracy is not None else ""))
 
 
@@ -204,7 +207,7 @@ def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "") ->
     else:
         device_reason = "--device"
 
-    for field in ("dataset", "weights", "optimizer", "precision", "compile", "preprocess"):
+    for field in ("dataset", "weights", "optimizer", "precision", "compile", "preprocess", "train_layers"):
         if values[field] is not None:
             _check_choice(field, values[field])
     for field in ("train_size", "test_size", "step_warmup", "worker_memory_limit"):

@@ -27,18 +27,22 @@ class ModelSpec:
     torchvision_weights: str    # weights enum member, the original ImageNet recipe
     keras: str                  # keras.applications class
     keras_preprocess: str       # mode of keras.applications.<model>.preprocess_input
+    keras_weights_file: str     # keras.applications' ImageNet file without the top, as its cache names it
     differences: tuple[str, ...] = ()  # known architectural differences, reported in the parity table
 
 
 SPECS = {
     "resnet50": ModelSpec(
         "resnet50", 2048, "resnet50", "ResNet50_Weights.IMAGENET1K_V1", "ResNet50", "caffe",
+        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
         ("keras.applications ResNet50 is v1 (stride 2 in the first 1x1 conv of a downsampling block; "
          "convolutions carry biases, +26,560 trainable parameters); torchvision's is v1.5 (stride in "
          "the 3x3 conv, no conv biases)",)),
-    "vgg19": ModelSpec("vgg19", 512, "vgg19", "VGG19_Weights.IMAGENET1K_V1", "VGG19", "caffe"),
+    "vgg19": ModelSpec("vgg19", 512, "vgg19", "VGG19_Weights.IMAGENET1K_V1", "VGG19", "caffe",
+                       "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"),
     "mobilenet_v2": ModelSpec(
         "mobilenet_v2", 1280, "mobilenet_v2", "MobileNet_V2_Weights.IMAGENET1K_V1", "MobileNetV2", "tf",
+        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
         ("keras pads strided convolutions asymmetrically (ZeroPadding2D + valid), torchvision "
          "symmetrically (padding=1); parameter counts are identical",)),
 }
@@ -50,6 +54,16 @@ PARITY_TOLERANCE = 0.005
 def f32(x: float) -> float:
     """A hyperparameter as a comparable number: TensorFlow stores 0.01 as float32 0.0099999998."""
     return float(f"{float(x):.6g}")
+
+
+def file_digest(path: str, algorithm: str = "sha256") -> str | None:
+    """The hex digest of a weights file, or None if there is no such file."""
+    import hashlib
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, algorithm).hexdigest()
+    except OSError:
+        return None
 
 
 def head_init(feature_dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -108,6 +122,8 @@ def parity_rows(descriptions: list[dict]) -> list[dict]:
                              bn=d["batchnorm"], optimizer=d["optimizer"], loss=d["loss"],
                              input_transform=d["input_transform"], precision=d["precision"],
                              settings=d.get("settings") or {}, trainable_rel_diff=rel, flops=d.get("flops") or {},
+                             train_layers=d.get("train_layers", "all"), frozen_params=d.get("frozen_params"),
+                             start=d.get("start") or {},
                              explained="; ".join(SPECS[model].differences)))
     return rows
 
@@ -130,6 +146,11 @@ def parity_problems(rows: list[dict], setup: str = "matched", weights: str = "no
             problems.append(f"{model}: described by {len(pair)} framework(s), need both")
             continue
         a, b = pair
+        head = SPECS[model].feature_dim * NUM_CLASSES + NUM_CLASSES
+        for r in pair if a.get("train_layers") == "head" else ():
+            if r["trainable_params"] != head:
+                problems.append(f"{model}: --train-layers head, but {r['framework']} trains {r['trainable_params']:,} "
+                                f"parameters, not the head's {head:,}")
         if a["trainable_rel_diff"] > PARITY_TOLERANCE and not SPECS[model].differences:
             problems.append(f"{model}: trainable parameters {a['trainable_params']} vs "
                             f"{b['trainable_params']} differ by {a['trainable_rel_diff']:.2%} "
@@ -178,6 +199,17 @@ def gflops(v: Any, digits: int = 4) -> str:
     return f"{v / 1e9:.{digits}g}" if ok else "–"
 
 
+def start_text(start: Any) -> str:
+    """Which numbers a model started from: source, file and its hash, and the initial parameters' hash."""
+    if not isinstance(start, dict) or not start:
+        return "–"
+    parts = [str(start.get("source"))]
+    if start.get("file"):
+        parts.append(f"{start['file']} ({start.get('file_hash')})")
+    parts.append(f"parameters sha256 {start.get('params_sha256')}")
+    return "; ".join(parts)
+
+
 def flops_notes(rows: list[dict]) -> list[str]:
     """Per model, how far the frameworks' training FLOPs per image differ, and what each counter
     could not count."""
@@ -199,15 +231,17 @@ def flops_notes(rows: list[dict]) -> list[str]:
 
 
 def format_parity(rows: list[dict]) -> str:
-    lines = ["| model | framework | trainable | non-trainable | diff | BN (momentum, eps) | optimizer | precision "
-             "| GFLOPs/image forward | GFLOPs/image training |",
-             "|---|---|---:|---:|---:|---|---|---|---:|---:|"]
+    lines = ["| model | framework | trainable | non-trainable (frozen) | diff | BN (momentum, eps) | optimizer | "
+             "precision | GFLOPs/image forward | GFLOPs/image training | weights: the start |",
+             "|---|---|---:|---:|---:|---|---|---|---:|---:|---|"]
     for r in rows:
         diff = "" if r["trainable_rel_diff"] is None else f"{r['trainable_rel_diff']:.3%}"
         f = r.get("flops") or {}
+        frozen = f" ({r['frozen_params']:,})" if r.get("frozen_params") else ""
         lines.append(f"| {r['model']} | {r['framework']} | {r['trainable_params']:,} | "
-                     f"{r['non_trainable_params']:,} | {diff} | {r['bn']} | {r['optimizer']} | {r['precision']} | "
-                     f"{gflops(f.get('forward_per_image'))} | {gflops(f.get('train_per_image'))} |")
+                     f"{r['non_trainable_params']:,}{frozen} | {diff} | {r['bn']} | {r['optimizer']} | {r['precision']} | "
+                     f"{gflops(f.get('forward_per_image'))} | {gflops(f.get('train_per_image'))} | "
+                     f"{start_text(r.get('start'))} |")
     notes = sorted({f"- {r['model']}: {r['explained']}" for r in rows if r["explained"]})
     counters = sorted({f"- {r['framework']} FLOPs: {r['flops']['counter']}" for r in rows if (r.get("flops") or {}).get("counter")})
     return "\n".join(lines + ([""] + notes if notes else []) + ([""] + counters + flops_notes(rows) if counters else []))

@@ -71,6 +71,8 @@ OPTIONS = [
                                       "Keras 1e-7)"),
     ("--eval-every-epoch", "eval_every_epoch", None, "evaluate on the test split after every epoch "
                                                      "(Keras validation_data; a torch eval loop; seed: on)"),
+    ("--train-layers", "train_layers", str, "all (fine-tune the whole network) or head (only the new head: the "
+                                            "backbone frozen, its BatchNorm in inference mode) (all)"),
     ("--target-accuracy", "target_accuracy", float, "report the training and wall seconds until the test "
                                                     "accuracy first reaches this fraction (needs "
                                                     "--eval-every-epoch); the gate judges it"),

@@ -121,9 +121,10 @@ METRICS = {m.name: m for m in [
 HARDWARE_KEYS = ("gpu_name", "cpu_model")
 VERSION_KEYS = tuple(p for f in FRAMEWORKS.values() for p in f.packages)
 CONFIG_KEYS = ("profile", "device", "dataset", "train_size", "test_size", "epochs", "batch_size", "weights",
-               "setup", "precision", "compile", "image_size", "optimizer", "lr", "channels_last", "target_accuracy")
+               "setup", "precision", "compile", "image_size", "optimizer", "lr", "channels_last", "target_accuracy",
+               "train_layers")
 # What runs recorded before the key existed ran.
-CONFIG_DEFAULTS = {"setup": "matched", "channels_last": False, "target_accuracy": None}
+CONFIG_DEFAULTS = {"setup": "matched", "channels_last": False, "target_accuracy": None, "train_layers": "all"}
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""`bench parity [--setup matched|defaults] [--weights none|imagenet] [--image-size N]`: the parity table.
+"""`bench parity [--setup matched|defaults] [--weights none|imagenet] [--train-layers all|head] [--image-size N]`:
+the parity table.
 
 Builds each model in every installed framework (in their own worker processes) and prints trainable and
 non-trainable parameters, BatchNorm and optimizer settings as the frameworks report them back,
@@ -25,10 +26,11 @@ def main(argv: list[str] | None = None, prog: str = "bench parity") -> int:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
     p.add_argument("--setup", default="matched", choices=("matched", "defaults"))
+    p.add_argument("--train-layers", default="all", choices=("all", "head"))
     a = p.parse_args(argv)
     # The seed profile's settings (smoke's BatchNorm momentum 0.5 is only for 16 steps from scratch).
     cfg = resolve(dict(profile="seed", device="cpu", weights=a.weights, image_size=a.image_size,
-                       optimizer=a.optimizer, setup=a.setup), gpu_count=0)
+                       optimizer=a.optimizer, setup=a.setup, train_layers=a.train_layers), gpu_count=0)
     with tempfile.TemporaryDirectory() as tmp:
         train, test = make_synthetic(64, 32)
         bundle = make_bundle(Cifar10(train, test, LABEL_NAMES, "synthetic"), 0, 0, 32, 1, 0).write(f"{tmp}/b")

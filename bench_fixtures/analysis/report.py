@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..config import MODELS  # noqa: E402
-from ..models import gflops  # noqa: E402
+from ..models import gflops, start_text  # noqa: E402
 from ..frameworks import FRAMEWORKS as REGISTRY  # noqa: E402
 from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, PROJECTED_EPOCHS, RUN_START,  # noqa: E402
                                   step_intervals)
@@ -590,15 +590,18 @@ def _bn(e: dict) -> str:
 
 def parity_section(fts: dict[str, dict]) -> list[str]:
     multi = len(fts) > 1
-    md = ["## Parity", "", "| case | trainable | non-trainable | input transform | optimizer | lr | BN momentum / eps "
-                           "| precision | GFLOPs / image, forward / training (own counter) |",
-          "|---|---:|---:|---|---|---:|---|---|---:|"]
+    md = ["## Parity", "", "| case | trained layers | trainable | non-trainable (frozen) | input transform | optimizer "
+                           "| lr | BN momentum / eps | precision | GFLOPs / image, forward / training (own counter) "
+                           "| weights: the start |",
+          "|---|---|---:|---:|---|---|---:|---|---|---:|---|"]
     for setup, ft in fts.items():
         for (fw, m), b in sorted(ft.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             e = b["extra_info"]
-            md.append(f"| {fw}-{m}{f'-{setup}' if multi else ''} | {_f(e.get('trainable_params'), ',')} | "
-                      f"{_f(e.get('non_trainable_params'), ',')} | {e.get('input_transform')} | {e.get('optimizer')} | "
-                      f"{e.get('lr')} | {_bn(e)} | {e.get('precision')} | {_flops_cell(e)} |")
+            frozen = f" ({_f(e.get('frozen_params'), ',')})" if e.get("frozen_params") else ""
+            md.append(f"| {fw}-{m}{f'-{setup}' if multi else ''} | {e.get('train_layers') or 'all'} | "
+                      f"{_f(e.get('trainable_params'), ',')} | {_f(e.get('non_trainable_params'), ',')}{frozen} | "
+                      f"{e.get('input_transform')} | {e.get('optimizer')} | {e.get('lr')} | {_bn(e)} | "
+                      f"{e.get('precision')} | {_flops_cell(e)} | {start_text(e.get('start'))} |")
     return md + ["", "FLOPs: each framework's own counter on its model as built (torch FlopCounterMode, TensorFlow's "
                      "profiler on the traced step), convolutions and matmuls at 2 per multiply-add.", ""]
 

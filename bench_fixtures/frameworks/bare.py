@@ -22,10 +22,10 @@ from . import NAMES, backend_module
 
 
 def make_step(framework: str, model: str, batch: int, device: str, size: int, compiled: bool = False,
-              precision: str | None = None, channels_last: bool = False):
+              precision: str | None = None, channels_last: bool = False, train_layers: str = "all"):
     """Each backend module carries its framework's bare step (`bare_step`), apart from its class."""
     module = importlib.import_module(backend_module(framework))
-    return module.bare_step(model, batch, device, size, compiled, precision, channels_last)
+    return module.bare_step(model, batch, device, size, compiled, precision, channels_last, train_layers)
 
 
 def timed_rounds(step, sync, steps: int, rounds: int) -> list[float]:
@@ -54,11 +54,12 @@ def main(argv: list[str] | None = None) -> int:
                                                                   "the framework's own with defaults)")
     p.add_argument("--compile", action="store_true", help="torch.compile / XLA, as --compile on")
     p.add_argument("--channels-last", action="store_true", help="torch: NHWC memory format")
+    p.add_argument("--train-layers", choices=("all", "head"), default="all", help="as the suite's option")
     a = p.parse_args(argv)
     precision = a.precision or ("fp32" if a.setup == "matched" else None)
     importlib.import_module(backend_module(a.framework)).configure(dict(setup=a.setup, precision=precision))
     step, sync = make_step(a.framework, a.model, a.batch, a.device, a.image_size, a.compile, precision,
-                           a.channels_last)
+                           a.channels_last, a.train_layers)
     timed_rounds(step, sync, max(a.warmup, 1), 1)
     print(json.dumps({"round_s": timed_rounds(step, sync, a.steps, a.rounds)}))
     return 0

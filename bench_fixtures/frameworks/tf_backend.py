@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from ..data import MEAN, STD, Bundle  # noqa: E402
-from ..models import SPECS, f32, head_init, input_transform, transform_mode  # noqa: E402
+from ..models import SPECS, f32, file_digest, head_init, input_transform, transform_mode  # noqa: E402
 from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, EVAL_START, EVAL_STOP, FIRST_STEP_END,  # noqa: E402
                                  FIRST_STEP_START, LAST_STEP_END, RUN_START, RUN_STOP, USER_WORK_START,
                                  USER_WORK_STOP, Timeline)
@@ -262,6 +262,9 @@ class TensorFlowBackend:
         self.backbone = backbone = self._backbone(name)
         if self.cfg["weights"] != "imagenet":
             self._torchvision_init(backbone)
+        self.head_only = self.cfg.get("train_layers", "all") == "head"
+        if self.head_only:  # Keras: a BatchNormalization layer that is not trainable runs in inference mode
+            backbone.trainable = False
         for layer in backbone.layers:  # None: as keras.applications ships it
             if isinstance(layer, keras.layers.BatchNormalization):
                 if self.cfg.get("bn_momentum") is not None:
@@ -286,7 +289,26 @@ class TensorFlowBackend:
                            metrics=["accuracy", FirstNonFiniteStep()], jit_compile=jit)
         self._instrument()
         self.step_iterator = None
+        self.start = self._start_record(name)
         return self.describe(name)
+
+    def _start_record(self, name: str) -> dict[str, Any]:
+        """Which numbers the model starts from: the source, the weights file and its hash, and a
+        hash of the initial weights themselves (same seed, same numbers)."""
+        import hashlib
+        digest = hashlib.sha256()
+        for w in self.model.weights:
+            digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(w)).tobytes())
+        if self.cfg["weights"] == "imagenet":
+            path = os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "models",
+                                SPECS[name].keras_weights_file)
+            source, file = f"keras.applications {SPECS[name].keras} imagenet", SPECS[name].keras_weights_file
+            file_hash = "md5 " + (file_digest(path, "md5") or "?")[:12]
+        else:
+            source, file, file_hash = (f"random init (torchvision's He normal fan-out, drawn in NumPy), "
+                                       f"seed {self.cfg['seed']}", None, None)
+        return dict(source=source + f"; head: the shared draw, seed {self.cfg['seed']}", file=file,
+                    file_hash=file_hash, params_sha256=digest.hexdigest()[:12])
 
     def _instrument(self) -> None:
         """Wrap the train function `fit` calls once per step, so the StepClock sees each step (a
@@ -321,6 +343,11 @@ class TensorFlowBackend:
                     input_transform=self.transform, precision=self.cfg.get("precision") or "default",
                     image_size=self.cfg["image_size"], compile=self.cfg.get("compile") or "default",
                     init="imagenet" if self.cfg["weights"] == "imagenet" else "he_normal(fan_out), as torchvision",
+                    train_layers=self.cfg.get("train_layers", "all"), start=self.start,
+                    frozen_params=count(w for w in self.model.non_trainable_weights
+                                        if not any(w is s for b in bns for s in (b.moving_mean, b.moving_variance))),
+                    backbone_bn_in_training=("inference (frozen)" if self.head_only else "batch statistics")
+                    if bns else "none",
                     settings=self.settings(bns))
 
     def settings(self, bns: list) -> dict[str, Any]:
@@ -521,7 +548,7 @@ class TensorFlowBackend:
 
 
 def bare_step(model: str, batch: int, device: str, size: int, compiled: bool = False, precision: str | None = None,
-              channels_last: bool = False):
+              channels_last: bool = False, train_layers: str = "all"):
     """The overhead check's reference: a hand-written `tf.function` training step (GradientTape) on
     a device-resident batch, using none of the class above. Returns (step, sync). It runs under the
     process's settings (the suite's, set by `configure`: TF32 and the mixed-precision policy, with
@@ -530,6 +557,7 @@ def bare_step(model: str, batch: int, device: str, size: int, compiled: bool = F
     advances Keras' seed generator, which the suite's `build` reseeds)."""
     base = getattr(keras.applications, SPECS[model].keras)(include_top=False, weights=None,
                                                           input_shape=(size, size, 3), pooling="avg")
+    base.trainable = train_layers != "head"  # what the suite trains (--train-layers)
     m = keras.Sequential([base, keras.layers.Dense(10, dtype="float32")])
     opt = keras.optimizers.SGD(0.01, momentum=0.9)
     scaled = keras.mixed_precision.global_policy().name == "mixed_float16"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import os
 import time
 import urllib.error
@@ -26,7 +27,7 @@ from torch import nn
 from torch.utils import flop_counter
 
 from ..data import MEAN, STD, Bundle
-from ..models import SPECS, f32, head_init, input_transform, transform_mode
+from ..models import SPECS, f32, file_digest, head_init, input_transform, transform_mode
 from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, EVAL_START, EVAL_STOP, FIRST_STEP_END, FIRST_STEP_START,
                                  LAST_STEP_END, RUN_START, RUN_STOP, USER_WORK_START, USER_WORK_STOP, Timeline)
 from .protocol import BackendError, WeightsError, nonfinite_error
@@ -169,10 +170,12 @@ class TorchBackend:
     def _backbone(self, name: str) -> nn.Module:
         spec = SPECS[name]
         weights = None
+        self.weights_file: str | None = None
         if self.cfg["weights"] == "imagenet":
             weights = torchvision.models.get_weight(spec.torchvision_weights)
             path = os.path.join(torch.hub.get_dir(), "checkpoints",
                                 os.path.basename(urllib.parse.urlparse(weights.url).path))
+            self.weights_file = path
             try:
                 net = getattr(torchvision.models, spec.torchvision)(weights=weights)
             except (urllib.error.URLError, OSError, RuntimeError) as e:
@@ -197,6 +200,9 @@ class TorchBackend:
         model = nn.Sequential(OrderedDict(
             transform=InputTransform(self.transform, self.cfg["image_size"]), backbone=self._backbone(name),
             pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), head=head))
+        self.head_only = self.cfg.get("train_layers", "all") == "head"
+        if self.head_only:  # transfer learning's first step: only the new head learns
+            model.backbone.requires_grad_(False)
         for m in model.modules():  # None: as torchvision ships it
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 if self.cfg.get("bn_momentum") is not None:
@@ -217,13 +223,39 @@ class TorchBackend:
         scale = dict(init_scale=LOSS_SCALE_MATCHED) if self.cfg.get("setup", "matched") == "matched" else {}
         self.scaler = torch.amp.GradScaler(self.device.type, **scale) if self.amp is torch.float16 else None
         self.cursor = 0
+        self.start = self._start_record(name)
         return self.describe(name)
+
+    def _train_mode(self) -> None:
+        """Training mode; with --train-layers head the frozen backbone's BatchNorm stays in
+        inference mode (its running statistics are used, not updated), as Keras does for a layer
+        that is not trainable."""
+        assert self.model is not None
+        self.model.train()
+        if self.head_only:
+            self.model.backbone.eval()
+
+    def _start_record(self, name: str) -> dict[str, Any]:
+        """Which numbers the model starts from: the source, the weights file and its hash, and a
+        hash of the initial parameters and buffers themselves (same seed, same numbers)."""
+        digest = hashlib.sha256()
+        for value in self.model.state_dict().values():
+            digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        if self.weights_file:
+            source = f"torchvision {SPECS[name].torchvision_weights}"
+            file_hash = "sha256 " + (file_digest(self.weights_file) or "?")[:12]
+        else:
+            source, file_hash = f"random init (torchvision's He normal fan-out), seed {self.cfg['seed']}", None
+        return dict(source=source + f"; head: the shared draw, seed {self.cfg['seed']}",
+                    file=os.path.basename(self.weights_file) if self.weights_file else None,
+                    file_hash=file_hash, params_sha256=digest.hexdigest()[:12])
 
     def describe(self, name: str) -> dict[str, Any]:
         assert self.model is not None
         bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         stats = sum(m.running_mean.numel() + m.running_var.numel() for m in bns)
         frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
+        backbone_bns = [m for m in self.model.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         g = self.optimizer.param_groups[0]
         if self.cfg["optimizer"] == "sgd":
             opt = dict(name="sgd", lr=f32(g["lr"]), momentum=f32(g["momentum"]), nesterov=g["nesterov"],
@@ -239,6 +271,9 @@ class TorchBackend:
                     input_transform=self.transform, precision=self.cfg.get("precision") or "default",
                     image_size=self.cfg["image_size"], compile=self.cfg.get("compile") or "default",
                     init="imagenet" if self.cfg["weights"] == "imagenet" else "he_normal(fan_out), as torchvision",
+                    train_layers=self.cfg.get("train_layers", "all"), frozen_params=frozen, start=self.start,
+                    backbone_bn_in_training=("inference (frozen)" if self.head_only else "batch statistics")
+                    if backbone_bns else "none",
                     settings=self.settings(bns))
 
     def settings(self, bns: list) -> dict[str, Any]:
@@ -391,7 +426,7 @@ class TorchBackend:
         for epoch in range(epochs):
             self._reset_peak_memory()
             tl.record(EPOCH_START, epoch=epoch)
-            self.model.train()
+            self._train_mode()
             total = torch.zeros((), device=self.device)
             bad = torch.full((), -1, dtype=torch.int64, device=self.device)
             for s, idx in enumerate(self._epoch_batches(epoch)):
@@ -434,7 +469,7 @@ class TorchBackend:
     def train_steps(self, count: int) -> dict[str, Any]:
         """COUNT steps continuing through the shared order (cycled), then synchronise."""
         assert self.model is not None
-        self.model.train()
+        self._train_mode()
         flat, bs = self.bundle.order.reshape(-1), self.cfg["batch_size"]
         batches = len(flat) // bs
         start = time.perf_counter()
@@ -453,12 +488,13 @@ class TorchBackend:
 
 
 def bare_step(model: str, batch: int, device: str, size: int, compiled: bool = False, precision: str | None = None,
-              channels_last: bool = False):
+              channels_last: bool = False, train_layers: str = "all"):
     """The overhead check's reference: one hand-written training step on a device-resident batch,
     using none of the class above (no input pipeline, no timeline). Returns (step, sync). It runs
     under the process's numeric settings (the suite's, set by `configure`), through torch.compile
     when the suite's steps do, at the suite's precision (autocast; fp16 with a GradScaler) and memory
-format, and leaves the process as it found it (its RNG draws are forked)."""
+format, training what the suite trains (--train-layers), and leaves the process as it found it
+(its RNG draws are forked)."""
     dev = torch.device("cuda" if device == "gpu" else "cpu")
     with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
         torch.manual_seed(0)
@@ -469,8 +505,13 @@ format, and leaves the process as it found it (its RNG draws are forked)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     m = nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                       Float32Head(SPECS[model].feature_dim, 10)).to(dev, memory_format=fmt)
+    if train_layers == "head":
+        features.requires_grad_(False)
     forward = torch.compile(m) if compiled else m
-    opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9)
+    opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    m.train()
+    if train_layers == "head":
+        features.eval()
     amp = AMP_DTYPES.get(precision or "")
     scaler = torch.amp.GradScaler(dev.type, init_scale=LOSS_SCALE_MATCHED) if amp is torch.float16 else None
     mean = torch.tensor(MEAN, device=dev).view(1, 3, 1, 1) * 255

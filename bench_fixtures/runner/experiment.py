@@ -190,6 +190,8 @@ class Experiment:
                     framework_version=info.get("framework_version"),
                     trainable_params=self.description.get("trainable_params"),
                     non_trainable_params=self.description.get("non_trainable_params"),
+                    train_layers=cfg.train_layers, frozen_params=self.description.get("frozen_params"),
+                    start=self.description.get("start"),
                     input_transform=self.description.get("input_transform"))
 
     def finetune_info(self) -> dict[str, Any]:

@@ -265,7 +265,8 @@ class _Session:
             cfg = self.backend.cfg
             step, sync = make_step(msg["framework"], msg["model"], cfg["batch_size"], cfg["device"], cfg["image_size"],
                                    compiled=self.backend.compiled, precision=cfg.get("precision"),
-                                   channels_last=bool(cfg.get("channels_last")))
+                                   channels_last=bool(cfg.get("channels_last")),
+                                   train_layers=cfg.get("train_layers", "all"))
             timed_rounds(step, sync, max(msg.get("warmup", 1), 1), 1)
             self.bare = (step, sync)
         return {"seconds": timed_rounds(*self.bare, msg["count"], 1)[0]}
