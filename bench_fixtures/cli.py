@@ -7,6 +7,7 @@
     bench parity                              the parity table, read back from every installed framework
     bench overhead                            does the harness distort what it measures?
     bench machine [--slug]                    what machine this is, as the results record it
+    bench weights fetch|check DIR             pretrained weight files for --weights-dir: fetch (verified) or check
 
 `python -m bench_fixtures.<tool>` runs the same tools.
 """
@@ -19,7 +20,7 @@ from typing import Any
 
 # tool -> module (relative to this package) whose `main(argv, prog)` runs it
 TOOLS = {"ab": "analysis.ab", "gate": "analysis.gate", "report": "analysis.report", "parity": "analysis.parity",
-         "overhead": "analysis.overhead", "machine": "machine"}
+         "overhead": "analysis.overhead", "machine": "machine", "weights": "weights"}
 
 
 class _ClosedReaderSafe:

@@ -27,43 +27,42 @@ class ModelSpec:
     torchvision_weights: str    # weights enum member, the original ImageNet recipe
     keras: str                  # keras.applications class
     keras_preprocess: str       # mode of keras.applications.<model>.preprocess_input
-    keras_weights_file: str     # keras.applications' ImageNet file without the top, as its cache names it
     differences: tuple[str, ...] = ()  # known architectural differences, reported in the parity table
 
 
 SPECS = {
     "resnet50": ModelSpec(
         "resnet50", 2048, "resnet50", "ResNet50_Weights.IMAGENET1K_V1", "ResNet50", "caffe",
-        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
         ("keras.applications ResNet50 is v1 (stride 2 in the first 1x1 conv of a downsampling block; "
          "convolutions carry biases, +26,560 trainable parameters); torchvision's is v1.5 (stride in "
          "the 3x3 conv, no conv biases)",)),
-    "vgg19": ModelSpec("vgg19", 512, "vgg19", "VGG19_Weights.IMAGENET1K_V1", "VGG19", "caffe",
-                       "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "vgg19": ModelSpec("vgg19", 512, "vgg19", "VGG19_Weights.IMAGENET1K_V1", "VGG19", "caffe"),
     "mobilenet_v2": ModelSpec(
         "mobilenet_v2", 1280, "mobilenet_v2", "MobileNet_V2_Weights.IMAGENET1K_V1", "MobileNetV2", "tf",
-        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
         ("keras pads strided convolutions asymmetrically (ZeroPadding2D + valid), torchvision "
          "symmetrically (padding=1); parameter counts are identical",)),
 }
 
 # Relative difference in trainable parameters tolerated between the two implementations of a model.
 PARITY_TOLERANCE = 0.005
+# --weights same: the frameworks' logits on the same images may differ by this much, relative to the
+# largest logit (float32 convolutions summed in another order differ by ~1e-6).
+SAME_START_TOLERANCE = 1e-4
+
+
+def logit_gap(a: Any, b: Any) -> float | None:
+    """max |a - b| / max |a| over two frameworks' logits for the same images; None without both."""
+    if a is None or b is None:
+        return None
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or a.size == 0:
+        return float("inf")
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), 1e-12))
 
 
 def f32(x: float) -> float:
     """A hyperparameter as a comparable number: TensorFlow stores 0.01 as float32 0.0099999998."""
     return float(f"{float(x):.6g}")
-
-
-def file_digest(path: str, algorithm: str = "sha256") -> str | None:
-    """The hex digest of a weights file, or None if there is no such file."""
-    import hashlib
-    try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, algorithm).hexdigest()
-    except OSError:
-        return None
 
 
 def head_init(feature_dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,11 +96,13 @@ def input_transform(mode: str) -> tuple[tuple[int, int, int], np.ndarray, np.nda
     return order, np.asarray(scale, np.float32), np.asarray(offset, np.float32)
 
 
-def transform_mode(framework: str, model: str, preprocess: str) -> str:
-    """'cifar' shares one normalisation; 'native' gives each pretrained backbone what it was trained on."""
+def transform_mode(framework: str, model: str, preprocess: str, weights: str = "imagenet") -> str:
+    """'cifar' shares one normalisation; 'native' gives each pretrained backbone what it was trained
+    on: its own zoo's, or torchvision's in both frameworks when both start from it (`same`)."""
     if preprocess == "cifar":
         return "cifar"
-    return "torch" if FRAMEWORKS[framework].zoo == "torchvision" else SPECS[model].keras_preprocess
+    zoo = "torchvision" if weights == "same" else FRAMEWORKS[framework].zoo
+    return "torch" if zoo == "torchvision" else SPECS[model].keras_preprocess
 
 
 def parity_rows(descriptions: list[dict]) -> list[dict]:
@@ -123,7 +124,8 @@ def parity_rows(descriptions: list[dict]) -> list[dict]:
                              input_transform=d["input_transform"], precision=d["precision"],
                              settings=d.get("settings") or {}, trainable_rel_diff=rel, flops=d.get("flops") or {},
                              train_layers=d.get("train_layers", "all"), frozen_params=d.get("frozen_params"),
-                             start=d.get("start") or {},
+                             start=d.get("start") or {}, logits=d.get("logits"),
+                             accuracy_before=d.get("accuracy_before"),
                              explained="; ".join(SPECS[model].differences)))
     return rows
 
@@ -146,6 +148,14 @@ def parity_problems(rows: list[dict], setup: str = "matched", weights: str = "no
             problems.append(f"{model}: described by {len(pair)} framework(s), need both")
             continue
         a, b = pair
+        gap = logit_gap(a.get("logits"), b.get("logits"))
+        if weights == "same" and not (gap is not None and gap <= SAME_START_TOLERANCE):  # unmeasured, NaN: fail
+            problems.append(f"{model}: --weights same, but the frameworks' logits on the same images differ by "
+                            f"{'an unmeasured amount' if gap is None else f'{gap:.2e}'} (> {SAME_START_TOLERANCE:g} "
+                            f"of the largest): not the same start")
+        if weights == "same" and a.get("accuracy_before") != b.get("accuracy_before"):
+            problems.append(f"{model}: --weights same, but accuracy before training differs: {a['framework']} "
+                            f"{a.get('accuracy_before')} vs {b['framework']} {b.get('accuracy_before')}")
         head = SPECS[model].feature_dim * NUM_CLASSES + NUM_CLASSES
         for r in pair if a.get("train_layers") == "head" else ():
             if r["trainable_params"] != head:
@@ -157,7 +167,7 @@ def parity_problems(rows: list[dict], setup: str = "matched", weights: str = "no
                             f"(> {PARITY_TOLERANCE:.1%}) with no explanation in models.SPECS")
         for key in ("bn", "optimizer", "loss", "precision") if setup == "matched" else ("loss",):
             va, vb = a[key], b[key]
-            if key == "bn" and weights == "imagenet":
+            if key == "bn" and weights == "imagenet":  # same: one checkpoint, so one epsilon
                 va, vb = _bn_momentum(va), _bn_momentum(vb)
             if va != vb:
                 problems.append(f"{model}: {key} differs: {a['framework']} {va} vs {b['framework']} {vb}")
@@ -200,12 +210,15 @@ def gflops(v: Any, digits: int = 4) -> str:
 
 
 def start_text(start: Any) -> str:
-    """Which numbers a model started from: source, file and its hash, and the initial parameters' hash."""
+    """The "weights: the start" cell: the checkpoint (file, sha256, whether it is the published file)
+    or random init, and the hash of the initial parameters."""
     if not isinstance(start, dict) or not start:
         return "–"
     parts = [str(start.get("source"))]
     if start.get("file"):
-        parts.append(f"{start['file']} ({start.get('file_hash')})")
+        verdict = {True: "the published file", False: "NOT the published file"}.get(start.get("verified"),
+                                                                                     "no published hash")
+        parts.append(f"{start['file']} sha256 {start.get('sha256')} ({verdict})")
     parts.append(f"parameters sha256 {start.get('params_sha256')}")
     return "; ".join(parts)
 
@@ -230,6 +243,26 @@ def flops_notes(rows: list[dict]) -> list[str]:
     return notes
 
 
+def same_start_notes(rows: list[dict]) -> list[str]:
+    """Per model run with `--weights same`: how far the frameworks' logits on the same images are apart."""
+    by_model: dict[str, list[dict]] = {}
+    for r in rows:
+        if r.get("logits") is not None:
+            by_model.setdefault(r["model"], []).append(r)
+    out = []
+    for model, pair in sorted(by_model.items()):
+        if len(pair) == 2:
+            gap = logit_gap(pair[0]["logits"], pair[1]["logits"])
+            acc = [r.get("accuracy_before") for r in pair]
+            out.append(f"- {model}: same start: {pair[0]['framework']} and {pair[1]['framework']} logits on "
+                       f"{len(pair[0]['logits'])} test images differ by at most {gap:.2e} of the largest "
+                       f"(tolerance {SAME_START_TOLERANCE:g}); accuracy before training "
+                       + (f"{acc[0]:.4f} in both" if acc[0] == acc[1] and acc[0] is not None else
+                          f"{acc[0]} vs {acc[1]}")
+                       + (" (Keras rebuilt with torchvision's symmetric padding)" if model == "mobilenet_v2" else ""))
+    return out
+
+
 def format_parity(rows: list[dict]) -> str:
     lines = ["| model | framework | trainable | non-trainable (frozen) | diff | BN (momentum, eps) | optimizer | "
              "precision | GFLOPs/image forward | GFLOPs/image training | weights: the start |",
@@ -243,5 +276,6 @@ def format_parity(rows: list[dict]) -> str:
                      f"{gflops(f.get('forward_per_image'))} | {gflops(f.get('train_per_image'))} | "
                      f"{start_text(r.get('start'))} |")
     notes = sorted({f"- {r['model']}: {r['explained']}" for r in rows if r["explained"]})
+    notes += same_start_notes(rows)
     counters = sorted({f"- {r['framework']} FLOPs: {r['flops']['counter']}" for r in rows if (r.get("flops") or {}).get("counter")})
     return "\n".join(lines + ([""] + notes if notes else []) + ([""] + counters + flops_notes(rows) if counters else []))

@@ -21,6 +21,7 @@ from . import machine
 from .config import BenchConfig, ConfigError, resolve
 from .files import OutputError, WorkFolder, check_writable, save_numbered
 from .frameworks import unavailable
+from .weights import FILES, SAME_UNSUPPORTED, staged_problem, zoo_of
 
 # (option, dest, type, help); defaults come from the profile (None = "profile decides").
 OPTIONS = [
@@ -35,7 +36,11 @@ OPTIONS = [
     ("--batch-size", "batch_size", int, "batch size for training and evaluation (32)"),
     ("--lr", "lr", float, "learning rate (sgd 0.01, adam 0.001)"),
     ("--optimizer", "optimizer", str, "sgd (momentum 0.9, torch form) or adam"),
-    ("--weights", "weights", str, "imagenet or none (smoke none, seed imagenet)"),
+    ("--weights", "weights", str, "imagenet (each framework's own ImageNet checkpoint), same (torchvision's "
+                                  "in both: ported into Keras), none (random init), or a folder = imagenet "
+                                  "from that staged folder (smoke none, seed imagenet)"),
+    ("--weights-dir", "weights_dir", str, "a staged folder of the weight files under their usual names "
+                                          "(`bench weights fetch DIR` fills one); default: each framework's cache"),
     ("--device", "device", str, "auto, cpu or gpu (auto: gpu when NVML sees one)"),
     ("--seed", "seed", int, "seed for subsets, epoch order, head init and framework RNGs (0)"),
     ("--min-accuracy-gain", "min_accuracy_gain", float,
@@ -62,7 +67,8 @@ OPTIONS = [
     ("--compile", "compile", str, "off, or on = XLA jit_compile in Keras and torch.compile (matched: off; "
                                   "defaults: Keras jit_compile='auto', torch eager)"),
     ("--preprocess", "preprocess", str, "auto, cifar (shared CIFAR mean/std) or native (each weights' own "
-                                        "preprocessing); auto = native with imagenet weights"),
+                                        "preprocessing; same: torchvision's in both); auto = native with "
+                                        "pretrained weights"),
     ("--bn-momentum", "bn_momentum", float, "BatchNorm momentum, torch convention; Keras gets 1 - m "
                                             "(smoke 0.5; seed: 0.1 matched, each framework's own with defaults)"),
     ("--bn-eps", "bn_eps", float, "BatchNorm epsilon in both frameworks (matched 1e-5, except pretrained "
@@ -82,7 +88,7 @@ OPTIONS = [
                                                       "from this process by the worker's PID (0.05)"),
 ]
 # Options whose value is a folder (shown as DIR in --help).
-PATH_OPTIONS = ("--data-dir", "--bench-report", "--telemetry-dir")
+PATH_OPTIONS = ("--data-dir", "--bench-report", "--telemetry-dir", "--weights-dir")
 
 
 class BenchState:
@@ -221,14 +227,32 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     bench = sorted((i for i in items if keys[id(i)]), key=lambda i: rank[keys[id(i)]])
     items[:] = [i for i in items[:first] if not keys[id(i)]] + bench + \
         [i for i in items[first:] if not keys[id(i)]]
+    _check_weights(state.cfg, {k[:2] for k in cases if k[0] not in state.missing})
     for item in bench:
-        framework = keys[id(item)][0]
+        framework, model = keys[id(item)][:2]
         if framework in state.missing:
             item.add_marker(pytest.mark.skip(reason=state.missing[framework]))
+        elif state.cfg.weights == "same" and model in SAME_UNSUPPORTED:
+            item.add_marker(pytest.mark.skip(reason=f"--weights same: {model} refused: {SAME_UNSUPPORTED[model]}; "
+                                                    f"use --weights imagenet for it"))
         elif state.cfg.device == "gpu":
             item.add_marker(pytest.mark.gpu)
     if {keys[id(i)][0] for i in bench} - state.missing.keys() and not config.getoption("benchmark_skip", False):
         _prepare(config, state)
+
+
+def _check_weights(cfg: BenchConfig, cases: set[tuple[str, str]]) -> None:
+    """A staged folder must hold every file the selected cases load: one line naming the first one
+    missing, before any worker starts (a hash that is not the published one is recorded, not refused:
+    the parity table's 'weights' column says it)."""
+    if not cfg.weights_dir:
+        return
+    for framework, model in sorted(cases):
+        if cfg.weights == "same" and model in SAME_UNSUPPORTED:
+            continue
+        problem = staged_problem(FILES[(zoo_of(framework, cfg.weights), model)], cfg.weights_dir)
+        if problem:
+            raise pytest.UsageError(problem)
 
 
 def _prepare(config: pytest.Config, state: BenchState) -> None:

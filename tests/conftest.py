@@ -1,4 +1,6 @@
-"""Fixtures shared by the end-to-end tests of the gate and the report."""
+"""Fixtures shared by the end-to-end tests: saved runs (the gate, the report), staged weight files."""
+import hashlib
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,3 +42,30 @@ def saved_runs(tmp_path_factory):
 def bench_report_dir(saved_runs):
     """Where the second saved run wrote its --bench-report."""
     return _DIRS["report"]
+
+
+@pytest.fixture(scope="session")
+def staged():
+    """A staged weights folder made here (tests/staged_weights.py): all six files, three models in
+    two zoos, each zoo in its own process. Built once into the cache, keyed by the maker's source
+    and the framework versions (as the real CIFAR-10 subset is), so a warm machine pays nothing."""
+    from bench_fixtures.runner.experiment import cache_dir
+    from bench_fixtures.weights import FILES
+    maker = ROOT / "tests" / "staged_weights.py"
+    versions = subprocess.run([sys.executable, "-c", "import importlib.metadata as m; print([m.version(p) for p in "
+                               "('torch', 'torchvision', 'keras', 'h5py')])"], capture_output=True, text=True).stdout
+    key = hashlib.sha256(maker.read_bytes() + versions.encode()).hexdigest()[:12]
+    folder = cache_dir() / f"staged-weights-{key}"
+    if not all((folder / f.name).is_file() for f in FILES.values()):
+        part = folder.with_name(folder.name + ".part")
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir(parents=True)
+        procs = [subprocess.Popen([sys.executable, "-m", "tests.staged_weights", zoo, str(part)], cwd=ROOT,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for zoo in ("torch", "tensorflow")]
+        for p in procs:
+            out, _ = p.communicate(timeout=300)
+            assert p.returncode == 0, out[-2000:]
+        shutil.rmtree(folder, ignore_errors=True)
+        part.rename(folder)
+    return folder

@@ -59,7 +59,7 @@ def assert_nothing_written(tmp_path: Path) -> None:
 OPTION_CASES = [
     (["--bench-profile=fast"], ["--bench-profile 'fast': choose one of auto, smoke, seed"]),
     (["--dataset=imagenet"], ["--dataset 'imagenet': choose one of cifar10, synthetic"]),
-    (["--weights=random"], ["--weights 'random': choose one of imagenet, none"]),
+    (["--weights=random"], ["--weights random: choose one of imagenet, none, same, or give a folder of staged weight files"]),
     (["--device=tpu"], ["--device 'tpu': choose one of auto, cpu, gpu"]),
     (["--epochs=0"], ["--epochs 0: must be an integer >= 1"]),
     (["--batch-size=0"], ["--batch-size 0: must be an integer >= 1"]),

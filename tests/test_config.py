@@ -37,7 +37,7 @@ def test_preprocess_and_lr_defaults():
 @pytest.mark.parametrize("options,needle", [
     ({"profile": "fast"}, "--bench-profile 'fast': choose one of auto, smoke, seed"),
     ({"dataset": "mnist"}, "--dataset 'mnist'"),
-    ({"weights": "random"}, "--weights 'random'"),
+    ({"weights": "random"}, "--weights random: choose one of imagenet, none, same, or give a folder"),
     ({"device": "tpu"}, "--device 'tpu'"),
     ({"optimizer": "rmsprop"}, "--optimizer"),
     ({"epochs": 0}, "--epochs 0: must be an integer >= 1"),

@@ -1,8 +1,10 @@
 """Parity between the two implementations of each model, and the shared input transforms."""
+import hashlib
+
 import numpy as np
 import pytest
 
-from bench_fixtures import models
+from bench_fixtures import models, weights
 from bench_fixtures.config import resolve
 from bench_fixtures.runner.experiment import describe_models
 from tests.helpers import tiny_bundle
@@ -68,17 +70,24 @@ def test_pretrained_backbones_and_the_defaults_setup_are_judged_for_what_they_al
 
 @pytest.mark.torch
 @pytest.mark.tensorflow
-def test_real_models_have_parity(tmp_path):
-    """Both frameworks build all three models; counts and settings read back from the frameworks."""
-    cfg = resolve({"profile": "smoke", "device": "cpu", "bn_momentum": 0.1}, gpu_count=0)
+def test_real_models_have_parity(tmp_path, staged):
+    """Both frameworks build all three models, from a staged weights folder made here (each loads its
+    own zoo's file: torchvision's .pth, Keras' legacy .h5); counts and settings read back."""
+    cfg = resolve({"profile": "smoke", "device": "cpu", "bn_momentum": 0.1, "weights": str(staged)}, gpu_count=0)
     bundle = tiny_bundle(tmp_path / "bundle", batch=32)
     rows = models.parity_rows(describe_models(cfg, bundle, tmp_path))
     print("\n" + models.format_parity(rows))
-    assert models.parity_problems(rows) == []
+    assert models.parity_problems(rows, weights="imagenet") == []
+    for r in rows:  # the file each framework loaded, as it is on disk
+        f = weights.FILES[(weights.zoo_of(r["framework"], "imagenet"), r["model"])]
+        digest = hashlib.sha256((staged / f.name).read_bytes()).hexdigest()[:12]
+        assert (r["start"]["file"], r["start"]["sha256"], r["start"]["verified"]) == (
+            f.name, digest, None if f.published is None else False), r["start"]
+    assert "NOT the published file" in models.format_parity(rows)
     by = {(r["model"], r["framework"]): r for r in rows}
     assert by[("vgg19", "torch")]["trainable_params"] == by[("vgg19", "tensorflow")]["trainable_params"] == 20_029_514
     assert by[("mobilenet_v2", "torch")]["trainable_params"] == by[("mobilenet_v2", "tensorflow")]["trainable_params"]
-    assert by[("resnet50", "torch")]["bn"] == [(0.1, 1e-5)]
+    assert by[("resnet50", "torch")]["bn"] == [(0.1, 1e-5)] and by[("mobilenet_v2", "tensorflow")]["bn"] == [(0.1, 1e-3)]
     assert by[("resnet50", "torch")]["optimizer"] == by[("resnet50", "tensorflow")]["optimizer"]
     # FLOPs, each framework's own count: VGG19 is one network in both (TensorFlow's graph also holds the
     # first layer's input gradient: +0.15%); torchvision's ResNet50 v1.5 strides in the 3x3 conv, which

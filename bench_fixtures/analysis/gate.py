@@ -209,11 +209,27 @@ def mismatches(base: dict, cand: dict, allow: str) -> list[str]:
             b, c = (conf.get(key, CONFIG_DEFAULTS.get(key)) for conf in (bc, cc))
             if b != c:
                 out.append(f"bench_config.{key}: {b!r} vs {c!r}")
+    if allow != "all":
+        bs, cs = _checkpoints(base), _checkpoints(cand)
+        for name in sorted(bs.keys() & cs.keys()):
+            if bs[name] != cs[name]:
+                out.append(f"{name}: started from another weights file (sha256 {bs[name]} vs {cs[name]}): "
+                           f"accuracy would compare the checkpoints, not the upgrade")
     if allow == "none":
         bp, cp = bm.get("packages") or {}, cm.get("packages") or {}
         for key in VERSION_KEYS:
             if bp.get(key) != cp.get(key):
                 out.append(f"machine_info.packages.{key}: {bp.get(key)!r} vs {cp.get(key)!r}")
+    return out
+
+
+def _checkpoints(run: dict) -> dict[str, str]:
+    """Per case, the sha256 of the weights file it started from (cases that loaded one)."""
+    out = {}
+    for b in run.get("benchmarks") or []:
+        start = (b.get("extra_info") or {}).get("start") if isinstance(b, dict) else None
+        if isinstance(start, dict) and isinstance(start.get("sha256"), str):
+            out[str(b.get("name"))] = start["sha256"]
     return out
 
 

@@ -160,6 +160,9 @@ def _benchmark_problem(b: Any) -> str | None:
     problem = _rounds_and_rates_problem(extra)
     if problem:
         return f"{case}: {problem}"
+    start = extra.get("start")  # the gate compares start.sha256; the report prints the rest as text
+    if start is not None and not (isinstance(start, dict) and isinstance(start.get("sha256"), (str, type(None)))):
+        return f"{case}: 'extra_info.start' must be an object whose 'sha256' is a string or null"
     if extra.get(OUTCOME_KEY) is not None and extra[OUTCOME_KEY] not in OUTCOMES:
         return f"{case}: 'extra_info.{OUTCOME_KEY}' must be one of {', '.join(OUTCOMES)}"
     return None

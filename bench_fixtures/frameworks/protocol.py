@@ -65,6 +65,10 @@ class Backend(Protocol):
     def fit(self, epochs: int) -> dict[str, Any]:
         """Fine-tune over the shared order, recording timeline events; synchronised at the end."""
 
+    def logits(self, count: int) -> list[list[float]]:
+        """The model's logits for the first COUNT test images (inference mode): `--weights same` is
+        checked by comparing them across frameworks."""
+
     def train_steps(self, count: int) -> dict[str, Any]:
         """COUNT training steps, synchronised; for steady-state throughput."""
 

@@ -10,7 +10,9 @@ the logits and the loss are), and for fp16 Keras' LossScaleOptimizer.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import subprocess
 import time
 from typing import Any
 
@@ -22,7 +24,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from ..data import MEAN, STD, Bundle  # noqa: E402
-from ..models import SPECS, f32, file_digest, head_init, input_transform, transform_mode  # noqa: E402
+from ..models import SPECS, f32, head_init, input_transform, transform_mode  # noqa: E402
+from ..weights import (FILES, SAME_UNSUPPORTED, WeightsFileError, cache_dir, fetch_one, get_hint,  # noqa: E402
+                       location, staged_problem, start_record)
+from .keras_port import export_state, port, torchvision_padding  # noqa: E402
 from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, EVAL_START, EVAL_STOP, FIRST_STEP_END,  # noqa: E402
                                  FIRST_STEP_START, LAST_STEP_END, RUN_START, RUN_STOP, USER_WORK_START,
                                  USER_WORK_STOP, Timeline)
@@ -194,6 +199,7 @@ class TensorFlowBackend:
             self.train_x = tf.constant(np.asarray(bundle.train.images))
             self.train_y = tf.constant(np.asarray(bundle.train.labels))
         self.model: keras.Model | None = None
+        self.ported_states: dict[str, dict[str, np.ndarray]] = {}  # --weights same: checkpoint path -> arrays
         self.clock: _StepClock | None = None  # set while `fit` runs
         self.test_callbacks: list[keras.callbacks.Callback] = []  # the tests' own (a user's callbacks)
 
@@ -223,17 +229,69 @@ class TensorFlowBackend:
 
     # -- model -----------------------------------------------------------------------------
     def _backbone(self, name: str) -> keras.Model:
-        spec, size = SPECS[name], self.cfg["image_size"]
+        """keras.applications' network: random init (`none`), Keras' ImageNet checkpoint (`imagenet`:
+        the staged folder's file, else Keras' cache, downloaded there when absent), or torchvision's
+        ported into it (`same`)."""
+        spec, size, weights = SPECS[name], self.cfg["image_size"], self.cfg["weights"]
         cls = getattr(keras.applications, spec.keras)
-        if self.cfg["weights"] != "imagenet":
-            return cls(include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg")
-        cache = os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "models")
+        build = lambda w: cls(include_top=False, weights=w, input_shape=(size, size, 3), pooling="avg")  # noqa: E731
+        self.weights_file = None
+        if weights == "none":
+            return build(None)
+        if weights == "same":
+            return self._same_start(name, build(None))
+        f, folder = FILES[("keras", name)], self.cfg.get("weights_dir")
+        if folder:
+            if problem := staged_problem(f, folder):
+                raise WeightsError(problem)
+            path = location("keras", name, folder)
+            try:
+                net = build(str(path))
+            except Exception as e:  # h5py, a layer count or shape mismatch: not this model's file
+                raise WeightsError(f"{path}: not Keras' {name} ImageNet weights ({type(e).__name__}: "
+                                   f"{' '.join(str(e).split())[:200]}); {get_hint(f, folder)}") from None
+        else:
+            try:
+                net = build("imagenet")
+            except Exception as e:  # keras.utils.get_file raises a bare Exception when offline
+                raise WeightsError(f"ImageNet weights for tensorflow {name} are not in the Keras cache "
+                                   f"({cache_dir('keras')}) and cannot be downloaded "
+                                   f"({str(e).splitlines()[0][:200]}); {get_hint(f, cache_dir('keras'))} and pass "
+                                   f"--weights-dir, or run with --weights none") from None
+        self.weights_file = str(location("keras", name, folder))
+        return net
+
+    def _same_start(self, name: str, net: keras.Model) -> keras.Model:
+        """torchvision's checkpoint (the staged folder's, else torch.hub's cache, fetched there and
+        hash-checked when absent) ported into NET; MobileNetV2 first takes torchvision's padding."""
+        if name in SAME_UNSUPPORTED:
+            raise WeightsError(f"--weights same: {name} refused: {SAME_UNSUPPORTED[name]}; use --weights imagenet")
+        f, folder = FILES[("torchvision", name)], self.cfg.get("weights_dir")
+        path = location("torchvision", name, folder)
+        if folder and (problem := staged_problem(f, folder)):
+            raise WeightsError(problem)
+        if not path.is_file():
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fetch_one(f, path.parent, f.url)
+            except (WeightsFileError, OSError) as e:
+                raise WeightsError(f"torchvision's ImageNet weights for {name} are not in torch.hub's cache "
+                                   f"({path.parent}) and cannot be fetched ({e}); {get_hint(f, path.parent)} and "
+                                   f"pass --weights-dir") from None
+        if str(path) not in self.ported_states:  # each round builds afresh; the checkpoint is read once
+            try:
+                self.ported_states[str(path)] = export_state(path)
+            except (ValueError, OSError, subprocess.SubprocessError) as e:
+                raise WeightsError(f"{path}: not torchvision's {name} ImageNet weights ({e}); "
+                                   f"{get_hint(f, path.parent)}") from None
+        if name == "mobilenet_v2":
+            net = torchvision_padding(net)
         try:
-            return cls(include_top=False, weights="imagenet", input_shape=(size, size, 3), pooling="avg")
-        except Exception as e:  # keras.utils.get_file raises a bare Exception when offline
-            raise WeightsError(f"ImageNet weights for tensorflow {name} are not in the Keras cache ({cache}) "
-                               f"and cannot be downloaded ({str(e).splitlines()[0][:200]}); put the file "
-                               f"there or run with --weights none") from None
+            port(name, self.ported_states[str(path)], net, str(path))
+        except ValueError as e:
+            raise WeightsError(f"{e}; {get_hint(f, path.parent)}") from None
+        self.weights_file = str(path)
+        return net
 
     def _torchvision_init(self, backbone: keras.Model) -> None:
         """Random init as torchvision does it (He normal, fan_out, zero bias): Keras' glorot-uniform
@@ -257,10 +315,10 @@ class TensorFlowBackend:
         set_policy(self.cfg)
         keras.utils.set_random_seed(self.cfg["seed"])
         spec = SPECS[name]
-        self.transform = transform_mode("tensorflow", name, self.cfg["preprocess"])
+        self.transform = transform_mode("tensorflow", name, self.cfg["preprocess"], self.cfg["weights"])
         inputs = keras.Input((32, 32, 3), dtype="uint8")
         self.backbone = backbone = self._backbone(name)
-        if self.cfg["weights"] != "imagenet":
+        if self.weights_file is None:
             self._torchvision_init(backbone)
         self.head_only = self.cfg.get("train_layers", "all") == "head"
         if self.head_only:  # Keras: a BatchNormalization layer that is not trainable runs in inference mode
@@ -293,22 +351,13 @@ class TensorFlowBackend:
         return self.describe(name)
 
     def _start_record(self, name: str) -> dict[str, Any]:
-        """Which numbers the model starts from: the source, the weights file and its hash, and a
-        hash of the initial weights themselves (same seed, same numbers)."""
-        import hashlib
+        """Which numbers the model starts from (see weights.start_record)."""
         digest = hashlib.sha256()
         for w in self.model.weights:
             digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(w)).tobytes())
-        if self.cfg["weights"] == "imagenet":
-            path = os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "models",
-                                SPECS[name].keras_weights_file)
-            source, file = f"keras.applications {SPECS[name].keras} imagenet", SPECS[name].keras_weights_file
-            file_hash = "md5 " + (file_digest(path, "md5") or "?")[:12]
-        else:
-            source, file, file_hash = (f"random init (torchvision's He normal fan-out, drawn in NumPy), "
-                                       f"seed {self.cfg['seed']}", None, None)
-        return dict(source=source + f"; head: the shared draw, seed {self.cfg['seed']}", file=file,
-                    file_hash=file_hash, params_sha256=digest.hexdigest()[:12])
+        same = self.cfg["weights"] == "same"
+        return start_record("torchvision" if same else "keras", name, self.weights_file, digest.hexdigest(),
+                            self.cfg["seed"], ported=same)
 
     def _instrument(self) -> None:
         """Wrap the train function `fit` calls once per step, so the StepClock sees each step (a
@@ -342,7 +391,7 @@ class TensorFlowBackend:
                     optimizer=optimizer, loss="softmax cross-entropy from logits, mean over batch",
                     input_transform=self.transform, precision=self.cfg.get("precision") or "default",
                     image_size=self.cfg["image_size"], compile=self.cfg.get("compile") or "default",
-                    init="imagenet" if self.cfg["weights"] == "imagenet" else "he_normal(fan_out), as torchvision",
+                    init=self.cfg["weights"] if self.weights_file else "he_normal(fan_out), as torchvision",
                     train_layers=self.cfg.get("train_layers", "all"), start=self.start,
                     frozen_params=count(w for w in self.model.non_trainable_weights
                                         if not any(w is s for b in bns for s in (b.moving_mean, b.moving_variance))),
@@ -398,9 +447,13 @@ class TensorFlowBackend:
 
         @tf.function
         def train(x, y):
-            with tf.GradientTape() as tape:
+            # Only what trains is watched: a frozen backbone's variables stay trainable tf.Variables
+            # underneath, and a tape watching them would add gradient ops that never run (pruned).
+            trained = [v.value for v in model.trainable_variables]  # the tf.Variables under Keras' own
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(trained)
                 loss = loss_fn(y, model(x, training=True))
-            return tape.gradient(loss, model.trainable_variables)
+            return tape.gradient(loss, trained)
 
         graph = train.get_concrete_function(tf.TensorSpec((bs, 32, 32, 3), tf.uint8),
                                             tf.TensorSpec((bs,), tf.int32)).graph
@@ -481,8 +534,14 @@ class TensorFlowBackend:
         assert self.model is not None
         start = time.perf_counter()
         logs = self.model.evaluate(self._test_dataset(), verbose=0, return_dict=True)
-        return dict(accuracy=float(logs["accuracy"]), loss=float(logs["loss"]), n=len(self.bundle.test),
+        n = len(self.bundle.test)  # Keras' accuracy is a float32 mean: back to correct / n, as torch's
+        return dict(accuracy=round(float(logs["accuracy"]) * n) / n, loss=float(logs["loss"]), n=n,
                     seconds=time.perf_counter() - start)
+
+    def logits(self, count: int) -> list[list[float]]:
+        assert self.model is not None
+        out = self.model(np.asarray(self.bundle.test.images[:count]), training=False)
+        return keras.ops.convert_to_numpy(out).astype(float).tolist()
 
     def fit(self, epochs: int) -> dict[str, Any]:
         assert self.model is not None

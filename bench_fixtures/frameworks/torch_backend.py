@@ -11,10 +11,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import os
 import time
 import urllib.error
-import urllib.parse
 import warnings
 from collections import OrderedDict
 from typing import Any
@@ -27,7 +25,8 @@ from torch import nn
 from torch.utils import flop_counter
 
 from ..data import MEAN, STD, Bundle
-from ..models import SPECS, f32, file_digest, head_init, input_transform, transform_mode
+from ..models import SPECS, f32, head_init, input_transform, transform_mode
+from ..weights import FILES, SAME_UNSUPPORTED, get_hint, location, staged_problem, start_record
 from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, EVAL_START, EVAL_STOP, FIRST_STEP_END, FIRST_STEP_START,
                                  LAST_STEP_END, RUN_START, RUN_STOP, USER_WORK_START, USER_WORK_STOP, Timeline)
 from .protocol import BackendError, WeightsError, nonfinite_error
@@ -168,22 +167,14 @@ class TorchBackend:
 
     # -- model -----------------------------------------------------------------------------
     def _backbone(self, name: str) -> nn.Module:
-        spec = SPECS[name]
-        weights = None
-        self.weights_file: str | None = None
-        if self.cfg["weights"] == "imagenet":
-            weights = torchvision.models.get_weight(spec.torchvision_weights)
-            path = os.path.join(torch.hub.get_dir(), "checkpoints",
-                                os.path.basename(urllib.parse.urlparse(weights.url).path))
-            self.weights_file = path
-            try:
-                net = getattr(torchvision.models, spec.torchvision)(weights=weights)
-            except (urllib.error.URLError, OSError, RuntimeError) as e:
-                raise WeightsError(f"ImageNet weights for torch {name} are not in the cache ({path}) and "
-                                   f"cannot be downloaded ({getattr(e, 'reason', e)}); put the file there "
-                                   f"or run with --weights none") from None
-        else:
-            net = getattr(torchvision.models, spec.torchvision)(weights=None)
+        """torchvision's network, from its ImageNet checkpoint (`imagenet`, `same`: the staged folder's
+        file, else torch.hub's cache, downloaded there when absent) or random init (`none`)."""
+        net = getattr(torchvision.models, SPECS[name].torchvision)(weights=None)
+        self.weights_file = None
+        if self.cfg["weights"] == "same" and name in SAME_UNSUPPORTED:
+            raise WeightsError(f"--weights same: {name} refused: {SAME_UNSUPPORTED[name]}; use --weights imagenet")
+        if self.cfg["weights"] in ("imagenet", "same"):
+            self.weights_file = str(load_checkpoint(net, name, self.cfg.get("weights_dir")))
         if name == "resnet50":
             return nn.Sequential(*[m for n, m in net.named_children() if n not in ("avgpool", "fc")])
         return net.features
@@ -196,7 +187,7 @@ class TorchBackend:
         with torch.no_grad():
             head.weight.copy_(torch.from_numpy(kernel.T))
             head.bias.copy_(torch.from_numpy(bias))
-        self.transform = transform_mode("torch", name, self.cfg["preprocess"])
+        self.transform = transform_mode("torch", name, self.cfg["preprocess"], self.cfg["weights"])
         model = nn.Sequential(OrderedDict(
             transform=InputTransform(self.transform, self.cfg["image_size"]), backbone=self._backbone(name),
             pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), head=head))
@@ -236,19 +227,12 @@ class TorchBackend:
             self.model.backbone.eval()
 
     def _start_record(self, name: str) -> dict[str, Any]:
-        """Which numbers the model starts from: the source, the weights file and its hash, and a
-        hash of the initial parameters and buffers themselves (same seed, same numbers)."""
+        """Which numbers the model starts from (see weights.start_record); the parameter hash covers
+        the initial parameters and buffers."""
         digest = hashlib.sha256()
         for value in self.model.state_dict().values():
             digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-        if self.weights_file:
-            source = f"torchvision {SPECS[name].torchvision_weights}"
-            file_hash = "sha256 " + (file_digest(self.weights_file) or "?")[:12]
-        else:
-            source, file_hash = f"random init (torchvision's He normal fan-out), seed {self.cfg['seed']}", None
-        return dict(source=source + f"; head: the shared draw, seed {self.cfg['seed']}",
-                    file=os.path.basename(self.weights_file) if self.weights_file else None,
-                    file_hash=file_hash, params_sha256=digest.hexdigest()[:12])
+        return start_record("torchvision", name, self.weights_file, digest.hexdigest(), self.cfg["seed"])
 
     def describe(self, name: str) -> dict[str, Any]:
         assert self.model is not None
@@ -270,7 +254,7 @@ class TorchBackend:
                     optimizer=opt, loss="softmax cross-entropy from logits, mean over batch",
                     input_transform=self.transform, precision=self.cfg.get("precision") or "default",
                     image_size=self.cfg["image_size"], compile=self.cfg.get("compile") or "default",
-                    init="imagenet" if self.cfg["weights"] == "imagenet" else "he_normal(fan_out), as torchvision",
+                    init=self.cfg["weights"] if self.weights_file else "he_normal(fan_out), as torchvision",
                     train_layers=self.cfg.get("train_layers", "all"), frozen_params=frozen, start=self.start,
                     backbone_bn_in_training=("inference (frozen)" if self.head_only else "batch statistics")
                     if backbone_bns else "none",
@@ -417,6 +401,13 @@ class TorchBackend:
         result["seconds"] = time.perf_counter() - start
         return result
 
+    def logits(self, count: int) -> list[list[float]]:
+        assert self.model is not None
+        self.model.eval()
+        with torch.inference_mode(), autocast(self.device.type, self.amp):
+            out = self.step_fn(self._to_device(self.bundle.test.images[:count]))
+        return out.float().cpu().tolist()
+
     def fit(self, epochs: int) -> dict[str, Any]:
         assert self.model is not None
         order, bs = self.bundle.order, self.cfg["batch_size"]
@@ -485,6 +476,40 @@ class TorchBackend:
         if bad.item() >= 0:
             raise nonfinite_error("torch", None, bad.item())
         return dict(seconds=time.perf_counter() - start, images=count * bs, loss=loss)
+
+
+def load_checkpoint(net: nn.Module, model: str, weights_dir: str | None) -> str:
+    """Load torchvision's ImageNet checkpoint for MODEL into NET and return its path: from
+    WEIGHTS_DIR, else torch.hub's cache (downloaded and hash-checked there when absent). Every
+    backbone tensor must be there with its shape; the ImageNet classifier is not needed (the
+    benchmark replaces it). A missing or unusable file is one line naming it and where to get it."""
+    f = FILES[("torchvision", model)]
+    path = location("torchvision", model, weights_dir)
+    if weights_dir and (problem := staged_problem(f, weights_dir)):
+        raise WeightsError(problem)
+    if not path.is_file():
+        try:
+            torch.hub.load_state_dict_from_url(f.url, check_hash=True, progress=False)
+        except (urllib.error.URLError, OSError, RuntimeError) as e:
+            raise WeightsError(f"ImageNet weights for torch {model} are not in the cache ({path}) and cannot be "
+                               f"downloaded ({getattr(e, 'reason', e)}); {get_hint(f, path.parent)} and pass "
+                               f"--weights-dir, or run with --weights none") from None
+    top = ("fc.", "classifier.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise TypeError(f"holds a {type(state).__name__}, not a state dict")
+        missing, unexpected = net.load_state_dict({k: v for k, v in state.items() if not k.startswith(top)},
+                                                  strict=False)
+        missing = [k for k in missing if not k.startswith(top)]
+        if missing or unexpected:
+            raise KeyError(f"{len(missing)} backbone tensor(s) missing ({', '.join(missing[:2])}), "
+                           f"{len(unexpected)} unexpected ({', '.join(unexpected[:2])})")
+    except Exception as e:  # unpickling, a zip error, missing keys, wrong shapes: the file is not the checkpoint
+        detail = " ".join(str(e).split())[:200]
+        raise WeightsError(f"{path}: not torchvision's {model} ImageNet weights ({type(e).__name__}: {detail}); "
+                           f"{get_hint(f, path.parent)}") from None
+    return str(path)
 
 
 def bare_step(model: str, batch: int, device: str, size: int, compiled: bool = False, precision: str | None = None,

@@ -360,18 +360,26 @@ class _Monitoring:
         self.exp.steps_monitor = self.exp.stop_monitor()
 
 
+LOGIT_PROBE = 8  # test images whose logits `--weights same` compares across frameworks
+
+
 def describe_models(cfg: BenchConfig, bundle_dir: str | os.PathLike, work_dir: str | os.PathLike,
                     models: tuple[str, ...] | None = None, frameworks: tuple[str, ...] | None = None
                     ) -> list[dict[str, Any]]:
     """Build every model in every framework (one worker per framework) and collect `describe`, with
-    each framework's own FLOP count of the model (`flops`)."""
+    each framework's own FLOP count of the model (`flops`); with `--weights same`, also the logits
+    of the first test images and the accuracy before training, which must agree across frameworks."""
     out = []
     cfg = cfg.for_setup(cfg.setups[0])  # a worker runs one setup
     for framework in frameworks or NAMES:
         with Worker(framework, cfg.as_dict(), bundle_dir, Path(work_dir) / f"describe-{framework}.log",
                     cfg.worker_timeout) as w:
             for m in models or MODELS:
-                out.append(dict(w.request("build", model=m), flops=w.request("count_flops")))
+                d = dict(w.request("build", model=m), flops=w.request("count_flops"))
+                if cfg.weights == "same":  # the same start, checked: logits and accuracy on the same images
+                    d["logits"] = w.request("logits", count=LOGIT_PROBE)
+                    d["accuracy_before"] = w.request("evaluate")["accuracy"]
+                out.append(d)
     return out
 
 

@@ -283,6 +283,7 @@ COMMANDS: dict[str, Callable[[_Session, dict], Any]] = {
     "input_pipeline": lambda s, m: s.backend.input_pipeline(m["count"]),
     "peek_labels": lambda s, m: s.backend.peek_labels(m["batches"]),
     "count_flops": lambda s, m: s.backend.count_flops(),
+    "logits": lambda s, m: s.backend.logits(m["count"]),
 }
 
 

@@ -1,0 +1,170 @@
+"""`--weights same`: torchvision's ImageNet weights, ported into the keras.applications model, so
+both frameworks start from identical numbers.
+
+One mapping per model (Keras layer <- torchvision state-dict prefix, and how to convert), applied
+by one function. Layouts: a convolution's OIHW kernel becomes HWIO, a depthwise (C,1,kh,kw) kernel
+(kh,kw,C,1), BatchNorm's weight/bias/running statistics Keras' gamma/beta/moving statistics, with
+torchvision's epsilon (what the weights were trained with). The architectures must compute the
+same function: MobileNetV2 is rebuilt with torchvision's symmetric padding (Keras pads strided
+convolutions bottom/right only, which shifts every feature map by a pixel). ResNet50 is not
+supported (Keras v1 vs torchvision v1.5: see weights.SAME_UNSUPPORTED).
+
+The torchvision checkpoint is read by torch, in a short subprocess (`export_state`): a Keras worker
+never imports torch (process isolation), and torch's own loader reads both of its file formats.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from typing import Callable
+
+import numpy as np
+
+TORCHVISION_BN_EPS = 1e-5  # nn.BatchNorm2d's default; torchvision's MobileNetV2 was trained with it
+
+# (Keras layer name, torchvision state-dict prefix, kind): kind is conv (kernel), conv_bias (kernel,
+# bias), depthwise (kernel) or bn (gamma, beta, moving mean, moving variance).
+Pairs = list[tuple[str, str, str]]
+
+
+def vgg19_pairs() -> Pairs:
+    """block{b}_conv{c} <- features.{i}: the 16 convolutions in order (ReLU and max-pool between)."""
+    convs = [(b, c) for b, n in enumerate((2, 2, 4, 4, 4), 1) for c in range(1, n + 1)]
+    index, out = 0, []
+    for k, (b, c) in enumerate(convs):
+        out.append((f"block{b}_conv{c}", f"features.{index}", "conv_bias"))
+        last_in_block = k + 1 == len(convs) or convs[k + 1][0] != b
+        index += 3 if last_in_block else 2  # conv, relu (, maxpool)
+    return out
+
+
+def mobilenet_v2_pairs() -> Pairs:
+    """Keras' names for the stem, block 0 (no expansion), blocks 1-16 and the last 1x1 convolution,
+    each from torchvision's features.N (N = block + 1)."""
+    out = [("Conv1", "features.0.0", "conv"), ("bn_Conv1", "features.0.1", "bn"),
+           ("expanded_conv_depthwise", "features.1.conv.0.0", "depthwise"),
+           ("expanded_conv_depthwise_BN", "features.1.conv.0.1", "bn"),
+           ("expanded_conv_project", "features.1.conv.1", "conv"),
+           ("expanded_conv_project_BN", "features.1.conv.2", "bn")]
+    for i in range(1, 17):
+        t = f"features.{i + 1}.conv"
+        out += [(f"block_{i}_expand", f"{t}.0.0", "conv"), (f"block_{i}_expand_BN", f"{t}.0.1", "bn"),
+                (f"block_{i}_depthwise", f"{t}.1.0", "depthwise"), (f"block_{i}_depthwise_BN", f"{t}.1.1", "bn"),
+                (f"block_{i}_project", f"{t}.2", "conv"), (f"block_{i}_project_BN", f"{t}.3", "bn")]
+    return out + [("Conv_1", "features.18.0", "conv"), ("Conv_1_bn", "features.18.1", "bn")]
+
+
+PAIRS: dict[str, Callable[[], Pairs]] = {"vgg19": vgg19_pairs, "mobilenet_v2": mobilenet_v2_pairs}
+
+
+def convert(kind: str, state: dict[str, np.ndarray], prefix: str) -> list[np.ndarray]:
+    """The Keras weights of one layer from torchvision's tensors under PREFIX."""
+    if kind == "bn":
+        return [state[f"{prefix}.{k}"] for k in ("weight", "bias", "running_mean", "running_var")]
+    w = state[f"{prefix}.weight"]
+    if kind == "depthwise":
+        return [w.transpose(2, 3, 0, 1)]       # (C, 1, kh, kw) -> (kh, kw, C, 1)
+    kernel = w.transpose(2, 3, 1, 0)           # (O, I, kh, kw) -> (kh, kw, I, O)
+    return [kernel, state[f"{prefix}.bias"]] if kind == "conv_bias" else [kernel]
+
+
+def backbone_keys(state: dict[str, np.ndarray]) -> set[str]:
+    """The checkpoint's backbone tensors (the ImageNet classifier and BN step counters are not ported)."""
+    return {k for k in state if k.startswith("features.") and not k.endswith("num_batches_tracked")}
+
+
+def port(model: str, state: dict[str, np.ndarray], backbone, source: str = "the checkpoint") -> None:
+    """Set every weighted layer of the Keras BACKBONE from torchvision's STATE (numpy arrays); raise
+    ValueError naming what does not fit (a missing tensor, a wrong shape, a layer left unset)."""
+    pairs = PAIRS[model]()
+    layers = {layer.name: layer for layer in backbone.layers}
+    used: set[str] = set()
+    problems = []
+    for name, prefix, kind in pairs:
+        layer = layers.get(name)
+        if layer is None:
+            problems.append(f"Keras has no layer {name}")
+            continue
+        try:
+            values = convert(kind, state, prefix)
+        except KeyError as e:
+            problems.append(f"{source} has no {e.args[0]}")
+            continue
+        expected = [tuple(w.shape) for w in layer.get_weights()]
+        if [v.shape for v in values] != expected:
+            problems.append(f"{name}: {[v.shape for v in values]} from {prefix}, Keras expects {expected}")
+            continue
+        layer.set_weights([np.asarray(v, np.float32) for v in values])
+        if kind == "bn":
+            layer.epsilon = TORCHVISION_BN_EPS
+        used.update(k for k in state if k.startswith(prefix + "."))
+    unset = [n for n, layer in layers.items() if layer.weights and n not in {p[0] for p in pairs}]
+    unused = sorted(backbone_keys(state) - used)
+    problems += [f"Keras layer {n} has no source" for n in unset] + [f"{k} not ported" for k in unused[:3]]
+    if problems:
+        raise ValueError(f"{source} does not fit Keras' {model}: " + "; ".join(problems[:3]))
+
+
+def torchvision_padding(backbone):
+    """MobileNetV2 as torchvision pads it: a 3x3 stride-2 convolution pads one pixel on every side
+    (Keras: padding='same' or ZeroPadding2D(correct_pad) = bottom/right only). Rebuilt by cloning:
+    the ZeroPadding2D layers become symmetric, and the stem's 'same' convolution becomes a
+    symmetric ZeroPadding2D + 'valid' one. Output shapes are unchanged (even input sizes)."""
+    import keras
+    unpadded: set[str] = set()  # strided 'same' convolutions, now 'valid' behind a symmetric pad
+
+    def clone(layer):
+        if isinstance(layer, keras.layers.ZeroPadding2D):
+            return keras.layers.ZeroPadding2D(((1, 1), (1, 1)), name=layer.name)
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.Conv2D) and tuple(config["strides"]) == (2, 2) and config["padding"] == "same":
+            unpadded.add(layer.name)
+            config["padding"] = "valid"
+        return layer.__class__.from_config(config)
+
+    def call(layer, *args, **kwargs):
+        if layer.name in unpadded:
+            args = (keras.layers.ZeroPadding2D(((1, 1), (1, 1)), name=f"{layer.name}_pad")(args[0]), *args[1:])
+        return layer(*args, **kwargs)
+
+    return keras.models.clone_model(backbone, clone_function=clone, call_function=call)
+
+
+def export_state(path: str | os.PathLike, timeout: float = 600.0) -> dict[str, np.ndarray]:
+    """torchvision's checkpoint at PATH as numpy arrays, read by torch in a subprocess (see the module
+    docstring). Raises ValueError with torch's one-line reason when the file is not a checkpoint."""
+    with tempfile.TemporaryDirectory(prefix="bench-port-") as tmp:
+        out = os.path.join(tmp, "state.npz")
+        proc = subprocess.run([sys.executable, "-m", __name__, str(path), out], capture_output=True, text=True,
+                              timeout=timeout)
+        if proc.returncode != 0:
+            lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()] or [f"exit {proc.returncode}"]
+            raise ValueError(lines[-1][:300])
+        with np.load(out) as npz:
+            return {k: npz[k] for k in npz.files}
+
+
+def _export_main(argv: list[str]) -> int:
+    """python -m bench_fixtures.frameworks.keras_port CHECKPOINT OUT.npz (run by export_state)."""
+    try:
+        import torch
+    except ImportError:
+        print("--weights same reads torchvision's checkpoint with torch: pip install torch (the version pinned "
+              "in requirements.txt)", file=sys.stderr)
+        return 1
+    path, out = argv
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        arrays = {k: v.detach().float().numpy() for k, v in state.items() if torch.is_tensor(v)
+                  and v.is_floating_point()}
+    except Exception as e:  # not a checkpoint: one line for the caller
+        print(f"{type(e).__name__}: {' '.join(str(e).split())[:250]}", file=sys.stderr)
+        return 1
+    np.savez(out, **arrays)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_export_main(sys.argv[1:]))

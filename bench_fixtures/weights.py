@@ -1,0 +1,249 @@
+"""Pretrained weight files: which file each framework starts from, where it is looked for, and
+`bench weights fetch|check DIR` for clusters without internet.
+
+Framework-neutral (imports no framework): the plugin checks a staged folder at startup with it, a
+worker finds its file with it, and the fetch command fills a folder on a machine with internet.
+A staged folder holds each zoo's files under their usual names (torchvision's `.pth`, Keras'
+`..._notop.h5`), so a copy of the frameworks' own caches is one.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import os
+import sys
+import tempfile
+import time
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import MODELS
+from .data.download import _TooSlow, _open_within
+from .files import folder_problem
+from .frameworks import FRAMEWORKS
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    zoo: str         # "torchvision" or "keras" (a framework's `zoo` in the registry)
+    model: str
+    name: str        # the file name in the zoo's cache, and in a staged folder
+    url: str
+    hash_kind: str | None  # "sha256-prefix" (torchvision: in the file name), "md5" (Keras' file_hash), None
+    published: str | None  # the published hash (or prefix); None: the zoo publishes none for this file
+    where: str       # where that hash is published
+
+    @property
+    def label(self) -> str:
+        return f"{self.zoo} {self.model}"
+
+
+_TV = "https://download.pytorch.org/models/"
+_KERAS = "https://storage.googleapis.com/tensorflow/keras-applications/"
+_TV_WHERE = "torchvision: the first 8 hex digits of the sha256 in the file name (torch.hub checks them)"
+FILES: dict[tuple[str, str], WeightFile] = {(f.zoo, f.model): f for f in (
+    WeightFile("torchvision", "resnet50", "resnet50-0676ba61.pth", _TV + "resnet50-0676ba61.pth",
+               "sha256-prefix", "0676ba61", _TV_WHERE),
+    WeightFile("torchvision", "vgg19", "vgg19-dcbb9e9d.pth", _TV + "vgg19-dcbb9e9d.pth",
+               "sha256-prefix", "dcbb9e9d", _TV_WHERE),
+    WeightFile("torchvision", "mobilenet_v2", "mobilenet_v2-b0353104.pth", _TV + "mobilenet_v2-b0353104.pth",
+               "sha256-prefix", "b0353104", _TV_WHERE),
+    WeightFile("keras", "resnet50", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+               _KERAS + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
+               "md5", "4d473c1dd8becc155b73f8504c6f6626", "keras.applications.resnet WEIGHTS_HASHES"),
+    WeightFile("keras", "vgg19", "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+               _KERAS + "vgg19/vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+               "md5", "253f8cb515780f3b799900260a226db6", "keras.applications.vgg19 file_hash"),
+    WeightFile("keras", "mobilenet_v2", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+               _KERAS + "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+               None, None, "keras.applications.mobilenet_v2 downloads it without a hash"),
+)}
+# --weights same: the models whose torchvision weights can be ported into the Keras model, and why not.
+SAME_UNSUPPORTED = {
+    "resnet50": "Keras' ResNet50 is v1 (stride 2 in the first 1x1 conv of a downsampling block, conv biases), "
+                "torchvision's v1.5 (stride in the 3x3 conv): different networks, so no same start",
+}
+DOWNLOAD_DEADLINE_S = 1800.0
+
+
+class WeightsFileError(Exception):
+    """A staged file that is missing or unusable; the message names the file and where to get it."""
+
+
+def zoo_of(framework: str, weights: str) -> str:
+    """Whose checkpoint FRAMEWORK starts from: its own zoo's, or torchvision's for all (`same`)."""
+    return "torchvision" if weights == "same" else FRAMEWORKS[framework].zoo
+
+
+def cache_dir(zoo: str) -> Path:
+    """Where the zoo itself caches its files: torch.hub's checkpoints, Keras' models folder."""
+    if zoo == "torchvision":
+        home = os.environ.get("TORCH_HOME") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch")
+        return Path(home) / "hub" / "checkpoints"
+    return Path(os.environ.get("KERAS_HOME") or os.path.expanduser("~/.keras")) / "models"
+
+
+def location(zoo: str, model: str, weights_dir: str | None) -> Path:
+    """The file a worker loads: in the staged folder when one is given, else in the zoo's cache."""
+    f = FILES[(zoo, model)]
+    return Path(weights_dir) / f.name if weights_dir else cache_dir(zoo) / f.name
+
+
+def get_hint(f: WeightFile, folder: str | Path) -> str:
+    return f"get it with `bench weights fetch {folder}` on a machine with internet, or from {f.url}"
+
+
+def staged_problem(f: WeightFile, folder: str | Path) -> str | None:
+    """One line if FOLDER has no usable F (missing, not a file, empty), naming the file and its source."""
+    path = Path(folder) / f.name
+    if not path.exists():
+        why = "a dangling symlink" if path.is_symlink() else "missing"
+    elif not path.is_file():
+        why = "not a file"
+    elif path.stat().st_size == 0:
+        why = "empty"
+    else:
+        return None
+    return f"--weights-dir {folder}: {f.name} ({f.label} ImageNet weights) is {why}; {get_hint(f, folder)}"
+
+
+def digests(path: str | Path) -> dict[str, str]:
+    """sha256 and md5 of a file in one read."""
+    sha, md5 = hashlib.sha256(), hashlib.md5()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            sha.update(chunk)
+            md5.update(chunk)
+    return dict(sha256=sha.hexdigest(), md5=md5.hexdigest())
+
+
+def verify(f: WeightFile, path: str | Path) -> dict:
+    """What a file is: its sha256, and whether it is the zoo's published file (None: nothing published)."""
+    d = digests(path)
+    if f.hash_kind is None:
+        verified = None
+    elif f.hash_kind == "md5":
+        verified = d["md5"] == f.published
+    else:
+        verified = d["sha256"].startswith(f.published)
+    return dict(file=f.name, sha256=d["sha256"], verified=verified,
+                published=f"{f.hash_kind} {f.published} ({f.where})" if f.published else f.where)
+
+
+def verdict(v: dict) -> str:
+    return {True: "the published file", False: "NOT the published file", None: "no published hash"}[v["verified"]]
+
+
+def fetch_one(f: WeightFile, folder: Path, url: str, timeout: float = 30.0,
+              deadline: float = DOWNLOAD_DEADLINE_S) -> dict:
+    """Download F into FOLDER: to a temporary file, verified against the published hash, then renamed
+    into place; a file that fails verification never appears under its name."""
+    fd, part = tempfile.mkstemp(prefix=f".{f.name}-", suffix=".part", dir=folder)
+    received, start = 0, time.monotonic()
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with _open_within(url, timeout, start + deadline) as resp:
+                    read = getattr(resp, "read1", resp.read)
+                    while chunk := read(1 << 20):
+                        out.write(chunk)
+                        received += len(chunk)
+                        if time.monotonic() - start > deadline:
+                            raise TimeoutError(f"not complete after {deadline:g} s")
+                    expected = int(resp.headers.get("Content-Length") or received)
+                    if received < expected:
+                        raise WeightsFileError(f"{url}: the connection ended after {received:,} of {expected:,} "
+                                               f"bytes; retry")
+            except (_TooSlow, TimeoutError):
+                raise WeightsFileError(f"cannot download {f.name} from {url}: not complete after {deadline:g} s "
+                                       f"({received / 2**20:.1f} MiB received); retry, or copy a folder fetched "
+                                       f"elsewhere") from None
+            except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+                reason = " ".join(str(getattr(e, "reason", None) or e).split())
+                raise WeightsFileError(f"cannot download {f.name} from {url} ({reason}); on a machine without "
+                                       f"internet, copy a folder fetched elsewhere") from None
+        v = verify(f, part)
+        if v["verified"] is False:
+            raise WeightsFileError(f"{url}: {f.name} does not match its published {f.hash_kind} {f.published} "
+                                   f"(sha256 {v['sha256'][:12]}); the download is corrupt or not the file, retry")
+        os.replace(part, folder / f.name)
+        return v
+    finally:
+        Path(part).unlink(missing_ok=True)
+
+
+def _select(frameworks: list[str] | None, models: list[str] | None, weights: str) -> list[WeightFile]:
+    zoos = dict.fromkeys(zoo_of(fw, weights) for fw in (frameworks or FRAMEWORKS))
+    return [FILES[(z, m)] for z in zoos for m in (models or MODELS)]
+
+
+_VERIFIED: dict[tuple, dict] = {}  # (path, size, mtime) -> verify(): a worker builds each round, hashes once
+
+
+def start_record(zoo: str, model: str, path: str | Path | None, params_sha256: str, seed: int,
+                 ported: bool = False) -> dict:
+    """Which numbers a model starts from, for `describe` (the parity table's "weights" column): the
+    checkpoint (zoo, file, its sha256 and whether that is the published file) or random init, and
+    a hash of the model's initial numbers themselves (same seed, same numbers)."""
+    record = dict(params_sha256=params_sha256[:12], head=f"the shared draw, seed {seed}")
+    if path is None:
+        return dict(source=f"random init (torchvision's He normal, fan-out), seed {seed}", file=None, **record)
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _VERIFIED:
+        _VERIFIED[key] = verify(FILES[(zoo, model)], path)
+    v = _VERIFIED[key]
+    return dict(source=f"{zoo} ImageNet" + (", ported into Keras" if ported else ""), file=v["file"],
+                folder=str(Path(path).parent), sha256=v["sha256"][:12], verified=v["verified"],
+                published=v["published"], **record)
+
+
+def main(argv: list[str] | None = None, prog: str = "bench weights") -> int:
+    p = argparse.ArgumentParser(prog=prog, description="Pretrained weight files for --weights-dir: fetch them "
+                                "(on a machine with internet) or check a staged folder.")
+    p.add_argument("action", choices=("fetch", "check"))
+    p.add_argument("folder", metavar="DIR")
+    p.add_argument("--framework", action="append", choices=tuple(FRAMEWORKS), help="only this framework's files "
+                   "(repeatable; default: all)")
+    p.add_argument("--model", action="append", choices=MODELS, help="only this model (repeatable; default: all)")
+    p.add_argument("--same", action="store_true", help="only the files --weights same needs (torchvision's)")
+    p.add_argument("--mirror", metavar="URL", help="fetch from URL/<file name> instead of the zoos' own servers")
+    a = p.parse_args(argv)
+    folder = Path(a.folder).expanduser()
+    files = _select(a.framework, a.model, "same" if a.same else "imagenet")
+    if a.action == "fetch":
+        problem = folder_problem(folder)
+        if problem:
+            print(f"{prog}: {a.folder}: {problem}; give a folder", file=sys.stderr)
+            return 2
+        folder.mkdir(parents=True, exist_ok=True)
+    elif not folder.is_dir():
+        print(f"{prog}: {a.folder}: no such folder", file=sys.stderr)
+        return 2
+    failed = 0
+    for f in files:
+        path = folder / f.name
+        try:
+            if path.is_file() and path.stat().st_size and (v := verify(f, path))["verified"] is not False:
+                state = "already there"
+            elif a.action == "fetch":
+                url = a.mirror.rstrip("/") + "/" + f.name if a.mirror else f.url
+                v, state = fetch_one(f, folder, url), "fetched"
+            else:
+                problem = staged_problem(f, folder) or f"{f.name}: NOT the published file ({verify(f, path)['sha256'][:12]})"
+                raise WeightsFileError(problem)
+        except (WeightsFileError, OSError) as e:
+            failed += 1
+            print(f"FAIL  {f.label:24} {e}")
+            continue
+        print(f"ok    {f.label:24} {f.name}: {state}, {verdict(v)}, sha256 {v['sha256'][:12]}")
+    print(f"{prog}: {len(files) - failed} of {len(files)} files ready in {folder}"
+          + ("" if not failed else f"; {failed} not (see FAIL above)"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

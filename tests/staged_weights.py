@@ -1,0 +1,86 @@
+"""Weight files made here, for the staged-folder and same-start tests (nothing can be downloaded).
+
+Each is a randomly initialised model of the zoo's architecture, saved in the zoo's own format under
+the zoo's file name (torchvision: `torch.save` of the state dict without the ImageNet classifier,
+which the benchmark replaces, so VGG19's is 80 MB, not 550; Keras: a legacy `.h5`
+of the backbone without its top, as keras.applications' files are). Its BatchNorm running
+statistics are calibrated on synthetic images (one pass with the statistics of that batch), as a
+trained checkpoint's are: a frozen backbone with torch's default statistics (mean 0, variance 1)
+shrinks MobileNetV2's features to ~1e-10, leaving a head nothing to learn from. VGG19 has no
+BatchNorm: each convolution is scaled, in order, to unit output deviation on those images instead
+(LSUV, Mishkin & Matas 2015), where random init leaves its features at ~0.02.
+
+    python -m tests.staged_weights torch|tensorflow DIR [MODEL ...]   (each in its own process)
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+from bench_fixtures.config import MODELS
+from bench_fixtures.data import make_synthetic
+from bench_fixtures.models import SPECS, input_transform
+from bench_fixtures.weights import FILES
+
+CALIBRATION_IMAGES = 64
+
+
+def _images(mode: str, channels_first: bool) -> np.ndarray:
+    """Synthetic training images through the input transform the backbone sees (float32)."""
+    train, _ = make_synthetic(CALIBRATION_IMAGES, 10)
+    order, scale, offset = input_transform(mode)
+    x = train.images[..., list(order)].astype(np.float32) * scale + offset
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2) if channels_first else x)
+
+
+def make_torch(folder: str, models: list[str]) -> None:
+    import torch
+    import torchvision
+    for i, model in enumerate(models):
+        torch.manual_seed(100 + i)
+        net = getattr(torchvision.models, SPECS[model].torchvision)(weights=None)
+        bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        for m in bns:
+            m.momentum = 1.0  # running statistics := this batch's
+        net.train()
+        x = torch.from_numpy(_images("torch", True))
+        with torch.no_grad():
+            for conv in [] if bns else [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]:
+                seen = {}
+                hook = conv.register_forward_hook(lambda m, i, o: seen.update(std=o.std()))  # None: output kept
+                net(x)
+                hook.remove()
+                conv.weight /= seen["std"]
+                conv.bias /= seen["std"]
+            net(x)
+        for m in bns:
+            m.momentum = 0.1
+        state = {k: v for k, v in net.state_dict().items() if not k.startswith(("fc.", "classifier."))}
+        torch.save(state, os.path.join(folder, FILES[("torchvision", model)].name))  # the benchmark drops the top
+
+
+def make_keras(folder: str, models: list[str]) -> None:
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+    import keras
+    for i, model in enumerate(models):
+        keras.utils.set_random_seed(100 + i)
+        net = getattr(keras.applications, SPECS[model].keras)(include_top=False, weights=None,
+                                                              input_shape=(32, 32, 3), pooling="avg")
+        bns = [layer for layer in net.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        for layer in bns:
+            layer.momentum = 0.0  # moving statistics := this batch's
+        x = _images(SPECS[model].keras_preprocess, False)
+        for conv in [] if bns else [layer for layer in net.layers if isinstance(layer, keras.layers.Conv2D)]:
+            std = float(np.std(keras.Model(net.input, conv.output)(x)))
+            conv.kernel.assign(conv.kernel / std)
+            conv.bias.assign(conv.bias / std)
+        net(x, training=True)
+        net.save(os.path.join(folder, FILES[("keras", model)].name))  # .h5: Keras' legacy format, as its files
+
+
+if __name__ == "__main__":
+    kind, folder, *models = sys.argv[1:]
+    os.makedirs(folder, exist_ok=True)
+    (make_torch if kind == "torch" else make_keras)(folder, models or list(MODELS))

@@ -1,0 +1,232 @@
+"""Pretrained starts (#16): staged weight files, `bench weights fetch|check`, the same start in both
+frameworks (torchvision's weights ported into Keras), and what is fine-tuned (--train-layers)."""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench_fixtures import models, weights
+from bench_fixtures.config import ConfigError, resolve
+from bench_fixtures.frameworks import installed
+from bench_fixtures.frameworks.keras_port import PAIRS, backbone_keys, convert
+from bench_fixtures.runner.experiment import describe_models
+from tests.helpers import tiny_bundle
+from tests.test_data import http_server  # noqa: F401  (a fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+BOTH = pytest.mark.skipif({"torch", "tensorflow"} - set(installed()), reason="needs torch and tensorflow")
+
+
+# -- options ----------------------------------------------------------------------------------------
+def test_weights_folder_and_same_and_their_refusals(tmp_path):
+    cfg = resolve(dict(weights=str(tmp_path)), 0)
+    assert (cfg.weights, cfg.weights_dir, cfg.preprocess, cfg.bn_eps) == ("imagenet", str(tmp_path), "native", None)
+    same = resolve(dict(weights="same", weights_dir=str(tmp_path), train_layers="head"), 0)
+    assert (same.weights, same.train_layers, same.epochs) == ("same", "head", 4)  # smoke's head-only epochs
+    assert resolve(dict(weights="same", train_layers="head", epochs=2), 0).epochs == 2  # an option wins
+    for opts, says in [(dict(weights="imagenett"), "--weights imagenett: choose one of imagenet, none, same, or give "
+                                                   "a folder"),
+                       (dict(weights_dir=str(tmp_path)), "with --weights none: a staged folder is for pretrained"),
+                       (dict(weights="imagenet", weights_dir=str(tmp_path / "nope")), "no such folder"),
+                       (dict(weights=str(tmp_path), weights_dir=str(tmp_path)), "give the folder once"),
+                       (dict(train_layers="head"), "a frozen random backbone is not transfer learning"),
+                       (dict(weights="same", train_layers="top"), "--train-layers 'top': choose one of all, head")]:
+        with pytest.raises(ConfigError, match=None) as e:
+            resolve(opts, 0)
+        assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_same_start_takes_torchvision_preprocessing_in_both():
+    assert {models.transform_mode(fw, m, "native", "same") for fw in ("torch", "tensorflow")
+            for m in models.SPECS} == {"torch"}
+    assert models.transform_mode("tensorflow", "mobilenet_v2", "native", "imagenet") == "tf"
+
+
+# -- the port: layouts and the name maps ----------------------------------------------------------
+def test_layout_conversions():
+    w = np.arange(2 * 3 * 3 * 5, dtype=np.float32).reshape(5, 2, 3, 3)  # OIHW: 5 out, 2 in, 3x3
+    kernel, bias = convert("conv_bias", {"c.weight": w, "c.bias": np.arange(5.0)}, "c")
+    assert kernel.shape == (3, 3, 2, 5) and kernel[1, 2, 0, 4] == w[4, 0, 1, 2] and list(bias) == list(range(5))
+    dw = np.arange(4 * 9, dtype=np.float32).reshape(4, 1, 3, 3)  # (C, 1, kh, kw)
+    (k,) = convert("depthwise", {"d.weight": dw}, "d")
+    assert k.shape == (3, 3, 4, 1) and k[2, 0, 3, 0] == dw[3, 0, 2, 0]
+    state = {f"b.{n}": np.full(3, i, np.float32) for i, n in enumerate(("weight", "bias", "running_mean",
+                                                                          "running_var", "num_batches_tracked"))}
+    assert [v[0] for v in convert("bn", state, "b")] == [0, 1, 2, 3]  # gamma, beta, moving mean, moving variance
+
+
+@pytest.mark.torch
+def test_name_maps_cover_every_torchvision_backbone_tensor():
+    import torch
+    import torchvision
+    for model in PAIRS:  # one test, not one per model: `-k vgg19` selects the benchmark cases
+        with torch.device("meta"):
+            state = getattr(torchvision.models, models.SPECS[model].torchvision)(weights=None).state_dict()
+        prefixes = {prefix for _, prefix, _ in PAIRS[model]()}
+        covered = {k for k in state if k.rsplit(".", 1)[0] in prefixes}
+        assert backbone_keys(state) - covered == set(), model
+        assert len(prefixes) == len(PAIRS[model]()), model  # one source per Keras layer
+
+
+# -- parity: the same start, checked --------------------------------------------------------------
+def test_logit_gap_decides_the_same_start():
+    a = [[1.0, -2.0], [0.5, 4.0]]
+    assert models.logit_gap(a, a) == 0 and models.logit_gap(a, [[1.0, -2.0], [0.5, 4.0004]]) == pytest.approx(1e-4)
+    assert models.logit_gap(a, [[1.0, -2.0]]) == float("inf") and models.logit_gap(a, None) is None
+    rows = lambda b: models.parity_rows([  # noqa: E731
+        dict(model="vgg19", framework=fw, trainable_params=10, non_trainable_params=0, batchnorm="none",
+             optimizer={}, loss="ce", input_transform="torch", precision="fp32", logits=lg)
+        for fw, lg in (("torch", a), ("tensorflow", b))])
+    assert models.parity_problems(rows(a), weights="same") == []
+    assert "differ by 9.99e-04" in models.parity_problems(rows([[1.0, -2.0], [0.5, 4.004]]), weights="same")[0]
+    assert "unmeasured" in models.parity_problems(rows(None), weights="same")[0]
+    assert "differ by at most 0.00e+00" in models.same_start_notes(rows(a))[0]
+
+
+# -- staged files: startup check, fetch, check ----------------------------------------------------
+def test_staged_problem_names_the_file_and_where_to_get_it(tmp_path):
+    f = weights.FILES[("torchvision", "vgg19")]
+    assert weights.staged_problem(f, tmp_path) == (
+        f"--weights-dir {tmp_path}: vgg19-dcbb9e9d.pth (torchvision vgg19 ImageNet weights) is missing; get it with "
+        f"`bench weights fetch {tmp_path}` on a machine with internet, or from {f.url}")
+    (tmp_path / f.name).write_bytes(b"")
+    assert "is empty" in weights.staged_problem(f, tmp_path)
+    (tmp_path / f.name).unlink()
+    (tmp_path / f.name).symlink_to(tmp_path / "gone")
+    assert "is a dangling symlink" in weights.staged_problem(f, tmp_path)
+
+
+def test_a_missing_staged_file_stops_the_run_before_any_worker(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "pytest", "tests/benchmarks", "-q", "-p", "no:cacheprovider",
+                        "--benchmark-only", "-k", "vgg19", "--weights", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 4, r.stdout[-2000:] + r.stderr[-2000:]
+    line = next(ln for ln in r.stderr.splitlines() if "--weights-dir" in ln)
+    assert "is missing; get it with `bench weights fetch" in line and "Traceback" not in r.stderr
+    assert "worker" not in r.stdout.lower()
+
+
+def _crafted(root: Path, monkeypatch) -> dict[str, bytes]:
+    """Serve three files whose published hashes are known: a torchvision-style sha256 prefix, a Keras
+    md5, and one with no published hash; the table points at them."""
+    blobs = {name: name.encode() * 1000 for name in ("a.pth", "b.h5", "c.h5")}
+    for name, blob in blobs.items():
+        (root / name).write_bytes(blob)
+    files = {("torchvision", "vgg19"): weights.WeightFile("torchvision", "vgg19", "a.pth", "", "sha256-prefix",
+                                                          hashlib.sha256(blobs["a.pth"]).hexdigest()[:8], "t"),
+             ("keras", "vgg19"): weights.WeightFile("keras", "vgg19", "b.h5", "", "md5",
+                                                    hashlib.md5(blobs["b.h5"]).hexdigest(), "k"),
+             ("keras", "mobilenet_v2"): weights.WeightFile("keras", "mobilenet_v2", "c.h5", "", None, None, "none")}
+    monkeypatch.setattr(weights, "FILES", files)
+    return blobs
+
+
+def test_fetch_verifies_renames_into_place_and_skips_what_is_there(tmp_path, http_server, capsys,  # noqa: F811
+                                                                    monkeypatch):
+    root, url = http_server
+    blobs = _crafted(root, monkeypatch)
+    out = tmp_path / "staged"
+    args = ["fetch", str(out), "--mirror", url, "--model", "vgg19"]
+    assert weights.main(args) == 0
+    assert {p.name for p in out.iterdir()} == {"a.pth", "b.h5"}  # no temporaries left
+    assert "fetched, the published file" in capsys.readouterr().out
+    assert weights.main(args) == 0 and capsys.readouterr().out.count("already there") == 2
+    assert weights.main(["fetch", str(out), "--mirror", url, "--model", "mobilenet_v2", "--framework",
+                         "tensorflow"]) == 0
+    assert "no published hash" in capsys.readouterr().out and (out / "c.h5").read_bytes() == blobs["c.h5"]
+    assert weights.main(["check", str(out), "--framework", "tensorflow", "--model", "vgg19", "--model",
+                         "mobilenet_v2"]) == 0
+
+
+def test_fetch_refuses_a_corrupt_download_and_an_unreachable_server(tmp_path, http_server, capsys,  # noqa: F811
+                                                                   monkeypatch):
+    root, url = http_server
+    _crafted(root, monkeypatch)
+    (root / "a.pth").write_bytes(b"tampered")
+    out = tmp_path / "staged"
+    assert weights.main(["fetch", str(out), "--mirror", url, "--model", "vgg19", "--framework", "torch"]) == 1
+    text = capsys.readouterr().out
+    assert "does not match its published sha256-prefix" in text and not (out / "a.pth").exists()
+    assert list(out.iterdir()) == []  # nothing half-done
+    assert weights.main(["fetch", str(out), "--mirror", "http://127.0.0.1:9", "--model", "vgg19",
+                         "--framework", "tensorflow"]) == 1
+    assert "cannot download b.h5 from http://127.0.0.1:9/b.h5" in capsys.readouterr().out
+    (out / "a.pth").write_bytes(b"someone else's file")
+    assert weights.main(["check", str(out), "--model", "vgg19", "--framework", "torch"]) == 1
+    assert "NOT the published file" in capsys.readouterr().out
+
+
+# -- end to end: the same start gives the same logits and accuracy; head-only trains the head -------
+# (that both frameworks load the staged files of all three models: tests/test_models.py's parity test)
+@BOTH
+def test_same_start_gives_both_frameworks_the_same_logits_and_accuracy(tmp_path, staged):
+    bundle = tiny_bundle(tmp_path / "bundle", n_train=32, n_test=24, batch=8)
+    cfg = resolve(dict(profile="smoke", device="cpu", batch_size=8, weights="same", weights_dir=str(staged),
+                       train_layers="head"), gpu_count=0)
+    rows = models.parity_rows(describe_models(cfg, bundle, tmp_path, tuple(sorted(PAIRS))))
+    print("\n" + models.format_parity(rows))
+    assert models.parity_problems(rows, weights="same") == []  # logits within 1e-4, accuracy equal
+    digest = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:12] for p in staged.iterdir()}
+    for r in rows:
+        start = r["start"]
+        assert start["file"] == weights.FILES[("torchvision", r["model"])].name and start["folder"] == str(staged)
+        assert start["sha256"] == digest[start["file"]] and start["verified"] is False  # made here
+        assert start["source"] == "torchvision ImageNet" + (", ported into Keras" if r["framework"] == "tensorflow"
+                                                              else "")
+        assert r["train_layers"] == "head" and r["trainable_params"] == models.SPECS[r["model"]].feature_dim * 10 + 10
+        assert r["flops"]["train_per_image"] < 1.01 * r["flops"]["forward_per_image"]  # no backbone backward
+    assert len({r["accuracy_before"] for r in rows if r["model"] == "vgg19"}) == 1
+    notes = models.same_start_notes(rows)
+    assert len(notes) == 2 and all("in both" in n for n in notes), notes
+
+
+@pytest.mark.torch
+def test_a_file_that_is_not_the_checkpoint_is_one_line_in_both_loaders(tmp_path):
+    import torchvision
+    from bench_fixtures.frameworks.keras_port import export_state
+    from bench_fixtures.frameworks.protocol import WeightsError
+    from bench_fixtures.frameworks.torch_backend import load_checkpoint
+    path = tmp_path / weights.FILES[("torchvision", "vgg19")].name
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError) as e:
+        load_checkpoint(torchvision.models.vgg19(weights=None), "vgg19", str(tmp_path))
+    assert str(e.value).startswith(f"{path}: not torchvision's vgg19 ImageNet weights (")
+    assert "bench weights fetch" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ValueError) as e:  # the Keras side reads it through torch, in a subprocess
+        export_state(path)
+    assert "\n" not in str(e.value) and "Traceback" not in str(e.value)
+
+
+# -- the gate and the results reader: a run from another weights file is not comparable -----------
+def test_gate_refuses_runs_that_started_from_different_weights_files():
+    from bench_fixtures.analysis import gate
+    from tests.test_gate import bench, run_of
+
+    def run(sha: str | None, start=True) -> dict:
+        b = bench("test_finetune[torch-vgg19]", [1.0, 1.1, 1.2])
+        if start:
+            b["extra_info"]["start"] = {"source": "torchvision ImageNet", "file": "vgg19-dcbb9e9d.pth", "sha256": sha}
+        return run_of([b])
+    assert gate.mismatches(run("aaa"), run("aaa"), "none") == []
+    assert gate.mismatches(run(None), run(None, start=False), "none") == []  # random init, or an older run
+    problem = gate.mismatches(run("aaa"), run("bbb"), "versions")
+    assert problem == ["test_finetune[torch-vgg19]: started from another weights file (sha256 aaa vs bbb): "
+                       "accuracy would compare the checkpoints, not the upgrade"]
+    assert gate.mismatches(run("aaa"), run("bbb"), "all") == []
+
+
+def test_results_reader_refuses_a_start_it_cannot_read(tmp_path):
+    from bench_fixtures.analysis.results import ResultsError, load_run
+    from tests.test_gate import bench, run_of
+    import json
+    b = bench("test_finetune[torch-vgg19]", [1.0])
+    b["extra_info"]["start"] = ["not", "an", "object"]
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(run_of([b])))
+    with pytest.raises(ResultsError, match="'extra_info.start' must be an object"):
+        load_run(str(path))
