@@ -7,6 +7,7 @@ fixture): no config resolved, nothing printed, nothing of pytest-benchmark's tou
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import time
@@ -20,8 +21,8 @@ from . import benchmark_compat as compat
 from . import machine
 from .config import BenchConfig, ConfigError, resolve
 from .files import OutputError, WorkFolder, check_writable, save_numbered
-from .frameworks import unavailable
-from .weights import FILES, SAME_UNSUPPORTED, staged_problem, zoo_of
+from .frameworks import FRAMEWORKS, unavailable
+from .weights import SAME_UNSUPPORTED, file_for, staged_problem, zoo_of
 
 # (option, dest, type, help); defaults come from the profile (None = "profile decides").
 OPTIONS = [
@@ -245,12 +246,16 @@ def _check_weights(cfg: BenchConfig, cases: set[tuple[str, str]]) -> None:
     """A staged folder must hold every file the selected cases load: one line naming the first one
     missing, before any worker starts (a hash that is not the published one is recorded, not refused:
     the parity table's 'weights' column says it)."""
+    if cfg.weights == "same" and any(fw != "torch" for fw, m in cases if m not in SAME_UNSUPPORTED) \
+            and importlib.util.find_spec("torch") is None:
+        raise pytest.UsageError(f"--weights same reads torchvision's checkpoint with torch, which this environment "
+                                f"lacks: {FRAMEWORKS['torch'].install}")
     if not cfg.weights_dir:
         return
     for framework, model in sorted(cases):
         if cfg.weights == "same" and model in SAME_UNSUPPORTED:
             continue
-        problem = staged_problem(FILES[(zoo_of(framework, cfg.weights), model)], cfg.weights_dir)
+        problem = staged_problem(file_for(zoo_of(framework, cfg.weights), model, cfg.image_size), cfg.weights_dir)
         if problem:
             raise pytest.UsageError(problem)
 

@@ -9,9 +9,11 @@ A staged folder holds each zoo's files under their usual names (torchvision's `.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import http.client
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from .config import MODELS
 from .data.download import _TooSlow, _open_within
-from .files import folder_problem
+from .files import exclusive_lock, folder_problem
 from .frameworks import FRAMEWORKS
 
 
@@ -68,6 +70,19 @@ SAME_UNSUPPORTED = {
 DOWNLOAD_DEADLINE_S = 1800.0
 
 
+KERAS_MOBILENET_V2_ROWS = (96, 128, 160, 192, 224)  # keras.applications has one file per input size; else 224
+
+
+def file_for(zoo: str, model: str, image_size: int = 32) -> WeightFile:
+    """The file ZOO's MODEL loads at IMAGE_SIZE: Keras' MobileNetV2 has one ImageNet training per input
+    size (96 ... 224) and takes the 224 one for any other size, as keras.applications does."""
+    f = FILES[(zoo, model)]
+    rows = image_size if image_size in KERAS_MOBILENET_V2_ROWS else 224
+    if (zoo, model) != ("keras", "mobilenet_v2") or rows == 224:
+        return f
+    return dataclasses.replace(f, name=f.name.replace("_224_", f"_{rows}_"), url=f.url.replace("_224_", f"_{rows}_"))
+
+
 class WeightsFileError(Exception):
     """A staged file that is missing or unusable; the message names the file and where to get it."""
 
@@ -78,17 +93,22 @@ def zoo_of(framework: str, weights: str) -> str:
 
 
 def cache_dir(zoo: str) -> Path:
-    """Where the zoo itself caches its files: torch.hub's checkpoints, Keras' models folder."""
+    """Where the zoo itself caches its files, found as it finds it: torch.hub's checkpoints
+    ($TORCH_HOME, else $XDG_CACHE_HOME/torch, else ~/.cache/torch), Keras' models folder ($KERAS_HOME,
+    else ~/.keras, or /tmp/.keras where that cannot be written); `~` expanded, as both do."""
     if zoo == "torchvision":
-        home = os.environ.get("TORCH_HOME") or os.path.join(
-            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch")
+        home = os.path.expanduser(os.environ.get("TORCH_HOME") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or "~/.cache", "torch"))
         return Path(home) / "hub" / "checkpoints"
-    return Path(os.environ.get("KERAS_HOME") or os.path.expanduser("~/.keras")) / "models"
+    base = os.path.expanduser(os.environ.get("KERAS_HOME") or "~/.keras")
+    if not os.access(base, os.W_OK):
+        base = os.path.join("/tmp", ".keras")
+    return Path(base) / "models"
 
 
-def location(zoo: str, model: str, weights_dir: str | None) -> Path:
+def location(zoo: str, model: str, weights_dir: str | None, image_size: int = 32) -> Path:
     """The file a worker loads: in the staged folder when one is given, else in the zoo's cache."""
-    f = FILES[(zoo, model)]
+    f = file_for(zoo, model, image_size)
     return Path(weights_dir) / f.name if weights_dir else cache_dir(zoo) / f.name
 
 
@@ -96,18 +116,41 @@ def get_hint(f: WeightFile, folder: str | Path) -> str:
     return f"get it with `bench weights fetch {folder}` on a machine with internet, or from {f.url}"
 
 
+MAGIC = {".h5": (b"\x89HDF\r\n\x1a\n",), ".pth": (b"PK\x03\x04", b"\x80")}  # HDF5; torch's zip, legacy pickle
+
+
+def format_problem(f: WeightFile, path: str | Path) -> str | None:
+    """Why PATH cannot be F's kind of file, from its first bytes (an HTML error page, a truncated
+    transfer): what a file without a published hash is still checked for."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    kinds = MAGIC[Path(f.name).suffix]
+    if not any(head.startswith(k) for k in kinds):
+        return f"not a{'n HDF5' if f.name.endswith('.h5') else ' torch checkpoint'} file (starts {head[:8]!r})"
+    return None
+
+
 def staged_problem(f: WeightFile, folder: str | Path) -> str | None:
-    """One line if FOLDER has no usable F (missing, not a file, empty), naming the file and its source."""
+    """One line if FOLDER has no usable F (missing, unreadable, not a file, empty, not of its format),
+    naming the file, and the fix: where to get it, or the permissions."""
     path = Path(folder) / f.name
-    if not path.exists():
-        why = "a dangling symlink" if path.is_symlink() else "missing"
-    elif not path.is_file():
-        why = "not a file"
-    elif path.stat().st_size == 0:
-        why = "empty"
-    else:
-        return None
-    return f"--weights-dir {folder}: {f.name} ({f.label} ImageNet weights) is {why}; {get_hint(f, folder)}"
+    where = f"weights folder {folder}: {f.name} ({f.label} ImageNet weights)"
+    try:
+        if not path.exists():
+            why = "a dangling symlink (or a symlink loop)" if path.is_symlink() else "missing"
+        elif not path.is_file():
+            why = "not a file"
+        elif not os.access(path, os.R_OK):
+            return f"{where} cannot be read (permissions); make it readable (chmod a+r)"
+        elif path.stat().st_size == 0:
+            why = "empty"
+        else:
+            why = format_problem(f, path)
+            if why is None:
+                return None
+    except OSError as e:  # a folder that cannot be searched
+        return f"{where} cannot be reached ({e.strerror}); make the folder readable (chmod a+rx)"
+    return f"{where} is {why}; {get_hint(f, folder)}"
 
 
 def digests(path: str | Path) -> dict[str, str]:
@@ -137,10 +180,26 @@ def verdict(v: dict) -> str:
     return {True: "the published file", False: "NOT the published file", None: "no published hash"}[v["verified"]]
 
 
+class _Deadline(Exception):
+    pass
+
+
 def fetch_one(f: WeightFile, folder: Path, url: str, timeout: float = 30.0,
               deadline: float = DOWNLOAD_DEADLINE_S) -> dict:
-    """Download F into FOLDER: to a temporary file, verified against the published hash, then renamed
-    into place; a file that fails verification never appears under its name."""
+    """Download F into FOLDER: to a temporary file, verified against the published hash (a file
+    without one: against its format), made readable as the umask allows, then renamed into place;
+    a file that fails never appears under its name. One fetch per folder at a time (a lock beside
+    the files, released by the kernel if its holder dies); leftovers of an interrupted one go first."""
+    try:
+        with exclusive_lock(folder / ".fetch.lock", wait_s=deadline + 600):
+            for stale in folder.glob(".*.part"):
+                stale.unlink(missing_ok=True)
+            return _fetch_locked(f, folder, url, timeout, deadline)
+    except TimeoutError as e:  # another fetch into this folder holds the lock
+        raise WeightsFileError(f"{folder}: waited too long for another fetch into it ({e})") from None
+
+
+def _fetch_locked(f: WeightFile, folder: Path, url: str, timeout: float, deadline: float) -> dict:
     fd, part = tempfile.mkstemp(prefix=f".{f.name}-", suffix=".part", dir=folder)
     received, start = 0, time.monotonic()
     try:
@@ -152,53 +211,72 @@ def fetch_one(f: WeightFile, folder: Path, url: str, timeout: float = 30.0,
                         out.write(chunk)
                         received += len(chunk)
                         if time.monotonic() - start > deadline:
-                            raise TimeoutError(f"not complete after {deadline:g} s")
-                    expected = int(resp.headers.get("Content-Length") or received)
+                            raise _Deadline()
+                    length = resp.headers.get("Content-Length") or ""
+                    expected = int(length) if length.isdigit() else received
                     if received < expected:
                         raise WeightsFileError(f"{url}: the connection ended after {received:,} of {expected:,} "
                                                f"bytes; retry")
-            except (_TooSlow, TimeoutError):
+            except (_TooSlow, _Deadline):
                 raise WeightsFileError(f"cannot download {f.name} from {url}: not complete after {deadline:g} s "
                                        f"({received / 2**20:.1f} MiB received); retry, or copy a folder fetched "
                                        f"elsewhere") from None
+            except TimeoutError:  # one read waited longer than TIMEOUT
+                raise WeightsFileError(f"cannot download {f.name} from {url}: no data for {timeout:g} s "
+                                       f"({received / 2**20:.1f} MiB received); retry") from None
             except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
-                reason = " ".join(str(getattr(e, "reason", None) or e).split())
-                raise WeightsFileError(f"cannot download {f.name} from {url} ({reason}); on a machine without "
-                                       f"internet, copy a folder fetched elsewhere") from None
+                reason = " ".join(str(getattr(e, "reason", None) or getattr(e, "strerror", None) or e).split())
+                raise WeightsFileError(f"cannot download {f.name} from {url} ({reason})") from None
         v = verify(f, part)
         if v["verified"] is False:
             raise WeightsFileError(f"{url}: {f.name} does not match its published {f.hash_kind} {f.published} "
-                                   f"(sha256 {v['sha256'][:12]}); the download is corrupt or not the file, retry")
+                                   f"(sha256 {v['sha256'][:12]}): a corrupt download, or not the file")
+        problem = format_problem(f, part)
+        if problem:
+            raise WeightsFileError(f"{url}: {f.name} is {problem}: not the file")
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(part, 0o666 & ~mask)  # mkstemp's 0600 would hide a shared folder's files from other users
         os.replace(part, folder / f.name)
         return v
     finally:
         Path(part).unlink(missing_ok=True)
 
 
-def _select(frameworks: list[str] | None, models: list[str] | None, weights: str) -> list[WeightFile]:
+def _select(frameworks: list[str] | None, models: list[str] | None, weights: str,
+            image_size: int = 32) -> list[WeightFile]:
     zoos = dict.fromkeys(zoo_of(fw, weights) for fw in (frameworks or FRAMEWORKS))
-    return [FILES[(z, m)] for z in zoos for m in (models or MODELS)]
+    return [file_for(z, m, image_size) for z in zoos for m in (models or MODELS)
+            if not (weights == "same" and m in SAME_UNSUPPORTED)]
 
 
 _VERIFIED: dict[tuple, dict] = {}  # (path, size, mtime) -> verify(): a worker builds each round, hashes once
 
 
 def start_record(zoo: str, model: str, path: str | Path | None, params_sha256: str, seed: int,
-                 ported: bool = False) -> dict:
+                 ported: bool = False, image_size: int = 32) -> dict:
     """Which numbers a model starts from, for `describe` (the parity table's "weights" column): the
     checkpoint (zoo, file, its sha256 and whether that is the published file) or random init, and
     a hash of the model's initial numbers themselves (same seed, same numbers)."""
     record = dict(params_sha256=params_sha256[:12], head=f"the shared draw, seed {seed}")
     if path is None:
         return dict(source=f"random init (torchvision's He normal, fan-out), seed {seed}", file=None, **record)
-    st = os.stat(path)
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _VERIFIED:
-        _VERIFIED[key] = verify(FILES[(zoo, model)], path)
-    v = _VERIFIED[key]
+    f = file_for(zoo, model, image_size)
+    try:
+        st = os.stat(path)
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        if key not in _VERIFIED:
+            _VERIFIED[key] = verify(f, path)
+        v = _VERIFIED[key]
+    except OSError as e:  # loaded, but not where the zoo's cache is expected: say so, do not fail the case
+        v = dict(file=f.name, sha256=f"unknown ({e.strerror}: {path})", verified=None, published=f.where)
     return dict(source=f"{zoo} ImageNet" + (", ported into Keras" if ported else ""), file=v["file"],
                 folder=str(Path(path).parent), sha256=v["sha256"][:12], verified=v["verified"],
                 published=v["published"], **record)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")  # so the temporary file goes too
 
 
 def main(argv: list[str] | None = None, prog: str = "bench weights") -> int:
@@ -211,38 +289,57 @@ def main(argv: list[str] | None = None, prog: str = "bench weights") -> int:
     p.add_argument("--model", action="append", choices=MODELS, help="only this model (repeatable; default: all)")
     p.add_argument("--same", action="store_true", help="only the files --weights same needs (torchvision's)")
     p.add_argument("--mirror", metavar="URL", help="fetch from URL/<file name> instead of the zoos' own servers")
+    p.add_argument("--image-size", type=int, default=32, help="the --image-size the runs use (Keras' MobileNetV2 "
+                   "has one file per size 96-224; any other size takes the 224 one)")
     a = p.parse_args(argv)
     folder = Path(a.folder).expanduser()
-    files = _select(a.framework, a.model, "same" if a.same else "imagenet")
-    if a.action == "fetch":
-        problem = folder_problem(folder)
-        if problem:
-            print(f"{prog}: {a.folder}: {problem}; give a folder", file=sys.stderr)
-            return 2
-        folder.mkdir(parents=True, exist_ok=True)
-    elif not folder.is_dir():
-        print(f"{prog}: {a.folder}: no such folder", file=sys.stderr)
+    files = _select(a.framework, a.model, "same" if a.same else "imagenet", a.image_size)
+    problem = folder_problem(folder)
+    if problem or (a.action == "check" and not folder.is_dir()):
+        print(f"{prog}: {a.folder}: {problem or 'no such folder'}; give a folder", file=sys.stderr)
         return 2
+    if a.action == "fetch":
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            print(f"{prog}: {a.folder}: cannot create it ({e.strerror}); give a folder you can write", file=sys.stderr)
+            return 2
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    for sig, handler in handlers.items():  # a job's time limit, a closed terminal: cleaned up like Ctrl-C
+        if handler is signal.SIG_DFL:
+            signal.signal(sig, _terminate)
+    try:
+        failed = _run(a.action, files, folder, a.mirror)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    print(f"{prog}: {len(files) - failed} of {len(files)} files ready in {folder}"
+          + ("" if not failed else f"; {failed} not (see FAIL above)"))
+    return 1 if failed else 0
+
+
+def _run(action: str, files: list[WeightFile], folder: Path, mirror: str | None) -> int:
+    """Check (and with fetch, fetch) each file, one line each; returns how many are not ready."""
     failed = 0
     for f in files:
         path = folder / f.name
         try:
-            if path.is_file() and path.stat().st_size and (v := verify(f, path))["verified"] is not False:
-                state = "already there"
-            elif a.action == "fetch":
-                url = a.mirror.rstrip("/") + "/" + f.name if a.mirror else f.url
+            problem = staged_problem(f, folder)
+            v = verify(f, path) if problem is None else None
+            if v is not None and v["verified"] is not False:
+                state = "present"
+            elif action == "fetch":
+                url = mirror.rstrip("/") + "/" + f.name if mirror else f.url
                 v, state = fetch_one(f, folder, url), "fetched"
             else:
-                problem = staged_problem(f, folder) or f"{f.name}: NOT the published file ({verify(f, path)['sha256'][:12]})"
-                raise WeightsFileError(problem)
+                raise WeightsFileError(problem or f"weights folder {folder}: {f.name} is NOT the published file "
+                                                  f"(sha256 {v['sha256'][:12]}); {get_hint(f, folder)}")
         except (WeightsFileError, OSError) as e:
             failed += 1
             print(f"FAIL  {f.label:24} {e}")
             continue
         print(f"ok    {f.label:24} {f.name}: {state}, {verdict(v)}, sha256 {v['sha256'][:12]}")
-    print(f"{prog}: {len(files) - failed} of {len(files)} files ready in {folder}"
-          + ("" if not failed else f"; {failed} not (see FAIL above)"))
-    return 1 if failed else 0
+    return failed
 
 
 if __name__ == "__main__":

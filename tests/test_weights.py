@@ -3,6 +3,7 @@ frameworks (torchvision's weights ported into Keras), and what is fine-tuned (--
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -92,13 +93,30 @@ def test_logit_gap_decides_the_same_start():
 def test_staged_problem_names_the_file_and_where_to_get_it(tmp_path):
     f = weights.FILES[("torchvision", "vgg19")]
     assert weights.staged_problem(f, tmp_path) == (
-        f"--weights-dir {tmp_path}: vgg19-dcbb9e9d.pth (torchvision vgg19 ImageNet weights) is missing; get it with "
-        f"`bench weights fetch {tmp_path}` on a machine with internet, or from {f.url}")
+        f"weights folder {tmp_path}: vgg19-dcbb9e9d.pth (torchvision vgg19 ImageNet weights) is missing; get it "
+        f"with `bench weights fetch {tmp_path}` on a machine with internet, or from {f.url}")
     (tmp_path / f.name).write_bytes(b"")
     assert "is empty" in weights.staged_problem(f, tmp_path)
+    (tmp_path / f.name).write_bytes(b"<html>404</html>")  # what a proxy's error page leaves
+    assert "is not a torch checkpoint file (starts b'<html>40')" in weights.staged_problem(f, tmp_path)
+    (tmp_path / f.name).write_bytes(b"PK\x03\x04 a zip")
+    assert weights.staged_problem(f, tmp_path) is None
+    (tmp_path / f.name).chmod(0)
+    if not os.access(tmp_path / f.name, os.R_OK):  # root reads anything
+        assert weights.staged_problem(f, tmp_path).endswith("cannot be read (permissions); make it readable "
+                                                            "(chmod a+r)")
     (tmp_path / f.name).unlink()
     (tmp_path / f.name).symlink_to(tmp_path / "gone")
     assert "is a dangling symlink" in weights.staged_problem(f, tmp_path)
+
+
+def test_keras_mobilenet_v2_file_follows_the_image_size_as_keras_picks_it():
+    assert weights.file_for("keras", "mobilenet_v2", 32).name.endswith("_1.0_224_no_top.h5")
+    f = weights.file_for("keras", "mobilenet_v2", 96)
+    assert f.name.endswith("_1.0_96_no_top.h5") and f.url.endswith(f.name) and f.hash_kind is None
+    assert weights.file_for("torchvision", "mobilenet_v2", 96) == weights.FILES[("torchvision", "mobilenet_v2")]
+    assert [f.name for f in weights._select(None, None, "same")] == ["vgg19-dcbb9e9d.pth",
+                                                                     "mobilenet_v2-b0353104.pth"]
 
 
 def test_a_missing_staged_file_stops_the_run_before_any_worker(tmp_path):
@@ -106,7 +124,7 @@ def test_a_missing_staged_file_stops_the_run_before_any_worker(tmp_path):
                         "--benchmark-only", "-k", "vgg19", "--weights", str(tmp_path)], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 4, r.stdout[-2000:] + r.stderr[-2000:]
-    line = next(ln for ln in r.stderr.splitlines() if "--weights-dir" in ln)
+    line = next(ln for ln in r.stderr.splitlines() if f"weights folder {tmp_path}:" in ln)
     assert "is missing; get it with `bench weights fetch" in line and "Traceback" not in r.stderr
     assert "worker" not in r.stdout.lower()
 
@@ -114,7 +132,8 @@ def test_a_missing_staged_file_stops_the_run_before_any_worker(tmp_path):
 def _crafted(root: Path, monkeypatch) -> dict[str, bytes]:
     """Serve three files whose published hashes are known: a torchvision-style sha256 prefix, a Keras
     md5, and one with no published hash; the table points at them."""
-    blobs = {name: name.encode() * 1000 for name in ("a.pth", "b.h5", "c.h5")}
+    blobs = {name: (b"\x89HDF\r\n\x1a\n" if name.endswith(".h5") else b"PK\x03\x04") + name.encode() * 1000
+             for name in ("a.pth", "b.h5", "c.h5")}
     for name, blob in blobs.items():
         (root / name).write_bytes(blob)
     files = {("torchvision", "vgg19"): weights.WeightFile("torchvision", "vgg19", "a.pth", "", "sha256-prefix",
@@ -132,10 +151,13 @@ def test_fetch_verifies_renames_into_place_and_skips_what_is_there(tmp_path, htt
     blobs = _crafted(root, monkeypatch)
     out = tmp_path / "staged"
     args = ["fetch", str(out), "--mirror", url, "--model", "vgg19"]
+    out.mkdir()
+    (out / ".a.pth-killed.part").write_bytes(b"half")  # an interrupted fetch's leftover
     assert weights.main(args) == 0
-    assert {p.name for p in out.iterdir()} == {"a.pth", "b.h5"}  # no temporaries left
+    assert {p.name for p in out.iterdir()} == {"a.pth", "b.h5", ".fetch.lock"}  # no temporaries left
+    assert (out / "a.pth").stat().st_mode & 0o044 == 0o044 or os.umask(os.umask(0)) & 0o044  # readable to others
     assert "fetched, the published file" in capsys.readouterr().out
-    assert weights.main(args) == 0 and capsys.readouterr().out.count("already there") == 2
+    assert weights.main(args) == 0 and capsys.readouterr().out.count(": present, the published file") == 2
     assert weights.main(["fetch", str(out), "--mirror", url, "--model", "mobilenet_v2", "--framework",
                          "tensorflow"]) == 0
     assert "no published hash" in capsys.readouterr().out and (out / "c.h5").read_bytes() == blobs["c.h5"]
@@ -152,13 +174,20 @@ def test_fetch_refuses_a_corrupt_download_and_an_unreachable_server(tmp_path, ht
     assert weights.main(["fetch", str(out), "--mirror", url, "--model", "vgg19", "--framework", "torch"]) == 1
     text = capsys.readouterr().out
     assert "does not match its published sha256-prefix" in text and not (out / "a.pth").exists()
-    assert list(out.iterdir()) == []  # nothing half-done
+    assert [p.name for p in out.iterdir()] == [".fetch.lock"]  # nothing half-done (the lock stays, as the data's)
     assert weights.main(["fetch", str(out), "--mirror", "http://127.0.0.1:9", "--model", "vgg19",
                          "--framework", "tensorflow"]) == 1
     assert "cannot download b.h5 from http://127.0.0.1:9/b.h5" in capsys.readouterr().out
-    (out / "a.pth").write_bytes(b"someone else's file")
+    (out / "a.pth").write_bytes(b"PK\x03\x04 someone else's file")
     assert weights.main(["check", str(out), "--model", "vgg19", "--framework", "torch"]) == 1
     assert "NOT the published file" in capsys.readouterr().out
+    (root / "c.h5").write_bytes(b"<html>error</html>")  # no published hash: its format is still checked
+    assert weights.main(["fetch", str(out), "--mirror", url, "--model", "mobilenet_v2", "--framework",
+                         "tensorflow"]) == 1
+    assert "c.h5 is not an HDF5 file" in capsys.readouterr().out and not (out / "c.h5").exists()
+    (tmp_path / "a-file").write_text("x")
+    assert weights.main(["fetch", str(tmp_path / "a-file"), "--model", "vgg19", "--framework", "torch"]) == 2
+    assert "a-file: a file, not a folder; give a folder" in capsys.readouterr().err
 
 
 # -- end to end: the same start gives the same logits and accuracy; head-only trains the head -------
@@ -192,7 +221,7 @@ def test_a_file_that_is_not_the_checkpoint_is_one_line_in_both_loaders(tmp_path)
     from bench_fixtures.frameworks.protocol import WeightsError
     from bench_fixtures.frameworks.torch_backend import load_checkpoint
     path = tmp_path / weights.FILES[("torchvision", "vgg19")].name
-    path.write_bytes(b"not a checkpoint")
+    path.write_bytes(b"PK\x03\x04 looks like a zip, is not a checkpoint")  # passes the format check
     with pytest.raises(WeightsError) as e:
         load_checkpoint(torchvision.models.vgg19(weights=None), "vgg19", str(tmp_path))
     assert str(e.value).startswith(f"{path}: not torchvision's vgg19 ImageNet weights (")

@@ -22,6 +22,8 @@ from typing import Callable
 
 import numpy as np
 
+from . import FRAMEWORKS
+
 TORCHVISION_BN_EPS = 1e-5  # nn.BatchNorm2d's default; torchvision's MobileNetV2 was trained with it
 
 # (Keras layer name, torchvision state-dict prefix, kind): kind is conv (kernel), conv_bias (kernel,
@@ -141,9 +143,12 @@ def export_state(path: str | os.PathLike, timeout: float = 600.0) -> dict[str, n
                               timeout=timeout)
         if proc.returncode != 0:
             lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()] or [f"exit {proc.returncode}"]
-            raise ValueError(lines[-1][:300])
+            raise (ImportError if proc.returncode == NO_TORCH else ValueError)(lines[-1][:300])
         with np.load(out) as npz:
             return {k: npz[k] for k in npz.files}
+
+
+NO_TORCH = 3  # _export_main's exit status when torch is missing
 
 
 def _export_main(argv: list[str]) -> int:
@@ -151,14 +156,14 @@ def _export_main(argv: list[str]) -> int:
     try:
         import torch
     except ImportError:
-        print("--weights same reads torchvision's checkpoint with torch: pip install torch (the version pinned "
-              "in requirements.txt)", file=sys.stderr)
-        return 1
+        print(f"--weights same reads torchvision's checkpoint with torch, which this environment lacks: "
+              f"{FRAMEWORKS['torch'].install}", file=sys.stderr)
+        return NO_TORCH
     path, out = argv
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         arrays = {k: v.detach().float().numpy() for k, v in state.items() if torch.is_tensor(v)
-                  and v.is_floating_point()}
+                  and v.is_floating_point() and k.startswith("features.")}  # the backbone: what is ported
     except Exception as e:  # not a checkpoint: one line for the caller
         print(f"{type(e).__name__}: {' '.join(str(e).split())[:250]}", file=sys.stderr)
         return 1

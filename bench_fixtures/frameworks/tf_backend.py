@@ -25,7 +25,7 @@ import tensorflow as tf  # noqa: E402
 
 from ..data import MEAN, STD, Bundle  # noqa: E402
 from ..models import SPECS, f32, head_init, input_transform, transform_mode  # noqa: E402
-from ..weights import (FILES, SAME_UNSUPPORTED, WeightsFileError, cache_dir, fetch_one, get_hint,  # noqa: E402
+from ..weights import (FILES, SAME_UNSUPPORTED, file_for, WeightsFileError, cache_dir, fetch_one, get_hint,  # noqa: E402
                        location, staged_problem, start_record)
 from .keras_port import export_state, port, torchvision_padding  # noqa: E402
 from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, EVAL_START, EVAL_STOP, FIRST_STEP_END,  # noqa: E402
@@ -240,11 +240,11 @@ class TensorFlowBackend:
             return build(None)
         if weights == "same":
             return self._same_start(name, build(None))
-        f, folder = FILES[("keras", name)], self.cfg.get("weights_dir")
+        f, folder = file_for("keras", name, size), self.cfg.get("weights_dir")
         if folder:
             if problem := staged_problem(f, folder):
                 raise WeightsError(problem)
-            path = location("keras", name, folder)
+            path = location("keras", name, folder, size)
             try:
                 net = build(str(path))
             except Exception as e:  # h5py, a layer count or shape mismatch: not this model's file
@@ -258,7 +258,7 @@ class TensorFlowBackend:
                                    f"({cache_dir('keras')}) and cannot be downloaded "
                                    f"({str(e).splitlines()[0][:200]}); {get_hint(f, cache_dir('keras'))} and pass "
                                    f"--weights-dir, or run with --weights none") from None
-        self.weights_file = str(location("keras", name, folder))
+        self.weights_file = str(location("keras", name, folder, size))
         return net
 
     def _same_start(self, name: str, net: keras.Model) -> keras.Model:
@@ -281,6 +281,8 @@ class TensorFlowBackend:
         if str(path) not in self.ported_states:  # each round builds afresh; the checkpoint is read once
             try:
                 self.ported_states[str(path)] = export_state(path)
+            except ImportError as e:  # this environment has no torch to read torchvision's file with
+                raise WeightsError(str(e)) from None
             except (ValueError, OSError, subprocess.SubprocessError) as e:
                 raise WeightsError(f"{path}: not torchvision's {name} ImageNet weights ({e}); "
                                    f"{get_hint(f, path.parent)}") from None
@@ -357,7 +359,7 @@ class TensorFlowBackend:
             digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(w)).tobytes())
         same = self.cfg["weights"] == "same"
         return start_record("torchvision" if same else "keras", name, self.weights_file, digest.hexdigest(),
-                            self.cfg["seed"], ported=same)
+                            self.cfg["seed"], ported=same, image_size=self.cfg["image_size"])
 
     def _instrument(self) -> None:
         """Wrap the train function `fit` calls once per step, so the StepClock sees each step (a

@@ -503,7 +503,7 @@ def load_checkpoint(net: nn.Module, model: str, weights_dir: str | None) -> str:
                                                   strict=False)
         missing = [k for k in missing if not k.startswith(top)]
         if missing or unexpected:
-            raise KeyError(f"{len(missing)} backbone tensor(s) missing ({', '.join(missing[:2])}), "
+            raise ValueError(f"{len(missing)} backbone tensor(s) missing ({', '.join(missing[:2])}), "
                            f"{len(unexpected)} unexpected ({', '.join(unexpected[:2])})")
     except Exception as e:  # unpickling, a zip error, missing keys, wrong shapes: the file is not the checkpoint
         detail = " ".join(str(e).split())[:200]
