@@ -7,8 +7,9 @@ of the backbone without its top, as keras.applications' files are). Its BatchNor
 statistics are calibrated on synthetic images (one pass with the statistics of that batch), as a
 trained checkpoint's are: a frozen backbone with torch's default statistics (mean 0, variance 1)
 shrinks MobileNetV2's features to ~1e-10, leaving a head nothing to learn from. VGG19 has no
-BatchNorm: each convolution is scaled, in order, to unit output deviation on those images instead
-(LSUV, Mishkin & Matas 2015), where random init leaves its features at ~0.02.
+BatchNorm: each convolution is scaled to unit output deviation on those images instead (LSUV,
+Mishkin & Matas 2015), where random init leaves its features at ~0.02. With zero biases the network
+is positively homogeneous, so one pass gives every layer's factor: std(j-1) / std(j).
 
     python -m tests.staged_weights torch|tensorflow DIR [MODEL ...]   (each in its own process)
 """
@@ -35,26 +36,40 @@ def _images(mode: str, channels_first: bool) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2) if channels_first else x)
 
 
+def unit_scales(stds: list[float]) -> list[float]:
+    """Per layer, the factor that gives every layer unit output deviation, from one pass's deviations."""
+    return [prev / std for prev, std in zip([1.0, *stds[:-1]], stds)]
+
+
 def make_torch(folder: str, models: list[str]) -> None:
     import torch
     import torchvision
     for i, model in enumerate(models):
         torch.manual_seed(100 + i)
-        net = getattr(torchvision.models, SPECS[model].torchvision)(weights=None)
+        if model == "vgg19":  # the backbone alone: VGG19's classifier is 120M parameters to initialise
+            net = torch.nn.Module()
+            net.features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["E"])
+        else:
+            net = getattr(torchvision.models, SPECS[model].torchvision)(weights=None)
         bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
         for m in bns:
             m.momentum = 1.0  # running statistics := this batch's
         net.train()
         x = torch.from_numpy(_images("torch", True))
         with torch.no_grad():
-            for conv in [] if bns else [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]:
-                seen = {}
-                hook = conv.register_forward_hook(lambda m, i, o: seen.update(std=o.std()))  # None: output kept
+            if bns:
                 net(x)
-                hook.remove()
-                conv.weight /= seen["std"]
-                conv.bias /= seen["std"]
-            net(x)
+            else:
+                convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+                stds = []
+                hooks = [c.register_forward_hook(lambda m, i, o: stds.append(float(o.std()))) for c in convs]
+                for c in convs:
+                    c.bias.zero_()
+                net.features(x)
+                for h in hooks:
+                    h.remove()
+                for c, scale in zip(convs, unit_scales(stds)):
+                    c.weight *= scale
         for m in bns:
             m.momentum = 0.1
         state = {k: v for k, v in net.state_dict().items() if not k.startswith(("fc.", "classifier."))}
@@ -72,11 +87,13 @@ def make_keras(folder: str, models: list[str]) -> None:
         for layer in bns:
             layer.momentum = 0.0  # moving statistics := this batch's
         x = _images(SPECS[model].keras_preprocess, False)
-        for conv in [] if bns else [layer for layer in net.layers if isinstance(layer, keras.layers.Conv2D)]:
-            std = float(np.std(keras.Model(net.input, conv.output)(x)))
-            conv.kernel.assign(conv.kernel / std)
-            conv.bias.assign(conv.bias / std)
-        net(x, training=True)
+        if bns:
+            net(x, training=True)
+        else:  # Keras' conv biases start at zero
+            convs = [layer for layer in net.layers if isinstance(layer, keras.layers.Conv2D)]
+            outputs = keras.Model(net.input, [c.output for c in convs])(x)
+            for c, scale in zip(convs, unit_scales([float(np.std(o)) for o in outputs])):
+                c.kernel.assign(c.kernel * scale)
         net.save(os.path.join(folder, FILES[("keras", model)].name))  # .h5: Keras' legacy format, as its files
 
 
