@@ -68,4 +68,7 @@ def staged():
             assert p.returncode == 0, out[-2000:]
         shutil.rmtree(folder, ignore_errors=True)
         part.rename(folder)
+        for old in folder.parent.glob("staged-weights-*"):  # an older maker's or framework's files
+            if old != folder:
+                shutil.rmtree(old, ignore_errors=True)
     return folder

@@ -143,7 +143,8 @@ def test_bench_without_a_tool_lists_them():
 def test_bench_gate_and_report_on_real_runs(saved_runs, tmp_path):
     r = subprocess.run([script("bench"), "gate", "--allow-mismatch", *map(str, saved_runs), "--threshold", "time=9",
                         "--threshold", "throughput=9", "--threshold", "time_to_first_step=9",
-                        "--threshold", "peak_memory=9", "--threshold", "time_to_accuracy=9"], capture_output=True,
+                        "--threshold", "peak_memory=9", "--threshold", "time_to_accuracy=9",
+                        "--threshold", "inter_epoch_gap=9"], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr  # the bare --allow-mismatch did not swallow a file
     out = subprocess.run([script("bench"), "report", str(saved_runs[0]), "--out", str(tmp_path / "rep")],
