@@ -243,9 +243,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 
 def _check_weights(cfg: BenchConfig, cases: set[tuple[str, str]]) -> None:
-    """A staged folder must hold every file the selected cases load: one line naming the first one
-    missing, before any worker starts (a hash that is not the published one is recorded, not refused:
-    the parity table's 'weights' column says it)."""
+    """Before any worker starts: `--weights same` needs torch to read torchvision's file for the other
+    frameworks' cases; a staged folder must hold every file the selected cases load, readable and of
+    its format (one line naming the first that is not). A hash that is not the published one is
+    recorded, not refused: the parity table's 'weights' column says it."""
     if cfg.weights == "same" and any(fw != "torch" for fw, m in cases if m not in SAME_UNSUPPORTED) \
             and importlib.util.find_spec("torch") is None:
         raise pytest.UsageError(f"--weights same reads torchvision's checkpoint with torch, which this environment "
