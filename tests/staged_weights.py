@@ -1,9 +1,11 @@
 """Weight files made here, for the staged-folder and same-start tests (nothing can be downloaded).
 
-Each is a randomly initialised model of the zoo's architecture, saved in the zoo's own format under
-the zoo's file name (torchvision: `torch.save` of the state dict without the ImageNet classifier,
-which the benchmark replaces, so VGG19's is 80 MB, not 550; Keras: a legacy `.h5`
-of the backbone without its top, as keras.applications' files are). Its BatchNorm running
+Each is a randomly initialised model of the zoo's architecture, saved as the zoo publishes it, under
+the zoo's file name. torchvision: `torch.save` of the state dict without the ImageNet classifier,
+which the benchmark replaces (so VGG19's is 80 MB, not 550), in torch's legacy (pre-1.6, non-zip)
+format for VGG19 and MobileNetV2, whose published files date from 2017-18, and the zip format for
+ResNet50. Keras: a weights-only HDF5 file of the backbone without its top (`layer_names` at the
+root, as Keras 2's `save_weights` wrote the published `..._notop.h5` files). Its BatchNorm running
 statistics are calibrated on synthetic images (one pass with the statistics of that batch), as a
 trained checkpoint's are: a frozen backbone with torch's default statistics (mean 0, variance 1)
 shrinks MobileNetV2's features to ~1e-10, leaving a head nothing to learn from. VGG19 has no
@@ -73,12 +75,15 @@ def make_torch(folder: str, models: list[str]) -> None:
         for m in bns:
             m.momentum = 0.1
         state = {k: v for k, v in net.state_dict().items() if not k.startswith(("fc.", "classifier."))}
-        torch.save(state, os.path.join(folder, FILES[("torchvision", model)].name))  # the benchmark drops the top
+        torch.save(state, os.path.join(folder, FILES[("torchvision", model)].name),  # the benchmark drops the top
+                   _use_new_zipfile_serialization=model == "resnet50")
 
 
 def make_keras(folder: str, models: list[str]) -> None:
     os.environ["KERAS_BACKEND"] = "tensorflow"
+    import h5py
     import keras
+    from keras.src.legacy.saving import legacy_h5_format  # the layout of the published files
     for i, model in enumerate(models):
         keras.utils.set_random_seed(100 + i)
         net = getattr(keras.applications, SPECS[model].keras)(include_top=False, weights=None,
@@ -94,7 +99,8 @@ def make_keras(folder: str, models: list[str]) -> None:
             outputs = keras.Model(net.input, [c.output for c in convs])(x)
             for c, scale in zip(convs, unit_scales([float(np.std(o)) for o in outputs])):
                 c.kernel.assign(c.kernel * scale)
-        net.save(os.path.join(folder, FILES[("keras", model)].name))  # .h5: Keras' legacy format, as its files
+        with h5py.File(os.path.join(folder, FILES[("keras", model)].name), "w") as f:
+            legacy_h5_format.save_weights_to_hdf5_group(f, net)
 
 
 if __name__ == "__main__":
