@@ -48,6 +48,10 @@ PARITY_TOLERANCE = 0.005
 # --weights same: the frameworks' logits on the same images may differ by this much, relative to the
 # largest logit (float32 convolutions summed in another order differ by ~1e-6).
 SAME_START_TOLERANCE = 1e-4
+# What the Keras side of `--weights same` builds instead of keras.applications' model, where it must.
+SAME_START_KERAS = {"mobilenet_v2": "Keras rebuilt with torchvision's symmetric padding",
+                    "resnet50": "Keras: torchvision's v1.5 built for this start, not keras.applications' v1: "
+                                "the parameter note above does not apply"}
 
 
 def logit_gap(a: Any, b: Any) -> float | None:
@@ -259,7 +263,7 @@ def same_start_notes(rows: list[dict]) -> list[str]:
                        f"(tolerance {SAME_START_TOLERANCE:g}); accuracy before training "
                        + (f"{acc[0]:.4f} in both" if acc[0] == acc[1] and acc[0] is not None else
                           f"{acc[0]} vs {acc[1]}")
-                       + (" (Keras rebuilt with torchvision's symmetric padding)" if model == "mobilenet_v2" else ""))
+                       + (f" ({SAME_START_KERAS[model]})" if model in SAME_START_KERAS else ""))
     return out
 
 

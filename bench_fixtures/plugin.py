@@ -22,7 +22,7 @@ from . import machine
 from .config import BenchConfig, ConfigError, resolve
 from .files import OutputError, WorkFolder, check_writable, save_numbered
 from .frameworks import FRAMEWORKS, unavailable
-from .weights import SAME_UNSUPPORTED, file_for, staged_problem, zoo_of
+from .weights import file_for, staged_problem, zoo_of
 
 # (option, dest, type, help); defaults come from the profile (None = "profile decides").
 OPTIONS = [
@@ -230,12 +230,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         [i for i in items[first:] if not keys[id(i)]]
     _check_weights(state.cfg, {k[:2] for k in cases if k[0] not in state.missing})
     for item in bench:
-        framework, model = keys[id(item)][:2]
+        framework = keys[id(item)][0]
         if framework in state.missing:
             item.add_marker(pytest.mark.skip(reason=state.missing[framework]))
-        elif state.cfg.weights == "same" and model in SAME_UNSUPPORTED:
-            item.add_marker(pytest.mark.skip(reason=f"--weights same: {model} refused: {SAME_UNSUPPORTED[model]}; "
-                                                    f"use --weights imagenet for it"))
         elif state.cfg.device == "gpu":
             item.add_marker(pytest.mark.gpu)
     if {keys[id(i)][0] for i in bench} - state.missing.keys() and not config.getoption("benchmark_skip", False):
@@ -247,15 +244,12 @@ def _check_weights(cfg: BenchConfig, cases: set[tuple[str, str]]) -> None:
     frameworks' cases; a staged folder must hold every file the selected cases load, readable and of
     its format (one line naming the first that is not). A hash that is not the published one is
     recorded, not refused: the parity table's 'weights' column says it."""
-    if cfg.weights == "same" and any(fw != "torch" for fw, m in cases if m not in SAME_UNSUPPORTED) \
-            and importlib.util.find_spec("torch") is None:
+    if cfg.weights == "same" and any(fw != "torch" for fw, _ in cases) and importlib.util.find_spec("torch") is None:
         raise pytest.UsageError(f"--weights same reads torchvision's checkpoint with torch, which this environment "
                                 f"lacks: {FRAMEWORKS['torch'].install}")
     if not cfg.weights_dir:
         return
     for framework, model in sorted(cases):
-        if cfg.weights == "same" and model in SAME_UNSUPPORTED:
-            continue
         problem = staged_problem(file_for(zoo_of(framework, cfg.weights), model, cfg.image_size), cfg.weights_dir)
         if problem:
             raise pytest.UsageError(problem)

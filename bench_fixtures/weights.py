@@ -62,11 +62,6 @@ FILES: dict[tuple[str, str], WeightFile] = {(f.zoo, f.model): f for f in (
                _KERAS + "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
                None, None, "keras.applications.mobilenet_v2 downloads it without a hash"),
 )}
-# --weights same: the models whose torchvision weights can be ported into the Keras model, and why not.
-SAME_UNSUPPORTED = {
-    "resnet50": "Keras' ResNet50 is v1 (stride 2 in the first 1x1 conv of a downsampling block, conv biases), "
-                "torchvision's v1.5 (stride in the 3x3 conv): different networks, so no same start",
-}
 DOWNLOAD_DEADLINE_S = 1800.0
 
 
@@ -246,8 +241,7 @@ def _fetch_locked(f: WeightFile, folder: Path, url: str, timeout: float, deadlin
 def _select(frameworks: list[str] | None, models: list[str] | None, weights: str,
             image_size: int = 32) -> list[WeightFile]:
     zoos = dict.fromkeys(zoo_of(fw, weights) for fw in (frameworks or FRAMEWORKS))
-    return [file_for(z, m, image_size) for z in zoos for m in (models or MODELS)
-            if not (weights == "same" and m in SAME_UNSUPPORTED)]
+    return [file_for(z, m, image_size) for z in zoos for m in (models or MODELS)]
 
 
 _VERIFIED: dict[tuple, dict] = {}  # (path, size, mtime) -> verify(): a worker builds each round, hashes once

@@ -115,8 +115,8 @@ def test_keras_mobilenet_v2_file_follows_the_image_size_as_keras_picks_it():
     f = weights.file_for("keras", "mobilenet_v2", 96)
     assert f.name.endswith("_1.0_96_no_top.h5") and f.url.endswith(f.name) and f.hash_kind is None
     assert weights.file_for("torchvision", "mobilenet_v2", 96) == weights.FILES[("torchvision", "mobilenet_v2")]
-    assert [f.name for f in weights._select(None, None, "same")] == ["vgg19-dcbb9e9d.pth",
-                                                                     "mobilenet_v2-b0353104.pth"]
+    assert [f.name for f in weights._select(None, None, "same")] == [
+        "resnet50-0676ba61.pth", "vgg19-dcbb9e9d.pth", "mobilenet_v2-b0353104.pth"]  # torchvision's only
 
 
 def test_a_missing_staged_file_stops_the_run_before_any_worker(tmp_path):
@@ -211,7 +211,11 @@ def test_same_start_gives_both_frameworks_the_same_logits_and_accuracy(tmp_path,
         assert r["flops"]["train_per_image"] < 1.01 * r["flops"]["forward_per_image"]  # no backbone backward
     assert len({r["accuracy_before"] for r in rows if r["model"] == "vgg19"}) == 1
     notes = models.same_start_notes(rows)
-    assert len(notes) == 2 and all("in both" in n for n in notes), notes
+    assert len(notes) == 3 and all("in both" in n for n in notes), notes
+    resnet = {r["framework"]: r for r in rows if r["model"] == "resnet50"}  # Keras builds torchvision's v1.5
+    assert resnet["torch"]["trainable_params"] == resnet["tensorflow"]["trainable_params"] == 20_490  # the head
+    assert resnet["torch"]["non_trainable_params"] == resnet["tensorflow"]["non_trainable_params"]
+    assert resnet["torch"]["flops"]["forward_per_image"] == resnet["tensorflow"]["flops"]["forward_per_image"]
 
 
 @pytest.mark.torch

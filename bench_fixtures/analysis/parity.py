@@ -21,8 +21,6 @@ from ..frameworks import installed, unavailable
 from ..models import format_parity, parity_notes, parity_problems, parity_rows
 from ..runner.experiment import describe_models
 from ..runner.worker import WorkerError
-from ..config import MODELS
-from ..weights import SAME_UNSUPPORTED
 
 
 def main(argv: list[str] | None = None, prog: str = "bench parity") -> int:
@@ -42,18 +40,13 @@ def main(argv: list[str] | None = None, prog: str = "bench parity") -> int:
     except ConfigError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
-    models = MODELS
-    if cfg.weights == "same":
-        models = tuple(m for m in MODELS if m not in SAME_UNSUPPORTED)
-        for m in sorted(set(MODELS) - set(models)):
-            print(f"{m}: --weights same refused: {SAME_UNSUPPORTED[m]}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         train, test = make_synthetic(64, 32)
         bundle = make_bundle(Cifar10(train, test, LABEL_NAMES, "synthetic"), 0, 0, 32, 1, 0).write(f"{tmp}/b")
         for reason in unavailable().values():
             print(reason, file=sys.stderr)
         try:
-            rows = parity_rows(describe_models(cfg, bundle, tmp, models, frameworks=installed()))
+            rows = parity_rows(describe_models(cfg, bundle, tmp, frameworks=installed()))
         except WorkerError as e:  # a weights file missing or unusable, a framework that cannot build
             print(f"{prog}: {e}", file=sys.stderr)
             return 2

@@ -6,8 +6,8 @@ by one function. Layouts: a convolution's OIHW kernel becomes HWIO, a depthwise 
 (kh,kw,C,1), BatchNorm's weight/bias/running statistics Keras' gamma/beta/moving statistics, with
 torchvision's epsilon (what the weights were trained with). The architectures must compute the
 same function: MobileNetV2 is rebuilt with torchvision's symmetric padding (Keras pads strided
-convolutions bottom/right only, which shifts every feature map by a pixel). ResNet50 is not
-supported (Keras v1 vs torchvision v1.5: see weights.SAME_UNSUPPORTED).
+convolutions bottom/right only, which shifts every feature map by a pixel); ResNet50 is built as
+torchvision's v1.5 (`torchvision_resnet50`): keras.applications' is v1, another network.
 
 The torchvision checkpoint is read by torch, in a short subprocess (`export_state`): a Keras worker
 never imports torch (process isolation), and torch's own loader reads both of its file formats.
@@ -58,7 +58,23 @@ def mobilenet_v2_pairs() -> Pairs:
     return out + [("Conv_1", "features.18.0", "conv"), ("Conv_1_bn", "features.18.1", "bn")]
 
 
-PAIRS: dict[str, Callable[[], Pairs]] = {"vgg19": vgg19_pairs, "mobilenet_v2": mobilenet_v2_pairs}
+def resnet50_pairs() -> Pairs:
+    """`torchvision_resnet50`'s layers, named after torchvision's keys with '_' for '.'."""
+    out = [("conv1", "conv1", "conv"), ("bn1", "bn1", "bn")]
+    for li, blocks in enumerate(RESNET50_BLOCKS, 1):
+        for b in range(blocks):
+            p, t = f"layer{li}_{b}", f"layer{li}.{b}"
+            for k in (1, 2, 3):
+                out += [(f"{p}_conv{k}", f"{t}.conv{k}", "conv"), (f"{p}_bn{k}", f"{t}.bn{k}", "bn")]
+            if b == 0:
+                out += [(f"{p}_downsample_0", f"{t}.downsample.0", "conv"),
+                        (f"{p}_downsample_1", f"{t}.downsample.1", "bn")]
+    return out
+
+
+RESNET50_BLOCKS = (3, 4, 6, 3)
+PAIRS: dict[str, Callable[[], Pairs]] = {"resnet50": resnet50_pairs, "vgg19": vgg19_pairs,
+                                         "mobilenet_v2": mobilenet_v2_pairs}
 
 
 def convert(kind: str, state: dict[str, np.ndarray], prefix: str) -> list[np.ndarray]:
@@ -72,9 +88,12 @@ def convert(kind: str, state: dict[str, np.ndarray], prefix: str) -> list[np.nda
     return [kernel, state[f"{prefix}.bias"]] if kind == "conv_bias" else [kernel]
 
 
+TOP = ("fc.", "classifier.")  # torchvision's ImageNet classifiers: the benchmark replaces them
+
+
 def backbone_keys(state: dict[str, np.ndarray]) -> set[str]:
     """The checkpoint's backbone tensors (the ImageNet classifier and BN step counters are not ported)."""
-    return {k for k in state if k.startswith("features.") and not k.endswith("num_batches_tracked")}
+    return {k for k in state if not k.startswith(TOP) and not k.endswith("num_batches_tracked")}
 
 
 def port(model: str, state: dict[str, np.ndarray], backbone, source: str = "the checkpoint") -> None:
@@ -107,6 +126,39 @@ def port(model: str, state: dict[str, np.ndarray], backbone, source: str = "the 
     problems += [f"Keras layer {n} has no source" for n in unset] + [f"{k} not ported" for k in unused[:3]]
     if problems:
         raise ValueError(f"{source} does not fit Keras' {model}: " + "; ".join(problems[:3]))
+
+
+def torchvision_resnet50(input_shape: tuple[int, int, int]):
+    """torchvision's ResNet50 in Keras, for `--weights same`: v1.5 (the stride in each downsampling
+    block's 3x3 convolution, where keras.applications' v1 puts it in the first 1x1), no convolution
+    biases, BatchNorm epsilon 1e-5, torch's symmetric padding (ZeroPadding2D + 'valid'; zeros before
+    the max-pool equal torch's -inf padding, as its input is a ReLU's), global average pooling.
+    Layers are named after torchvision's state-dict keys (see `resnet50_pairs`)."""
+    import keras
+    from keras import layers
+
+    def conv(x, filters: int, kernel: int, stride: int, name: str):
+        if kernel > 1:
+            x = layers.ZeroPadding2D(kernel // 2, name=f"{name}_pad")(x)
+        return layers.Conv2D(filters, kernel, strides=stride, use_bias=False, name=name)(x)
+
+    def bn(x, name: str, relu: bool = True):
+        x = layers.BatchNormalization(epsilon=TORCHVISION_BN_EPS, momentum=0.9, name=name)(x)  # Keras' 0.9: torch's 0.1
+        return layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+    inputs = keras.Input(input_shape)
+    x = bn(conv(inputs, 64, 7, 2, "conv1"), "bn1")
+    x = layers.MaxPooling2D(3, 2, name="maxpool")(layers.ZeroPadding2D(1, name="maxpool_pad")(x))
+    for li, (blocks, width) in enumerate(zip(RESNET50_BLOCKS, (64, 128, 256, 512)), 1):
+        for b in range(blocks):
+            p, stride = f"layer{li}_{b}", 2 if b == 0 and li > 1 else 1
+            y = bn(conv(x, width, 1, 1, f"{p}_conv1"), f"{p}_bn1")
+            y = bn(conv(y, width, 3, stride, f"{p}_conv2"), f"{p}_bn2")
+            y = bn(conv(y, 4 * width, 1, 1, f"{p}_conv3"), f"{p}_bn3", relu=False)
+            if b == 0:
+                x = bn(conv(x, 4 * width, 1, stride, f"{p}_downsample_0"), f"{p}_downsample_1", relu=False)
+            x = layers.ReLU(name=f"{p}_out")(layers.Add(name=f"{p}_add")([x, y]))
+    return keras.Model(inputs, layers.GlobalAveragePooling2D(name="avg_pool")(x), name="resnet50_torchvision")
 
 
 def torchvision_padding(backbone):
@@ -163,7 +215,7 @@ def _export_main(argv: list[str]) -> int:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         arrays = {k: v.detach().float().numpy() for k, v in state.items() if torch.is_tensor(v)
-                  and v.is_floating_point() and k.startswith("features.")}  # the backbone: what is ported
+                  and v.is_floating_point() and not k.startswith(TOP)}  # the backbone: what is ported
     except Exception as e:  # not a checkpoint: one line for the caller
         print(f"{type(e).__name__}: {' '.join(str(e).split())[:250]}", file=sys.stderr)
         return 1

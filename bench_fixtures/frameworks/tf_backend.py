@@ -25,9 +25,9 @@ import tensorflow as tf  # noqa: E402
 
 from ..data import MEAN, STD, Bundle  # noqa: E402
 from ..models import SPECS, f32, head_init, input_transform, transform_mode  # noqa: E402
-from ..weights import (FILES, SAME_UNSUPPORTED, file_for, WeightsFileError, cache_dir, fetch_one, get_hint,  # noqa: E402
+from ..weights import (FILES, file_for, WeightsFileError, cache_dir, fetch_one, get_hint,  # noqa: E402
                        location, staged_problem, start_record)
-from .keras_port import export_state, port, torchvision_padding  # noqa: E402
+from .keras_port import export_state, port, torchvision_padding, torchvision_resnet50  # noqa: E402
 from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, EVAL_START, EVAL_STOP, FIRST_STEP_END,  # noqa: E402
                                  FIRST_STEP_START, LAST_STEP_END, RUN_START, RUN_STOP, USER_WORK_START,
                                  USER_WORK_STOP, Timeline)
@@ -239,7 +239,7 @@ class TensorFlowBackend:
         if weights == "none":
             return build(None)
         if weights == "same":
-            return self._same_start(name, build(None))
+            return self._same_start(name, build)
         f, folder = file_for("keras", name, size), self.cfg.get("weights_dir")
         if folder:
             if problem := staged_problem(f, folder):
@@ -261,11 +261,10 @@ class TensorFlowBackend:
         self.weights_file = str(location("keras", name, folder, size))
         return net
 
-    def _same_start(self, name: str, net: keras.Model) -> keras.Model:
+    def _same_start(self, name: str, build) -> keras.Model:
         """torchvision's checkpoint (the staged folder's, else torch.hub's cache, fetched there and
-        hash-checked when absent) ported into NET; MobileNetV2 first takes torchvision's padding."""
-        if name in SAME_UNSUPPORTED:
-            raise WeightsError(f"--weights same: {name} refused: {SAME_UNSUPPORTED[name]}; use --weights imagenet")
+        hash-checked when absent) ported into the Keras network (BUILD(None)); MobileNetV2 takes
+        torchvision's padding, ResNet50 is torchvision's v1.5 built in Keras."""
         f, folder = FILES[("torchvision", name)], self.cfg.get("weights_dir")
         path = location("torchvision", name, folder)
         if folder and (problem := staged_problem(f, folder)):
@@ -286,6 +285,8 @@ class TensorFlowBackend:
             except (ValueError, OSError, subprocess.SubprocessError) as e:
                 raise WeightsError(f"{path}: not torchvision's {name} ImageNet weights ({e}); "
                                    f"{get_hint(f, path.parent)}") from None
+        size = self.cfg["image_size"]
+        net = torchvision_resnet50((size, size, 3)) if name == "resnet50" else build(None)
         if name == "mobilenet_v2":
             net = torchvision_padding(net)
         try:
@@ -468,6 +469,10 @@ class TensorFlowBackend:
             stack.extend(node.children)
             if node.float_ops:
                 per_node[node.name] = node.float_ops
+        for op in graph.get_operations():  # see `_conv_gradient_flops`
+            flops = _conv_gradient_flops(op)
+            if flops is not None:
+                per_node[op.name] = flops
         types = {op.name: op.type for op in graph.get_operations()}
         dense = {k: v for k, v in per_node.items() if re.match(DENSE_OPS, types.get(k, ""))}
         by_op: dict[str, int] = {}
@@ -606,6 +611,20 @@ class TensorFlowBackend:
         if bad >= 0:
             raise nonfinite_error("tensorflow", None, bad)
         return dict(seconds=seconds, images=count * self.cfg["batch_size"], loss=float(logs["loss"]))
+
+
+def _conv_gradient_flops(op) -> int | None:
+    """A convolution gradient's FLOPs, as its forward convolution's: 2 x the output gradient's elements
+    x kh x kw x Cin. TensorFlow's profiler counts these ops at the output size 'same' padding would
+    give (ceil(input / stride)), which over-counts every 'valid' convolution behind an explicit
+    ZeroPadding2D: 2.25x for a 3x3 on a 4x4 map, 1.8x for torchvision's ResNet50 at 32 px."""
+    if op.type not in ("Conv2DBackpropInput", "Conv2DBackpropFilter"):
+        return None
+    grad = op.inputs[2].shape  # dL/d(output), NHWC
+    kernel = (op.inputs[1] if op.type == "Conv2DBackpropInput" else op.outputs[0]).shape  # kh, kw, Cin, Cout
+    if not (grad.is_fully_defined() and kernel.is_fully_defined()):
+        return None
+    return 2 * grad.num_elements() * kernel[0] * kernel[1] * kernel[2]
 
 
 def bare_step(model: str, batch: int, device: str, size: int, compiled: bool = False, precision: str | None = None,

@@ -26,7 +26,7 @@ from torch.utils import flop_counter
 
 from ..data import MEAN, STD, Bundle
 from ..models import SPECS, f32, head_init, input_transform, transform_mode
-from ..weights import FILES, SAME_UNSUPPORTED, get_hint, location, staged_problem, start_record
+from ..weights import FILES, get_hint, location, staged_problem, start_record
 from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, EVAL_START, EVAL_STOP, FIRST_STEP_END, FIRST_STEP_START,
                                  LAST_STEP_END, RUN_START, RUN_STOP, USER_WORK_START, USER_WORK_STOP, Timeline)
 from .protocol import BackendError, WeightsError, nonfinite_error
@@ -171,8 +171,6 @@ class TorchBackend:
         file, else torch.hub's cache, downloaded there when absent) or random init (`none`)."""
         net = getattr(torchvision.models, SPECS[name].torchvision)(weights=None)
         self.weights_file = None
-        if self.cfg["weights"] == "same" and name in SAME_UNSUPPORTED:
-            raise WeightsError(f"--weights same: {name} refused: {SAME_UNSUPPORTED[name]}; use --weights imagenet")
         if self.cfg["weights"] in ("imagenet", "same"):
             self.weights_file = str(load_checkpoint(net, name, self.cfg.get("weights_dir")))
         if name == "resnet50":
