@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .data import MEAN, NUM_CLASSES, STD
-from .frameworks import FRAMEWORKS
+from .weights import verdict, zoo_of
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -24,7 +24,6 @@ class ModelSpec:
     name: str
     feature_dim: int            # channels after global average pooling
     torchvision: str            # torchvision.models constructor
-    torchvision_weights: str    # weights enum member, the original ImageNet recipe
     keras: str                  # keras.applications class
     keras_preprocess: str       # mode of keras.applications.<model>.preprocess_input
     differences: tuple[str, ...] = ()  # known architectural differences, reported in the parity table
@@ -32,13 +31,13 @@ class ModelSpec:
 
 SPECS = {
     "resnet50": ModelSpec(
-        "resnet50", 2048, "resnet50", "ResNet50_Weights.IMAGENET1K_V1", "ResNet50", "caffe",
+        "resnet50", 2048, "resnet50", "ResNet50", "caffe",
         ("keras.applications ResNet50 is v1 (stride 2 in the first 1x1 conv of a downsampling block; "
          "convolutions carry biases, +26,560 trainable parameters); torchvision's is v1.5 (stride in "
          "the 3x3 conv, no conv biases)",)),
-    "vgg19": ModelSpec("vgg19", 512, "vgg19", "VGG19_Weights.IMAGENET1K_V1", "VGG19", "caffe"),
+    "vgg19": ModelSpec("vgg19", 512, "vgg19", "VGG19", "caffe"),
     "mobilenet_v2": ModelSpec(
-        "mobilenet_v2", 1280, "mobilenet_v2", "MobileNet_V2_Weights.IMAGENET1K_V1", "MobileNetV2", "tf",
+        "mobilenet_v2", 1280, "mobilenet_v2", "MobileNetV2", "tf",
         ("keras pads strided convolutions asymmetrically (ZeroPadding2D + valid), torchvision "
          "symmetrically (padding=1); parameter counts are identical",)),
 }
@@ -105,8 +104,7 @@ def transform_mode(framework: str, model: str, preprocess: str, weights: str = "
     on: its own zoo's, or torchvision's in both frameworks when both start from it (`same`)."""
     if preprocess == "cifar":
         return "cifar"
-    zoo = "torchvision" if weights == "same" else FRAMEWORKS[framework].zoo
-    return "torch" if zoo == "torchvision" else SPECS[model].keras_preprocess
+    return "torch" if zoo_of(framework, weights) == "torchvision" else SPECS[model].keras_preprocess
 
 
 def parity_rows(descriptions: list[dict]) -> list[dict]:
@@ -220,9 +218,7 @@ def start_text(start: Any) -> str:
         return "–"
     parts = [str(start.get("source"))]
     if start.get("file"):
-        verdict = {True: "the published file", False: "NOT the published file"}.get(start.get("verified"),
-                                                                                     "no published hash")
-        parts.append(f"{start['file']} sha256 {start.get('sha256')} ({verdict})")
+        parts.append(f"{start['file']} sha256 {start.get('sha256')} ({verdict(start)})")
     parts.append(f"parameters sha256 {start.get('params_sha256')}")
     return "; ".join(parts)
 

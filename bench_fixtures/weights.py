@@ -107,8 +107,37 @@ def location(zoo: str, model: str, weights_dir: str | None, image_size: int = 32
     return Path(weights_dir) / f.name if weights_dir else cache_dir(zoo) / f.name
 
 
+TOP = ("fc.", "classifier.")  # torchvision's ImageNet classifiers: the benchmark replaces them, never loads them
+
+
 def get_hint(f: WeightFile, folder: str | Path) -> str:
     return f"get it with `bench weights fetch {folder}` on a machine with internet, or from {f.url}"
+
+
+def offline_hint(f: WeightFile) -> str:
+    """The fix for a machine that cannot download F: stage a folder elsewhere, point the run at it."""
+    return (f"run `bench weights fetch DIR` on a machine with internet (or get {f.url}), then pass "
+            f"--weights-dir DIR (or --weights DIR)")
+
+
+def torchvision_file(model: str, weights_dir: str | None) -> Path:
+    """torchvision's checkpoint for MODEL, for either framework: the staged folder's (which the
+    startup check has seen), else torch.hub's cache, fetched there (hash-checked) when absent."""
+    f = FILES[("torchvision", model)]
+    if weights_dir:
+        problem = staged_problem(f, weights_dir)
+        if problem:
+            raise WeightsFileError(problem)
+        return Path(weights_dir) / f.name
+    path = cache_dir("torchvision") / f.name
+    if not path.is_file():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fetch_one(f, path.parent, f.url)
+        except (WeightsFileError, OSError) as e:
+            raise WeightsFileError(f"torchvision's ImageNet weights for {model} are not in torch.hub's cache "
+                                   f"({path.parent}) and cannot be fetched ({e}); {offline_hint(f)}") from None
+    return path
 
 
 MAGIC = {".h5": (b"\x89HDF\r\n\x1a\n",), ".pth": (b"PK\x03\x04", b"\x80")}  # HDF5; torch's zip, legacy pickle
@@ -172,7 +201,10 @@ def verify(f: WeightFile, path: str | Path) -> dict:
 
 
 def verdict(v: dict) -> str:
-    return {True: "the published file", False: "NOT the published file", None: "no published hash"}[v["verified"]]
+    """What a file is, from `verify` (or a start record): the zoo's published file or not."""
+    if v.get("sha256") is None:
+        return "not found: " + str(v.get("missing", "?"))
+    return {True: "the published file", False: "NOT the published file"}.get(v.get("verified"), "no published hash")
 
 
 class _Deadline(Exception):
@@ -263,10 +295,10 @@ def start_record(zoo: str, model: str, path: str | Path | None, params_sha256: s
             _VERIFIED[key] = verify(f, path)
         v = _VERIFIED[key]
     except OSError as e:  # loaded, but not where the zoo's cache is expected: say so, do not fail the case
-        v = dict(file=f.name, sha256=f"unknown ({e.strerror}: {path})", verified=None, published=f.where)
+        v = dict(file=f.name, sha256=None, verified=None, published=f.where, missing=f"{e.strerror}: {path}")
     return dict(source=f"{zoo} ImageNet" + (", ported into Keras" if ported else ""), file=v["file"],
-                folder=str(Path(path).parent), sha256=v["sha256"][:12], verified=v["verified"],
-                published=v["published"], **record)
+                folder=str(Path(path).parent), sha256=v["sha256"] and v["sha256"][:12], verified=v["verified"],
+                published=v["published"], **({"missing": v["missing"]} if "missing" in v else {}), **record)
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -63,12 +63,12 @@ def staged():
         procs = [subprocess.Popen([sys.executable, "-m", "tests.staged_weights", zoo, str(part)], cwd=ROOT,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                  for zoo in ("torch", "tensorflow")]
-        for p in procs:
-            out, _ = p.communicate(timeout=300)
+        outs = [p.communicate(timeout=300)[0] for p in procs]  # both end before any failure is raised
+        for p, out in zip(procs, outs):
             assert p.returncode == 0, out[-2000:]
         shutil.rmtree(folder, ignore_errors=True)
         part.rename(folder)
         for old in folder.parent.glob("staged-weights-*"):  # an older maker's or framework's files
-            if old != folder:
+            if old != folder and not old.name.endswith(".part"):  # (another session may be making one)
                 shutil.rmtree(old, ignore_errors=True)
     return folder

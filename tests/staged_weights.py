@@ -25,7 +25,7 @@ import numpy as np
 from bench_fixtures.config import MODELS
 from bench_fixtures.data import make_synthetic
 from bench_fixtures.models import SPECS, input_transform
-from bench_fixtures.weights import FILES
+from bench_fixtures.weights import FILES, TOP
 
 CALIBRATION_IMAGES = 64
 
@@ -74,7 +74,7 @@ def make_torch(folder: str, models: list[str]) -> None:
                     c.weight *= scale
         for m in bns:
             m.momentum = 0.1
-        state = {k: v for k, v in net.state_dict().items() if not k.startswith(("fc.", "classifier."))}
+        state = {k: v for k, v in net.state_dict().items() if not k.startswith(TOP)}
         torch.save(state, os.path.join(folder, FILES[("torchvision", model)].name),  # the benchmark drops the top
                    _use_new_zipfile_serialization=model == "resnet50")
 

@@ -3,6 +3,7 @@ frameworks (torchvision's weights ported into Keras), and what is fine-tuned (--
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -155,7 +156,9 @@ def test_fetch_verifies_renames_into_place_and_skips_what_is_there(tmp_path, htt
     (out / ".a.pth-killed.part").write_bytes(b"half")  # an interrupted fetch's leftover
     assert weights.main(args) == 0
     assert {p.name for p in out.iterdir()} == {"a.pth", "b.h5", ".fetch.lock"}  # no temporaries left
-    assert (out / "a.pth").stat().st_mode & 0o044 == 0o044 or os.umask(os.umask(0)) & 0o044  # readable to others
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (out / "a.pth").stat().st_mode & 0o777 == 0o666 & ~umask  # the umask's, not mkstemp's 0600
     assert "fetched, the published file" in capsys.readouterr().out
     assert weights.main(args) == 0 and capsys.readouterr().out.count(": present, the published file") == 2
     assert weights.main(["fetch", str(out), "--mirror", url, "--model", "mobilenet_v2", "--framework",
@@ -263,3 +266,41 @@ def test_results_reader_refuses_a_start_it_cannot_read(tmp_path):
     path.write_text(json.dumps(run_of([b])))
     with pytest.raises(ResultsError, match="'extra_info.start' must be an object"):
         load_run(str(path))
+
+
+@pytest.mark.torch
+def test_a_head_only_case_runs_through_the_plugin_from_a_staged_folder(tmp_path, staged):
+    """`--weights DIR --train-layers head` as a user types it: the case passes (its accuracy improved),
+    and the run file says what trained and what it started from. (All six cases: see the #16 note.)"""
+    out = tmp_path / "run.json"
+    r = subprocess.run([sys.executable, "-m", "pytest", "tests/benchmarks", "-q", "-p", "no:cacheprovider",
+                        "--benchmark-only", "-k", "torch-mobilenet_v2 and test_finetune", "--weights", str(staged),
+                        "--train-layers", "head", "--benchmark-json", str(out)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "weights=imagenet setup=matched" in r.stdout and "train_layers=head" in r.stdout  # the run's first line
+    (case,) = json.loads(out.read_text())["benchmarks"]
+    e = case["extra_info"]
+    assert (e["train_layers"], e["trainable_params"], e["frozen_params"], e["epochs"]) == ("head", 12_810, 2_223_872, 4)
+    assert e["start"]["file"] == "mobilenet_v2-b0353104.pth" and e["start"]["folder"] == str(staged)
+    assert e["accuracy_after"] > e["accuracy_before"]
+
+
+@pytest.mark.torch
+def test_offline_without_the_file_is_one_line_with_the_fix(tmp_path, monkeypatch):
+    """`--weights imagenet` (or same) on a machine that cannot download: torch.hub's cache is empty and
+    the server unreachable; one line naming the cache and how to stage a folder."""
+    import torchvision
+    from bench_fixtures.frameworks.protocol import WeightsError
+    from bench_fixtures.frameworks.torch_backend import load_checkpoint
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    f = weights.FILES[("torchvision", "mobilenet_v2")]
+    monkeypatch.setitem(weights.FILES, ("torchvision", "mobilenet_v2"),
+                        weights.WeightFile(**{**f.__dict__, "url": "http://127.0.0.1:9/mobilenet_v2-b0353104.pth"}))
+    with pytest.raises(WeightsError) as e:
+        load_checkpoint(torchvision.models.mobilenet_v2(weights=None), "mobilenet_v2", None)
+    line = str(e.value)
+    assert line.startswith(f"torchvision's ImageNet weights for mobilenet_v2 are not in torch.hub's cache "
+                           f"({tmp_path}/torch/hub/checkpoints) and cannot be fetched (cannot download")
+    assert line.endswith("then pass --weights-dir DIR (or --weights DIR)") and "\n" not in line
+    assert list((tmp_path / "torch" / "hub" / "checkpoints").glob("*.pth")) == []  # nothing half-written

@@ -18,11 +18,15 @@ import os
 import subprocess
 import sys
 import tempfile
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from ..weights import TOP
 from . import FRAMEWORKS
+
+if TYPE_CHECKING:
+    import keras
 
 TORCHVISION_BN_EPS = 1e-5  # nn.BatchNorm2d's default; torchvision's MobileNetV2 was trained with it
 
@@ -88,15 +92,12 @@ def convert(kind: str, state: dict[str, np.ndarray], prefix: str) -> list[np.nda
     return [kernel, state[f"{prefix}.bias"]] if kind == "conv_bias" else [kernel]
 
 
-TOP = ("fc.", "classifier.")  # torchvision's ImageNet classifiers: the benchmark replaces them
-
-
 def backbone_keys(state: dict[str, np.ndarray]) -> set[str]:
     """The checkpoint's backbone tensors (the ImageNet classifier and BN step counters are not ported)."""
     return {k for k in state if not k.startswith(TOP) and not k.endswith("num_batches_tracked")}
 
 
-def port(model: str, state: dict[str, np.ndarray], backbone, source: str = "the checkpoint") -> None:
+def port(model: str, state: dict[str, np.ndarray], backbone: "keras.Model", source: str = "the checkpoint") -> None:
     """Set every weighted layer of the Keras BACKBONE from torchvision's STATE (numpy arrays); raise
     ValueError naming what does not fit (a missing tensor, a wrong shape, a layer left unset)."""
     pairs = PAIRS[model]()
@@ -128,7 +129,7 @@ def port(model: str, state: dict[str, np.ndarray], backbone, source: str = "the 
         raise ValueError(f"{source} does not fit Keras' {model}: " + "; ".join(problems[:3]))
 
 
-def torchvision_resnet50(input_shape: tuple[int, int, int]):
+def torchvision_resnet50(input_shape: tuple[int, int, int]) -> "keras.Model":
     """torchvision's ResNet50 in Keras, for `--weights same`: v1.5 (the stride in each downsampling
     block's 3x3 convolution, where keras.applications' v1 puts it in the first 1x1), no convolution
     biases, BatchNorm epsilon 1e-5, torch's symmetric padding (ZeroPadding2D + 'valid'; zeros before
@@ -161,7 +162,7 @@ def torchvision_resnet50(input_shape: tuple[int, int, int]):
     return keras.Model(inputs, layers.GlobalAveragePooling2D(name="avg_pool")(x), name="resnet50_torchvision")
 
 
-def torchvision_padding(backbone):
+def torchvision_padding(backbone: "keras.Model") -> "keras.Model":
     """MobileNetV2 as torchvision pads it: a 3x3 stride-2 convolution pads one pixel on every side
     (Keras: padding='same' or ZeroPadding2D(correct_pad) = bottom/right only). Rebuilt by cloning:
     the ZeroPadding2D layers become symmetric, and the stem's 'same' convolution becomes a

@@ -25,8 +25,8 @@ import tensorflow as tf  # noqa: E402
 
 from ..data import MEAN, STD, Bundle  # noqa: E402
 from ..models import SPECS, f32, head_init, input_transform, transform_mode  # noqa: E402
-from ..weights import (FILES, file_for, WeightsFileError, cache_dir, fetch_one, get_hint,  # noqa: E402
-                       location, staged_problem, start_record)
+from ..weights import (FILES, WeightsFileError, cache_dir, file_for, get_hint, location, offline_hint,  # noqa: E402
+                       staged_problem, start_record, torchvision_file)
 from .keras_port import export_state, port, torchvision_padding, torchvision_resnet50  # noqa: E402
 from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, EVAL_START, EVAL_STOP, FIRST_STEP_END,  # noqa: E402
                                  FIRST_STEP_START, LAST_STEP_END, RUN_START, RUN_STOP, USER_WORK_START,
@@ -256,8 +256,8 @@ class TensorFlowBackend:
             except Exception as e:  # keras.utils.get_file raises a bare Exception when offline
                 raise WeightsError(f"ImageNet weights for tensorflow {name} are not in the Keras cache "
                                    f"({cache_dir('keras')}) and cannot be downloaded "
-                                   f"({str(e).splitlines()[0][:200]}); {get_hint(f, cache_dir('keras'))} and pass "
-                                   f"--weights-dir, or run with --weights none") from None
+                                   f"({str(e).splitlines()[0][:200]}); {offline_hint(f)}, or run with "
+                                   f"--weights none") from None
         self.weights_file = str(location("keras", name, folder, size))
         return net
 
@@ -265,18 +265,11 @@ class TensorFlowBackend:
         """torchvision's checkpoint (the staged folder's, else torch.hub's cache, fetched there and
         hash-checked when absent) ported into the Keras network (BUILD(None)); MobileNetV2 takes
         torchvision's padding, ResNet50 is torchvision's v1.5 built in Keras."""
-        f, folder = FILES[("torchvision", name)], self.cfg.get("weights_dir")
-        path = location("torchvision", name, folder)
-        if folder and (problem := staged_problem(f, folder)):
-            raise WeightsError(problem)
-        if not path.is_file():
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fetch_one(f, path.parent, f.url)
-            except (WeightsFileError, OSError) as e:
-                raise WeightsError(f"torchvision's ImageNet weights for {name} are not in torch.hub's cache "
-                                   f"({path.parent}) and cannot be fetched ({e}); {get_hint(f, path.parent)} and "
-                                   f"pass --weights-dir") from None
+        f = FILES[("torchvision", name)]
+        try:
+            path = torchvision_file(name, self.cfg.get("weights_dir"))
+        except WeightsFileError as e:
+            raise WeightsError(str(e)) from None
         if str(path) not in self.ported_states:  # each round builds afresh; the checkpoint is read once
             try:
                 self.ported_states[str(path)] = export_state(path)

@@ -12,7 +12,6 @@ import contextlib
 import copy
 import hashlib
 import time
-import urllib.error
 import warnings
 from collections import OrderedDict
 from typing import Any
@@ -24,9 +23,10 @@ import torchvision
 from torch import nn
 from torch.utils import flop_counter
 
+from ..config import PRETRAINED
 from ..data import MEAN, STD, Bundle
 from ..models import SPECS, f32, head_init, input_transform, transform_mode
-from ..weights import FILES, get_hint, location, staged_problem, start_record
+from ..weights import TOP, FILES, WeightsFileError, get_hint, start_record, torchvision_file
 from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, EVAL_START, EVAL_STOP, FIRST_STEP_END, FIRST_STEP_START,
                                  LAST_STEP_END, RUN_START, RUN_STOP, USER_WORK_START, USER_WORK_STOP, Timeline)
 from .protocol import BackendError, WeightsError, nonfinite_error
@@ -171,7 +171,7 @@ class TorchBackend:
         file, else torch.hub's cache, downloaded there when absent) or random init (`none`)."""
         net = getattr(torchvision.models, SPECS[name].torchvision)(weights=None)
         self.weights_file = None
-        if self.cfg["weights"] in ("imagenet", "same"):
+        if self.cfg["weights"] in PRETRAINED:
             self.weights_file = str(load_checkpoint(net, name, self.cfg.get("weights_dir")))
         if name == "resnet50":
             return nn.Sequential(*[m for n, m in net.named_children() if n not in ("avgpool", "fc")])
@@ -477,29 +477,22 @@ class TorchBackend:
 
 
 def load_checkpoint(net: nn.Module, model: str, weights_dir: str | None) -> str:
-    """Load torchvision's ImageNet checkpoint for MODEL into NET and return its path: from
-    WEIGHTS_DIR, else torch.hub's cache (downloaded and hash-checked there when absent). Every
-    backbone tensor must be there with its shape; the ImageNet classifier is not needed (the
-    benchmark replaces it). A missing or unusable file is one line naming it and where to get it."""
+    """Load torchvision's ImageNet checkpoint for MODEL into NET and return its path (see
+    weights.torchvision_file: staged, else torch.hub's cache). Every backbone tensor must be there
+    with its shape; the ImageNet classifier is not needed (the benchmark replaces it). A missing or
+    unusable file is one line naming it and the fix."""
     f = FILES[("torchvision", model)]
-    path = location("torchvision", model, weights_dir)
-    if weights_dir and (problem := staged_problem(f, weights_dir)):
-        raise WeightsError(problem)
-    if not path.is_file():
-        try:
-            torch.hub.load_state_dict_from_url(f.url, check_hash=True, progress=False)
-        except (urllib.error.URLError, OSError, RuntimeError) as e:
-            raise WeightsError(f"ImageNet weights for torch {model} are not in the cache ({path}) and cannot be "
-                               f"downloaded ({getattr(e, 'reason', e)}); {get_hint(f, path.parent)} and pass "
-                               f"--weights-dir, or run with --weights none") from None
-    top = ("fc.", "classifier.")
+    try:
+        path = torchvision_file(model, weights_dir)
+    except WeightsFileError as e:
+        raise WeightsError(str(e)) from None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict):
             raise TypeError(f"holds a {type(state).__name__}, not a state dict")
-        missing, unexpected = net.load_state_dict({k: v for k, v in state.items() if not k.startswith(top)},
+        missing, unexpected = net.load_state_dict({k: v for k, v in state.items() if not k.startswith(TOP)},
                                                   strict=False)
-        missing = [k for k in missing if not k.startswith(top)]
+        missing = [k for k in missing if not k.startswith(TOP)]
         if missing or unexpected:
             raise ValueError(f"{len(missing)} backbone tensor(s) missing ({', '.join(missing[:2])}), "
                            f"{len(unexpected)} unexpected ({', '.join(unexpected[:2])})")
