@@ -7,7 +7,6 @@ fixture): no config resolved, nothing printed, nothing of pytest-benchmark's tou
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import time
@@ -21,8 +20,8 @@ from . import benchmark_compat as compat
 from . import machine
 from .config import BenchConfig, ConfigError, resolve
 from .files import OutputError, WorkFolder, check_writable, save_numbered
-from .frameworks import FRAMEWORKS, unavailable
-from .weights import file_for, staged_problem, zoo_of
+from .frameworks import unavailable
+from .weights import startup_problem
 
 # (option, dest, type, help); defaults come from the profile (None = "profile decides").
 OPTIONS = [
@@ -228,7 +227,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     bench = sorted((i for i in items if keys[id(i)]), key=lambda i: rank[keys[id(i)]])
     items[:] = [i for i in items[:first] if not keys[id(i)]] + bench + \
         [i for i in items[first:] if not keys[id(i)]]
-    _check_weights(state.cfg, {k[:2] for k in cases if k[0] not in state.missing})
+    problem = startup_problem(state.cfg.weights, state.cfg.weights_dir, state.cfg.image_size,
+                              {k[:2] for k in cases if k[0] not in state.missing})
+    if problem:  # a staged file missing, torch missing for --weights same: before any worker starts
+        raise pytest.UsageError(problem)
     for item in bench:
         framework = keys[id(item)][0]
         if framework in state.missing:
@@ -237,22 +239,6 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             item.add_marker(pytest.mark.gpu)
     if {keys[id(i)][0] for i in bench} - state.missing.keys() and not config.getoption("benchmark_skip", False):
         _prepare(config, state)
-
-
-def _check_weights(cfg: BenchConfig, cases: set[tuple[str, str]]) -> None:
-    """Before any worker starts: `--weights same` needs torch to read torchvision's file for the other
-    frameworks' cases; a staged folder must hold every file the selected cases load, readable and of
-    its format (one line naming the first that is not). A hash that is not the published one is
-    recorded, not refused: the parity table's 'weights' column says it."""
-    if cfg.weights == "same" and any(fw != "torch" for fw, _ in cases) and importlib.util.find_spec("torch") is None:
-        raise pytest.UsageError(f"--weights same reads torchvision's checkpoint with torch, which this environment "
-                                f"lacks: {FRAMEWORKS['torch'].install}")
-    if not cfg.weights_dir:
-        return
-    for framework, model in sorted(cases):
-        problem = staged_problem(file_for(zoo_of(framework, cfg.weights), model, cfg.image_size), cfg.weights_dir)
-        if problem:
-            raise pytest.UsageError(problem)
 
 
 def _prepare(config: pytest.Config, state: BenchState) -> None:

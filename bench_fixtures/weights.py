@@ -120,6 +120,27 @@ def offline_hint(f: WeightFile) -> str:
             f"--weights-dir DIR (or --weights DIR)")
 
 
+SAME_NEEDS_TORCH = (f"--weights same reads torchvision's checkpoint with torch, which this environment lacks: "
+                    f"{FRAMEWORKS['torch'].install}")
+
+
+def startup_problem(weights: str, weights_dir: str | None, image_size: int,
+                    cases: set[tuple[str, str]]) -> str | None:
+    """Why the selected (framework, model) CASES cannot start from WEIGHTS, checked before any worker
+    starts: `same` needs torch to read torchvision's file for the other frameworks' cases; a staged
+    folder must hold every file they load, readable and of its format (the first that is not, named
+    with its fix). A hash that is not the published one is recorded, not refused."""
+    if weights == "same" and any(fw != "torch" for fw, _ in cases) and FRAMEWORKS["torch"].missing():
+        return SAME_NEEDS_TORCH
+    if not weights_dir:
+        return None
+    for framework, model in sorted(cases):
+        problem = staged_problem(file_for(zoo_of(framework, weights), model, image_size), weights_dir)
+        if problem:
+            return problem
+    return None
+
+
 def torchvision_file(model: str, weights_dir: str | None) -> Path:
     """torchvision's checkpoint for MODEL, for either framework: the staged folder's (which the
     startup check has seen), else torch.hub's cache, fetched there (hash-checked) when absent."""

@@ -304,3 +304,14 @@ def test_offline_without_the_file_is_one_line_with_the_fix(tmp_path, monkeypatch
                            f"({tmp_path}/torch/hub/checkpoints) and cannot be fetched (cannot download")
     assert line.endswith("then pass --weights-dir DIR (or --weights DIR)") and "\n" not in line
     assert list((tmp_path / "torch" / "hub" / "checkpoints").glob("*.pth")) == []  # nothing half-written
+
+
+def test_startup_refuses_same_without_torch_for_the_other_frameworks(monkeypatch, tmp_path):
+    import dataclasses
+    gone = dataclasses.replace(weights.FRAMEWORKS["torch"], imports=("no_such_module_here",))
+    monkeypatch.setitem(weights.FRAMEWORKS, "torch", gone)
+    assert weights.startup_problem("same", None, 32, {("tensorflow", "vgg19")}) == weights.SAME_NEEDS_TORCH
+    assert weights.startup_problem("same", None, 32, {("torch", "vgg19")}) is None  # torch's own cases skip anyway
+    assert weights.startup_problem("imagenet", None, 32, {("tensorflow", "vgg19")}) is None
+    assert "keras vgg19 ImageNet weights) is missing" in weights.startup_problem(
+        "imagenet", str(tmp_path), 32, {("tensorflow", "vgg19")})

@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from ..weights import TOP
-from . import FRAMEWORKS
+from ..weights import SAME_NEEDS_TORCH, TOP
 
 if TYPE_CHECKING:
     import keras
@@ -209,8 +208,7 @@ def _export_main(argv: list[str]) -> int:
     try:
         import torch
     except ImportError:
-        print(f"--weights same reads torchvision's checkpoint with torch, which this environment lacks: "
-              f"{FRAMEWORKS['torch'].install}", file=sys.stderr)
+        print(SAME_NEEDS_TORCH, file=sys.stderr)
         return NO_TORCH
     path, out = argv
     try:

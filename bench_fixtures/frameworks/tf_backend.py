@@ -241,10 +241,10 @@ class TensorFlowBackend:
         if weights == "same":
             return self._same_start(name, build)
         f, folder = file_for("keras", name, size), self.cfg.get("weights_dir")
+        path = location("keras", name, folder, size)
         if folder:
             if problem := staged_problem(f, folder):
                 raise WeightsError(problem)
-            path = location("keras", name, folder, size)
             try:
                 net = build(str(path))
             except Exception as e:  # h5py, a layer count or shape mismatch: not this model's file
@@ -258,7 +258,7 @@ class TensorFlowBackend:
                                    f"({cache_dir('keras')}) and cannot be downloaded "
                                    f"({str(e).splitlines()[0][:200]}); {offline_hint(f)}, or run with "
                                    f"--weights none") from None
-        self.weights_file = str(location("keras", name, folder, size))
+        self.weights_file = str(path)
         return net
 
     def _same_start(self, name: str, build) -> keras.Model:
