@@ -1,5 +1,8 @@
 """The framework registry: one record per framework; everything else reads it.
 
+Three frameworks: torch, Keras 3 on TensorFlow (`tensorflow`) and Keras 3 on JAX (`jax`); the two
+Keras backends share their Keras half (`keras_common`), so a difference between them is the runtime's.
+
 A framework is one backend module in this folder plus one `Framework` record below. Nothing here
 imports a framework: the parent process (pytest, the gate, the report) reads the registry without
 ever loading torch or TensorFlow; only a worker imports its own backend (`load_backend`).
@@ -22,6 +25,7 @@ class Framework:
     gpu_extra: str | None      # the extra whose dependencies are its GPU libraries, when they are opt-in
     color: str                 # report colours: strong (after), light (before)
     light: str
+    shared: tuple[str, ...] = ()  # modules of this folder its backend shares with another (Keras' half)
 
     @property
     def backend_file(self) -> str:
@@ -45,7 +49,10 @@ FRAMEWORKS: dict[str, Framework] = {f.name: f for f in (
               "#ee4c2c", "#f7a99b"),
     Framework("tensorflow", "tf_backend:TensorFlowBackend", ("tensorflow", "keras"),
               ("tensorflow", "keras"), "keras", "pip install tensorflow keras (the versions pinned in requirements.txt)",
-              "and-cuda", "#ff8f00", "#ffd08a"),
+              "and-cuda", "#ff8f00", "#ffd08a", ("keras_common.py", "keras_port.py")),
+    Framework("jax", "jax_backend:JaxBackend", ("jax", "jaxlib", "keras"), ("jax", "jaxlib", "keras"), "keras",
+              "pip install jax jaxlib keras (the versions pinned in requirements.txt)", "cuda12",
+              "#6a1b9a", "#ce93d8", ("keras_common.py", "keras_port.py")),
 )}
 NAMES: tuple[str, ...] = tuple(FRAMEWORKS)
 

@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-layers", choices=("all", "head"), default="all", help="as the suite's option")
     a = p.parse_args(argv)
     precision = a.precision or ("fp32" if a.setup == "matched" else None)
-    importlib.import_module(backend_module(a.framework)).configure(dict(setup=a.setup, precision=precision))
+    importlib.import_module(backend_module(a.framework)).configure(dict(setup=a.setup, precision=precision,
+                                                                          device=a.device))
     step, sync = make_step(a.framework, a.model, a.batch, a.device, a.image_size, a.compile, precision,
                            a.channels_last, a.train_layers)
     timed_rounds(step, sync, max(a.warmup, 1), 1)
