@@ -1,4 +1,4 @@
-"""PyTorch vs TensorFlow fine-tuning benchmark: a pytest-benchmark plugin, its experiment and its tools.
+"""PyTorch vs TensorFlow (and Keras on JAX) fine-tuning benchmark: a pytest-benchmark plugin, its experiment and its tools.
 
 Layers, lowest first (each imports only the ones below it; tests/test_plugin.py checks):
     files, config, machine, frameworks/__init__ (the registry)   leaf modules

@@ -43,7 +43,7 @@ COMMON: dict[str, Any] = dict(optimizer="sgd", lr=None, momentum=0.9, seed=0, de
                               worker_memory_limit=0, setup="matched", channels_last=False,
                               target_accuracy=None, peak_tflops=None, train_layers="all",
                               weights_dir=None)
-# The framework settings whose defaults differ between torch and TensorFlow. `matched` aligns them
+# The framework settings whose defaults differ between torch, TensorFlow and JAX. `matched` aligns them
 # to these values; `defaults` leaves each framework's own (None: the worker sets nothing and reads
 # back what the framework uses). A value given by an option, or by the profile (smoke's BatchNorm
 # momentum, which 16 steps from random init need), is applied in both setups.
@@ -266,7 +266,7 @@ def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "") ->
     _check_number("seed", values["seed"], int, 0)
     if values["seed"] > MAX_SEED:
         raise ConfigError(f"--seed {values['seed']}: must be at most {MAX_SEED} (2**32 - 1): TensorFlow's "
-                          f"runs seed NumPy's 32-bit legacy generator, and both frameworks get the same seed")
+                          f"runs seed NumPy's 32-bit legacy generator, and every framework gets the same seed")
     if values["lr"] is None:
         values["lr"] = DEFAULT_LR[values["optimizer"]]
     _check_number("lr", values["lr"], float, 0, low_ok=False)

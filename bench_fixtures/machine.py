@@ -12,7 +12,8 @@ from typing import Any
 
 from .frameworks import FRAMEWORKS
 
-PACKAGES = (*(p for f in FRAMEWORKS.values() for p in f.packages), "numpy", "pytest-benchmark", "nvidia-ml-py")
+PACKAGES = (*dict.fromkeys(p for f in FRAMEWORKS.values() for p in f.packages), "numpy", "pytest-benchmark",
+            "nvidia-ml-py")  # keras once, though both Keras frameworks need it
 
 
 def nvml_gpus() -> tuple[list[dict[str, Any]], str]:

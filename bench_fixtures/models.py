@@ -1,4 +1,4 @@
-"""What both frameworks must agree on for each model: backbone, head, input transform, parity.
+"""What every framework must agree on for each model: backbone, head, input transform, parity.
 
 Framework-neutral on purpose: the backends read these numbers, so a difference between the two
 implementations can only come from the framework, never from two copies of a constant.
@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .data import MEAN, NUM_CLASSES, STD
+from .frameworks import FRAMEWORKS
 from .weights import verdict, zoo_of
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -47,6 +48,9 @@ PARITY_TOLERANCE = 0.005
 # --weights same: the frameworks' logits on the same images may differ by this much, relative to the
 # largest logit (float32 convolutions summed in another order differ by ~1e-6).
 SAME_START_TOLERANCE = 1e-4
+# Frameworks that start from the same numbers (the same parameters hash: Keras on TensorFlow and on JAX)
+# take the same first step: their losses on the first batch agree to this, relative, in fp32.
+FIRST_STEP_TOLERANCE = 1e-4
 # What the Keras side of `--weights same` builds instead of keras.applications' model, where it must.
 SAME_START_KERAS = {"mobilenet_v2": "Keras rebuilt with torchvision's symmetric padding",
                     "resnet50": "Keras: torchvision's v1.5 built for this start, not keras.applications' v1: "
@@ -80,7 +84,7 @@ def head_init(feature_dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def input_transform(mode: str) -> tuple[tuple[int, int, int], np.ndarray, np.ndarray]:
     """uint8 RGB pixels -> model input as out[c] = in[order[c]] * scale[c] + offset[c].
 
-    cifar: CIFAR-10 mean/std (both frameworks, random init). torch: ImageNet mean/std (torchvision
+    cifar: CIFAR-10 mean/std (every framework, random init). torch: ImageNet mean/std (torchvision
     weights). caffe: BGR minus the ImageNet mean (keras ResNet50/VGG19 weights). tf: [-1, 1]
     (keras MobileNetV2 weights)."""
     def mean_std(mean, std):
@@ -101,7 +105,7 @@ def input_transform(mode: str) -> tuple[tuple[int, int, int], np.ndarray, np.nda
 
 def transform_mode(framework: str, model: str, preprocess: str, weights: str = "imagenet") -> str:
     """'cifar' shares one normalisation; 'native' gives each pretrained backbone what it was trained
-    on: its own zoo's, or torchvision's in both frameworks when both start from it (`same`)."""
+    on: its own zoo's, or torchvision's in every framework when all start from it (`same`)."""
     if preprocess == "cifar":
         return "cifar"
     return "torch" if zoo_of(framework, weights) == "torchvision" else SPECS[model].keras_preprocess
@@ -116,7 +120,7 @@ def parity_rows(descriptions: list[dict]) -> list[dict]:
     for model in sorted(by_model):
         pair = by_model[model]
         counts = [pair[f]["trainable_params"] for f in pair]
-        rel = (max(counts) - min(counts)) / max(counts) if len(counts) == 2 else None
+        rel = (max(counts) - min(counts)) / max(counts) if len(counts) >= 2 else None
         for framework in sorted(pair):
             d = pair[framework]
             rows.append(dict(model=model, framework=framework,
@@ -127,7 +131,7 @@ def parity_rows(descriptions: list[dict]) -> list[dict]:
                              settings=d.get("settings") or {}, trainable_rel_diff=rel, flops=d.get("flops") or {},
                              train_layers=d.get("train_layers", "all"), frozen_params=d.get("frozen_params"),
                              start=d.get("start") or {}, logits=d.get("logits"),
-                             accuracy_before=d.get("accuracy_before"),
+                             accuracy_before=d.get("accuracy_before"), first_step_loss=d.get("first_step_loss"),
                              explained="; ".join(SPECS[model].differences)))
     return rows
 
@@ -136,49 +140,110 @@ def _bn_momentum(bn: Any) -> Any:
     return sorted({m for m, _ in bn}) if isinstance(bn, list) else bn
 
 
+def reference(group: list[dict]) -> dict:
+    """The row the others of a model are compared with: torch's where it ran (the zoo both Keras
+    runtimes are aligned to), else the first."""
+    return next((r for r in group if r["framework"] == "torch"), group[0])
+
+
+def first_step_gap(a: Any, b: Any) -> float | None:
+    """|a - b| relative to |b|; None when either is not a finite number."""
+    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (a, b))
+    return abs(a - b) / max(abs(b), 1e-30) if ok else None
+
+
 def parity_problems(rows: list[dict], setup: str = "matched", weights: str = "none") -> list[str]:
     """What breaks parity: parameter counts beyond tolerance without an explanation, or BN,
-    optimizer or loss settings that the two frameworks do not share. In the defaults setup the
-    settings differ by design (see `parity_notes`); pretrained backbones keep their own BatchNorm
-    epsilon, so with ImageNet weights only the momentum must agree."""
+    optimizer or loss settings that the frameworks do not share (each compared with `reference`).
+    In the defaults setup the settings differ by design (see `parity_notes`); pretrained backbones
+    keep their own BatchNorm epsilon, so with ImageNet weights only the momentum must agree.
+    Frameworks that start from the same parameters must take the same first step (when measured)."""
     problems = []
     by_model: dict[str, list[dict]] = {}
     for r in rows:
         by_model.setdefault(r["model"], []).append(r)
-    for model, pair in by_model.items():
-        if len(pair) != 2:
-            problems.append(f"{model}: described by {len(pair)} framework(s), need both")
+    for model, group in by_model.items():
+        if len(group) < 2:
+            problems.append(f"{model}: described by {len(group)} framework(s), need two or more")
             continue
-        a, b = pair
-        gap = logit_gap(a.get("logits"), b.get("logits"))
-        if weights == "same" and not (gap is not None and gap <= SAME_START_TOLERANCE):  # unmeasured, NaN: fail
-            problems.append(f"{model}: --weights same, but the frameworks' logits on the same images differ by "
-                            f"{'an unmeasured amount' if gap is None else f'{gap:.2e}'} (> {SAME_START_TOLERANCE:g} "
-                            f"of the largest): not the same start")
-        if weights == "same" and a.get("accuracy_before") != b.get("accuracy_before"):
-            problems.append(f"{model}: --weights same, but accuracy before training differs: {a['framework']} "
-                            f"{a.get('accuracy_before')} vs {b['framework']} {b.get('accuracy_before')}")
+        b = reference(group)
+        others = [r for r in group if r is not b]
+        for a in others if weights == "same" else ():
+            gap = logit_gap(a.get("logits"), b.get("logits"))
+            if not (gap is not None and gap <= SAME_START_TOLERANCE):  # unmeasured, NaN: fail
+                problems.append(f"{model}: --weights same, but {a['framework']}'s and {b['framework']}'s logits on "
+                                f"the same images differ by {'an unmeasured amount' if gap is None else f'{gap:.2e}'} "
+                                f"(> {SAME_START_TOLERANCE:g} of the largest): not the same start")
+            if a.get("accuracy_before") != b.get("accuracy_before"):
+                problems.append(f"{model}: --weights same, but accuracy before training differs: {a['framework']} "
+                                f"{a.get('accuracy_before')} vs {b['framework']} {b.get('accuracy_before')}")
         head = SPECS[model].feature_dim * NUM_CLASSES + NUM_CLASSES
-        for r in pair if a.get("train_layers") == "head" else ():
+        for r in group if b.get("train_layers") == "head" else ():
             if r["trainable_params"] != head:
                 problems.append(f"{model}: --train-layers head, but {r['framework']} trains {r['trainable_params']:,} "
                                 f"parameters, not the head's {head:,}")
-        if a["trainable_rel_diff"] > PARITY_TOLERANCE and not SPECS[model].differences:
-            problems.append(f"{model}: trainable parameters {a['trainable_params']} vs "
-                            f"{b['trainable_params']} differ by {a['trainable_rel_diff']:.2%} "
-                            f"(> {PARITY_TOLERANCE:.1%}) with no explanation in models.SPECS")
-        for key in ("bn", "optimizer", "loss", "precision") if setup == "matched" else ("loss",):
-            va, vb = a[key], b[key]
-            if key == "bn" and weights == "imagenet":  # same: one checkpoint, so one epsilon
-                va, vb = _bn_momentum(va), _bn_momentum(vb)
-            if va != vb:
-                problems.append(f"{model}: {key} differs: {a['framework']} {va} vs {b['framework']} {vb}")
+        if b["trainable_rel_diff"] > PARITY_TOLERANCE and not SPECS[model].differences:
+            problems.append(f"{model}: trainable parameters " + " vs ".join(str(r["trainable_params"]) for r in group)
+                            + f" differ by {b['trainable_rel_diff']:.2%} (> {PARITY_TOLERANCE:.1%}) with no "
+                              f"explanation in models.SPECS")
+        for a in others:
+            for key in ("bn", "optimizer", "loss", "precision") if setup == "matched" else ("loss",):
+                va, vb = a[key], b[key]
+                if key == "bn" and weights == "imagenet":  # same: one checkpoint, so one epsilon
+                    va, vb = _bn_momentum(va), _bn_momentum(vb)
+                if va != vb:
+                    problems.append(f"{model}: {key} differs: {a['framework']} {va} vs {b['framework']} {vb}")
+        keras = [r for r in group if FRAMEWORKS.get(r["framework"]) and FRAMEWORKS[r["framework"]].zoo == "keras"]
+        for a, c in zip(keras, keras[1:]):  # one Keras model on two runtimes: nothing may differ, in either setup
+            for key in ("trainable_params", "non_trainable_params", "bn", "optimizer", "loss", "input_transform"):
+                if a[key] != c[key]:
+                    problems.append(f"{model}: the Keras model differs between runtimes: {key} {a['framework']} "
+                                    f"{a[key]} vs {c['framework']} {c[key]}")
+        for a, c in _same_start_pairs(group):
+            if not all(_exact_fp32(r) for r in (a, c)):  # TF32, bf16 or fp16: a note, not a check
+                continue
+            gap = first_step_gap(a["first_step_loss"], c["first_step_loss"])
+            if gap is None or gap > FIRST_STEP_TOLERANCE:
+                problems.append(f"{model}: {a['framework']} and {c['framework']} start from the same parameters, but "
+                                f"their first-step losses {a['first_step_loss']} vs {c['first_step_loss']} differ by "
+                                f"{'an unmeasured amount' if gap is None else f'{gap:.2e}'} (> "
+                                f"{FIRST_STEP_TOLERANCE:g} relative)")
     return problems
 
 
-SETTING_KEYS = ("compute_dtype", "loss_scale", "memory_format", "tf32_matmul", "tf32_conv", "cudnn_autotune", "xla",
-                "compile_requested", "memory_allocator", "input_autotune", "prefetch", "bn_momentum", "bn_eps",
-                "adam_eps")
+def _exact_fp32(r: dict) -> bool:
+    """fp32 without TF32: where 1e-4 holds (TF32 and mixed precision round at 1e-3 and coarser)."""
+    s = r.get("settings") or {}
+    return r.get("precision") == "fp32" and not s.get("tf32_matmul") and not s.get("tf32_conv")
+
+
+def _same_start_pairs(group: list[dict]) -> list[tuple[dict, dict]]:
+    """Pairs of rows with a measured first step that start from the same parameters (hash)."""
+    measured = [r for r in group if r.get("first_step_loss") is not None
+                and (r.get("start") or {}).get("params_sha256")]
+    return [(a, c) for i, a in enumerate(measured) for c in measured[i + 1:]
+            if a["start"]["params_sha256"] == c["start"]["params_sha256"]]
+
+
+def first_step_notes(rows: list[dict]) -> list[str]:
+    """Per model, the first-step losses of frameworks that start from the same parameters."""
+    by_model: dict[str, list[dict]] = {}
+    for r in rows:
+        by_model.setdefault(r["model"], []).append(r)
+    out = []
+    for model, group in sorted(by_model.items()):
+        for a, c in _same_start_pairs(group):
+            gap = first_step_gap(a["first_step_loss"], c["first_step_loss"])
+            out.append(f"- {model}: {a['framework']} and {c['framework']} start from the same parameters; first-step "
+                       f"loss {a['first_step_loss']:.7g} vs {c['first_step_loss']:.7g}, "
+                       + ("unmeasured" if gap is None else f"{gap:.1e} apart")
+                       + f" (tolerance {FIRST_STEP_TOLERANCE:g})")
+    return out
+
+
+SETTING_KEYS = ("compute_dtype", "loss_scale", "memory_format", "tf32_matmul", "tf32_conv", "matmul_precision",
+                "cudnn_autotune", "xla", "compile_requested", "memory_growth", "memory_allocator", "memory_peak_scope",
+                "input_autotune", "prefetch", "bn_momentum", "bn_eps", "adam_eps")
 
 
 def parity_notes(rows: list[dict], setup: str = "matched", weights: str = "none") -> list[str]:
@@ -198,7 +263,9 @@ def parity_notes(rows: list[dict], setup: str = "matched", weights: str = "none"
                                if key == "bn_eps" and weights == "imagenet" else
                                " (the frameworks differ here by nature)" if key in ("xla", "compile_requested",
                                                                                     "memory_allocator", "input_autotune",
-                                                                                    "prefetch", "memory_format")
+                                                                                    "prefetch", "memory_format",
+                                                                                    "matmul_precision", "memory_growth",
+                                                                                    "memory_peak_scope")
                                else "")
         lines.append(f"- {key}: " + ", ".join(f"{fw} {v}" for fw, v in values.items())
                      + ("" if same else " — differs" + why))
@@ -244,18 +311,21 @@ def flops_notes(rows: list[dict]) -> list[str]:
 
 
 def same_start_notes(rows: list[dict]) -> list[str]:
-    """Per model run with `--weights same`: how far the frameworks' logits on the same images are apart."""
+    """Per model run with `--weights same`: how far each framework's logits on the same images are
+    from the reference framework's (see `reference`)."""
     by_model: dict[str, list[dict]] = {}
     for r in rows:
         if r.get("logits") is not None:
             by_model.setdefault(r["model"], []).append(r)
     out = []
-    for model, pair in sorted(by_model.items()):
-        if len(pair) == 2:
-            gap = logit_gap(pair[0]["logits"], pair[1]["logits"])
-            acc = [r.get("accuracy_before") for r in pair]
-            out.append(f"- {model}: same start: {pair[0]['framework']} and {pair[1]['framework']} logits on "
-                       f"{len(pair[0]['logits'])} test images differ by at most {gap:.2e} of the largest "
+    for model, group in sorted(by_model.items()):
+        b = reference(group)
+        for a in (r for r in group if r is not b):
+            gap = logit_gap(a["logits"], b["logits"])
+            acc = [a.get("accuracy_before"), b.get("accuracy_before")]
+            out.append(f"- {model}: same start: {a['framework']} and {b['framework']} logits on "
+                       f"{len(b['logits'])} test images differ by at most "
+                       + ("an unmeasured amount" if gap is None else f"{gap:.2e}") + " of the largest "
                        f"(tolerance {SAME_START_TOLERANCE:g}); accuracy before training "
                        + (f"{acc[0]:.4f} in both" if acc[0] == acc[1] and acc[0] is not None else
                           f"{acc[0]} vs {acc[1]}")
@@ -276,6 +346,6 @@ def format_parity(rows: list[dict]) -> str:
                      f"{gflops(f.get('forward_per_image'))} | {gflops(f.get('train_per_image'))} | "
                      f"{start_text(r.get('start'))} |")
     notes = sorted({f"- {r['model']}: {r['explained']}" for r in rows if r["explained"]})
-    notes += same_start_notes(rows)
+    notes += same_start_notes(rows) + first_step_notes(rows)
     counters = sorted({f"- {r['framework']} FLOPs: {r['flops']['counter']}" for r in rows if (r.get("flops") or {}).get("counter")})
     return "\n".join(lines + ([""] + notes if notes else []) + ([""] + counters + flops_notes(rows) if counters else []))

@@ -60,7 +60,7 @@ OPTIONS = [
                               "-matched / -defaults) (matched)"),
     ("--precision", "precision", str, "fp32, tf32, or bf16 / fp16 mixed precision (torch autocast, Keras "
                                       "mixed_* policy; float32 logits and loss; fp16 with dynamic loss "
-                                      "scaling), set alike in both frameworks (matched: fp32; defaults: each "
+                                      "scaling), set alike in every framework (matched: fp32; defaults: each "
                                       "framework's own)"),
     ("--channels-last", "channels_last", None, "torch: train in the channels-last (NHWC) memory format, as "
                                                "Keras always does (default: torch's NCHW)"),
@@ -71,9 +71,9 @@ OPTIONS = [
                                         "pretrained weights"),
     ("--bn-momentum", "bn_momentum", float, "BatchNorm momentum, torch convention; Keras gets 1 - m "
                                             "(smoke 0.5; seed: 0.1 matched, each framework's own with defaults)"),
-    ("--bn-eps", "bn_eps", float, "BatchNorm epsilon in both frameworks (matched 1e-5, except pretrained "
+    ("--bn-eps", "bn_eps", float, "BatchNorm epsilon in every framework (matched 1e-5, except pretrained "
                                   "backbones, which keep their own; defaults: each framework's own)"),
-    ("--adam-eps", "adam_eps", float, "Adam epsilon in both frameworks (matched 1e-8; defaults: torch 1e-8, "
+    ("--adam-eps", "adam_eps", float, "Adam epsilon in every framework (matched 1e-8; defaults: torch 1e-8, "
                                       "Keras 1e-7)"),
     ("--eval-every-epoch", "eval_every_epoch", None, "evaluate on the test split after every epoch "
                                                      "(Keras validation_data; a torch eval loop; seed: on)"),
@@ -106,7 +106,7 @@ STATE = pytest.StashKey[BenchState]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("bench", "PyTorch vs TensorFlow fine-tuning benchmark")
+    group = parser.getgroup("bench", "PyTorch vs TensorFlow (and Keras on JAX) fine-tuning benchmark")
     group.addoption("--bench-report", dest="bench_report", default=None, metavar="DIR",
                     help="write the report (PNGs + report.md, bench report) into DIR at the end of the session")
     group.addoption("--telemetry-dir", dest="bench_telemetry_dir", default=None, metavar="DIR",

@@ -38,7 +38,7 @@ from .. import machine
 from ..config import CHOICES, MODELS, ConfigError, resolve
 from ..data import DataError
 from ..files import WorkFolder, write_json_atomic
-from ..frameworks import NAMES
+from ..frameworks import NAMES, installed
 from ..runner.experiment import Experiment, prepare_data
 from ..runner.worker import WorkerError
 from . import stats
@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None, prog: str = "bench ab") -> int:
                        help=f"the {side}'s interpreter (its venv has the framework to test; default: this one)")
         p.add_argument(f"--{side}-env", action="append", default=[], metavar="NAME=VALUE",
                        help=f"set in the {side}'s workers (repeatable)")
-    p.add_argument("--framework", nargs="+", default=list(NAMES), choices=NAMES)
+    p.add_argument("--framework", nargs="+", default=list(installed()), choices=NAMES,
+                   help="(default: the frameworks installed in this environment; both sides must have them)")
     p.add_argument("--model", nargs="+", default=["mobilenet_v2"], choices=MODELS)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
     p.add_argument("--bench-profile", default="auto", choices=CHOICES["profile"])

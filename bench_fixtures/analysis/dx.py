@@ -18,8 +18,8 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 from ..frameworks import FRAMEWORKS
 
-GPU_LIBRARY = re.compile(r"^(nvidia-.*|cuda-.*|triton)$")  # CUDA runtime wheels, GPU compilers
-GPU_LIBRARY_NOTE = "GPU libraries = nvidia-*, cuda-* and triton distributions"
+GPU_LIBRARY = re.compile(r"^(nvidia-.*|cuda-.*|triton|jax-cuda\d+-.*)$")  # CUDA runtime wheels, GPU compilers, plugins
+GPU_LIBRARY_NOTE = "GPU libraries = nvidia-*, cuda-*, jax-cuda*-plugin/pjrt and triton distributions"
 
 
 def _norm(name: str) -> str:
@@ -27,7 +27,8 @@ def _norm(name: str) -> str:
 
 
 def _requirements(name: str, extra: str | None = None) -> list[str]:
-    """What NAME requires in a plain install, or only what its EXTRA adds (markers evaluated here)."""
+    """What NAME requires in a plain install, or only what its EXTRA adds (markers evaluated here), each
+    as "name" or "name[extra,...]" when it asks for extras (jax[cuda12] needs jax-cuda12-plugin[with-cuda])."""
     try:
         reqs = md.requires(name) or []
     except md.PackageNotFoundError:
@@ -39,11 +40,17 @@ def _requirements(name: str, extra: str | None = None) -> list[str]:
         except InvalidRequirement:
             continue
         in_plain = req.marker is None or req.marker.evaluate({"extra": ""})
-        if extra is None and in_plain:
-            out.append(req.name)
-        elif extra is not None and not in_plain and req.marker.evaluate({"extra": extra}):
-            out.append(req.name)
+        wanted = (extra is None and in_plain) or (extra is not None and not in_plain
+                                                   and req.marker.evaluate({"extra": extra}))
+        if wanted:
+            out.append(req.name + (f"[{','.join(sorted(req.extras))}]" if req.extras else ""))
     return out
+
+
+def _split(spec: str) -> tuple[str, list[str]]:
+    """"name[a,b]" -> (normalised name, [a, b])."""
+    name, _, extras = spec.partition("[")
+    return _norm(name), [e.strip() for e in extras.rstrip("]").split(",") if e.strip()]
 
 
 def _installed(name: str) -> bool:
@@ -55,15 +62,19 @@ def _installed(name: str) -> bool:
 
 
 def closure(roots: tuple[str, ...] | list[str]) -> set[str]:
-    """The installed distributions ROOTS pull in (normalised names)."""
+    """The installed distributions ROOTS pull in (normalised names), following the extras they name."""
     seen: set[str] = set()
+    done: set[tuple[str, str | None]] = set()
     todo = list(roots)
     while todo:
-        name = _norm(todo.pop())
-        if name in seen or not _installed(name):
+        name, extras = _split(todo.pop())
+        if not _installed(name):
             continue
         seen.add(name)
-        todo.extend(_requirements(name))
+        for extra in (None, *extras):
+            if (name, extra) not in done:
+                done.add((name, extra))
+                todo.extend(_requirements(name, extra))
     return seen
 
 
@@ -78,15 +89,15 @@ def _size(name: str) -> int:
 
 
 def _gpu_libraries(fw: str, plain: set[str]) -> dict[str, Any]:
-    """The framework's GPU libraries: pulled by default (torch) or by its GPU extra (TensorFlow)."""
+    """The framework's GPU libraries: pulled by default (torch) or by its GPU extra (TensorFlow, JAX)."""
     spec = FRAMEWORKS[fw]
     pkgs = {p for p in plain if GPU_LIBRARY.match(p)}
     source = "default dependencies"
     if spec.gpu_extra:
         wanted = _requirements(spec.packages[0], spec.gpu_extra)
         source = f"{spec.packages[0]}[{spec.gpu_extra}]"
-        if wanted and not all(_installed(w) for w in wanted):
-            missing = [w for w in wanted if not _installed(w)]
+        if wanted and not all(_installed(_split(w)[0]) for w in wanted):
+            missing = [_split(w)[0] for w in wanted if not _installed(_split(w)[0])]
             return dict(bytes=None, packages=None, source=source, installed=False,
                         note=f"{source} not installed ({len(missing)} of {len(wanted)} packages missing, "
                              f"e.g. {missing[0]})")
@@ -97,17 +108,19 @@ def _gpu_libraries(fw: str, plain: set[str]) -> dict[str, Any]:
 
 
 def footprint() -> dict[str, dict[str, Any]]:
-    """Bytes on disk per framework: its dependency closure without GPU libraries, minus what another
-    framework also needs (numpy and friends are nobody's cost); and its GPU libraries separately."""
+    """Bytes on disk per framework: its dependency closure without GPU libraries, minus what every
+    installed framework needs (numpy and friends are nobody's cost); and its GPU libraries separately.
+    What only some need counts for each of them: Keras is part of both TensorFlow's and JAX's install."""
     closures = {fw: closure(f.packages) for fw, f in FRAMEWORKS.items()}
+    present = [c for c in closures.values() if c]
+    common = set.intersection(*present) if len(present) >= 2 else set()
     out = {}
     for fw, pkgs in closures.items():
         if not pkgs:  # not installed here: no size, never a zero that reads as "light"
             out[fw] = dict(bytes=None, packages=0, largest=[], installed=False,
                            gpu_libraries=_gpu_libraries(fw, pkgs))
             continue
-        others = set().union(*(c for f, c in closures.items() if f != fw))
-        own = sorted(p for p in pkgs - others if not GPU_LIBRARY.match(p))
+        own = sorted(p for p in pkgs - common if not GPU_LIBRARY.match(p))
         sizes = {p: _size(p) for p in own}
         out[fw] = dict(bytes=sum(sizes.values()), packages=len(own), installed=True,
                        largest=sorted(sizes.items(), key=lambda kv: -kv[1])[:5],
@@ -116,8 +129,10 @@ def footprint() -> dict[str, dict[str, Any]]:
 
 
 def backend_loc() -> dict[str, int]:
+    """Non-blank, non-comment lines of each backend, with the modules it shares (Keras' half counts for
+    both Keras backends: each needs it)."""
     here = Path(__file__).resolve().parents[1] / "frameworks"
-    return {fw: sum(1 for line in (here / f.backend_file).read_text().splitlines()
+    return {fw: sum(1 for name in (f.backend_file, *f.shared) for line in (here / name).read_text().splitlines()
                     if line.strip() and not line.strip().startswith("#"))
             for fw, f in FRAMEWORKS.items()}
 

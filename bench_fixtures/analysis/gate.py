@@ -119,7 +119,7 @@ METRICS = {m.name: m for m in [
            source="wall seconds to --target-accuracy, last round"),
 ]}
 HARDWARE_KEYS = ("gpu_name", "cpu_model")
-VERSION_KEYS = tuple(p for f in FRAMEWORKS.values() for p in f.packages)
+VERSION_KEYS = tuple(dict.fromkeys(p for f in FRAMEWORKS.values() for p in f.packages))  # keras once
 CONFIG_KEYS = ("profile", "device", "dataset", "train_size", "test_size", "epochs", "batch_size", "weights",
                "setup", "precision", "compile", "image_size", "optimizer", "lr", "channels_last", "target_accuracy",
                "train_layers")

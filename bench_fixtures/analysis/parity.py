@@ -6,7 +6,7 @@ non-trainable parameters, BatchNorm and optimizer settings as the frameworks rep
 the framework settings of the setup (read back: TF32, cuDNN autotuning, XLA, allocator, tf.data
 autotuning, BatchNorm, Adam epsilon), then any parity problem; exit 1 if there is one. In the
 defaults setup the settings differ by design and are listed, not counted as problems. With
-`--weights same` it also compares both frameworks' logits on the same test images: the same start,
+`--weights same` it also compares the frameworks' logits on the same test images: the same start,
 checked (exit 1 beyond models.SAME_START_TOLERANCE).
 """
 from __future__ import annotations
@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None, prog: str = "bench parity") -> int:
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
     p.add_argument("--setup", default="matched", choices=("matched", "defaults"))
     p.add_argument("--train-layers", default="all", choices=("all", "head"))
+    p.add_argument("--first-step", action="store_true",
+                   help="also take one training step per model: frameworks that start from the same parameters "
+                        "(Keras on TensorFlow and on JAX) must agree on its loss")
     a = p.parse_args(argv)
     # The seed profile's settings (smoke's BatchNorm momentum 0.5 is only for 16 steps from scratch).
     try:
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None, prog: str = "bench parity") -> int:
         for reason in unavailable().values():
             print(reason, file=sys.stderr)
         try:
-            rows = parity_rows(describe_models(cfg, bundle, tmp, frameworks=installed()))
+            rows = parity_rows(describe_models(cfg, bundle, tmp, frameworks=installed(), first_step=a.first_step))
         except WorkerError as e:  # a weights file missing or unusable, a framework that cannot build
             print(f"{prog}: {e}", file=sys.stderr)
             return 2

@@ -1,7 +1,7 @@
 """`bench report RUN.json [RUN2.json ...] --out DIR`: the seed's graphs and tables.
 
 From the last run: accuracy before/after, training time, utilisation and memory over time per
-model (torch and TensorFlow on one figure, aligned at run start, epoch gaps shaded), throughput
+model (every framework on one figure, aligned at run start, epoch gaps shaded), throughput
 and time to first step, and DIR/report.md with the side-by-side tables, the overhead projection
 (fixed vs per-epoch cost), the parity columns, the developer-experience table, machine info and
 the command line. A `--setup both` run puts matched and defaults side by side per model, lists
@@ -61,13 +61,25 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
+def _ran(*sources: dict) -> list[str]:
+    """The frameworks with a case in any of SOURCES, in registry order (one bar each per model)."""
+    return [fw for fw in FRAMEWORKS if any(f == fw for src in sources for f, _ in src)]
+
+
+def _offsets(n: int, span: float = 0.8) -> tuple[list[float], float]:
+    """Bar offsets around each model's tick for N bars side by side, and their width."""
+    width = span / max(n, 1)
+    return [(i - (n - 1) / 2) * width for i in range(n)], width
+
+
 def plot_accuracy(ft: dict, out: Path, setup: str) -> str:
     models = _models(ft)
     fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.2
-    for i, fw in enumerate(FRAMEWORKS):
+    fws = _ran(ft)
+    offsets, width = _offsets(2 * len(fws))
+    for i, fw in enumerate(fws):
         for j, (key, label) in enumerate((("accuracy_before", "before"), ("accuracy_after", "after"))):
-            xs = [k + (2 * i + j - 1.5) * width for k in range(len(models))]
+            xs = [k + offsets[2 * i + j] for k in range(len(models))]
             vals = [100 * _num(ft[(fw, m)]["extra_info"].get(key)) if (fw, m) in ft else 0 for m in models]
             ax.bar(xs, vals, width, color=COLORS[fw] if j else LIGHT[fw], label=f"{fw} {label}")
     ax.set_xticks(range(len(models)), models)
@@ -108,9 +120,11 @@ def plot_time(ft: dict, out: Path, setup: str) -> str:
     for ax, (title, get) in zip(axes, (
             ("Total fine-tuning time (s)", lambda b: b["stats"]["median"]),
             ("Median epoch time (s)", lambda b: _median(b["extra_info"].get("epoch_times_s"))))):
-        for i, fw in enumerate(FRAMEWORKS):
+        fws = _ran(ft)
+        offsets, width = _offsets(len(fws))
+        for i, fw in enumerate(fws):
             vals = [get(ft[(fw, m)]) if (fw, m) in ft else 0 for m in models]
-            ax.bar([k + (i - 0.5) * 0.38 for k in range(len(models))], vals, 0.38, color=COLORS[fw], label=fw)
+            ax.bar([k + offsets[i] for k in range(len(models))], vals, width, color=COLORS[fw], label=fw)
         ax.set_xticks(range(len(models)), models)
         ax.set_title(f"{title}, setup: {setup}")
         ax.legend(fontsize=8)
@@ -150,14 +164,15 @@ def _memory_caption(tels: dict) -> str:
     """What the memory plot can show: on a GPU the reservation NVML sees, on a CPU host memory only."""
     if any((tel.get("monitor") or {}).get("backend") == "nvml" for tel, _ in tels.values()):
         return ("GPU memory as NVML sees it: an up-front reservation or block-wise growth shows here\n"
-                "triangles: the framework's own peak in use per epoch")
+                "triangles: the framework's own peak in use per epoch"
+                + (" (JAX's: since its worker started; it cannot reset its peak)" if "jax" in tels else ""))
     return ("the worker's resident host memory (psutil): a CPU run has no GPU memory to reserve\n"
             "triangles, where a framework reports one: its peak per epoch")
 
 
 def plot_timelines(ft: dict, base: Path, out: Path, notes: list[str], setup: str, suffix: str = "",
                    label: str = "") -> list[str]:
-    """Per model: utilisation and memory over time, both frameworks, epoch gaps shaded; the files
+    """Per model: utilisation and memory over time, every framework, epoch gaps shaded; the files
     end in SUFFIX (another setup's figures beside the first's), case names in notes in LABEL."""
     files = []
     for m in _models(ft):
@@ -202,9 +217,11 @@ def plot_throughput(ft: dict, ts: dict, out: Path, setup: str) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, (title, src, key) in zip(axes, (("Steady-state throughput (images/s)", ts, "train_images_per_s"),
                                             ("Time to first step (s)", ft, "time_to_first_step_s"))):
-        for i, fw in enumerate(FRAMEWORKS):
+        fws = _ran(src)
+        offsets, width = _offsets(len(fws))
+        for i, fw in enumerate(fws):
             vals = [(src[(fw, m)]["extra_info"].get(key) or 0) if (fw, m) in src else 0 for m in models]
-            ax.bar([k + (i - 0.5) * 0.38 for k in range(len(models))], vals, 0.38, color=COLORS[fw], label=fw)
+            ax.bar([k + offsets[i] for k in range(len(models))], vals, width, color=COLORS[fw], label=fw)
         ax.set_xticks(range(len(models)), models)
         ax.set_title(f"{title}, setup: {setup}")
         ax.legend(fontsize=8)
@@ -370,12 +387,16 @@ def side_by_side_rows(fts: dict[str, dict], tss: dict[str, dict], model: str) ->
 
 
 def model_table(fts: dict[str, dict], tss: dict[str, dict], model: str) -> list[str]:
-    """One model's table: a column per framework, or per framework and setup when there are several."""
+    """One model's table: a column per framework that ran it, or per framework and setup when there are several."""
+    ran = [fw in {f for s in fts for f, m in fts[s] if m == model} for fw in FRAMEWORKS]
     if len(fts) == 1:
         setup = next(iter(fts))
         heads, rows = list(FRAMEWORKS), case_rows(fts[setup], tss[setup], model)
+        keep = ran
     else:
         heads, rows = [f"{fw} {s}" for fw in FRAMEWORKS for s in fts], side_by_side_rows(fts, tss, model)
+        keep = [r for r in ran for _ in fts]
+    heads, rows = [h for h, k in zip(heads, keep) if k], [(n, [v for v, k in zip(vals, keep) if k]) for n, vals in rows]
     lines = ["| | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
     return lines + [f"| {name} | " + " | ".join(vals) + " |" for name, vals in rows]
 
@@ -574,7 +595,7 @@ def header(path: str, run: dict, names: list[str]) -> list[str]:
                f"eps {_given(cfg.get('bn_eps'))}")
     if len(names) > 1:
         options += " (in matched; defaults keeps each framework's own, except options given explicitly)"
-    return ["# PyTorch vs TensorFlow: fine-tuning report", "",
+    return ["# PyTorch vs TensorFlow (and Keras on JAX): fine-tuning report", "",
             f"Run: `{path}` ({run.get('datetime', 'unknown time')})", "",
             f"Command: `{run.get('command', 'not recorded')}`", "",
             f"Profile **{cfg.get('profile')}** on **{cfg.get('device')}**, {setup}: "
@@ -603,7 +624,8 @@ def parity_section(fts: dict[str, dict]) -> list[str]:
                       f"{e.get('input_transform')} | {e.get('optimizer')} | {e.get('lr')} | {_bn(e)} | "
                       f"{e.get('precision')} | {_flops_cell(e)} | {start_text(e.get('start'))} |")
     return md + ["", "FLOPs: each framework's own counter on its model as built (torch FlopCounterMode, TensorFlow's "
-                     "profiler on the traced step), convolutions and matmuls at 2 per multiply-add.", ""]
+                     "profiler on the traced step, JAX: the step's jaxpr), convolutions and matmuls at 2 per "
+                     "multiply-add.", ""]
 
 
 def _flops_cell(e: dict) -> str:
@@ -642,7 +664,8 @@ def device_notes(run: dict, names: list[str]) -> list[str]:
     if (run.get("bench_config") or {}).get("device") != "cpu" or "defaults" not in names:
         return []
     return ["a CPU run cannot show what the defaults setup changes on a GPU: TensorFlow's up-front reservation "
-            "of GPU memory (no memory growth) and torch's caching allocator act on GPU memory; on a CPU the "
+            "of GPU memory (no memory growth), JAX's preallocation of 75% of it and torch's caching allocator act "
+            "on GPU memory; on a CPU the "
             "memory plots show the worker's resident host memory, and the TF32 and cuDNN settings have no effect"]
 
 

@@ -38,7 +38,7 @@ def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The training order of epoch EPOCH: one seeded permutation, handed to both frameworks."""
+    """The training order of epoch EPOCH: one seeded permutation, handed to every framework."""
     return np.random.default_rng([seed, 0xE90C, epoch]).permutation(n)
 
 
@@ -122,7 +122,7 @@ def _gib(n: int) -> str:
 
 def make_bundle(dataset: Cifar10, train_size: int, test_size: int, batch_size: int, epochs: int,
                 seed: int) -> Bundle:
-    """Stratified seeded subsets and one shuffled order per epoch, shared by both frameworks."""
+    """Stratified seeded subsets and one shuffled order per epoch, shared by every framework."""
     for option, size, split in (("--train-size", train_size, dataset.train), ("--test-size", test_size, dataset.test)):
         if size > len(split):
             raise DataError(f"{option} {size}: {dataset.source} holds only {len(split)} images; "

@@ -19,7 +19,7 @@ BATCHES_DIR = "cifar-10-batches-py"
 LABEL_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
                "dog", "frog", "horse", "ship", "truck")
 NUM_CLASSES = 10
-IMAGE_SHAPE = (32, 32, 3)  # NHWC, as handed to both frameworks
+IMAGE_SHAPE = (32, 32, 3)  # NHWC, as handed to every framework
 ROW_SIZE = 3072
 # Per-channel pixel statistics of the CIFAR-10 training set (0..1 scale); one normalisation for both.
 MEAN = (0.4914, 0.4822, 0.4465)

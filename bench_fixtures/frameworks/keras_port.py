@@ -1,5 +1,5 @@
 """`--weights same`: torchvision's ImageNet weights, ported into the keras.applications model, so
-both frameworks start from identical numbers.
+torch and Keras (on either runtime) start from identical numbers.
 
 One mapping per model (Keras layer <- torchvision state-dict prefix, and how to convert), applied
 by one function. Layouts: a convolution's OIHW kernel becomes HWIO, a depthwise (C,1,kh,kw) kernel

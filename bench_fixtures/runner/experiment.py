@@ -18,7 +18,7 @@ from ..config import MODELS, BenchConfig
 from ..data import default_data_dir, ensure_cifar10, ensure_synthetic, make_bundle, read_canonical
 from ..data.bundle import CIFAR10_TEST, CIFAR10_TRAIN, ITEM_BYTES, check_fits
 from ..files import write_json_atomic
-from ..frameworks import NAMES
+from ..frameworks import installed
 from ..telemetry.monitor import Monitor, judge, peak, summarize_util
 from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, RUN_START, RUN_STOP, accuracy_curve, after_first_steps,
                                   epoch_phases, epoch_times, fit_teardown, inter_epoch_gaps, project_overhead,
@@ -364,14 +364,17 @@ LOGIT_PROBE = 8  # test images whose logits `--weights same` compares across fra
 
 
 def describe_models(cfg: BenchConfig, bundle_dir: str | os.PathLike, work_dir: str | os.PathLike,
-                    models: tuple[str, ...] | None = None, frameworks: tuple[str, ...] | None = None
-                    ) -> list[dict[str, Any]]:
+                    models: tuple[str, ...] | None = None, frameworks: tuple[str, ...] | None = None,
+                    first_step: bool = False) -> list[dict[str, Any]]:
     """Build every model in every framework (one worker per framework) and collect `describe`, with
     each framework's own FLOP count of the model (`flops`); with `--weights same`, also the logits
-    of the first test images and the accuracy before training, which must agree across frameworks."""
+    of the first test images and the accuracy before training, which must agree across frameworks;
+    with FIRST_STEP, the loss of one training step on the shared order's first batch
+    (`first_step_loss`), which must agree where the parameters start the same (Keras on TensorFlow
+    and on JAX)."""
     out = []
     cfg = cfg.for_setup(cfg.setups[0])  # a worker runs one setup
-    for framework in frameworks or NAMES:
+    for framework in frameworks or installed():
         with Worker(framework, cfg.as_dict(), bundle_dir, Path(work_dir) / f"describe-{framework}.log",
                     cfg.worker_timeout) as w:
             for m in models or MODELS:
@@ -379,6 +382,8 @@ def describe_models(cfg: BenchConfig, bundle_dir: str | os.PathLike, work_dir: s
                 if cfg.weights == "same":  # the same start, checked: logits and accuracy on the same images
                     d["logits"] = w.request("logits", count=LOGIT_PROBE)
                     d["accuracy_before"] = w.request("evaluate")["accuracy"]
+                if first_step:
+                    d["first_step_loss"] = w.request("train_steps", count=1)["loss"]
                 out.append(d)
     return out
 

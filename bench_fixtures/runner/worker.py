@@ -95,7 +95,7 @@ class Worker:
         if faults:
             env[FAULTS_ENV] = "1"
         if cfg["device"] == "cpu":
-            env["CUDA_VISIBLE_DEVICES"] = ""  # both frameworks then run on the CPU
+            env["CUDA_VISIBLE_DEVICES"] = ""  # every framework then runs on the CPU
         env.update(extra_env or {})
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
