@@ -21,12 +21,13 @@ from tests.helpers import tiny_bundle
 
 
 @pytest.mark.parametrize("framework", [pytest.param("torch", marks=pytest.mark.torch),
-                                       pytest.param("tensorflow", marks=pytest.mark.tensorflow)])
+                                       pytest.param("tensorflow", marks=pytest.mark.tensorflow),
+                                       pytest.param("jax", marks=pytest.mark.jax)])
 def test_nan_loss_is_reported_with_epoch_and_step(framework, tmp_path):
     cfg = resolve(dict(profile="smoke", device="cpu", lr=1e30, batch_size=16, epochs=2), gpu_count=0)
     bundle = tiny_bundle(tmp_path / "bundle", n_train=64, batch=16, epochs=2)
-    # the cheapest model of each: TensorFlow traces VGG19 5x faster than MobileNetV2; torch runs MobileNetV2 faster
-    exp = Experiment(framework, "vgg19" if framework == "tensorflow" else "mobilenet_v2", cfg, bundle, tmp_path)
+    # the cheapest model of each: Keras builds and traces VGG19 faster than MobileNetV2; torch runs MobileNetV2 faster
+    exp = Experiment(framework, "mobilenet_v2" if framework == "torch" else "vgg19", cfg, bundle, tmp_path)
     try:
         exp.load()
         exp.init()  # no evaluation first: it would only add TensorFlow's tracing of the test step
@@ -42,14 +43,15 @@ def test_nan_loss_is_reported_with_epoch_and_step(framework, tmp_path):
 
 
 @pytest.mark.parametrize("framework", [pytest.param("torch", marks=pytest.mark.torch),
-                                       pytest.param("tensorflow", marks=pytest.mark.tensorflow)])
+                                       pytest.param("tensorflow", marks=pytest.mark.tensorflow),
+                                       pytest.param("jax", marks=pytest.mark.jax)])
 def test_out_of_memory_fails_the_case_with_the_fix(framework, tmp_path):
     """A real allocation failure: the worker's memory is capped (RLIMIT_DATA) below what 16
     images at 512 px need; the framework's own OOM error becomes one line naming the sizes."""
     cfg = resolve(dict(profile="smoke", device="cpu", batch_size=16, epochs=1, image_size=512,
                        worker_memory_limit=1024), gpu_count=0)
     bundle = tiny_bundle(tmp_path / "bundle", n_train=32, n_test=16, batch=16, epochs=1)
-    model = "vgg19" if framework == "tensorflow" else "mobilenet_v2"  # each framework's cheapest to set up
+    model = "mobilenet_v2" if framework == "torch" else "vgg19"  # each framework's cheapest to set up
     exp = Experiment(framework, model, cfg, bundle, tmp_path)
     try:
         exp.load()
@@ -246,7 +248,9 @@ def test_gpu_the_framework_cannot_use_fails_loudly_per_framework(tmp_path):
                      r"device", output), output[-3000:]
     assert re.search(r"WorkerError: tensorflow-mobilenet_v2: --device gpu, but TensorFlow \S+ \(built for CUDA "
                      r"[^)]*\) sees no GPU; install tensorflow\[and-cuda\]", output), output[-3000:]
-    assert "2 failed" in output
+    assert re.search(r"WorkerError: jax-mobilenet_v2: --device gpu, but JAX \S+ \(jaxlib \S+\) sees no GPU, only cpu; "
+                     r"install jax\[cuda12\]", output), output[-3000:]
+    assert "3 failed" in output
 
 
 @pytest.mark.torch

@@ -1,6 +1,6 @@
-"""Either framework alone: on a machine where one is missing (a torch-only GPU image, a TF-only
-cluster), its cases are skipped with one line naming the package and the install command, and
-the other's run. The missing one is hidden from every process of the session (tests/hidden)."""
+"""A framework alone: on a machine where the others are missing (a torch-only GPU image, a TF-only
+cluster), their cases are skipped with one line naming the package and the install command, and
+its own run. The missing one is hidden from every process of the session (tests/hidden)."""
 import os
 import re
 import subprocess
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bench_fixtures.frameworks import FRAMEWORKS
 from tests.helpers import real_subset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,26 +24,28 @@ def hiding(modules: str) -> dict[str, str]:
                 PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT / "tests" / "hidden"), os.environ.get("PYTHONPATH")])))
 
 
-def check_alone(out: str, hidden: str, runs: str, skipped: str, test: str = "test_finetune",
+def check_alone(out: str, runs: str, skipped: dict[str, str], test: str = "test_finetune",
                 model: str = "mobilenet_v2") -> None:
-    package = hidden.split(",")[0]
-    line = (f"{skipped} cases skipped: the Python package '{package}' is not installed; "
-            f"pip install {hidden.replace(',', ' ')} (the versions pinned in requirements.txt)")
-    assert f"bench: {line}" in out  # said once at startup
-    assert re.search(rf"SKIPPED \[1\] tests/benchmarks/test_cases.py:\d+: {re.escape(line)}", out), out
-    assert "1 passed, 1 skipped" in out
+    """RUNS ran its case; each framework in SKIPPED (framework -> the package it misses) was skipped
+    with one line naming the package and its install command, said once at startup too."""
+    for fw, package in skipped.items():
+        line = f"{fw} cases skipped: the Python package '{package}' is not installed; {FRAMEWORKS[fw].install}"
+        assert f"bench: {line}" in out  # said once at startup
+        assert re.search(rf"SKIPPED \[1\] tests/benchmarks/test_cases.py:\d+: {re.escape(line)}", out), out
+    assert f"1 passed, {len(skipped)} skipped" in out
     assert f"{test}[{runs}-{model}]" in out  # its benchmark table
 
 
 @pytest.mark.tensorflow
-def test_tensorflow_alone_runs_its_cases_and_skips_torch_with_the_fix():
+def test_tensorflow_alone_runs_its_cases_and_skips_torch_and_jax_with_the_fix():
     steps = ["-k", "test_train_step and vgg19", "--step-rounds", "1", "--step-count", "1", "--step-warmup", "0",
              "-rs"]  # the cheapest TensorFlow case: no evaluation to trace, the fastest model to trace
     r = subprocess.run([sys.executable, "-m", "pytest", "tests/benchmarks", "--benchmark-only", "-p", "no:cacheprovider",
-                        "-q", *steps], cwd=ROOT, env=hiding("torch,torchvision"), capture_output=True, text=True,
+                        "-q", *steps], cwd=ROOT, env=hiding("torch,torchvision,jax"), capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
-    check_alone(r.stdout + r.stderr, "torch,torchvision", "tensorflow", "torch", test="test_train_step", model="vgg19")
+    check_alone(r.stdout + r.stderr, "tensorflow", {"torch": "torch", "jax": "jax"}, test="test_train_step",
+                model="vgg19")
 
 
 @pytest.mark.torch
@@ -58,7 +61,7 @@ def test_ci_gpu_runs_end_to_end_with_torch_alone(tmp_path):
                         *TINY], cwd=ROOT, env=hiding("tensorflow,keras"), capture_output=True, text=True, timeout=600)
     text = r.stdout + r.stderr
     assert r.returncode == 0, text
-    check_alone(text, "tensorflow,keras", "torch", "tensorflow")
+    check_alone(text, "torch", {"tensorflow": "tensorflow", "jax": "keras"})  # both Keras frameworks need keras
     assert {"run.json", "run.telemetry", "report.md", "machine.json"} <= {p.name for p in out.iterdir()}
     assert (out / "run.telemetry" / "finetune-torch-mobilenet_v2.json").is_file()
     assert f".ci/gpu: exit 0; results in {out}/" in text

@@ -1,4 +1,5 @@
-"""Parity between the two implementations of each model, and the shared input transforms."""
+"""Parity between the implementations of each model (torch, Keras on TensorFlow, Keras on JAX), and the
+shared input transforms."""
 import hashlib
 
 import numpy as np
@@ -6,6 +7,7 @@ import pytest
 
 from bench_fixtures import models, weights
 from bench_fixtures.config import resolve
+from bench_fixtures.frameworks import installed
 from bench_fixtures.runner.experiment import describe_models
 from tests.helpers import tiny_bundle
 
@@ -31,7 +33,7 @@ def test_parity_flags_settings_that_differ():
                                row("vgg19", "tensorflow", 10, batchnorm=[(0.01, 1e-3)])])
     assert models.parity_problems(rows) == ["vgg19: bn differs: tensorflow [(0.01, 0.001)] vs torch [(0.1, 1e-05)]"]
     assert models.parity_problems(models.parity_rows([row("vgg19", "torch", 10)])) == \
-        ["vgg19: described by 1 framework(s), need both"]
+        ["vgg19: described by 1 framework(s), need two or more"]
 
 
 @pytest.mark.parametrize("mode", ["cifar", "torch", "caffe", "tf"])
@@ -68,14 +70,45 @@ def test_pretrained_backbones_and_the_defaults_setup_are_judged_for_what_they_al
     assert models.parity_problems(shipped, setup="defaults") == []  # differences are the point there
 
 
+def test_three_frameworks_are_each_compared_with_torch():
+    rows = models.parity_rows([row("vgg19", "torch", 10), row("vgg19", "tensorflow", 10),
+                               row("vgg19", "jax", 10, optimizer={"name": "sgd", "lr": 0.1})])
+    assert models.parity_problems(rows) == [
+        "vgg19: optimizer differs: jax {'name': 'sgd', 'lr': 0.1} vs torch {'name': 'sgd', 'lr': 0.01}",
+        "vgg19: the Keras model differs between runtimes: optimizer jax {'name': 'sgd', 'lr': 0.1} vs tensorflow "
+        "{'name': 'sgd', 'lr': 0.01}"]
+    # the two Keras runtimes must agree exactly, where torch may differ by an explained amount
+    keras_gap = models.parity_rows([row("resnet50", "torch", 100), row("resnet50", "tensorflow", 100),
+                                    row("resnet50", "jax", 99)])
+    assert models.parity_problems(keras_gap) == ["resnet50: the Keras model differs between runtimes: "
+                                                 "trainable_params jax 99 vs tensorflow 100"]
+    start = {"params_sha256": "abc"}  # Keras on TensorFlow and on JAX start from the same numbers
+    same = [row("vgg19", "torch", 10, start={"params_sha256": "t"}, first_step_loss=2.5),
+            row("vgg19", "tensorflow", 10, start=start, first_step_loss=2.30258),
+            row("vgg19", "jax", 10, start=start, first_step_loss=2.30259)]
+    assert models.parity_problems(models.parity_rows(same)) == []  # 4.3e-6 apart; torch starts elsewhere
+    same[2]["first_step_loss"] = 2.3030
+    assert models.parity_problems(models.parity_rows(same)) == [
+        "vgg19: jax and tensorflow start from the same parameters, but their first-step losses 2.303 vs 2.30258 "
+        "differ by 1.82e-04 (> 0.0001 relative)"]
+    for r in same[1:]:  # with TF32 the losses round at ~1e-3: a note, not a check
+        r["settings"] = {"tf32_matmul": True}
+    assert models.parity_problems(models.parity_rows(same)) == []
+    for r in same[1:]:
+        r["settings"] = {}
+    same[2]["first_step_loss"] = float("nan")
+    assert "an unmeasured amount" in models.parity_problems(models.parity_rows(same))[0]
+    assert models.first_step_notes(models.parity_rows(same[:2])) == []
+
+
 @pytest.mark.torch
 @pytest.mark.tensorflow
 def test_real_models_have_parity(tmp_path, staged):
-    """Both frameworks build all three models, from a staged weights folder made here (each loads its
-    own zoo's file: torchvision's .pth, Keras' legacy .h5); counts and settings read back."""
+    """Every framework builds all three models, from a staged weights folder made here (each loads its
+    own zoo's file: torchvision's .pth, Keras' legacy .h5, on JAX too); counts and settings read back."""
     cfg = resolve({"profile": "smoke", "device": "cpu", "bn_momentum": 0.1, "weights": str(staged)}, gpu_count=0)
     bundle = tiny_bundle(tmp_path / "bundle", batch=32)
-    rows = models.parity_rows(describe_models(cfg, bundle, tmp_path))
+    rows = models.parity_rows(describe_models(cfg, bundle, tmp_path, frameworks=installed()))
     print("\n" + models.format_parity(rows))
     assert models.parity_problems(rows, weights="imagenet") == []
     for r in rows:  # the file each framework loaded, as it is on disk
@@ -99,3 +132,34 @@ def test_real_models_have_parity(tmp_path, staged):
     assert by[("mobilenet_v2", "tensorflow")]["flops"]["uncounted_ops"] == [
         "DepthwiseConv2dNativeBackpropFilter", "DepthwiseConv2dNativeBackpropInput"]
     assert "GFLOPs/image training" in models.format_parity(rows)
+    if "jax" not in installed():
+        return
+    # Keras on JAX: the same Keras model as on TensorFlow (counts, settings, the same numbers to start
+    # from); its FLOPs counted on the step's jaxpr, depthwise gradients included
+    for m in models.SPECS:
+        j, t = by[(m, "jax")], by[(m, "tensorflow")]
+        assert (j["trainable_params"], j["non_trainable_params"], j["bn"], j["optimizer"], j["loss"]) == \
+            (t["trainable_params"], t["non_trainable_params"], t["bn"], t["optimizer"], t["loss"])
+        assert j["start"]["params_sha256"] == t["start"]["params_sha256"]
+        assert j["flops"]["forward_per_image"] == pytest.approx(t["flops"]["forward_per_image"], rel=1e-6)
+        assert j["flops"]["uncounted_ops"] == []
+    assert train[("vgg19", "jax")] == pytest.approx(train[("vgg19", "torch")], rel=0.005)
+    assert train[("mobilenet_v2", "jax")] == pytest.approx(train[("mobilenet_v2", "torch")], rel=0.02)
+    assert j["settings"]["xla"] is True and "not applicable" in j["settings"]["compile_requested"]
+
+
+@pytest.mark.tensorflow
+@pytest.mark.jax
+def test_keras_on_jax_takes_the_same_first_step_as_on_tensorflow(tmp_path):
+    """The same Keras model, seed and first batch: the loss of one training step agrees to 1e-4 (fp32),
+    through `bench parity --first-step`'s path."""
+    cfg = resolve({"profile": "smoke", "device": "cpu", "bn_momentum": 0.1}, gpu_count=0)
+    bundle = tiny_bundle(tmp_path / "bundle", batch=32)
+    rows = models.parity_rows(describe_models(cfg, bundle, tmp_path, models=("mobilenet_v2",),
+                                              frameworks=("tensorflow", "jax"), first_step=True))
+    assert models.parity_problems(rows) == []
+    jax, tf = rows
+    assert (jax["framework"], tf["framework"]) == ("jax", "tensorflow")
+    assert jax["start"]["params_sha256"] == tf["start"]["params_sha256"]
+    assert abs(jax["first_step_loss"] - tf["first_step_loss"]) <= 1e-4 * abs(tf["first_step_loss"])
+    print(models.first_step_notes(rows))

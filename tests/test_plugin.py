@@ -191,10 +191,10 @@ def test_one_registry_names_every_framework_and_its_backend():
         assert reason.startswith(f"{name} cases skipped: the Python package ")
         with pytest.raises(importlib.metadata.PackageNotFoundError):
             importlib.metadata.version(package)
-    assert NAMES == ("torch", "tensorflow")
+    assert NAMES == ("torch", "tensorflow", "jax")
     r = subprocess.run([sys.executable, "-c", "import sys, bench_fixtures.plugin, bench_fixtures.cli, "
                         "bench_fixtures.analysis.gate, bench_fixtures.analysis.report, bench_fixtures.runner.experiment; "
-                        "print(sorted(m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules))"],
+                        "print(sorted(m for m in ('torch', 'tensorflow', 'keras', 'jax') if m in sys.modules))"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.stdout.strip() == "[]", r.stdout + r.stderr  # the parent never imports a framework
 

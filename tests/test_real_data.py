@@ -1,10 +1,11 @@
 """Real CIFAR-10 (the 5,000/1,000 subset built from ../shared/cifar10): reader facts, and a real
-accuracy gain for mobilenet_v2 in both frameworks on identical data."""
+accuracy gain for mobilenet_v2 in every framework (torch, Keras on TensorFlow, on JAX) on identical data."""
 import numpy as np
 import pytest
 
 from bench_fixtures import data
 from bench_fixtures.config import resolve
+from bench_fixtures.frameworks import installed
 from bench_fixtures.runner.experiment import Experiment, prepare_data
 from tests.helpers import real_subset
 
@@ -23,13 +24,13 @@ def test_reader_on_the_real_subset():
 
 @pytest.mark.torch
 @pytest.mark.tensorflow
-def test_mobilenet_v2_learns_real_images_in_both_frameworks(tmp_path):
+def test_mobilenet_v2_learns_real_images_in_every_framework(tmp_path):
     cfg = resolve(dict(profile="smoke", dataset="cifar10", data_dir=str(real_subset()), train_size=2000,
                        test_size=0, epochs=2, bn_momentum=0.1), gpu_count=0)
     bundle_dir, meta = prepare_data(cfg, tmp_path)
     assert meta["train_size"] == 2000 and meta["test_size"] == 1000
     results = {}
-    for framework in ("torch", "tensorflow"):
+    for framework in installed():
         exp = Experiment(framework, "mobilenet_v2", cfg, bundle_dir, tmp_path, meta)
         try:
             exp.load()

@@ -1,12 +1,18 @@
 """The worker protocol and its failure modes, with real processes and real signals."""
+import json
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
+from bench_fixtures.frameworks import installed
 from bench_fixtures.runner.worker import Worker, WorkerError
 from tests.helpers import tiny_bundle
 
+ROOT = Path(__file__).resolve().parents[1]
 CFG = {"device": "cpu"}
 
 
@@ -60,14 +66,60 @@ def test_unknown_framework_output_tail_is_included(tmp_path):
 
 @pytest.mark.torch
 @pytest.mark.tensorflow
-def test_both_frameworks_see_the_same_batches_in_the_same_order(tmp_path):
+def test_every_framework_sees_the_same_batches_in_the_same_order(tmp_path):
     """The shared order is not a promise: read the labels each input pipeline actually yields."""
     bundle = tiny_bundle(tmp_path / "bundle", n_train=64, batch=16, epochs=2)
     cfg = {"device": "cpu", "seed": 0, "batch_size": 16, "precision": "fp32"}
     seqs = {}
-    for fw in ("torch", "tensorflow"):
+    for fw in installed():
         with Worker(fw, cfg, bundle, tmp_path / f"{fw}.log", 120) as w:
             seqs[fw] = w.request("peek_labels", batches=8)  # both epochs, 4 batches each
     assert len(seqs["torch"]) == 8 and all(len(b) == 16 for b in seqs["torch"])
-    assert seqs["torch"] == seqs["tensorflow"]
+    assert all(seq == seqs["torch"] for seq in seqs.values()) and len(seqs) == len(installed())
     assert seqs["torch"][:4] != seqs["torch"][4:]  # each epoch its own order
+
+
+FIT_ORDER = """
+import json, sys
+from bench_fixtures.frameworks import jax_backend as jb
+from bench_fixtures.frameworks.keras_common import FirstNonFiniteStep
+from bench_fixtures.data import Bundle
+from bench_fixtures.telemetry.timeline import Timeline
+import keras
+fed = []
+get = jb.SharedOrder.__getitem__
+def logged(self, i):
+    x, y = get(self, i)
+    fed.append(y.tolist())
+    return x, y
+jb.SharedOrder.__getitem__ = logged
+cfg = {"device": "cpu", "seed": 0, "batch_size": 16, "precision": "fp32", "eval_every_epoch": False}
+be = jb.JaxBackend(cfg, Bundle.read(sys.argv[1]), Timeline())
+inputs = keras.Input((32, 32, 3), dtype="uint8")
+outputs = keras.layers.Dense(10)(keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs)))
+be.model = keras.Model(inputs, outputs)  # a tiny model: what is tested is the data path of `fit`
+be.model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                 metrics=[FirstNonFiniteStep()], jit_compile=True)
+be._instrument()
+fed.clear()
+be.fit(2)
+print(json.dumps({"fed": fed[:], "peek": be.peek_labels(8)}))
+"""
+
+
+@pytest.mark.torch
+@pytest.mark.jax
+def test_keras_on_jax_fit_feeds_the_shared_order_epoch_by_epoch(tmp_path):
+    """JAX's `fit` reads a PyDataset that cannot count epochs itself (Keras reads a batch to build the
+    model and restarts the pass each epoch): the labels `fit` is actually fed, logged, are torch's."""
+    bundle = tiny_bundle(tmp_path / "bundle", n_train=64, batch=16, epochs=2)
+    r = subprocess.run([sys.executable, "-c", FIT_ORDER, str(bundle)], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT)), cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    with Worker("torch", {"device": "cpu", "seed": 0, "batch_size": 16, "precision": "fp32"}, bundle,
+                tmp_path / "torch.log", 120) as w:
+        torch_order = w.request("peek_labels", batches=8)
+    # Keras first reads one batch to build the metrics and the optimizer (shapes only), then trains on
+    # both epochs, 4 batches each, in order
+    assert got["fed"][0] == torch_order[0] and got["fed"][1:] == torch_order == got["peek"]
