@@ -216,8 +216,8 @@ def test_same_start_gives_every_framework_the_same_logits_and_accuracy(tmp_path,
         assert r["train_layers"] == "head" and r["trainable_params"] == models.SPECS[r["model"]].feature_dim * 10 + 10
         assert r["flops"]["train_per_image"] < 1.01 * r["flops"]["forward_per_image"]  # no backbone backward
     assert len({r["accuracy_before"] for r in rows if r["model"] == "vgg19"}) == 1
-    notes = models.same_start_notes(rows)
-    assert len(notes) == 3 and all("in both" in n for n in notes), notes
+    notes = models.same_start_notes(rows)  # one per framework compared with torch, per model
+    assert len(notes) == len([r for r in rows if r["framework"] != "torch"]) and all("in both" in n for n in notes), notes
     resnet = {r["framework"]: r for r in rows if r["model"] == "resnet50"}  # Keras builds torchvision's v1.5
     assert resnet["torch"]["trainable_params"] == resnet["tensorflow"]["trainable_params"] == 20_490  # the head
     assert resnet["torch"]["non_trainable_params"] == resnet["tensorflow"]["non_trainable_params"]
