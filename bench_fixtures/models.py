@@ -140,6 +140,19 @@ def _bn_momentum(bn: Any) -> Any:
     return sorted({m for m, _ in bn}) if isinstance(bn, list) else bn
 
 
+def _by_model(rows: list[dict]) -> dict[str, list[dict]]:
+    """Parity rows grouped by model, in their order."""
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r["model"], []).append(r)
+    return out
+
+
+def _finite(v: Any) -> bool:
+    """A real number (not a bool, NaN or inf)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def reference(group: list[dict]) -> dict:
     """The row the others of a model are compared with: torch's where it ran (the zoo both Keras
     runtimes are aligned to), else the first."""
@@ -148,8 +161,7 @@ def reference(group: list[dict]) -> dict:
 
 def first_step_gap(a: Any, b: Any) -> float | None:
     """|a - b| relative to |b|; None when either is not a finite number."""
-    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (a, b))
-    return abs(a - b) / max(abs(b), 1e-30) if ok else None
+    return abs(a - b) / max(abs(b), 1e-30) if _finite(a) and _finite(b) else None
 
 
 def parity_problems(rows: list[dict], setup: str = "matched", weights: str = "none") -> list[str]:
@@ -159,10 +171,7 @@ def parity_problems(rows: list[dict], setup: str = "matched", weights: str = "no
     keep their own BatchNorm epsilon, so with ImageNet weights only the momentum must agree.
     Frameworks that start from the same parameters must take the same first step (when measured)."""
     problems = []
-    by_model: dict[str, list[dict]] = {}
-    for r in rows:
-        by_model.setdefault(r["model"], []).append(r)
-    for model, group in by_model.items():
+    for model, group in _by_model(rows).items():
         if len(group) < 2:
             problems.append(f"{model}: described by {len(group)} framework(s), need two or more")
             continue
@@ -227,11 +236,8 @@ def _same_start_pairs(group: list[dict]) -> list[tuple[dict, dict]]:
 
 def first_step_notes(rows: list[dict]) -> list[str]:
     """Per model, the first-step losses of frameworks that start from the same parameters."""
-    by_model: dict[str, list[dict]] = {}
-    for r in rows:
-        by_model.setdefault(r["model"], []).append(r)
     out = []
-    for model, group in sorted(by_model.items()):
+    for model, group in sorted(_by_model(rows).items()):
         for a, c in _same_start_pairs(group):
             gap = first_step_gap(a["first_step_loss"], c["first_step_loss"])
             out.append(f"- {model}: {a['framework']} and {c['framework']} start from the same parameters; first-step "
@@ -274,8 +280,7 @@ def parity_notes(rows: list[dict], setup: str = "matched", weights: str = "none"
 
 def gflops(v: Any, digits: int = 4) -> str:
     """FLOPs as GFLOPs to DIGITS significant digits; "–" for anything not a finite number."""
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    return f"{v / 1e9:.{digits}g}" if ok else "–"
+    return f"{v / 1e9:.{digits}g}" if _finite(v) else "–"
 
 
 def start_text(start: Any) -> str:
@@ -313,12 +318,8 @@ def flops_notes(rows: list[dict]) -> list[str]:
 def same_start_notes(rows: list[dict]) -> list[str]:
     """Per model run with `--weights same`: how far each framework's logits on the same images are
     from the reference framework's (see `reference`)."""
-    by_model: dict[str, list[dict]] = {}
-    for r in rows:
-        if r.get("logits") is not None:
-            by_model.setdefault(r["model"], []).append(r)
     out = []
-    for model, group in sorted(by_model.items()):
+    for model, group in sorted(_by_model([r for r in rows if r.get("logits") is not None]).items()):
         b = reference(group)
         for a in (r for r in group if r is not b):
             gap = logit_gap(a["logits"], b["logits"])

@@ -229,12 +229,9 @@ class JaxBackend(KerasBackend):
                     validation_batch_size=self.cfg["batch_size"])
 
     def peek_labels(self, batches: int) -> list[list[int]]:
-        """Labels of the first BATCHES training batches exactly as `fit` feeds them (the same dataset)."""
-        data, out = self._dataset(self.bundle.order), []
-        for epoch in range(self.bundle.order.shape[0]):
-            data.epoch = epoch
-            out += [data[i][1].tolist() for i in range(len(data))]
-        return out[:batches]
+        """Labels of the first BATCHES training batches exactly as `fit` feeds them (the same dataset,
+        epoch by epoch; tests/test_worker.py logs what `fit` itself reads)."""
+        return [np.asarray(y).tolist() for _, y in itertools.islice(self._batches(), batches)]
 
     def _batches(self):
         """The shared order's batches, epoch after epoch, as Keras' JAX iterator hands them to the

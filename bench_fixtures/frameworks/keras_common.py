@@ -33,7 +33,7 @@ from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, EVAL_START, EVAL_STOP
 from ..weights import (FILES, WeightsFileError, cache_dir, file_for, get_hint, location, offline_hint,  # noqa: E402
                        staged_problem, start_record, torchvision_file)
 from .keras_port import export_state, port, torchvision_padding, torchvision_resnet50  # noqa: E402
-from .protocol import BackendError, WeightsError, nonfinite_error  # noqa: E402
+from .protocol import WeightsError, nonfinite_error  # noqa: E402
 
 POLICIES = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
@@ -487,5 +487,3 @@ class KerasBackend:
     def memory(self) -> dict[str, Any]:
         raise NotImplementedError
 
-
-__all__ = ["BackendError", "KerasBackend", "POLICIES", "set_policy", "inner_optimizer", "InputTransform"]
