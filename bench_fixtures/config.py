@@ -42,7 +42,7 @@ COMMON: dict[str, Any] = dict(optimizer="sgd", lr=None, momentum=0.9, seed=0, de
                               data_dir=None, preprocess="auto", monitor_interval=0.05,
                               worker_memory_limit=0, setup="matched", channels_last=False,
                               target_accuracy=None, peak_tflops=None, train_layers="all",
-                              weights_dir=None)
+                              weights_dir=None, replicas=1)
 # The framework settings whose defaults differ between torch, TensorFlow and JAX. `matched` aligns them
 # to these values; `defaults` leaves each framework's own (None: the worker sets nothing and reads
 # back what the framework uses). A value given by an option, or by the profile (smoke's BatchNorm
@@ -58,6 +58,7 @@ MAX_WORKER_TIMEOUT_S = 2_147_483  # epoll_wait takes the wait in int millisecond
 MIN_WORKER_TIMEOUT_S = 1.0  # a worker needs longer than this to start and answer 'hello'
 MAX_IMAGE_SIZE = 2048  # 7 times ImageNet's 299: beyond, a single image's activations outgrow any device
 MIN_TEST_SIZE = 10  # the test subset is stratified over the 10 classes: one image each at least
+MAX_REPLICAS = 1024  # data-parallel replicas on this host (one process each)
 MONITOR_INTERVAL_RANGE = (0.01, 60.0)  # below 10 ms sampling takes a visible share of a core; above
 #                                        a minute a fine-tune's epochs get no sample of their own
 # fp32 (TF32 off), tf32 (fp32 with TF32 on), and mixed precision: bf16 / fp16 compute with float32
@@ -119,6 +120,7 @@ class BenchConfig:
     train_layers: str      # "all" (the whole network) or "head" (backbone frozen, its BatchNorm in inference mode)
     monitor_interval: float  # seconds between utilisation/memory samples
     worker_memory_limit: int  # MiB of host memory a worker may map (RLIMIT_DATA); 0 = no limit
+    replicas: int = 1      # data-parallel replicas of each case on this host, one process each
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # MATCHED settings given by option/profile
 
     def as_dict(self) -> dict[str, Any]:
@@ -142,7 +144,13 @@ class BenchConfig:
                 + (" channels_last" if self.channels_last else "")
                 + (f" weights_dir={self.weights_dir}" if self.weights_dir else "")
                 + (f" train_layers={self.train_layers}" if self.train_layers != "all" else "")
-                + (f" target_accuracy={self.target_accuracy:g}" if self.target_accuracy is not None else ""))
+                + (f" target_accuracy={self.target_accuracy:g}" if self.target_accuracy is not None else "")
+                + (f" replicas={self.replicas} (global batch {self.global_batch})" if self.replicas > 1 else ""))
+
+    @property
+    def global_batch(self) -> int:
+        """Images per step over all replicas: --batch-size is each replica's."""
+        return self.batch_size * self.replicas
 
 
 def setup_values(setup: str, overrides: Mapping[str, Any], weights: str) -> dict[str, Any]:
@@ -233,6 +241,11 @@ def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "") ->
     layers = given.get("train_layers", COMMON["train_layers"])
     values = {**COMMON, **PROFILES[profile], **DATASET_OVERRIDES.get((profile, dataset), {}),
               **TRAIN_LAYERS_OVERRIDES.get((profile, layers), {}), **given}
+    if "train_size" not in given and values.get("replicas") not in (None, 1) and isinstance(values["replicas"], int) \
+            and values["replicas"] > 1 and values["train_size"]:
+        # The profile's subset grows with the replicas, so an epoch has as many steps as with one: each
+        # replica does the single process's work (weak scaling); --train-size fixes it instead.
+        values["train_size"] *= values["replicas"]
     _check_choice("setup", values["setup"])
     _check_choice("train_layers", values["train_layers"])
     _weights(values)
@@ -254,8 +267,11 @@ def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "") ->
             _check_choice(field, values[field])
     for field in ("train_size", "test_size", "step_warmup", "worker_memory_limit"):
         _check_number(field, values[field], int, 0)
-    for field in ("epochs", "batch_size", "finetune_rounds", "step_rounds", "step_count"):
+    for field in ("epochs", "batch_size", "finetune_rounds", "step_rounds", "step_count", "replicas"):
         _check_number(field, values[field], int, 1)
+    if values["replicas"] > MAX_REPLICAS:
+        raise ConfigError(f"--replicas {values['replicas']}: must be at most {MAX_REPLICAS} (one process per "
+                          f"replica on this host); for more, run the same command on more hosts (README)")
     _check_number("image_size", values["image_size"], int, 32)
     if values["image_size"] > MAX_IMAGE_SIZE:
         raise ConfigError(f"--image-size {values['image_size']}: must be at most {MAX_IMAGE_SIZE}: CIFAR's 32 px are "
@@ -310,9 +326,10 @@ def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "") ->
     if values["worker_memory_limit"] > physical:
         raise ConfigError(f"--worker-memory-limit {values['worker_memory_limit']}: more than this machine's "
                           f"{physical} MiB of memory; give at most {physical}, or 0 for no limit")
-    if 0 < values["train_size"] < values["batch_size"]:
-        raise ConfigError(f"--batch-size {values['batch_size']} is larger than --train-size "
-                          f"{values['train_size']}: no full batch to train on")
+    if 0 < values["train_size"] < values["batch_size"] * values["replicas"]:
+        per = f" x --replicas {values['replicas']}" if values["replicas"] > 1 else ""
+        raise ConfigError(f"--batch-size {values['batch_size']}{per} is larger than --train-size "
+                          f"{values['train_size']}: no full (global) batch to train on")
     if values["preprocess"] == "auto":
         values["preprocess"] = "native" if values["weights"] in PRETRAINED else "cifar"
     values["eval_every_epoch"] = bool(values["eval_every_epoch"])
@@ -332,7 +349,7 @@ def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "") ->
             raise ConfigError(f"--peak-tflops {values['peak_tflops']:g}: must lie in [{low:g}, {high:g}] TFLOP/s: "
                               f"a CPU core's peak is above {low:g}, no device's dense peak is near {high:g}")
     ints = ("train_size", "test_size", "epochs", "batch_size", "image_size", "seed",
-            "finetune_rounds", "step_rounds", "step_count", "step_warmup", "worker_memory_limit")
+            "finetune_rounds", "step_rounds", "step_count", "step_warmup", "worker_memory_limit", "replicas")
     values.update({k: int(values[k]) for k in ints})
     return BenchConfig(profile=profile, profile_reason=profile_reason, device_reason=device_reason,
                        **{k: values[k] for k in values if k != "profile"})

@@ -20,7 +20,7 @@ from . import benchmark_compat as compat
 from . import machine
 from .config import BenchConfig, ConfigError, resolve
 from .files import OutputError, WorkFolder, check_writable, save_numbered
-from .frameworks import unavailable
+from .frameworks import FRAMEWORKS, unavailable
 from .weights import startup_problem
 
 # (option, dest, type, help); defaults come from the profile (None = "profile decides").
@@ -84,6 +84,9 @@ OPTIONS = [
                                                     "--eval-every-epoch); the gate judges it"),
     ("--peak-tflops", "peak_tflops", float, "the device's dense peak TFLOP/s at the run's precision, for MFU "
                                             "(default: the table of NVIDIA GPUs by NVML name; none for a CPU)"),
+    ("--replicas", "replicas", int, "data-parallel replicas of each case, one process each: torch "
+                                    "DistributedDataParallel, TensorFlow MultiWorkerMirroredStrategy; "
+                                    "--batch-size is per replica (global batch = N x it), lr is not scaled (1)"),
     ("--monitor-interval", "monitor_interval", float, "seconds between utilisation/memory samples, taken "
                                                       "from this process by the worker's PID (0.05)"),
 ]
@@ -191,7 +194,11 @@ def _start(config: pytest.Config) -> BenchState:
         cfg = resolve(options, len(gpus), reason)
     except ConfigError as e:
         raise pytest.UsageError(str(e)) from None
-    state = BenchState(cfg, unavailable())
+    missing = unavailable()
+    for name, fw in FRAMEWORKS.items():  # a framework without a data-parallel engine, with --replicas N
+        if name not in missing and (why := fw.replicas_problem(cfg.replicas)):
+            missing[name] = why
+    state = BenchState(cfg, missing)
     report = config.getoption("bench_report")
     if report:
         _require_writable(report, "--bench-report")

@@ -122,9 +122,10 @@ HARDWARE_KEYS = ("gpu_name", "cpu_model")
 VERSION_KEYS = tuple(dict.fromkeys(p for f in FRAMEWORKS.values() for p in f.packages))  # keras once
 CONFIG_KEYS = ("profile", "device", "dataset", "train_size", "test_size", "epochs", "batch_size", "weights",
                "setup", "precision", "compile", "image_size", "optimizer", "lr", "channels_last", "target_accuracy",
-               "train_layers")
+               "train_layers", "replicas")
 # What runs recorded before the key existed ran.
-CONFIG_DEFAULTS = {"setup": "matched", "channels_last": False, "target_accuracy": None, "train_layers": "all"}
+CONFIG_DEFAULTS = {"setup": "matched", "channels_last": False, "target_accuracy": None, "train_layers": "all",
+                   "replicas": 1}
 
 
 @dataclass

@@ -295,6 +295,70 @@ def plot_overhead_share(fts: dict[str, dict], out: Path) -> str | None:
     return _save(fig, out / "overhead_share.png")
 
 
+def scaling_points(runs: list[dict], setup: str) -> dict[tuple[str, str], dict[int, float]]:
+    """(framework, model) -> {replicas: global steady images/s} over every run given (a later run
+    replaces an earlier one's figure for the same replica count); only cases measured at two or
+    more replica counts. The steady rate leaves the first steps (tracing, compilation) out."""
+    points: dict[tuple[str, str], dict[int, float]] = {}
+    for run in runs:
+        for key, b in cases(run, "test_finetune", setup).items():
+            e = b.get("extra_info") or {}
+            rate, n = e.get("step_images_per_s"), e.get("replicas", 1)
+            if isinstance(rate, (int, float)) and isinstance(n, int) and n >= 1 and rate > 0:
+                points.setdefault(key, {})[n] = float(rate)
+    return {k: v for k, v in points.items() if len(v) > 1}
+
+
+def efficiency(by_n: dict[int, float], n: int) -> float | None:
+    """Scaling efficiency at N replicas: images/s with N / (N x images/s with 1); None without a
+    one-replica figure."""
+    return by_n[n] / (n * by_n[1]) if 1 in by_n and n in by_n else None
+
+
+def scaling_section(points: dict[tuple[str, str], dict[int, float]], runs: list[dict]) -> list[str]:
+    threads = {}
+    for run in runs:
+        for (fw, m), b in cases(run, "test_finetune").items():
+            d = (b.get("extra_info") or {}).get("distributed") or {}
+            if d:
+                threads[(fw, m, (b.get("extra_info") or {}).get("replicas"))] = d
+    lines = ["## Data-parallel scaling", "",
+             "Global steady images/s (first steps left out) with N replicas, one process each; efficiency = "
+             "images/s with N / (N x images/s with 1). Per-replica batch as given, global batch N times it, "
+             "lr not scaled.", "",
+             "| case | replicas | images/s | efficiency | engine (collective) | threads per replica |", "|---|---|---|---|---|---|"]
+    for (fw, m), by_n in sorted(points.items(), key=lambda kv: (MODELS.index(kv[0][1]), FRAMEWORKS.index(kv[0][0]))):
+        for n in sorted(by_n):
+            d = threads.get((fw, m, n)) or {}
+            eff = efficiency(by_n, n)
+            engine = f"{d['engine']} ({d['collective']})" if d else "one process"
+            lines.append(f"| {fw}-{m} | {n} | {by_n[n]:.1f} | {'–' if eff is None else f'{eff:.2f}'} | {engine} | "
+                         f"{d.get('threads_per_replica', '–')} |")
+    return lines + [""]
+
+
+def plot_scaling(points: dict[tuple[str, str], dict[int, float]], out: Path, setup: str, device: str) -> str:
+    """Images/s against replicas per framework, one panel per model, with the ideal line (N times
+    the one-replica figure, or the smallest count's, scaled)."""
+    models = [m for m in MODELS if any(k[1] == m for k in points)]
+    fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 4), squeeze=False)
+    for ax, m in zip(axes[0], models):
+        for (fw, model), by_n in points.items():
+            if model != m:
+                continue
+            ns = sorted(by_n)
+            ax.plot(ns, [by_n[n] for n in ns], "o-", color=COLORS[fw], label=fw)
+            base = ns[0]
+            ax.plot(ns, [by_n[base] * n / base for n in ns], ":", color=COLORS[fw], alpha=0.7,
+                    label=f"{fw} ideal")
+        ax.set_xticks(sorted({n for (fw, model), by_n in points.items() if model == m for n in by_n}))
+        ax.set_xlabel("replicas")
+        ax.set_ylabel("global images/s (steady)")
+        ax.set_title(f"{m}: scaling ({device}, setup {setup})")
+        ax.legend(fontsize=8)
+    return _save(fig, out / "scaling.png")
+
+
 def _num(v: Any) -> float:
     """A figure for a plot: null (not measured) is drawn as nothing."""
     return math.nan if v is None else float(v)
@@ -692,6 +756,10 @@ def figures(fts: dict[str, dict], tss: dict[str, dict], runs: list[dict], base: 
     files += [share] if share else []
     if len(runs) > 1:
         files.append(plot_trend(runs, out, first))
+    points = scaling_points(runs, first)
+    if points:
+        device = (runs[-1].get("bench_config") or {}).get("device") or "?"
+        files.append(plot_scaling(points, out, first, device))
     return files
 
 
@@ -731,6 +799,9 @@ def _write_report(paths: list[str], runs: list[dict], out: Path) -> None:
     else:
         notes.append("no developer-experience figures in this run (recorded by the pytest session)")
     md += machine_section(run.get("machine_info") or {})
+    points = scaling_points(runs, names[0])
+    if points:
+        md += scaling_section(points, runs)
     if len(runs) > 1:
         md += history_section(paths, runs, names[0])
     md += ["## Figures", ""] + [f"![{f}]({f})" for f in files] + [""]

@@ -53,6 +53,17 @@ def training_order(n: int, batch_size: int, epochs: int, seed: int) -> np.ndarra
     return order
 
 
+def replica_shard(order: np.ndarray, rank: int, replicas: int, batch_size: int) -> np.ndarray:
+    """Replica RANK's part of the shared order: slice RANK (BATCH_SIZE images) of every global batch of
+    REPLICAS x BATCH_SIZE, in order, so that the replicas of one step together see exactly the global
+    batch a single process would. (tf.distribute's DATA auto-sharding of the global-batch stream
+    gives each worker the same slices; tests/test_replicas.py checks both against this.)"""
+    global_batch = batch_size * replicas
+    steps = order.shape[-1] // global_batch
+    shaped = order[..., :steps * global_batch].reshape(*order.shape[:-1], steps, replicas, batch_size)
+    return np.ascontiguousarray(shaped[..., rank, :].reshape(*order.shape[:-1], steps * batch_size))
+
+
 BUNDLE_FILES = ("train_x", "train_y", "test_x", "test_y", "order")
 
 

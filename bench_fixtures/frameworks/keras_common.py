@@ -12,6 +12,7 @@ at its first import).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -65,7 +66,12 @@ class InputTransform(keras.layers.Layer):
 class FirstNonFiniteStep(keras.metrics.Metric):
     """The first step of the epoch whose logits are NaN/inf (-1: none), counted on the device, so
     no step waits for the host. Softmax cross-entropy from finite logits is finite, so this is the
-    step where the loss turned non-finite. Keras resets metrics at each epoch start."""
+    step where the loss turned non-finite. Keras resets metrics at each epoch start.
+
+    Its state adds up across a TensorFlow strategy's replicas (metric variables are summed when
+    read, and start at zero on every replica but the first): how many replicas diverged, and the
+    sum of their first step + 1; the result is that sum over the count, less one (replicas share
+    weights, so they diverge at the same step)."""
 
     def __init__(self, name: str = "first_nonfinite_step", **kwargs: Any) -> None:
         super().__init__(name=name, **kwargs)
@@ -73,22 +79,23 @@ class FirstNonFiniteStep(keras.metrics.Metric):
         # int32 on JAX, its default width (int64 needs jax_enable_x64). Steps per epoch fit either.
         dtype = "int32" if keras.backend.backend() == "jax" else "int64"
         self.step = self.add_variable(shape=(), initializer="zeros", dtype=dtype, name="step")
-        self.first = self.add_variable(shape=(), initializer=keras.initializers.Constant(-1), dtype=dtype,
-                                       name="first")
+        self.first_plus_one = self.add_variable(shape=(), initializer="zeros", dtype=dtype, name="first_plus_one")
+        self.diverged = self.add_variable(shape=(), initializer="zeros", dtype=dtype, name="diverged")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         finite = keras.ops.all(keras.ops.isfinite(y_pred))
-        step, first = self.step.value, self.first.value
-        self.first.assign(keras.ops.where(keras.ops.logical_and(first < 0, keras.ops.logical_not(finite)),
-                                          step, first))
+        new = keras.ops.logical_and(self.diverged.value == 0, keras.ops.logical_not(finite))
+        self.first_plus_one.assign(keras.ops.where(new, self.step.value + 1, self.first_plus_one.value))
+        self.diverged.assign(keras.ops.where(new, keras.ops.ones_like(self.diverged.value), self.diverged.value))
         self.step.assign_add(1)
 
     def result(self):
-        return self.first.value  # a tensor: Keras on JAX traces results and cannot return the variable
+        diverged = self.diverged.value
+        return keras.ops.where(diverged > 0, self.first_plus_one.value // keras.ops.maximum(diverged, 1) - 1, -1)
 
     def reset_state(self):
-        self.step.assign(0)
-        self.first.assign(-1)
+        for v in (self.step, self.first_plus_one, self.diverged):
+            v.assign(0)
 
 
 class StepClock:
@@ -140,7 +147,7 @@ class TimelineCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        bad = int(logs.get("first_nonfinite_step", -1))
+        bad = int(host_number(logs.get("first_nonfinite_step", -1)))
         if bad >= 0:
             self.model.stop_training = True
             self.backend.diverged = (epoch, bad)
@@ -169,6 +176,12 @@ class SleepCallback(keras.callbacks.Callback):
 
     def on_test_begin(self, logs=None):
         self._work("eval_begin", self.eval_begin_s)
+
+
+def host_number(value: Any) -> float:
+    """A log value as a Python number: under a TensorFlow strategy a metric's value can still be its
+    sync-on-read variable, which `numpy()` reads (aggregated over the replicas)."""
+    return float(value.numpy()) if hasattr(value, "numpy") else float(value)
 
 
 def torchvision_init(backbone: keras.Model, seed: int) -> None:
@@ -206,6 +219,7 @@ class KerasBackend:
         self.clock: StepClock | None = None  # set while `fit` runs
         self.test_callbacks: list[keras.callbacks.Callback] = []  # the tests' own (a user's callbacks)
         self.diverged: tuple[int, int] | None = None
+        self.global_batch = cfg["batch_size"]  # what one step of `fit` reads: all replicas' images (TF)
 
     # -- model -----------------------------------------------------------------------------
     def _backbone(self, name: str) -> keras.Model:
@@ -271,6 +285,13 @@ class KerasBackend:
 
     def build(self, name: str) -> dict[str, Any]:
         keras.backend.clear_session()
+        with self.scope():  # a distribution strategy's variables are made under its scope
+            self._build(name)
+        self.start = self._start_record(name)
+        self.built()
+        return self.describe(name)
+
+    def _build(self, name: str) -> None:
         set_policy(self.cfg)
         keras.utils.set_random_seed(self.cfg["seed"])
         spec = SPECS[name]
@@ -304,9 +325,6 @@ class KerasBackend:
                            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                            metrics=["accuracy", FirstNonFiniteStep()], jit_compile=self.jit_compile())
         self._instrument()
-        self.start = self._start_record(name)
-        self.built()
-        return self.describe(name)
 
     def _start_record(self, name: str) -> dict[str, Any]:
         """Which numbers the model starts from (see weights.start_record)."""
@@ -337,10 +355,10 @@ class KerasBackend:
         bns = self._batchnorms()
         opt = inner_optimizer(self.model.optimizer)  # fp16: the optimizer inside the LossScaleOptimizer
         if self.cfg["optimizer"] == "sgd":
-            optimizer = dict(name="sgd", lr=f32(opt.learning_rate), momentum=f32(opt.momentum),
+            optimizer = dict(name="sgd", lr=f32(keras.ops.convert_to_numpy(opt.learning_rate)), momentum=f32(opt.momentum),
                              nesterov=opt.nesterov, weight_decay=f32(opt.weight_decay or 0))
         else:
-            optimizer = dict(name="adam", lr=f32(opt.learning_rate), beta_1=f32(opt.beta_1), beta_2=f32(opt.beta_2),
+            optimizer = dict(name="adam", lr=f32(keras.ops.convert_to_numpy(opt.learning_rate)), beta_1=f32(opt.beta_1), beta_2=f32(opt.beta_2),
                              eps=f32(opt.epsilon), weight_decay=f32(opt.weight_decay or 0))
         count = lambda ws: int(sum(np.prod(w.shape) for w in ws))  # noqa: E731
         return dict(framework=self.framework, model=name,
@@ -372,7 +390,7 @@ class KerasBackend:
                     adam_eps=f32(inner_optimizer(opt).epsilon) if self.cfg["optimizer"] == "adam" else None,
                     compute_dtype=self.backbone.compute_dtype, policy=keras.mixed_precision.global_policy().name,
                     head_dtype=f"{self.model.get_layer('head').compute_dtype} (float32 policy)",
-                    loss_scale=dict(kind="dynamic", initial=f32(opt.initial_scale),
+                    loss_scale=dict(kind="dynamic", initial=f32(keras.ops.convert_to_numpy(opt.initial_scale)),
                                     growth_interval=int(opt.dynamic_growth_steps), growth_factor=2.0,
                                     backoff_factor=0.5)  # the factors: Keras constants, not settable
                     if scaler else None,
@@ -394,7 +412,7 @@ class KerasBackend:
         start = time.perf_counter()
         logs = self.model.evaluate(**self.test_input(), verbose=0, return_dict=True)
         n = len(self.bundle.test)  # Keras' accuracy is a float32 mean: back to correct / n, as torch's
-        return dict(accuracy=round(float(logs["accuracy"]) * n) / n, loss=float(logs["loss"]), n=n,
+        return dict(accuracy=round(host_number(logs["accuracy"]) * n) / n, loss=host_number(logs["loss"]), n=n,
                     seconds=time.perf_counter() - start)
 
     def logits(self, count: int) -> list[list[float]]:
@@ -404,7 +422,7 @@ class KerasBackend:
 
     def fit(self, epochs: int) -> dict[str, Any]:
         assert self.model is not None
-        order, bs = self.bundle.order, self.cfg["batch_size"]
+        order, bs = self.bundle.order, self.global_batch
         steps = order.shape[1] // bs
         self.clock = StepClock(self.timeline, steps, self.sync)
         callback = TimelineCallback(self.timeline, self, self.clock)
@@ -413,8 +431,9 @@ class KerasBackend:
         validation = self.validation_input() if self.cfg["eval_every_epoch"] else {}
         data, data_callbacks = self.train_input(order[:epochs])
         try:
-            history = self.model.fit(data, epochs=epochs, steps_per_epoch=steps, verbose=0, shuffle=False,
-                                     callbacks=[*data_callbacks, callback, *self.test_callbacks], **validation)
+            with self.scope():
+                history = self.model.fit(data, epochs=epochs, steps_per_epoch=steps, verbose=0, shuffle=False,
+                                         callbacks=[*data_callbacks, callback, *self.test_callbacks], **validation)
         finally:
             self.clock = None
         self.timeline.record(RUN_STOP)
@@ -422,7 +441,7 @@ class KerasBackend:
             raise nonfinite_error(self.framework, *self.diverged)
         h = history.history
         evals = [dict(accuracy=a, loss=lo) for a, lo in zip(h.get("val_accuracy", []), h.get("val_loss", []))]
-        return dict(epoch_losses=[float(v) for v in h["loss"]], epoch_evals=evals, steps_per_epoch=steps,
+        return dict(epoch_losses=[host_number(v) for v in h["loss"]], epoch_evals=evals, steps_per_epoch=steps,
                     images=epochs * steps * bs)
 
     def train_steps(self, count: int) -> dict[str, Any]:
@@ -437,19 +456,30 @@ class KerasBackend:
                                                  steps=count)
         callbacks.on_train_begin()
         start = time.perf_counter()
-        logs = self.run_steps(count, callbacks)  # synchronised
+        with self.scope():
+            logs = self.run_steps(count, callbacks)  # synchronised
         seconds = time.perf_counter() - start
         self.steps_done()
         callbacks.on_train_end()  # joins Keras' callback thread, as the end of `fit` does
-        bad = int(logs["first_nonfinite_step"])
+        bad = int(host_number(logs["first_nonfinite_step"]))
         if bad >= 0:
             raise nonfinite_error(self.framework, None, bad)
-        return dict(seconds=seconds, images=count * self.cfg["batch_size"], loss=float(logs["loss"]))
+        return dict(seconds=seconds, images=count * self.global_batch, loss=host_number(logs["loss"]))
+
+    def weights_digest(self) -> str:
+        digest = hashlib.sha256()
+        for w in self.model.trainable_weights:
+            digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(w)).tobytes())
+        return digest.hexdigest()
 
     # -- what each runtime supplies --------------------------------------------------------
     def jit_compile(self) -> bool | str:
         """`jit_compile` for `model.compile`."""
         raise NotImplementedError
+
+    def scope(self) -> contextlib.AbstractContextManager:
+        """Where the model is built and trained: a distribution strategy's scope, else nothing."""
+        return contextlib.nullcontext()
 
     def built(self) -> None:
         """After `build`: reset what the runtime keeps per model (a persistent step input)."""

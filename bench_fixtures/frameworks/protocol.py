@@ -4,7 +4,10 @@ Nothing here imports a framework: the parent process never loads torch or Tensor
 """
 from __future__ import annotations
 
+import json
+import os
 import re
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..data import Bundle
@@ -44,6 +47,40 @@ def out_of_memory_error(framework: str, cmd: str, cfg: dict[str, Any], exc: Base
     return BackendError(out_of_memory_message(framework, cmd, cfg, detail, epoch))
 
 
+@dataclass(frozen=True)
+class Replica:
+    """This worker's place among a case's data-parallel replicas (rank 0 of 1 without --replicas)."""
+    rank: int = 0
+    world: int = 1
+    local: int = 1  # replicas on this host, which share its CPU cores
+
+    @property
+    def threads(self) -> int:
+        """CPU threads for this replica's kernels: the host's cores split evenly among its replicas."""
+        return max(1, (os.cpu_count() or 1) // self.local)
+
+    def describe(self, engine: str, collective: str, setup_s: float, threads: int) -> dict[str, Any]:
+        """The `distributed` record every backend reports the same way (info and settings)."""
+        return dict(engine=engine, collective=collective, rank=self.rank, world_size=self.world,
+                    replicas_on_host=self.local, threads_per_replica=threads, setup_s=setup_s,
+                    shard="slice RANK of every global batch of the shared order (replica_shard)",
+                    lr_rule="not scaled with the replicas (the global batch grows N-fold)",
+                    batchnorm="batch statistics and running statistics per replica (not synchronised); "
+                              "each replica evaluates its own")
+
+
+def replica_from_env(cfg: dict[str, Any]) -> Replica:
+    """Rank and world size as the launcher (runner/replicas.py, or torchrun-style variables on another
+    host) put them in the environment: TF_CONFIG for TensorFlow, RANK / WORLD_SIZE otherwise."""
+    if int(cfg.get("replicas", 1)) <= 1:
+        return Replica()
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", cfg["replicas"]))
+    if os.environ.get("TF_CONFIG"):
+        tf_config = json.loads(os.environ["TF_CONFIG"])
+        return Replica(int(tf_config["task"]["index"]), len(tf_config["cluster"]["worker"]), local)
+    return Replica(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), local)
+
+
 class WeightsError(BackendError):
     """Pretrained weights unavailable (offline, no cached file); the message names the cache and the fix."""
 
@@ -71,6 +108,9 @@ class Backend(Protocol):
 
     def train_steps(self, count: int) -> dict[str, Any]:
         """COUNT training steps, synchronised; for steady-state throughput."""
+
+    def weights_digest(self) -> str:
+        """sha256 of the trainable parameters now: replicas after a step must agree."""
 
     def input_pipeline(self, count: int) -> dict[str, Any]:
         """COUNT batches through the input path alone, to show it outruns the model."""

@@ -27,7 +27,7 @@ from ..data import MEAN, STD, Bundle  # noqa: E402
 from ..models import SPECS  # noqa: E402
 from ..telemetry.timeline import Timeline  # noqa: E402
 from .keras_common import KerasBackend, set_policy  # noqa: E402
-from .protocol import BackendError  # noqa: E402
+from .protocol import BackendError, replica_from_env  # noqa: E402
 
 PREFETCH = 4  # batches ready ahead of the training step
 
@@ -52,6 +52,11 @@ class TensorFlowBackend(KerasBackend):
         super().__init__(cfg, bundle, timeline)
         gpus = tf.config.list_physical_devices("GPU")
         configure(cfg)
+        self.replica = replica_from_env(cfg)
+        self.strategy: tf.distribute.Strategy | None = None
+        self.distributed: dict[str, Any] | None = None
+        if self.replica.world > 1:  # before any other TensorFlow op, as the strategy requires
+            self._init_strategy(bool(gpus) and cfg["device"] == "gpu")
         if cfg["device"] == "gpu" and not gpus:
             build = tf.sysconfig.get_build_info()
             raise BackendError(f"--device gpu, but TensorFlow {tf.__version__} (built for CUDA "
@@ -63,6 +68,33 @@ class TensorFlowBackend(KerasBackend):
             self.train_x = tf.constant(np.asarray(bundle.train.images))
             self.train_y = tf.constant(np.asarray(bundle.train.labels))
         self.step_iterator = None
+
+    def _init_strategy(self, gpu: bool) -> None:
+        """MultiWorkerMirroredStrategy from TF_CONFIG: one replica per process, as torch's, with the
+        collective implementation chosen to match torch's (ring all-reduce on a CPU, as gloo; NCCL
+        on GPUs). Each replica reads the global-batch stream and tf.distribute's DATA auto-sharding
+        hands it its slice (the same slice `replica_shard` gives torch)."""
+        comm = tf.distribute.experimental.CommunicationImplementation
+        threads = self.replica.threads
+        if not gpu:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+        start = time.perf_counter()
+        options = tf.distribute.experimental.CommunicationOptions(implementation=comm.NCCL if gpu else comm.RING)
+        self.strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        with self.strategy.scope():  # the first collective: every replica joined
+            self.strategy.reduce("SUM", self.strategy.run(lambda: tf.constant(1)), axis=None)
+        setup_s = time.perf_counter() - start
+        if self.strategy.num_replicas_in_sync != self.replica.world:
+            raise BackendError(f"TF_CONFIG lists {self.replica.world} workers, but the strategy has "
+                               f"{self.strategy.num_replicas_in_sync} replicas in sync: one GPU (or CPU) per worker")
+        self.global_batch = self.cfg["batch_size"] * self.replica.world
+        _fix_keras_multi_worker()
+        self.distributed = self.replica.describe(
+            "tf.distribute.MultiWorkerMirroredStrategy", f"{'NCCL' if gpu else 'RING'} all-reduce",
+            setup_s, tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count())
+
+    def scope(self):
+        return self.strategy.scope() if self.strategy is not None else super().scope()
 
     @staticmethod
     def is_out_of_memory(exc: BaseException) -> bool:
@@ -80,7 +112,8 @@ class TensorFlowBackend(KerasBackend):
                     tf32_matmul=tf.config.experimental.tensor_float_32_execution_enabled(),
                     tf32_conv=tf.config.experimental.tensor_float_32_execution_enabled(),
                     cudnn_autotune=os.environ.get("TF_CUDNN_USE_AUTOTUNE", "1") != "0",
-                    memory_growth=self._memory_growth(), setup=self.cfg.get("setup", "matched"))
+                    memory_growth=self._memory_growth(), setup=self.cfg.get("setup", "matched"),
+                    distributed=self.distributed)
 
     @staticmethod
     def _memory_growth() -> bool | None:
@@ -93,6 +126,14 @@ class TensorFlowBackend(KerasBackend):
 
     def built(self) -> None:
         self.step_iterator = None
+        if self.strategy is not None:
+            # Keras 3's `fit` under MultiWorkerMirroredStrategy fails reducing its first batch to build
+            # the model (keras-team/keras#20585, open). Built here from one plain batch instead, and
+            # the model forgets its strategy: `fit` then takes it from the scope it runs in, and
+            # evaluation outside that scope runs on each replica alone.
+            with self.strategy.scope():
+                self.model._symbolic_build(data_batch=(self.bundle.train.images[:1], self.bundle.train.labels[:1]))
+            self.model._distribute_strategy = None
 
     def runtime_settings(self) -> dict[str, Any]:
         tf32, growth = tf.config.experimental.tensor_float_32_execution_enabled(), self._memory_growth()
@@ -183,12 +224,23 @@ class TensorFlowBackend(KerasBackend):
         return ds.prefetch(PREFETCH).with_options(options)
 
     def _train_dataset(self, order: np.ndarray, repeat: bool = False) -> tf.data.Dataset:
-        bs = self.cfg["batch_size"]
+        """Global batches of the shared order; with replicas, tf.distribute gives each its slice."""
         ds = tf.data.Dataset.from_tensor_slices(np.asarray(order).reshape(-1))
         if repeat:
             ds = ds.repeat()
         gather = lambda idx: (tf.gather(self.train_x, idx), tf.gather(self.train_y, idx))  # noqa: E731
-        return self._finish(ds.batch(bs, drop_remainder=True).map(gather))
+        ds = self._finish(ds.batch(self.global_batch, drop_remainder=True).map(gather))
+        if self.strategy is not None:
+            options = tf.data.Options()
+            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+            ds = ds.with_options(options)
+        return ds
+
+    def _replica_batches(self, ds: tf.data.Dataset):
+        """DS as this replica's steps see it: its slice of each global batch."""
+        if self.strategy is None:
+            return ds
+        return self.strategy.experimental_distribute_dataset(ds)
 
     def _test_dataset(self) -> tf.data.Dataset:
         test = self.bundle.test
@@ -197,8 +249,16 @@ class TensorFlowBackend(KerasBackend):
 
     def peek_labels(self, batches: int) -> list[list[int]]:
         """Labels of the first BATCHES training batches exactly as `fit` feeds them."""
-        ds = self._train_dataset(self.bundle.order)
-        return [y.numpy().tolist() for _, y in ds.take(batches)]
+        out = []
+        for _, y in self._replica_batches(self._train_dataset(self.bundle.order)):
+            if len(out) == batches:
+                break
+            out.append(self._local(y).numpy().tolist())
+        return out
+
+    def _local(self, value):
+        return self.strategy.experimental_local_results(value)[0] if self.strategy is not None and \
+            isinstance(value, tf.distribute.DistributedValues) else value
 
     # -- running ---------------------------------------------------------------------------
     def train_input(self, order: np.ndarray) -> tuple[Any, list]:
@@ -211,7 +271,17 @@ class TensorFlowBackend(KerasBackend):
         return dict(validation_data=self._test_dataset())
 
     def sync(self, outputs: Any = None) -> None:
-        tf.test.experimental.sync_devices()
+        if self.strategy is None:
+            tf.test.experimental.sync_devices()
+            return
+        # Under MultiWorkerMirroredStrategy sync_devices reaches for the other workers' devices and
+        # fails; reading the step's outputs waits for the step (its all-reduce included) instead.
+        for value in tf.nest.flatten(outputs):
+            for local in self.strategy.experimental_local_results(value):
+                if hasattr(local, "numpy"):
+                    local.numpy()
+        from tensorflow.python.eager import context
+        context.async_wait()  # as Keras' own epoch iterator waits
 
     def input_pipeline(self, count: int) -> dict[str, Any]:
         """COUNT batches through the tf.data pipeline `fit` uses (and onto the device), synchronised."""
@@ -229,13 +299,32 @@ class TensorFlowBackend(KerasBackend):
     def run_steps(self, count: int, callbacks: keras.callbacks.CallbackList) -> dict[str, Any]:
         """`fit`'s per-step path on a persistent iterator of the same pipeline."""
         if self.step_iterator is None:
-            self.step_iterator = iter(self._train_dataset(self.bundle.order, repeat=True))
+            self.step_iterator = iter(self._replica_batches(self._train_dataset(self.bundle.order, repeat=True)))
         for step in range(count):
             callbacks.on_train_batch_begin(step)
             logs = self.model.train_function(self.step_iterator)
             callbacks.on_train_batch_end(step, logs)
-        self.sync()
+        self.sync(logs)
         return logs
+
+
+def _fix_keras_multi_worker() -> None:
+    """Keras 3's TensorFlow trainer reduces each step's scalar logs across workers with
+    `strategy.reduce("MEAN", v, axis=0)`, which fails on a scalar (keras-team/keras#20585): `fit`
+    under MultiWorkerMirroredStrategy cannot run a step. The mean of a scalar over the replicas is
+    `axis=None`; everything else is Keras' own `reduce_per_replica`."""
+    from keras.src.backend.tensorflow import trainer
+    if getattr(trainer.reduce_per_replica, "bench_fixed", False):
+        return
+    original = trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
+            return keras.tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica.bench_fixed = True
+    trainer.reduce_per_replica = reduce_per_replica
 
 
 def _conv_gradient_flops(op) -> int | None:

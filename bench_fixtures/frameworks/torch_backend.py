@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import time
 import warnings
@@ -25,11 +26,12 @@ from torch.utils import flop_counter
 
 from ..config import PRETRAINED
 from ..data import MEAN, STD, Bundle
+from ..data.bundle import replica_shard
 from ..models import SPECS, f32, head_init, input_transform, transform_mode
 from ..weights import TOP, FILES, WeightsFileError, get_hint, start_record, torchvision_file
 from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, EVAL_START, EVAL_STOP, FIRST_STEP_END, FIRST_STEP_START,
                                  LAST_STEP_END, RUN_START, RUN_STOP, USER_WORK_START, USER_WORK_STOP, Timeline)
-from .protocol import BackendError, WeightsError, nonfinite_error
+from .protocol import BackendError, WeightsError, nonfinite_error, replica_from_env
 
 # Test batches are views of the read-only memory-mapped bundle and are only read; torch's warning
 # about it would be the first thing in every worker's log tail.
@@ -139,10 +141,33 @@ class TorchBackend:
             raise BackendError(f"--device gpu, but torch {torch.__version__} (CUDA {torch.version.cuda}) "
                                f"sees no CUDA device; check the driver and CUDA_VISIBLE_DEVICES")
         configure(cfg)
+        self.replica = replica_from_env(cfg)
+        self.distributed: dict[str, Any] | None = None
+        if self.replica.world > 1:
+            self._init_process_group()
         self.amp = AMP_DTYPES.get(cfg.get("precision") or "")
         self.memory_format = torch.channels_last if cfg.get("channels_last") else torch.contiguous_format
         self.model: nn.Module | None = None
         self.sleep_hooks = dict(epoch_end=0.0, eval_begin=0.0)  # the tests' stand-in for a user's epoch-end code
+
+    def _init_process_group(self) -> None:
+        """torch.distributed from the torchrun-style environment (gloo on a CPU, NCCL on GPUs), this
+        replica's threads, and its shard of the shared order; the set-up time is reported apart."""
+        import torch.distributed as dist
+        r, bs = self.replica, self.cfg["batch_size"]
+        if self.device.type == "cpu":
+            torch.set_num_threads(r.threads)
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        start = time.perf_counter()
+        dist.init_process_group(backend)
+        dist.barrier()  # every replica joined
+        setup_s = time.perf_counter() - start
+        if dist.get_rank() != r.rank or dist.get_world_size() != r.world:
+            raise BackendError(f"torch.distributed says rank {dist.get_rank()} of {dist.get_world_size()}, the "
+                               f"launcher rank {r.rank} of {r.world}")
+        self.bundle = dataclasses.replace(self.bundle, order=replica_shard(self.bundle.order, r.rank, r.world, bs))
+        self.distributed = r.describe("torch.distributed DistributedDataParallel", dist.get_backend(), setup_s,
+                                      torch.get_num_threads())
 
     @staticmethod
     def is_out_of_memory(exc: BaseException) -> bool:
@@ -158,7 +183,7 @@ class TorchBackend:
                     device_name=torch.cuda.get_device_name(0) if cuda else "cpu",
                     cpu_threads=torch.get_num_threads(), gpus_visible=torch.cuda.device_count(),
                     **self._tf32(), cudnn_autotune=torch.backends.cudnn.benchmark,
-                    setup=self.cfg.get("setup", "matched"))
+                    setup=self.cfg.get("setup", "matched"), distributed=self.distributed)
 
     @staticmethod
     def _tf32() -> dict[str, Any]:
@@ -207,7 +232,11 @@ class TorchBackend:
             self.optimizer = torch.optim.Adam(params, lr=self.cfg["lr"], eps=self.cfg["adam_eps"])
         else:
             self.optimizer = torch.optim.Adam(params, lr=self.cfg["lr"])
-        self.step_fn = torch.compile(self.model) if self.cfg.get("compile") == "on" else self.model
+        self.forward = torch.compile(self.model) if self.cfg.get("compile") == "on" else self.model
+        self.step_fn = self.forward
+        if self.distributed:  # gradients averaged over the replicas in backward; BN kept per replica
+            from torch.nn.parallel import DistributedDataParallel
+            self.step_fn = DistributedDataParallel(self.forward, broadcast_buffers=False)
         # fp16 only: bf16 has float32's range. Matched starts where Keras' LossScaleOptimizer does.
         scale = dict(init_scale=LOSS_SCALE_MATCHED) if self.cfg.get("setup", "matched") == "matched" else {}
         self.scaler = torch.amp.GradScaler(self.device.type, **scale) if self.amp is torch.float16 else None
@@ -316,7 +345,14 @@ class TorchBackend:
     @property
     def compiled(self) -> bool:
         """Whether the steps run through torch.compile (the bare reference follows it)."""
-        return self.step_fn is not self.model
+        return self.forward is not self.model
+
+    def weights_digest(self) -> str:
+        digest = hashlib.sha256()
+        for p in self.model.parameters():
+            if p.requires_grad:
+                digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     def add_sleep_hooks(self, epoch_end_s: float, eval_begin_s: float) -> None:
         """A user's per-epoch work, for the tests (the worker's fault-injection commands only)."""
@@ -391,7 +427,7 @@ class TorchBackend:
         with torch.inference_mode(), autocast(self.device.type, self.amp):
             for i in range(0, len(test), bs):
                 x, y = self._to_device(test.images[i:i + bs]), self._to_device(test.labels[i:i + bs])
-                logits = self.step_fn(x)
+                logits = self.forward(x)
                 loss += F.cross_entropy(logits, y, reduction="sum")
                 correct += (logits.argmax(1) == y).sum()
         n = len(test)
@@ -403,7 +439,7 @@ class TorchBackend:
         assert self.model is not None
         self.model.eval()
         with torch.inference_mode(), autocast(self.device.type, self.amp):
-            out = self.step_fn(self._to_device(self.bundle.test.images[:count]))
+            out = self.forward(self._to_device(self.bundle.test.images[:count]))
         return out.float().cpu().tolist()
 
     def fit(self, epochs: int) -> dict[str, Any]:
@@ -441,7 +477,8 @@ class TorchBackend:
             tl.record(EPOCH_STOP, epoch=epoch, memory=self.memory(), loss=losses[-1],
                       val_accuracy=evals[-1]["accuracy"] if evals else None)
         tl.record(RUN_STOP)
-        return dict(epoch_losses=losses, epoch_evals=evals, steps_per_epoch=steps, images=epochs * steps * bs)
+        return dict(epoch_losses=losses, epoch_evals=evals, steps_per_epoch=steps,
+                    images=epochs * steps * bs * self.replica.world)  # over all replicas
 
     def input_pipeline(self, count: int) -> dict[str, Any]:
         """COUNT batches through the input path alone (index, copy to the device), synchronised."""
@@ -473,7 +510,7 @@ class TorchBackend:
         loss = total.item() / count  # .item() synchronises
         if bad.item() >= 0:
             raise nonfinite_error("torch", None, bad.item())
-        return dict(seconds=time.perf_counter() - start, images=count * bs, loss=loss)
+        return dict(seconds=time.perf_counter() - start, images=count * bs * self.replica.world, loss=loss)
 
 
 def load_checkpoint(net: nn.Module, model: str, weights_dir: str | None) -> str:

@@ -23,6 +23,7 @@ from ..telemetry.monitor import Monitor, judge, peak, summarize_util
 from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, RUN_START, RUN_STOP, accuracy_curve, after_first_steps,
                                   epoch_phases, epoch_times, fit_teardown, inter_epoch_gaps, project_overhead,
                                   step_intervals, time_to_accuracy, time_to_first_step)
+from .replicas import ReplicaGroup
 from .worker import Worker, hide_for_worker_errors, kill_all
 
 __tracebackhide__ = hide_for_worker_errors
@@ -50,10 +51,11 @@ def prepare_data(cfg: BenchConfig, out_dir: str | os.PathLike) -> tuple[Path, di
                    source_bytes=(CIFAR10_TRAIN + CIFAR10_TEST) * ITEM_BYTES)
         folder = ensure_cifar10(cfg.data_dir or default_data_dir())
     dataset = read_canonical(folder)
-    bundle = make_bundle(dataset, cfg.train_size, cfg.test_size, cfg.batch_size, epochs, cfg.seed)
+    # With replicas, each epoch's order is cut to whole global batches, which the replicas then share.
+    bundle = make_bundle(dataset, cfg.train_size, cfg.test_size, cfg.global_batch, epochs, cfg.seed)
     bundle.write(bundle_dir)
     return bundle_dir, dict(source=str(folder), train_size=len(bundle.train), test_size=len(bundle.test),
-                            steps_per_epoch=bundle.order.shape[1] // cfg.batch_size)
+                            steps_per_epoch=bundle.order.shape[1] // cfg.global_batch)
 
 
 class Experiment:
@@ -80,9 +82,9 @@ class Experiment:
     # -- the five steps --------------------------------------------------------------------
     def load(self) -> dict[str, Any]:
         """Start the case's worker; it maps the shared arrays and reports its framework set-up."""
-        self.worker = Worker(self.framework, self.cfg.as_dict(), self.bundle_dir,
-                             self.work_dir / f"{self.name}.log", self.cfg.worker_timeout, name=self.name,
-                             python=self.python, env=self.env)
+        kind = ReplicaGroup if self.cfg.replicas > 1 else Worker  # one process per replica
+        self.worker = kind(self.framework, self.cfg.as_dict(), self.bundle_dir, self.work_dir / f"{self.name}.log",
+                           self.cfg.worker_timeout, name=self.name, python=self.python, env=self.env)
         self.gpu_name = gpu_name(self.cfg.device, self.worker.info)
         return self.worker.info
 
@@ -92,8 +94,20 @@ class Experiment:
         return self.description
 
     def predict_before(self) -> dict[str, Any]:
-        result = self.request("evaluate")
+        result = self._evaluate()
         self.rounds.append({"before": result})
+        return result
+
+    def _evaluate(self) -> dict[str, Any]:
+        """The test accuracy; with replicas, the mean over the replicas, each evaluating its own model
+        on the whole test split (their BatchNorm statistics differ; Keras' evaluate under the strategy
+        reports this mean itself), and each one's in `replica_accuracy`."""
+        result = self.request("evaluate")
+        if isinstance(self.worker, ReplicaGroup):
+            answers = self.worker.answers
+            result = dict(result, replica_accuracy=[a["accuracy"] for a in answers],
+                          accuracy=statistics.fmean(a["accuracy"] for a in answers),
+                          loss=statistics.fmean(a["loss"] for a in answers))
         return result
 
     def fine_tune(self) -> dict[str, Any]:
@@ -107,7 +121,7 @@ class Experiment:
 
     def predict_after(self) -> dict[str, Any]:
         self.rounds[-1]["monitor"] = self.stop_monitor()
-        result = self.request("evaluate")
+        result = self._evaluate()
         self.rounds[-1]["after"] = result
         return result
 
@@ -125,7 +139,9 @@ class Experiment:
     # -- telemetry -------------------------------------------------------------------------
     def start_monitor(self) -> Monitor:
         assert self.worker is not None
-        self.monitor = Monitor(self.worker.pid, self.cfg.device, self.cfg.monitor_interval).start()
+        pids = self.worker.pids if isinstance(self.worker, ReplicaGroup) else self.worker.pid  # every replica
+        gpus = getattr(self.worker, "gpus", None) or 0  # each replica's GPU, as NVML numbers them
+        self.monitor = Monitor(pids, self.cfg.device, self.cfg.monitor_interval, gpu_index=gpus).start()
         return self.monitor
 
     def stop_monitor(self) -> Monitor | None:
@@ -160,8 +176,9 @@ class Experiment:
         """Achieved FLOP/s at IMAGES_PER_S of training steps, and MFU where the device's peak is known."""
         flops = self.count_flops()
         precision = peaks.effective_precision(self.cfg.precision, self.description.get("settings"))
+        per_device = images_per_s / self.cfg.replicas if images_per_s else images_per_s  # MFU is per device
         return dict(flops_per_image=flops, **peaks.utilization(
-            flops.get("train_per_image"), images_per_s, self.cfg.device, self.gpu_name, precision,
+            flops.get("train_per_image"), per_device, self.cfg.device, self.gpu_name, precision,
             self.cfg.peak_tflops))
 
     def close(self) -> None:
@@ -192,7 +209,9 @@ class Experiment:
                     non_trainable_params=self.description.get("non_trainable_params"),
                     train_layers=cfg.train_layers, frozen_params=self.description.get("frozen_params"),
                     start=self.description.get("start"),
-                    input_transform=self.description.get("input_transform"))
+                    input_transform=self.description.get("input_transform"),
+                    replicas=cfg.replicas, global_batch_size=cfg.global_batch,
+                    distributed=info.get("distributed"))
 
     def finetune_info(self) -> dict[str, Any]:
         last = self.rounds[-1]
@@ -200,11 +219,17 @@ class Experiment:
         events = fit["events"]
         times = epoch_times(events, self.cfg.epochs)
         steady = after_first_steps(events, self.cfg.epochs, fit["steps_per_epoch"])
-        step_rate = steady[1] * self.cfg.batch_size / steady[0] if steady else None  # first steps left out
+        step_rate = steady[1] * self.cfg.global_batch / steady[0] if steady else None  # first steps left out
         curve = accuracy_curve(events, self.cfg.epochs)
         target = self.cfg.target_accuracy
         rounds = [dict(accuracy_before=r["before"]["accuracy"], accuracy_after=r.get("after", {}).get("accuracy"),
                        finetune_s=r["fit"]["seconds"]) for r in self.rounds if "fit" in r]
+        if self.cfg.replicas > 1:
+            replicas = dict(replica_accuracy_after=last["after"].get("replica_accuracy"),
+                            replica_pids=self.worker.pids if isinstance(self.worker, ReplicaGroup) else None,
+                            rendezvous_port_attempts=(self.worker.info or {}).get("port_attempts"))
+        else:
+            replicas = {}
         return dict(self.common_info(), epochs=self.cfg.epochs, steps_per_epoch=fit["steps_per_epoch"],
                     eval_every_epoch=self.cfg.eval_every_epoch,
                     accuracy_before=last["before"]["accuracy"], accuracy_after=last["after"]["accuracy"],
@@ -219,7 +244,7 @@ class Experiment:
                     accuracy_curve=curve, target_accuracy=target,
                     time_to_accuracy=time_to_accuracy(curve, target, last["before"]["accuracy"])
                     if target is not None else None,
-                    **self.utilization(step_rate),
+                    **self.utilization(step_rate), **replicas,
                     **self._telemetry("finetune", events, last.get("monitor")))
 
     def _telemetry(self, test: str, events: list[dict], mon: Monitor | None) -> dict[str, Any]:
@@ -246,7 +271,10 @@ class Experiment:
                                   process_peak=peak(samples, "proc_mem", window) if window else None))
         fw_peaks = [m["framework_peak"] for m in per_epoch if m["framework_peak"] is not None]
         reserved = [m["framework_reserved_peak"] for m in per_epoch if m["framework_reserved_peak"] is not None]
+        replica_mems = [s["replica_mem"] for s in samples if s.get("replica_mem")]
         memory = dict(epochs=per_epoch, process_peak=peak(samples, "proc_mem"),
+                      replica_process_peaks=[max(m[r] for m in replica_mems) for r in range(len(replica_mems[0]))]
+                      if replica_mems else None,
                       device_peak=peak(samples, "device_mem"),
                       framework_peak=max(fw_peaks) if fw_peaks else None,
                       reserved_peak=max(reserved) if reserved else None,

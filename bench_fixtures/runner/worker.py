@@ -82,7 +82,7 @@ class Worker:
 
     def __init__(self, framework: str | None, cfg: dict[str, Any], bundle_dir: str | os.PathLike | None,
                  log_path: str | os.PathLike, timeout: float, name: str | None = None, faults: bool = False,
-                 python: str | None = None, env: dict[str, str] | None = None) -> None:
+                 python: str | None = None, env: dict[str, str] | None = None, defer_hello: bool = False) -> None:
         self.framework, self.timeout, self.name = framework, timeout, name or framework or "protocol"
         self.cfg = cfg
         self.log_path, self.phase, self.events = Path(log_path), "start", []
@@ -106,7 +106,10 @@ class Worker:
         _LIVE[self.proc.pid] = self.proc
         child.close()
         self.conn = Connection(parent.detach())
-        self.info = self.request("hello", framework=framework, cfg=cfg, bundle=str(bundle_dir))
+        self.hello_args = dict(framework=framework, cfg=cfg, bundle=str(bundle_dir))
+        self.info: dict[str, Any] = {}
+        if not defer_hello:  # a replica group says hello to all its workers at once (they rendezvous)
+            self.info = self.request("hello", **self.hello_args)
 
     @property
     def pid(self) -> int:
@@ -121,10 +124,22 @@ class Worker:
 
     def request(self, cmd: str, timeout: float | None = None, **args: Any) -> Any:
         """Send CMD, wait for its answer; any failure kills the worker and raises WorkerError."""
-        timeout = self.timeout if timeout is None else timeout
+        self.send(cmd, **args)
+        return self.receive(timeout)
+
+    def send(self, cmd: str, **args: Any) -> None:
+        """The request half: a worker that is already gone shows up in `receive`."""
         self.phase = cmd
         try:
             self.conn.send({"cmd": cmd, **args})
+        except OSError:
+            pass
+
+    def receive(self, timeout: float | None = None) -> Any:
+        """The answer to the request sent last (see `request`)."""
+        timeout = self.timeout if timeout is None else timeout
+        cmd = self.phase
+        try:
             deadline = time.monotonic() + timeout
             while True:
                 ready = self.conn.poll(max(deadline - time.monotonic(), 0))
@@ -284,6 +299,7 @@ COMMANDS: dict[str, Callable[[_Session, dict], Any]] = {
     "peek_labels": lambda s, m: s.backend.peek_labels(m["batches"]),
     "count_flops": lambda s, m: s.backend.count_flops(),
     "logits": lambda s, m: s.backend.logits(m["count"]),
+    "weights_digest": lambda s, m: s.backend.weights_digest(),
 }
 
 

@@ -25,27 +25,57 @@ def _stopped(proc: psutil.Process) -> bool:
 
 
 class PsutilSampler:
-    """The worker's CPU use as a fraction of all cores, and its resident memory."""
+    """The worker's CPU use as a fraction of all cores, and its resident memory. With several
+    processes (a case's replicas), one sample for all: their cores added up, the largest one's
+    memory (per-replica memory), and each one's in `replica_busy_cores` / `replica_mem`."""
     name = "psutil"
 
-    def __init__(self, pid: int) -> None:
-        self.proc = psutil.Process(pid)
+    def __init__(self, pid: int | list[int]) -> None:
+        self.procs = [psutil.Process(p) for p in ([pid] if isinstance(pid, int) else pid)]
+        self.proc = self.procs[0]
         self.cores = psutil.cpu_count() or 1
-        self.proc.cpu_percent(None)  # starts the first interval
+        for proc in self.procs:
+            proc.cpu_percent(None)  # starts the first interval
         self.last_ns = time.monotonic_ns()
 
     def sample(self) -> list[dict[str, Any]]:
-        with self.proc.oneshot():
-            busy_cores = self.proc.cpu_percent(None) / 100.0
-            rss = self.proc.memory_info().rss
-            stopped = _stopped(self.proc)
+        busy, rss, stopped = [], [], False
+        for proc in self.procs:
+            with proc.oneshot():
+                busy.append(proc.cpu_percent(None) / 100.0)
+                rss.append(proc.memory_info().rss)
+                stopped = stopped or _stopped(proc)
         now = time.monotonic_ns()
         mid, self.last_ns = (self.last_ns + now) // 2, now  # cpu_percent covers the interval since the last call
-        return [dict(t_ns=mid, util=min(busy_cores / self.cores, 1.0), busy_cores=busy_cores, proc_mem=rss,
-                     stopped=stopped)]
+        out = dict(t_ns=mid, util=min(sum(busy) / self.cores, 1.0), busy_cores=sum(busy), proc_mem=max(rss),
+                   stopped=stopped)
+        if len(self.procs) > 1:
+            out.update(replica_busy_cores=busy, replica_mem=rss)
+        return [out]
 
     def close(self) -> None:
         pass
+
+
+class ReplicaSampler:
+    """One NVML sampler per replica (each on its own GPU); every sample says whose it is."""
+
+    def __init__(self, samplers: list[Any]) -> None:
+        self.samplers = samplers
+        self.name = samplers[0].name
+        self.buffered = samplers[0].buffered
+        self.proc = samplers[0].proc
+
+    @property
+    def process_listed(self) -> bool | None:
+        return self.samplers[0].process_listed
+
+    def sample(self) -> list[dict[str, Any]]:
+        return [dict(s, replica=r) for r, sampler in enumerate(self.samplers) for s in sampler.sample()]
+
+    def close(self) -> None:
+        for sampler in self.samplers:
+            sampler.close()
 
 
 class NvmlSampler:
@@ -112,10 +142,14 @@ class NvmlSampler:
             pass
 
 
-def make_sampler(pid: int, device: str, gpu_index: int = 0) -> tuple[Any, str]:
-    """NVML for a GPU run, psutil otherwise or when NVML fails; the reason for a fallback is kept."""
+def make_sampler(pid: int | list[int], device: str, gpu_index: int | list[int] = 0) -> tuple[Any, str]:
+    """NVML for a GPU run, psutil otherwise or when NVML fails; the reason for a fallback is kept.
+    A list of PIDs (a case's replicas) goes with a list of GPU indices, one each."""
     if device == "gpu":
         try:
+            if isinstance(pid, list):
+                indices = gpu_index if isinstance(gpu_index, list) else list(range(len(pid)))
+                return ReplicaSampler([NvmlSampler(p, i) for p, i in zip(pid, indices)]), ""
             return NvmlSampler(pid, gpu_index), ""
         except ImportError:
             reason = "nvidia-ml-py (pynvml) not installed"
@@ -128,7 +162,8 @@ def make_sampler(pid: int, device: str, gpu_index: int = 0) -> tuple[Any, str]:
 class Monitor:
     """Samples a worker every `interval` seconds on a thread of this (the parent) process."""
 
-    def __init__(self, pid: int, device: str, interval: float = 0.05, gpu_index: int = 0) -> None:
+    def __init__(self, pid: int | list[int], device: str, interval: float = 0.05,
+                 gpu_index: int | list[int] = 0) -> None:
         self.pid, self.device, self.interval, self.gpu_index = pid, device, interval, gpu_index
         self.samples: list[dict[str, Any]] = []
         self.errors: list[str] = []
@@ -197,6 +232,7 @@ class Monitor:
                     samples=len(self.samples), note=self.note, errors=self.errors[:5],
                     longest_gap_s=round(self.longest_gap_s(), 4), sampling_share=round(self.sampling_share(), 4),
                     buffered=getattr(self.sampler, "buffered", None),
+                    processes=len(self.pid) if isinstance(self.pid, list) else 1,
                     process_listed=getattr(self.sampler, "process_listed", None))
 
     def __enter__(self) -> "Monitor":

@@ -53,6 +53,9 @@ OVERHEAD_CASES = [c for c in CASES if c.values[1] == "mobilenet_v2"]
 def test_harness_overhead(benchmark, bench_runner, bench_config, bench_setup, framework, model):
     """Suite vs a bare hand-written loop, monitor on vs off, input headroom: alternated rounds in
     the case's own worker. One benchmark round = one cycle of the three kinds."""
+    if bench_config.replicas > 1:
+        pytest.skip(f"the overhead check compares one process's loop with a bare one in that process; "
+                    f"--replicas {bench_config.replicas} runs several (run it with --replicas 1)")
     benchmark.group = f"overhead-{model}"
     exp = bench_runner.get(framework, model, bench_setup)
     if not exp.description:

@@ -1,0 +1,208 @@
+"""A case's N data-parallel replicas: one worker process each, launched the way `torchrun` does.
+
+Every replica gets its rank, the world size and a rendezvous address in its environment (torch:
+RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT; TensorFlow: TF_CONFIG with one cluster
+entry per replica) and, on a GPU host, its own GPU as its only visible device. Every request goes
+to every replica; the answer is replica 0's, with all of them kept (`answers`). If any replica
+dies, hangs or fails, the others are ended at once and the case fails naming that replica's rank
+with its log tail. A rendezvous port that turns out to be taken is retried on fresh ports.
+
+Across hosts: set MASTER_ADDR / MASTER_PORT, NNODES and NODE_RANK (torch), or TF_CONFIG listing
+every replica of every host with this host's first replica as `task.index` (TensorFlow), and run
+the same command on each host (README). Nothing is chosen for you then, and nothing is retried.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+from .worker import Worker, WorkerError
+
+PORT_ATTEMPTS = 3
+# What a rendezvous that lost its port race says (torch's TCPStore; TensorFlow's gRPC server).
+PORT_IN_USE = ("address already in use", "eaddrinuse", "failed to bind", "could not start grpc server")
+SETTLE_S = 3.0  # after a first failure, how long to wait for the other replicas' own accounts
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """COUNT ports the kernel had free a moment ago (held together, so they differ). Another process
+    can still take one before a replica binds it: the group then retries (PORT_IN_USE)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind((host, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def rendezvous_env(framework: str, replicas: int, gpu: bool, environ: dict[str, str] | None = None,
+                   ports: list[int] | None = None) -> tuple[list[dict[str, str]], str]:
+    """The environment of each local replica, and where the rendezvous is (for messages). From
+    ENVIRON (default os.environ) when it names one (another host's rank 0), else on this host."""
+    environ = dict(os.environ if environ is None else environ)
+    visible = [d for d in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    envs: list[dict[str, str]] = []
+    for local in range(replicas):
+        env = {"LOCAL_RANK": str(local), "LOCAL_WORLD_SIZE": str(replicas)}
+        if gpu:  # one GPU per replica, the way launchers do it; it is cuda:0 / GPU:0 inside
+            env["CUDA_VISIBLE_DEVICES"] = visible[local] if visible else str(local)
+        envs.append(env)
+    if framework == "tensorflow":
+        if environ.get("TF_CONFIG"):
+            given = json.loads(environ["TF_CONFIG"])
+            first, workers = int(given["task"]["index"]), given["cluster"]["worker"]
+            if first + replicas > len(workers):
+                raise WorkerError(f"TF_CONFIG lists {len(workers)} workers; this host's replicas are "
+                                  f"task.index {first}..{first + replicas - 1}: list one entry per replica")
+            for local, env in enumerate(envs):
+                env["TF_CONFIG"] = json.dumps(dict(given, task=dict(type="worker", index=first + local)))
+            return envs, f"TF_CONFIG (workers {', '.join(workers)})"
+        ports = ports or free_ports(replicas)
+        cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+        for local, env in enumerate(envs):
+            env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": local}})
+        return envs, f"127.0.0.1 ports {', '.join(map(str, ports))}"
+    nodes, node = int(environ.get("NNODES", "1")), int(environ.get("NODE_RANK", "0"))
+    addr = environ.get("MASTER_ADDR")
+    port = environ.get("MASTER_PORT") if addr else None
+    if not addr:
+        addr, port = "127.0.0.1", str((ports or free_ports(1))[0])
+    elif not port:
+        raise WorkerError("MASTER_ADDR is set but MASTER_PORT is not: give the rendezvous port too")
+    for local, env in enumerate(envs):
+        env.update(MASTER_ADDR=addr, MASTER_PORT=str(port), WORLD_SIZE=str(nodes * replicas),
+                   RANK=str(node * replicas + local), GROUP_RANK=str(node))
+    return envs, f"{addr}:{port}"
+
+
+def _chosen_here(framework: str, environ: dict[str, str]) -> bool:
+    return not (environ.get("TF_CONFIG") if framework == "tensorflow" else environ.get("MASTER_ADDR"))
+
+
+class ReplicaGroup:
+    """The workers of one case's replicas, used where a `Worker` is (same request/close interface)."""
+
+    def __init__(self, framework: str, cfg: dict[str, Any], bundle_dir: str | os.PathLike,
+                 log_path: str | os.PathLike, timeout: float, name: str | None = None,
+                 python: str | None = None, env: dict[str, str] | None = None, faults: bool = False) -> None:
+        self.framework, self.cfg, self.timeout = framework, cfg, timeout
+        self.name = name or framework
+        self.replicas = int(cfg["replicas"])
+        self.log_path = Path(log_path)
+        self.workers: list[Worker] = []
+        self.answers: list[Any] = []
+        self.on_progress: Any = None
+        environ = {**os.environ, **(env or {})}
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            envs, self.rendezvous = rendezvous_env(framework, self.replicas, cfg["device"] == "gpu", environ)
+            self.gpus = [int(e["CUDA_VISIBLE_DEVICES"]) for e in envs if e.get("CUDA_VISIBLE_DEVICES", "").isdigit()]
+            self.workers = [Worker(framework, cfg, bundle_dir, self._log(r), timeout, name=f"{self.name} replica {r}",
+                                   faults=faults, python=python, env={**(env or {}), **envs[r]}, defer_hello=True)
+                            for r in range(self.replicas)]
+            try:
+                infos = self._all("hello", workers_args=[w.hello_args for w in self.workers])
+                break
+            except WorkerError as e:
+                if attempt == PORT_ATTEMPTS or not _chosen_here(framework, environ) or \
+                        not any(s in str(e).lower() for s in PORT_IN_USE):
+                    raise
+        self.info = dict(infos[0], replica_infos=infos, replica_pids=self.pids, rendezvous=self.rendezvous,
+                         port_attempts=attempt)
+
+    def _log(self, rank: int) -> Path:
+        return self.log_path.with_name(f"{self.log_path.stem}-replica{rank}{self.log_path.suffix}")
+
+    # -- what Experiment uses of a Worker ---------------------------------------------------
+    @property
+    def pid(self) -> int:
+        return self.workers[0].pid
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.pid for w in self.workers]
+
+    @property
+    def proc(self) -> Any:
+        return self.workers[0].proc
+
+    @property
+    def events(self) -> list[dict]:
+        return self.workers[0].events
+
+    def request(self, cmd: str, timeout: float | None = None, **args: Any) -> Any:
+        """CMD to every replica; replica 0's answer (all of them in `answers`)."""
+        self.answers = self._all(cmd, timeout, args=args)
+        return self.answers[0]
+
+    def _all(self, cmd: str, timeout: float | None = None, args: dict | None = None,
+             workers_args: list[dict] | None = None) -> list[Any]:
+        """Send to all, then wait for all on threads: the first failure (a death before a hang
+        before an exception, as a replica that dies makes its peers' collectives fail or hang)
+        ends every replica and is raised with its rank."""
+        for r, w in enumerate(self.workers):
+            w.on_progress = self.on_progress if r == 0 else None
+            w.send(cmd, **(workers_args[r] if workers_args else args or {}))
+        done: queue.Queue = queue.Queue()
+
+        def wait(r: int, w: Worker) -> None:
+            try:
+                done.put((r, True, w.receive(timeout)))
+            except BaseException as e:  # noqa: BLE001 - carried to the main thread
+                done.put((r, False, e))
+
+        threads = [threading.Thread(target=wait, args=(r, w), daemon=True, name=f"replica-{r}")
+                   for r, w in enumerate(self.workers)]
+        for t in threads:
+            t.start()
+        results: dict[int, Any] = {}
+        failures: dict[int, BaseException] = {}
+        while len(results) + len(failures) < len(self.workers):
+            try:
+                r, ok, value = done.get(timeout=SETTLE_S if failures else None)
+            except queue.Empty:  # the others still wait on the failed one's collectives
+                break
+            (results if ok else failures)[r] = value
+        if failures:  # the replicas still waiting are ended here: their own "killed" is not the cause
+            for w in self.workers:
+                w.kill()
+            for t in threads:
+                t.join(timeout=30)
+            raise self._blame(cmd, failures)
+        return [results[r] for r in range(len(self.workers))]
+
+    def _blame(self, cmd: str, failures: dict[int, BaseException]) -> WorkerError:
+        def rank_of(kind: str) -> int | None:
+            return next((r for r in sorted(failures) if kind in str(failures[r])), None)
+        r = next((x for x in (rank_of(" died "), rank_of(" hung:")) if x is not None), min(failures))
+        others = sorted(set(range(self.replicas)) - {r})
+        return WorkerError(f"{self.name}: replica {r} of {self.replicas} failed during '{cmd}' (rendezvous "
+                           f"{self.rendezvous}); replica(s) {', '.join(map(str, others))} ended with it: {failures[r]}")
+
+    def kill(self) -> None:
+        for w in self.workers:
+            w.kill()
+
+    def close(self) -> None:
+        for w in self.workers:  # shutdown to all first: a replica may wait on its peers to leave
+            if w.proc.poll() is None and not w.conn.closed:
+                try:
+                    w.conn.send({"cmd": "shutdown"})
+                except OSError:
+                    pass
+        for w in self.workers:
+            w.close()
+
+    def __enter__(self) -> "ReplicaGroup":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
