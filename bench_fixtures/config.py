@@ -145,12 +145,7 @@ class BenchConfig:
                 + (f" weights_dir={self.weights_dir}" if self.weights_dir else "")
                 + (f" train_layers={self.train_layers}" if self.train_layers != "all" else "")
                 + (f" target_accuracy={self.target_accuracy:g}" if self.target_accuracy is not None else "")
-                + (f" replicas={self.replicas} (global batch {self.global_batch})" if self.replicas > 1 else ""))
-
-    @property
-    def global_batch(self) -> int:
-        """Images per step over all replicas: --batch-size is each replica's."""
-        return self.batch_size * self.replicas
+                + (f" replicas={self.replicas} on this host (batch {self.batch_size} each)" if self.replicas > 1 else ""))
 
 
 def setup_values(setup: str, overrides: Mapping[str, Any], weights: str) -> dict[str, Any]:
@@ -241,10 +236,11 @@ def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "") ->
     layers = given.get("train_layers", COMMON["train_layers"])
     values = {**COMMON, **PROFILES[profile], **DATASET_OVERRIDES.get((profile, dataset), {}),
               **TRAIN_LAYERS_OVERRIDES.get((profile, layers), {}), **given}
-    if "train_size" not in given and values.get("replicas") not in (None, 1) and isinstance(values["replicas"], int) \
+    if profile == "smoke" and "train_size" not in given and isinstance(values.get("replicas"), int) \
             and values["replicas"] > 1 and values["train_size"]:
-        # The profile's subset grows with the replicas, so an epoch has as many steps as with one: each
-        # replica does the single process's work (weak scaling); --train-size fixes it instead.
+        # Smoke's subset grows with the replicas on this host, so an epoch has as many steps as with
+        # one (its 16 steps are what it needs to learn): each replica does the single process's work.
+        # --train-size fixes it instead; the other profiles keep theirs (fewer steps per epoch).
         values["train_size"] *= values["replicas"]
     _check_choice("setup", values["setup"])
     _check_choice("train_layers", values["train_layers"])
@@ -269,6 +265,9 @@ def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "") ->
         _check_number(field, values[field], int, 0)
     for field in ("epochs", "batch_size", "finetune_rounds", "step_rounds", "step_count", "replicas"):
         _check_number(field, values[field], int, 1)
+    if values["device"] == "gpu" and gpu_count and values["replicas"] > gpu_count:
+        raise ConfigError(f"--replicas {values['replicas']} on a GPU host: each replica needs its own GPU and NVML "
+                          f"sees {gpu_count}; give at most {gpu_count}, or run the rest on another host (README)")
     if values["replicas"] > MAX_REPLICAS:
         raise ConfigError(f"--replicas {values['replicas']}: must be at most {MAX_REPLICAS} (one process per "
                           f"replica on this host); for more, run the same command on more hosts (README)")

@@ -204,8 +204,8 @@ def test_worker_faults_fail_only_their_own_test(tmp_path):
     assert "FAILED tests/benchmarks/test_cases.py::test_train_step[torch-mobilenet_v2]" in output
     assert "WorkerError: torch-mobilenet_v2 worker died (killed by SIGKILL) during 'fit'; SIGKILL from outside" \
         in output, output[-3000:]
-    assert "WorkerError: torch-mobilenet_v2 worker hung: no answer to 'hello' within 10 s (--worker-timeout); " \
-           "killed it" in output
+    assert "WorkerError: torch-mobilenet_v2 worker hung (it was stopped: SIGSTOP, Ctrl-Z or a debugger): no answer " \
+           "to 'hello' within 10 s (--worker-timeout); killed it" in output
     assert "bench_fixtures/runner/worker.py" not in output  # the worker's account, not the harness's internals
     assert "2 failed, 1 passed" in output, output[-3000:]
     assert [b["name"] for b in json.loads(out.read_text())["benchmarks"]] == \
@@ -311,3 +311,49 @@ def test_a_worker_stopped_mid_fine_tune_fails_its_telemetry(tmp_path):
     assert paused.is_set()
     problems = telemetry_problems(info, "finetune")
     assert any(p.startswith("the worker was stopped (SIGSTOP, Ctrl-Z or a debugger) in ") for p in problems), problems
+
+
+def _replica(pid: int, framework_env: str, rank: str, timeout: float = 120) -> psutil.Process:
+    """The session's worker that is replica RANK (by the launcher's variable FRAMEWORK_ENV)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for worker in _workers(pid):
+            try:
+                env = worker.environ()
+            except psutil.Error:
+                continue
+            if framework_env == "RANK" and env.get("RANK") == rank:
+                return worker
+        time.sleep(0.05)
+    raise AssertionError(f"no replica {rank} appeared")
+
+
+@pytest.mark.torch
+@pytest.mark.tensorflow
+def test_a_killed_replica_fails_only_its_case_in_a_replicas_session(tmp_path):
+    """`--replicas 2` through the plugin: SIGKILL to torch's replica 1 mid-fit fails the torch case
+    naming that replica; TensorFlow's case then runs its two replicas and passes, with both
+    processes sampled; no replica outlives the session; JAX's cases say in one line why they skip."""
+    out = tmp_path / "out.json"
+    proc, lines = _session(["-k", "test_finetune and mobilenet_v2", "--replicas=2", "--epochs=3", "-rfs",
+                            f"--benchmark-json={out}", f"--telemetry-dir={tmp_path / 'telemetry'}"])
+    seen: list[str] = []
+    watch = _WorkerWatch(proc.pid)
+    try:
+        _wait_for(lines, "torch-mobilenet_v2 replica 0: epoch 1/3", seen)
+        os.kill(_replica(proc.pid, "RANK", "1").pid, signal.SIGKILL)
+        output = _drain(proc, lines, seen)
+    finally:
+        proc.kill()
+        watch.stop()
+    assert "FAILED tests/benchmarks/test_cases.py::test_finetune[torch-mobilenet_v2]" in output, output[-3000:]
+    assert "WorkerError: torch-mobilenet_v2: replica 1 of 2 failed during 'fit'" in output, output[-3000:]
+    assert "jax cases skipped: --replicas 2 is not supported yet" in output
+    assert "1 failed, 1 passed, 1 skipped" in output, output[-3000:]
+    (b,) = json.loads(out.read_text())["benchmarks"]
+    e = b["extra_info"]
+    assert (b["name"], e["replicas"], e["global_batch_size"]) == ("test_finetune[tensorflow-mobilenet_v2]", 2, 64)
+    assert e["monitor"]["processes"] == 2 and len(e["memory"]["replica_process_peaks"]) == 2
+    assert e["distributed"]["world_size"] == 2 and e["distributed"]["setup_s"] > 0
+    assert len(watch.pids) == 4, watch.pids  # two replicas per case
+    assert [pid for pid in watch.pids if not _gone(pid)] == []

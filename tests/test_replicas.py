@@ -23,7 +23,7 @@ from bench_fixtures.data.bundle import replica_shard
 from bench_fixtures.frameworks import FRAMEWORKS, installed
 from bench_fixtures.runner import replicas as replicas_mod
 from bench_fixtures.runner.experiment import prepare_data
-from bench_fixtures.runner.replicas import ReplicaGroup, rendezvous_env
+from bench_fixtures.runner.replicas import ReplicaGroup, rendezvous_env, world_size
 from bench_fixtures.runner.worker import _LIVE, WorkerError
 from bench_fixtures.telemetry.monitor import PsutilSampler
 
@@ -82,9 +82,21 @@ def test_a_second_host_takes_its_ranks_from_the_environment():
     assert [json.loads(e["TF_CONFIG"])["task"]["index"] for e in envs] == [2, 3]
 
 
+def test_the_world_is_every_host_s_replicas():
+    assert world_size(1, {"MASTER_ADDR": "h", "NNODES": "2"}) == 1  # one process: no rendezvous
+    assert world_size(2, {}) == 2
+    assert world_size(2, {"MASTER_ADDR": "h", "MASTER_PORT": "1", "NNODES": "3"}) == 6
+    assert world_size(2, {"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1"] * 4}, "task": {"index": 0}})}) == 4
+    with pytest.raises(WorkerError, match="one framework per multi-host session"):
+        world_size(2, {"MASTER_ADDR": "h", "NNODES": "1",
+                       "TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1"] * 4}, "task": {"index": 0}})})
+
+
 def test_an_incomplete_rendezvous_is_one_clear_error():
     with pytest.raises(WorkerError, match="MASTER_PORT is not"):
         rendezvous_env("torch", 2, gpu=False, environ=dict(MASTER_ADDR="10.0.0.1"))
+    with pytest.raises(WorkerError, match="shows 1 GPU"):
+        rendezvous_env("torch", 2, gpu=True, environ=dict(CUDA_VISIBLE_DEVICES="3"))
     with pytest.raises(WorkerError, match="one entry per replica"):
         rendezvous_env("tensorflow", 2, gpu=False, environ=dict(
             TF_CONFIG=json.dumps({"cluster": {"worker": ["a:1", "a:2"]}, "task": {"type": "worker", "index": 1}})))
@@ -96,8 +108,10 @@ def test_replicas_option_is_checked_and_the_smoke_subset_grows_with_it():
         with pytest.raises(ConfigError, match=match.replace("(", r"\(")):
             resolve({"device": "cpu", "replicas": bad}, 0)
     assert resolve({"device": "cpu", "replicas": 2}, 0).train_size == 512  # smoke's 256 per replica
-    cfg = resolve({"device": "cpu", "replicas": 2, "train_size": 300}, 0)
-    assert (cfg.train_size, cfg.global_batch) == (300, 64)
+    assert resolve({"device": "cpu", "replicas": 2, "train_size": 300}, 0).train_size == 300
+    assert resolve({"device": "cpu", "replicas": 2, "profile": "quick"}, 0).train_size == 10000  # smoke's only
+    with pytest.raises(ConfigError, match="each replica needs its own GPU and NVML sees 1"):
+        resolve({"device": "gpu", "replicas": 2}, 1)
     with pytest.raises(ConfigError, match="--batch-size 32 x --replicas 4 is larger than --train-size 100"):
         resolve({"device": "cpu", "replicas": 4, "train_size": 100}, 0)
 
@@ -170,9 +184,9 @@ def test_two_replicas_train_their_shards_and_agree_after_a_step(two_replicas, fr
         assert g.answers[0] == g.answers[1] and before[0] == before[1] and g.answers[0] != before[0]
 
 
-@pytest.mark.parametrize("framework", [pytest.param("torch", marks=needs("torch")),
-                                       pytest.param("tensorflow", marks=needs("tensorflow"))])
+@pytest.mark.parametrize("framework", [pytest.param("tensorflow", marks=needs("tensorflow"))])
 def test_a_replica_killed_mid_fit_fails_its_case_and_ends_the_others(two_replicas, framework):
+    """(torch's: tests/test_faults.py, in a whole session.)"""
     g = _group(framework, two_replicas, f"{framework}-kill")
     pids = g.pids
     try:
@@ -207,3 +221,22 @@ def test_a_taken_rendezvous_port_is_retried_on_another(two_replicas, monkeypatch
             assert g.info["port_attempts"] == 2 and str(taken.getsockname()[1]) not in g.rendezvous
     finally:
         taken.close()
+
+
+@needs("torch")
+def test_a_stopped_replica_is_named_when_its_peers_hang_with_it(two_replicas):
+    """A replica that stops answering leaves its peers waiting in the all-reduce: every replica
+    times out, and the case names the one that was stopped, not its waiting peers."""
+    cfg, bundle_dir, folder = two_replicas
+    g = ReplicaGroup("torch", cfg.as_dict(), bundle_dir, folder / "torch-stop.log", 15.0, name="torch-stop")
+    pids = g.pids
+    try:
+        g.request("build", model="mobilenet_v2")
+        threading.Timer(2.0, os.kill, (pids[1], 19)).start()  # SIGSTOP
+        with pytest.raises(WorkerError) as e:
+            g.request("fit", epochs=200)
+    finally:
+        g.close()
+    message = str(e.value)
+    assert message.startswith("torch-stop: replica 1 of 2 failed during 'fit'"), message[:300]
+    assert "hung (it was stopped: SIGSTOP" in message and _gone(pids)

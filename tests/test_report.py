@@ -303,3 +303,29 @@ def test_a_setup_that_is_not_a_name_is_refused_and_nothing_is_written(tmp_path):
     with pytest.raises(ResultsError, match=r"'extra_info.setup' must be a setup's name"):
         report.write_report([path], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_one_and_a_two_replica_run_give_the_scaling_table_and_plot(tmp_path):
+    """Efficiency = images/s with N / (N x images/s with 1), from two runs given together; a case
+    measured at one replica count only is not in the section."""
+    one = crafted_run(tmp_path / "r1", ["matched"], step_images_per_s=200.0, replicas=1, cpu_threads=2)
+    two_path = crafted_run(tmp_path / "r2", ["matched"], step_images_per_s=300.0, replicas=2,
+                           distributed=dict(engine="DDP", collective="gloo", threads_per_replica=1))
+    two = json.loads(open(two_path).read())
+    two["benchmarks"] = [b for b in two["benchmarks"] if b["extra_info"]["framework"] == "torch"]
+    open(two_path, "w").write(json.dumps(two))
+    points = report.scaling_points([json.loads(open(one).read()), two], "matched")
+    assert points == {("torch", "mobilenet_v2"): {1: 200.0, 2: 300.0}}
+    assert report.efficiency(points["torch", "mobilenet_v2"], 2) == 0.75
+    out = tmp_path / "out"
+    md = report.write_report([one, two_path], out).read_text()
+    section = md.split("## Data-parallel scaling", 1)[1].split("\n## ", 1)[0]
+    assert "| torch-mobilenet_v2 | 2 | 300.0 | 0.75 | DDP (gloo) | 1 | – |" in section
+    assert "| torch-mobilenet_v2 | 1 | 200.0 | 1.00 | one process | 2 | – |" in section  # its cpu_threads
+    assert "tensorflow-mobilenet_v2" not in section
+    assert (out / "scaling.png").stat().st_size > 0 and "![scaling.png](scaling.png)" in md
+    two["bench_config"]["batch_size"] = 64  # another experiment: not a point on the same curve
+    open(two_path, "w").write(json.dumps(two))
+    md = report.write_report([one, two_path], tmp_path / "out2").read_text()
+    assert "## Data-parallel scaling" not in md and not (tmp_path / "out2" / "scaling.png").exists()
+    assert "the runs differ in batch_size (None vs 64): their images/s are not a scaling curve" in md

@@ -309,6 +309,29 @@ def scaling_points(runs: list[dict], setup: str) -> dict[tuple[str, str], dict[i
     return {k: v for k, v in points.items() if len(v) > 1}
 
 
+# What must match for runs' images/s to be compared across replica counts (not the training subset:
+# smoke's grows with the replicas).
+SCALING_KEYS = ("profile", "device", "dataset", "batch_size", "image_size", "precision", "compile", "weights",
+                "optimizer", "lr", "epochs", "channels_last", "train_layers")
+
+
+def scaling_mismatch(runs: list[dict]) -> str | None:
+    """Why the runs' scaling figures cannot be compared (a setting or the machine differs), or None."""
+    def signature(run: dict) -> dict:
+        cfg, mi = run.get("bench_config") or {}, run.get("machine_info") or {}
+        return {**{k: cfg.get(k) for k in SCALING_KEYS}, "machine": (mi.get("cpu_model"), mi.get("gpu_name"))}
+    with_replicas = [r for r in runs if any(isinstance((b.get("extra_info") or {}).get("replicas"), int)
+                                            for b in r["benchmarks"])]
+    first = signature(with_replicas[0]) if with_replicas else {}
+    for run in with_replicas[1:]:
+        other = signature(run)
+        diff = [k for k in first if first[k] != other[k]]
+        if diff:
+            return (f"the runs differ in {', '.join(diff)} ({first[diff[0]]!r} vs {other[diff[0]]!r}): their images/s "
+                    f"are not a scaling curve, so the data-parallel scaling section is left out")
+    return None
+
+
 def efficiency(by_n: dict[int, float], n: int) -> float | None:
     """Scaling efficiency at N replicas: images/s with N / (N x images/s with 1); None without a
     one-replica figure."""
@@ -319,21 +342,22 @@ def scaling_section(points: dict[tuple[str, str], dict[int, float]], runs: list[
     threads = {}
     for run in runs:
         for (fw, m), b in cases(run, "test_finetune").items():
-            d = (b.get("extra_info") or {}).get("distributed") or {}
-            if d:
-                threads[(fw, m, (b.get("extra_info") or {}).get("replicas"))] = d
+            e = b.get("extra_info") or {}
+            threads[(fw, m, e.get("replicas", 1))] = e.get("distributed") or {"cpu_threads": e.get("cpu_threads")}
     lines = ["## Data-parallel scaling", "",
              "Global steady images/s (first steps left out) with N replicas, one process each; efficiency = "
              "images/s with N / (N x images/s with 1). Per-replica batch as given, global batch N times it, "
              "lr not scaled.", "",
-             "| case | replicas | images/s | efficiency | engine (collective) | threads per replica |", "|---|---|---|---|---|---|"]
+             "| case | replicas | images/s | efficiency | engine (collective) | threads per replica | "
+             "set-up (s) |", "|---|---|---|---|---|---|---|"]
     for (fw, m), by_n in sorted(points.items(), key=lambda kv: (MODELS.index(kv[0][1]), FRAMEWORKS.index(kv[0][0]))):
         for n in sorted(by_n):
             d = threads.get((fw, m, n)) or {}
             eff = efficiency(by_n, n)
-            engine = f"{d['engine']} ({d['collective']})" if d else "one process"
+            engine = f"{d['engine']} ({d['collective']})" if d.get("engine") else "one process"
+            threads_n = d.get("threads_per_replica", d.get("cpu_threads"))
             lines.append(f"| {fw}-{m} | {n} | {by_n[n]:.1f} | {'–' if eff is None else f'{eff:.2f}'} | {engine} | "
-                         f"{d.get('threads_per_replica', '–')} |")
+                         f"{'–' if threads_n is None else threads_n} | {_f(d.get('setup_s'), '.2f')} |")
     return lines + [""]
 
 
@@ -756,7 +780,7 @@ def figures(fts: dict[str, dict], tss: dict[str, dict], runs: list[dict], base: 
     files += [share] if share else []
     if len(runs) > 1:
         files.append(plot_trend(runs, out, first))
-    points = scaling_points(runs, first)
+    points = scaling_points(runs, first) if not scaling_mismatch(runs) else {}
     if points:
         device = (runs[-1].get("bench_config") or {}).get("device") or "?"
         files.append(plot_scaling(points, out, first, device))
@@ -799,8 +823,11 @@ def _write_report(paths: list[str], runs: list[dict], out: Path) -> None:
     else:
         notes.append("no developer-experience figures in this run (recorded by the pytest session)")
     md += machine_section(run.get("machine_info") or {})
+    mismatch = scaling_mismatch(runs)
     points = scaling_points(runs, names[0])
-    if points:
+    if points and mismatch:
+        notes.append(mismatch)
+    elif points:
         md += scaling_section(points, runs)
     if len(runs) > 1:
         md += history_section(paths, runs, names[0])

@@ -313,6 +313,7 @@ class KerasBackend:
         outputs = head(backbone(InputTransform(self.transform, self.cfg["image_size"])(inputs)))
         head.set_weights(list(head_init(spec.feature_dim, self.cfg["seed"])))
         self.model = keras.Model(inputs, outputs)
+        self.nonfinite = FirstNonFiniteStep()
         if self.cfg["optimizer"] == "sgd":
             opt = keras.optimizers.SGD(self.cfg["lr"], momentum=self.cfg["momentum"])
         elif self.cfg.get("adam_eps") is not None:
@@ -323,7 +324,7 @@ class KerasBackend:
             opt = keras.optimizers.LossScaleOptimizer(opt)
         self.model.compile(optimizer=opt,
                            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                           metrics=["accuracy", FirstNonFiniteStep()], jit_compile=self.jit_compile())
+                           metrics=["accuracy", self.nonfinite], jit_compile=self.jit_compile())
         self._instrument()
 
     def _start_record(self, name: str) -> dict[str, Any]:
@@ -461,7 +462,7 @@ class KerasBackend:
         seconds = time.perf_counter() - start
         self.steps_done()
         callbacks.on_train_end()  # joins Keras' callback thread, as the end of `fit` does
-        bad = int(host_number(logs["first_nonfinite_step"]))
+        bad = self.first_nonfinite(logs)
         if bad >= 0:
             raise nonfinite_error(self.framework, None, bad)
         return dict(seconds=seconds, images=count * self.global_batch, loss=host_number(logs["loss"]))
@@ -476,6 +477,10 @@ class KerasBackend:
     def jit_compile(self) -> bool | str:
         """`jit_compile` for `model.compile`."""
         raise NotImplementedError
+
+    def first_nonfinite(self, logs: dict[str, Any]) -> int:
+        """After `run_steps`: the first non-finite step of the round, -1 if none (from its logs)."""
+        return int(host_number(logs["first_nonfinite_step"]))
 
     def scope(self) -> contextlib.AbstractContextManager:
         """Where the model is built and trained: a distribution strategy's scope, else nothing."""

@@ -57,7 +57,8 @@ class Replica:
     @property
     def threads(self) -> int:
         """CPU threads for this replica's kernels: the host's cores split evenly among its replicas."""
-        return max(1, (os.cpu_count() or 1) // self.local)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cores // self.local)
 
     def describe(self, engine: str, collective: str, setup_s: float, threads: int) -> dict[str, Any]:
         """The `distributed` record every backend reports the same way (info and settings)."""
@@ -69,13 +70,14 @@ class Replica:
                               "each replica evaluates its own")
 
 
-def replica_from_env(cfg: dict[str, Any]) -> Replica:
+def replica_from_env(cfg: dict[str, Any], framework: str) -> Replica:
     """Rank and world size as the launcher (runner/replicas.py, or torchrun-style variables on another
-    host) put them in the environment: TF_CONFIG for TensorFlow, RANK / WORLD_SIZE otherwise."""
+    host) put them in the environment: TF_CONFIG for TensorFlow, RANK / WORLD_SIZE for torch (each
+    reads only its own: a session may carry both)."""
     if int(cfg.get("replicas", 1)) <= 1:
         return Replica()
     local = int(os.environ.get("LOCAL_WORLD_SIZE", cfg["replicas"]))
-    if os.environ.get("TF_CONFIG"):
+    if framework == "tensorflow":
         tf_config = json.loads(os.environ["TF_CONFIG"])
         return Replica(int(tf_config["task"]["index"]), len(tf_config["cluster"]["worker"]), local)
     return Replica(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), local)

@@ -24,9 +24,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from ..data import MEAN, STD, Bundle  # noqa: E402
+from ..data.bundle import replica_shard  # noqa: E402
 from ..models import SPECS  # noqa: E402
 from ..telemetry.timeline import Timeline  # noqa: E402
-from .keras_common import KerasBackend, set_policy  # noqa: E402
+from .keras_common import KerasBackend, host_number, set_policy  # noqa: E402
 from .protocol import BackendError, replica_from_env  # noqa: E402
 
 PREFETCH = 4  # batches ready ahead of the training step
@@ -52,7 +53,7 @@ class TensorFlowBackend(KerasBackend):
         super().__init__(cfg, bundle, timeline)
         gpus = tf.config.list_physical_devices("GPU")
         configure(cfg)
-        self.replica = replica_from_env(cfg)
+        self.replica = replica_from_env(cfg, "tensorflow")
         self.strategy: tf.distribute.Strategy | None = None
         self.distributed: dict[str, Any] | None = None
         if self.replica.world > 1:  # before any other TensorFlow op, as the strategy requires
@@ -72,14 +73,15 @@ class TensorFlowBackend(KerasBackend):
     def _init_strategy(self, gpu: bool) -> None:
         """MultiWorkerMirroredStrategy from TF_CONFIG: one replica per process, as torch's, with the
         collective implementation chosen to match torch's (ring all-reduce on a CPU, as gloo; NCCL
-        on GPUs). Each replica reads the global-batch stream and tf.distribute's DATA auto-sharding
-        hands it its slice (the same slice `replica_shard` gives torch)."""
+        on GPUs). Each replica builds the input of its own shard (`_replica_input`)."""
         comm = tf.distribute.experimental.CommunicationImplementation
         threads = self.replica.threads
         if not gpu:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
         start = time.perf_counter()
-        options = tf.distribute.experimental.CommunicationOptions(implementation=comm.NCCL if gpu else comm.RING)
+        # Collectives wait longer than a request may take (see torch_backend._init_process_group).
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation=comm.NCCL if gpu else comm.RING, timeout_seconds=self.cfg["worker_timeout"] + 60)
         self.strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         with self.strategy.scope():  # the first collective: every replica joined
             self.strategy.reduce("SUM", self.strategy.run(lambda: tf.constant(1)), axis=None)
@@ -92,6 +94,13 @@ class TensorFlowBackend(KerasBackend):
         self.distributed = self.replica.describe(
             "tf.distribute.MultiWorkerMirroredStrategy", f"{'NCCL' if gpu else 'RING'} all-reduce",
             setup_s, tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count())
+
+    def first_nonfinite(self, logs: dict[str, Any]) -> int:
+        """With replicas, read from the metric in cross-replica context (summed state, see
+        FirstNonFiniteStep): the step logs hold the replicas' mean of each one's own result."""
+        if self.strategy is None:
+            return super().first_nonfinite(logs)
+        return int(host_number(self.nonfinite.result()))
 
     def scope(self):
         return self.strategy.scope() if self.strategy is not None else super().scope()
@@ -126,11 +135,11 @@ class TensorFlowBackend(KerasBackend):
 
     def built(self) -> None:
         self.step_iterator = None
+        self.eval_forward = None
         if self.strategy is not None:
             # Keras 3's `fit` under MultiWorkerMirroredStrategy fails reducing its first batch to build
             # the model (keras-team/keras#20585, open). Built here from one plain batch instead, and
-            # the model forgets its strategy: `fit` then takes it from the scope it runs in, and
-            # evaluation outside that scope runs on each replica alone.
+            # the model forgets its strategy: `fit` takes it from the scope it runs in.
             with self.strategy.scope():
                 self.model._symbolic_build(data_batch=(self.bundle.train.images[:1], self.bundle.train.labels[:1]))
             self.model._distribute_strategy = None
@@ -210,6 +219,27 @@ class TensorFlowBackend(KerasBackend):
         info = tf.config.experimental.get_memory_info("GPU:0")
         return dict(peak=info["peak"], reserved_peak=None, current=info["current"])
 
+    def evaluate(self) -> dict[str, Any]:
+        """Keras' `evaluate`; with replicas, this replica's own model over the whole test split, as
+        torch's replicas evaluate (Keras' metrics under the strategy would report the replicas' mean,
+        and the group averages the replicas itself)."""
+        if self.strategy is None:
+            return super().evaluate()
+        start = time.perf_counter()
+        if self.eval_forward is None:
+            model = self.model
+            self.eval_forward = tf.function(lambda x: model(x, training=False))
+        test, bs = self.bundle.test, self.cfg["batch_size"]
+        correct, loss = 0, 0.0
+        for i in range(0, len(test), bs):
+            logits = self.eval_forward(tf.constant(np.asarray(test.images[i:i + bs]))).numpy().astype(np.float64)
+            y = np.asarray(test.labels[i:i + bs])
+            z = logits - logits.max(axis=1, keepdims=True)  # softmax cross-entropy from logits, as Keras'
+            loss += float((np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y]).sum())
+            correct += int((logits.argmax(axis=1) == y).sum())
+        n = len(test)
+        return dict(accuracy=correct / n, loss=loss / n, n=n, seconds=time.perf_counter() - start)
+
     # -- data ------------------------------------------------------------------------------
     def _finish(self, ds: tf.data.Dataset) -> tf.data.Dataset:
         """matched: tf.data autotuning off. Its optimiser thread sleeps for growing periods (up to a
@@ -224,23 +254,27 @@ class TensorFlowBackend(KerasBackend):
         return ds.prefetch(PREFETCH).with_options(options)
 
     def _train_dataset(self, order: np.ndarray, repeat: bool = False) -> tf.data.Dataset:
-        """Global batches of the shared order; with replicas, tf.distribute gives each its slice."""
+        bs = self.cfg["batch_size"]
         ds = tf.data.Dataset.from_tensor_slices(np.asarray(order).reshape(-1))
         if repeat:
             ds = ds.repeat()
         gather = lambda idx: (tf.gather(self.train_x, idx), tf.gather(self.train_y, idx))  # noqa: E731
-        ds = self._finish(ds.batch(self.global_batch, drop_remainder=True).map(gather))
-        if self.strategy is not None:
-            options = tf.data.Options()
-            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-            ds = ds.with_options(options)
-        return ds
+        return self._finish(ds.batch(bs, drop_remainder=True).map(gather))
 
-    def _replica_batches(self, ds: tf.data.Dataset):
-        """DS as this replica's steps see it: its slice of each global batch."""
+    def _replica_input(self, order: np.ndarray, repeat: bool = False) -> Any:
+        """What the steps read: the pipeline above; with replicas, built by each worker for its own
+        shard of the order (`replica_shard`, as torch's replicas get it) and handed to the strategy
+        as per-replica batches, so no replica gathers images another one trains on."""
         if self.strategy is None:
-            return ds
-        return self.strategy.experimental_distribute_dataset(ds)
+            return self._train_dataset(order, repeat)
+        r, bs = self.replica, self.cfg["batch_size"]
+
+        def shard(context: tf.distribute.InputContext) -> tf.data.Dataset:
+            if context.input_pipeline_id != r.rank:  # one pipeline per worker, numbered as TF_CONFIG's tasks
+                raise BackendError(f"tf.distribute asked replica {r.rank} for input pipeline {context.input_pipeline_id}")
+            return self._train_dataset(replica_shard(order, r.rank, r.world, bs), repeat)
+
+        return self.strategy.distribute_datasets_from_function(shard)
 
     def _test_dataset(self) -> tf.data.Dataset:
         test = self.bundle.test
@@ -250,7 +284,7 @@ class TensorFlowBackend(KerasBackend):
     def peek_labels(self, batches: int) -> list[list[int]]:
         """Labels of the first BATCHES training batches exactly as `fit` feeds them."""
         out = []
-        for _, y in self._replica_batches(self._train_dataset(self.bundle.order)):
+        for _, y in self._replica_input(self.bundle.order):
             if len(out) == batches:
                 break
             out.append(self._local(y).numpy().tolist())
@@ -262,7 +296,7 @@ class TensorFlowBackend(KerasBackend):
 
     # -- running ---------------------------------------------------------------------------
     def train_input(self, order: np.ndarray) -> tuple[Any, list]:
-        return self._train_dataset(order), []
+        return self._replica_input(order), []
 
     def test_input(self) -> dict[str, Any]:
         return dict(x=self._test_dataset())
@@ -299,7 +333,7 @@ class TensorFlowBackend(KerasBackend):
     def run_steps(self, count: int, callbacks: keras.callbacks.CallbackList) -> dict[str, Any]:
         """`fit`'s per-step path on a persistent iterator of the same pipeline."""
         if self.step_iterator is None:
-            self.step_iterator = iter(self._replica_batches(self._train_dataset(self.bundle.order, repeat=True)))
+            self.step_iterator = iter(self._replica_input(self.bundle.order, repeat=True))
         for step in range(count):
             callbacks.on_train_batch_begin(step)
             logs = self.model.train_function(self.step_iterator)

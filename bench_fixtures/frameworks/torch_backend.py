@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import datetime
 import hashlib
 import time
 import warnings
@@ -141,7 +142,7 @@ class TorchBackend:
             raise BackendError(f"--device gpu, but torch {torch.__version__} (CUDA {torch.version.cuda}) "
                                f"sees no CUDA device; check the driver and CUDA_VISIBLE_DEVICES")
         configure(cfg)
-        self.replica = replica_from_env(cfg)
+        self.replica = replica_from_env(cfg, "torch")
         self.distributed: dict[str, Any] | None = None
         if self.replica.world > 1:
             self._init_process_group()
@@ -159,7 +160,9 @@ class TorchBackend:
             torch.set_num_threads(r.threads)
         backend = "nccl" if self.device.type == "cuda" else "gloo"
         start = time.perf_counter()
-        dist.init_process_group(backend)
+        # Collectives wait longer than a request may take: a peer that stops is then reported as the
+        # harness sees it (stopped, hung), not as this replica's own collective timing out first.
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=self.cfg["worker_timeout"] + 60))
         dist.barrier()  # every replica joined
         setup_s = time.perf_counter() - start
         if dist.get_rank() != r.rank or dist.get_world_size() != r.world:
@@ -232,11 +235,13 @@ class TorchBackend:
             self.optimizer = torch.optim.Adam(params, lr=self.cfg["lr"], eps=self.cfg["adam_eps"])
         else:
             self.optimizer = torch.optim.Adam(params, lr=self.cfg["lr"])
-        self.forward = torch.compile(self.model) if self.cfg.get("compile") == "on" else self.model
+        compile_on = self.cfg.get("compile") == "on"
+        self.forward = torch.compile(self.model) if compile_on else self.model  # evaluation, logits
         self.step_fn = self.forward
         if self.distributed:  # gradients averaged over the replicas in backward; BN kept per replica
             from torch.nn.parallel import DistributedDataParallel
-            self.step_fn = DistributedDataParallel(self.forward, broadcast_buffers=False)
+            ddp = DistributedDataParallel(self.model, broadcast_buffers=False)
+            self.step_fn = torch.compile(ddp) if compile_on else ddp  # compiled around DDP: overlap kept
         # fp16 only: bf16 has float32's range. Matched starts where Keras' LossScaleOptimizer does.
         scale = dict(init_scale=LOSS_SCALE_MATCHED) if self.cfg.get("setup", "matched") == "matched" else {}
         self.scaler = torch.amp.GradScaler(self.device.type, **scale) if self.amp is torch.float16 else None
@@ -435,6 +440,26 @@ class TorchBackend:
         result["seconds"] = time.perf_counter() - start
         return result
 
+    def _evaluate_shared(self) -> dict[str, Any]:
+        """Validation inside `fit` with replicas: the test batches shared among the replicas, each
+        evaluating its share with its own model, the counts summed, as Keras' validation under the
+        strategy does (tf.distribute shards the test set the same way)."""
+        import torch.distributed as dist
+        test, bs, r = self.bundle.test, self.cfg["batch_size"], self.replica
+        self.model.eval()
+        start = time.perf_counter()
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # correct, loss sum, images
+        with torch.inference_mode(), autocast(self.device.type, self.amp):
+            for i in range(r.rank * bs, len(test), r.world * bs):
+                x, y = self._to_device(test.images[i:i + bs]), self._to_device(test.labels[i:i + bs])
+                logits = self.forward(x)
+                totals += torch.stack([(logits.argmax(1) == y).sum().double(),
+                                       F.cross_entropy(logits, y, reduction="sum").double(),
+                                       torch.tensor(float(len(y)), dtype=torch.float64, device=self.device)])
+        dist.all_reduce(totals)
+        correct, loss, n = totals.tolist()
+        return dict(accuracy=correct / n, loss=loss / n, n=int(n), seconds=time.perf_counter() - start)
+
     def logits(self, count: int) -> list[list[float]]:
         assert self.model is not None
         self.model.eval()
@@ -471,7 +496,7 @@ class TorchBackend:
             if self.cfg["eval_every_epoch"]:
                 tl.record(EVAL_START, epoch=epoch)
                 self._user_work(epoch, "eval_begin")
-                evals.append(self.evaluate())
+                evals.append(self._evaluate_shared() if self.distributed else self.evaluate())
                 tl.record(EVAL_STOP, epoch=epoch)
             self._user_work(epoch, "epoch_end")
             tl.record(EPOCH_STOP, epoch=epoch, memory=self.memory(), loss=losses[-1],

@@ -7,6 +7,7 @@ reports into the `extra_info` that pytest-benchmark stores. Usable without pytes
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import time
@@ -23,7 +24,7 @@ from ..telemetry.monitor import Monitor, judge, peak, summarize_util
 from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, RUN_START, RUN_STOP, accuracy_curve, after_first_steps,
                                   epoch_phases, epoch_times, fit_teardown, inter_epoch_gaps, project_overhead,
                                   step_intervals, time_to_accuracy, time_to_first_step)
-from .replicas import ReplicaGroup
+from .replicas import ReplicaGroup, world_size
 from .worker import Worker, hide_for_worker_errors, kill_all
 
 __tracebackhide__ = hide_for_worker_errors
@@ -51,11 +52,13 @@ def prepare_data(cfg: BenchConfig, out_dir: str | os.PathLike) -> tuple[Path, di
                    source_bytes=(CIFAR10_TRAIN + CIFAR10_TEST) * ITEM_BYTES)
         folder = ensure_cifar10(cfg.data_dir or default_data_dir())
     dataset = read_canonical(folder)
-    # With replicas, each epoch's order is cut to whole global batches, which the replicas then share.
-    bundle = make_bundle(dataset, cfg.train_size, cfg.test_size, cfg.global_batch, epochs, cfg.seed)
+    # With replicas, each epoch's order is cut to whole global batches (all hosts' replicas), which
+    # the replicas then share.
+    global_batch = cfg.batch_size * world_size(cfg.replicas)
+    bundle = make_bundle(dataset, cfg.train_size, cfg.test_size, global_batch, epochs, cfg.seed)
     bundle.write(bundle_dir)
     return bundle_dir, dict(source=str(folder), train_size=len(bundle.train), test_size=len(bundle.test),
-                            steps_per_epoch=bundle.order.shape[1] // cfg.global_batch)
+                            steps_per_epoch=bundle.order.shape[1] // global_batch)
 
 
 class Experiment:
@@ -78,6 +81,7 @@ class Experiment:
         self.steps_monitor: Monitor | None = None
         self.flops: dict[str, Any] | None = None
         self.gpu_name: str | None = None  # as NVML reports it: the peak table's key
+        self.global_batch = cfg.batch_size * world_size(cfg.replicas)  # images per step, all replicas
 
     # -- the five steps --------------------------------------------------------------------
     def load(self) -> dict[str, Any]:
@@ -100,8 +104,7 @@ class Experiment:
 
     def _evaluate(self) -> dict[str, Any]:
         """The test accuracy; with replicas, the mean over the replicas, each evaluating its own model
-        on the whole test split (their BatchNorm statistics differ; Keras' evaluate under the strategy
-        reports this mean itself), and each one's in `replica_accuracy`."""
+        on the whole test split (their BatchNorm statistics differ), and each one's in `replica_accuracy`."""
         result = self.request("evaluate")
         if isinstance(self.worker, ReplicaGroup):
             answers = self.worker.answers
@@ -115,6 +118,9 @@ class Experiment:
         start = time.perf_counter()
         result = self.request("fit", epochs=self.cfg.epochs)
         result["seconds"] = time.perf_counter() - start
+        if isinstance(self.worker, ReplicaGroup):  # each replica's loss is its shard's: their mean, as Keras logs it
+            result["epoch_losses"] = [statistics.fmean(losses) for losses in
+                                      zip(*(a["epoch_losses"] for a in self.worker.answers))]
         result["events"] = self.worker.events[:] if self.worker else []
         self.rounds[-1]["fit"] = result
         return result
@@ -130,7 +136,9 @@ class Experiment:
         """pedantic's `setup`: finish the previous round, then init + predict_before (untimed)."""
         if self.rounds and "after" not in self.rounds[-1]:
             self.predict_after()
-        if self.worker is not None:
+        if isinstance(self.worker, ReplicaGroup):
+            self.worker.clear_events()
+        elif self.worker is not None:
             self.worker.events.clear()
         self.init()
         self.predict_before()
@@ -162,6 +170,8 @@ class Experiment:
     def train_steps(self) -> dict[str, Any]:
         start = time.monotonic_ns()
         result = self.request("train_steps", count=self.cfg.step_count)
+        if isinstance(self.worker, ReplicaGroup):
+            result = dict(result, loss=statistics.fmean(a["loss"] for a in self.worker.answers))
         self.steps.append(dict(result, start_ns=start, stop_ns=time.monotonic_ns()))
         return result
 
@@ -176,7 +186,9 @@ class Experiment:
         """Achieved FLOP/s at IMAGES_PER_S of training steps, and MFU where the device's peak is known."""
         flops = self.count_flops()
         precision = peaks.effective_precision(self.cfg.precision, self.description.get("settings"))
-        per_device = images_per_s / self.cfg.replicas if images_per_s else images_per_s  # MFU is per device
+        # MFU is per device: N GPUs share the work; on a CPU the replicas share the one peak
+        world = self.global_batch // self.cfg.batch_size
+        per_device = images_per_s / world if images_per_s and self.cfg.device == "gpu" else images_per_s
         return dict(flops_per_image=flops, **peaks.utilization(
             flops.get("train_per_image"), per_device, self.cfg.device, self.gpu_name, precision,
             self.cfg.peak_tflops))
@@ -210,8 +222,8 @@ class Experiment:
                     train_layers=cfg.train_layers, frozen_params=self.description.get("frozen_params"),
                     start=self.description.get("start"),
                     input_transform=self.description.get("input_transform"),
-                    replicas=cfg.replicas, global_batch_size=cfg.global_batch,
-                    distributed=info.get("distributed"))
+                    replicas=cfg.replicas, global_batch_size=self.global_batch,
+                    distributed=info.get("distributed"), cpu_threads=info.get("cpu_threads"))
 
     def finetune_info(self) -> dict[str, Any]:
         last = self.rounds[-1]
@@ -219,7 +231,7 @@ class Experiment:
         events = fit["events"]
         times = epoch_times(events, self.cfg.epochs)
         steady = after_first_steps(events, self.cfg.epochs, fit["steps_per_epoch"])
-        step_rate = steady[1] * self.cfg.global_batch / steady[0] if steady else None  # first steps left out
+        step_rate = steady[1] * self.global_batch / steady[0] if steady else None  # first steps left out
         curve = accuracy_curve(events, self.cfg.epochs)
         target = self.cfg.target_accuracy
         rounds = [dict(accuracy_before=r["before"]["accuracy"], accuracy_after=r.get("after", {}).get("accuracy"),
@@ -271,10 +283,8 @@ class Experiment:
                                   process_peak=peak(samples, "proc_mem", window) if window else None))
         fw_peaks = [m["framework_peak"] for m in per_epoch if m["framework_peak"] is not None]
         reserved = [m["framework_reserved_peak"] for m in per_epoch if m["framework_reserved_peak"] is not None]
-        replica_mems = [s["replica_mem"] for s in samples if s.get("replica_mem")]
         memory = dict(epochs=per_epoch, process_peak=peak(samples, "proc_mem"),
-                      replica_process_peaks=[max(m[r] for m in replica_mems) for r in range(len(replica_mems[0]))]
-                      if replica_mems else None,
+                      replica_process_peaks=replica_peaks(samples),
                       device_peak=peak(samples, "device_mem"),
                       framework_peak=max(fw_peaks) if fw_peaks else None,
                       reserved_peak=max(reserved) if reserved else None,
@@ -305,6 +315,18 @@ class Experiment:
                     final_loss=self.steps[-1]["loss"] if self.steps else None,
                     **self.utilization(statistics.median(rates) if rates else None),
                     **self._telemetry("train_step", [], self.steps_monitor))
+
+
+def replica_peaks(samples: list[dict]) -> list[int | None] | None:
+    """Each replica's peak process memory: from psutil's combined samples (`replica_mem`) or NVML's
+    per-replica ones (`replica`); None for one process."""
+    combined = [s["replica_mem"] for s in samples if s.get("replica_mem")]
+    if combined:
+        return [max(m[r] for m in combined) for r in range(len(combined[0]))]
+    ranks = sorted({s["replica"] for s in samples if "replica" in s})
+    if not ranks:
+        return None
+    return [peak([s for s in samples if s.get("replica") == r], "proc_mem") for r in ranks]
 
 
 def gpu_name(device: str, worker_info: dict[str, Any]) -> str | None:
@@ -401,7 +423,7 @@ def describe_models(cfg: BenchConfig, bundle_dir: str | os.PathLike, work_dir: s
     (`first_step_loss`), which must agree where the parameters start the same (Keras on TensorFlow
     and on JAX)."""
     out = []
-    cfg = cfg.for_setup(cfg.setups[0])  # a worker runs one setup
+    cfg = dataclasses.replace(cfg.for_setup(cfg.setups[0]), replicas=1)  # a worker runs one setup, alone
     for framework in frameworks or installed():
         with Worker(framework, cfg.as_dict(), bundle_dir, Path(work_dir) / f"describe-{framework}.log",
                     cfg.worker_timeout) as w:

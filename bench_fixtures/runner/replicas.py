@@ -54,7 +54,11 @@ def rendezvous_env(framework: str, replicas: int, gpu: bool, environ: dict[str, 
     for local in range(replicas):
         env = {"LOCAL_RANK": str(local), "LOCAL_WORLD_SIZE": str(replicas)}
         if gpu:  # one GPU per replica, the way launchers do it; it is cuda:0 / GPU:0 inside
+            if visible and local >= len(visible):
+                raise WorkerError(f"--replicas {replicas}: CUDA_VISIBLE_DEVICES={environ['CUDA_VISIBLE_DEVICES']} "
+                                  f"shows {len(visible)} GPU(s); each replica needs its own")
             env["CUDA_VISIBLE_DEVICES"] = visible[local] if visible else str(local)
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA numbers the GPUs as NVML (the monitor) does
         envs.append(env)
     if framework == "tensorflow":
         if environ.get("TF_CONFIG"):
@@ -84,6 +88,23 @@ def rendezvous_env(framework: str, replicas: int, gpu: bool, environ: dict[str, 
     return envs, f"{addr}:{port}"
 
 
+def world_size(replicas: int, environ: dict[str, str] | None = None) -> int:
+    """All replicas of a case over every host: this host's REPLICAS, or the environment's rendezvous
+    (TF_CONFIG's workers; NNODES x REPLICAS with MASTER_ADDR). The global batch is per-replica x this."""
+    environ = os.environ if environ is None else environ
+    if replicas <= 1:  # one process: whatever the environment says (as the backends read it)
+        return 1
+    worlds = set()
+    if environ.get("TF_CONFIG"):
+        worlds.add(len(json.loads(environ["TF_CONFIG"])["cluster"]["worker"]))
+    if environ.get("MASTER_ADDR"):
+        worlds.add(int(environ.get("NNODES", "1")) * replicas)
+    if len(worlds) > 1:
+        raise WorkerError(f"TF_CONFIG and MASTER_ADDR/NNODES describe different worlds ({sorted(worlds)} replicas); "
+                          f"run one framework per multi-host session (-m torch or -m tensorflow)")
+    return worlds.pop() if worlds else replicas
+
+
 def _chosen_here(framework: str, environ: dict[str, str]) -> bool:
     return not (environ.get("TF_CONFIG") if framework == "tensorflow" else environ.get("MASTER_ADDR"))
 
@@ -104,6 +125,7 @@ class ReplicaGroup:
         environ = {**os.environ, **(env or {})}
         for attempt in range(1, PORT_ATTEMPTS + 1):
             envs, self.rendezvous = rendezvous_env(framework, self.replicas, cfg["device"] == "gpu", environ)
+            # NVML's numbers of the replicas' GPUs (none when given as UUIDs: the monitor then samples 0..N-1)
             self.gpus = [int(e["CUDA_VISIBLE_DEVICES"]) for e in envs if e.get("CUDA_VISIBLE_DEVICES", "").isdigit()]
             self.workers = [Worker(framework, cfg, bundle_dir, self._log(r), timeout, name=f"{self.name} replica {r}",
                                    faults=faults, python=python, env={**(env or {}), **envs[r]}, defer_hello=True)
@@ -112,8 +134,9 @@ class ReplicaGroup:
                 infos = self._all("hello", workers_args=[w.hello_args for w in self.workers])
                 break
             except WorkerError as e:
+                accounts = [str(x).lower() for x in getattr(e, "failures", {}).values()] or [str(e).lower()]
                 if attempt == PORT_ATTEMPTS or not _chosen_here(framework, environ) or \
-                        not any(s in str(e).lower() for s in PORT_IN_USE):
+                        not any(s in a for a in accounts for s in PORT_IN_USE):
                     raise
         self.info = dict(infos[0], replica_infos=infos, replica_pids=self.pids, rendezvous=self.rendezvous,
                          port_attempts=attempt)
@@ -138,6 +161,10 @@ class ReplicaGroup:
     def events(self) -> list[dict]:
         return self.workers[0].events
 
+    def clear_events(self) -> None:
+        for w in self.workers:
+            w.events.clear()
+
     def request(self, cmd: str, timeout: float | None = None, **args: Any) -> Any:
         """CMD to every replica; replica 0's answer (all of them in `answers`)."""
         self.answers = self._all(cmd, timeout, args=args)
@@ -145,9 +172,9 @@ class ReplicaGroup:
 
     def _all(self, cmd: str, timeout: float | None = None, args: dict | None = None,
              workers_args: list[dict] | None = None) -> list[Any]:
-        """Send to all, then wait for all on threads: the first failure (a death before a hang
-        before an exception, as a replica that dies makes its peers' collectives fail or hang)
-        ends every replica and is raised with its rank."""
+        """Send to all, then wait for all on threads. At the first failure each replica's state is
+        read before anything is ended (dead, stopped or running); the others get SETTLE_S to give
+        their own account; then every replica is ended and the failure is raised with its rank."""
         for r, w in enumerate(self.workers):
             w.on_progress = self.on_progress if r == 0 else None
             w.send(cmd, **(workers_args[r] if workers_args else args or {}))
@@ -164,28 +191,53 @@ class ReplicaGroup:
         for t in threads:
             t.start()
         results: dict[int, Any] = {}
-        failures: dict[int, BaseException] = {}
+        failures: dict[int, BaseException] = {}  # in the order they arrived
+        states: list[str] = []
         while len(results) + len(failures) < len(self.workers):
             try:
                 r, ok, value = done.get(timeout=SETTLE_S if failures else None)
             except queue.Empty:  # the others still wait on the failed one's collectives
                 break
-            (results if ok else failures)[r] = value
+            if ok:
+                results[r] = value
+                continue
+            if not failures:
+                states = [self._state(w) for w in self.workers]
+            failures[r] = value
         if failures:  # the replicas still waiting are ended here: their own "killed" is not the cause
             for w in self.workers:
                 w.kill()
             for t in threads:
                 t.join(timeout=30)
-            raise self._blame(cmd, failures)
+            raise self._blame(cmd, failures, states)
         return [results[r] for r in range(len(self.workers))]
 
-    def _blame(self, cmd: str, failures: dict[int, BaseException]) -> WorkerError:
-        def rank_of(kind: str) -> int | None:
-            return next((r for r in sorted(failures) if kind in str(failures[r])), None)
-        r = next((x for x in (rank_of(" died "), rank_of(" hung:")) if x is not None), min(failures))
+    @staticmethod
+    def _state(w: Worker) -> str:
+        if w.proc.poll() is not None:
+            return "dead"
+        return "stopped" if w._stopped() else "running"
+
+    def _blame(self, cmd: str, failures: dict[int, BaseException], states: list[str]) -> WorkerError:
+        """The replica that caused it: one already dead when the first failure came, then one stopped,
+        then the first to die, the first to hang, the first to fail (a replica that dies or stops
+        makes its peers' collectives fail or hang after it)."""
+        kind = {r: getattr(e, "kind", "") for r, e in failures.items()}
+        order = list(failures)
+        # (a replica that hung or failed is killed by the harness before its failure arrives: not "dead")
+        dead = [r for r in range(self.replicas) if states and states[r] == "dead" and kind.get(r, "died") == "died"]
+        candidates = (dead,
+                      [r for r in range(self.replicas) if states and states[r] == "stopped"] +
+                      [r for r in order if kind[r] == "stopped"],
+                      [r for r in order if kind[r] == "died"], [r for r in order if kind[r] == "hung"], order)
+        r = next(c[0] for c in candidates if c)
+        account = failures.get(r) or f"it had exited ({self.workers[r].proc.returncode}){self.workers[r]._tail()}"
         others = sorted(set(range(self.replicas)) - {r})
-        return WorkerError(f"{self.name}: replica {r} of {self.replicas} failed during '{cmd}' (rendezvous "
-                           f"{self.rendezvous}); replica(s) {', '.join(map(str, others))} ended with it: {failures[r]}")
+        error = WorkerError(f"{self.name}: replica {r} of {self.replicas} failed during '{cmd}' (rendezvous "
+                            f"{self.rendezvous}); replica(s) {', '.join(map(str, others))} ended with it: {account}",
+                            kind.get(r, "died"))
+        error.failures = failures  # every replica's own account (a taken port may be in any of them)
+        return error
 
     def kill(self) -> None:
         for w in self.workers:

@@ -46,7 +46,13 @@ def kill_all() -> list[int]:
 
 
 class WorkerError(RuntimeError):
-    """A case's worker failed; the message says how (exit code/signal/timeout/exception) and when."""
+    """A case's worker failed; the message says how (exit code/signal/timeout/exception) and when.
+    KIND says it for code: "died", "stopped" (hung while stopped), "hung", "failed" (it answered
+    with an error), or "" (not a worker's own failure)."""
+
+    def __init__(self, message: str, kind: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def hide_for_worker_errors(excinfo: Any) -> bool:
@@ -86,6 +92,7 @@ class Worker:
         self.framework, self.timeout, self.name = framework, timeout, name or framework or "protocol"
         self.cfg = cfg
         self.log_path, self.phase, self.events = Path(log_path), "start", []
+        self._kill_lock = threading.Lock()
         self.on_progress: Any = None  # called with (name, epoch_stop event) while a request runs
         parent, child = socket.socketpair()
         extra_env, env = env, dict(os.environ)
@@ -163,26 +170,37 @@ class Worker:
                     detail = (f"most likely; the worker was {how} (native code that cannot allocate often "
                               f"crashes instead of raising; worker log {self.log_path})")
                     error = WorkerError(f"{self.name}: " + out_of_memory_message(
-                        self.framework, cmd, self.cfg, detail, _last_epoch(self.events), memory="host"))
+                        self.framework, cmd, self.cfg, detail, _last_epoch(self.events), memory="host"), "died")
                     if self._tail():  # one line to read; the crash's own account below it in pytest's output
                         error.add_note(self._tail().lstrip("\n"))
                     raise error
                 hint = ("; SIGKILL from outside the suite is what the kernel's out-of-memory killer sends "
                         "(see dmesg): --worker-memory-limit turns that into a clean error"
                         if how == "killed by SIGKILL" else "")
-                raise WorkerError(f"{self.name} worker died ({how}) during '{cmd}'{hint}{self._tail()}")
+                raise WorkerError(f"{self.name} worker died ({how}) during '{cmd}'{hint}{self._tail()}", "died")
+            stopped = self._stopped()
             self._dump_stacks()
             self.kill()
-            raise WorkerError(f"{self.name} worker hung: no answer to '{cmd}' within {timeout:g} s "
-                              f"(--worker-timeout); killed it{self._tail()}")
+            why = " (it was stopped: SIGSTOP, Ctrl-Z or a debugger)" if stopped else ""
+            raise WorkerError(f"{self.name} worker hung{why}: no answer to '{cmd}' within {timeout:g} s "
+                              f"(--worker-timeout); killed it{self._tail()}", "stopped" if stopped else "hung")
         self.events.extend(answer.get("events", []))
         if not answer["ok"]:
             self.kill()
             if answer.get("expected"):
-                raise WorkerError(f"{self.name}: {answer['error']}")
+                raise WorkerError(f"{self.name}: {answer['error']}", "failed")
             raise WorkerError(f"{self.name} worker failed during '{cmd}': {answer['error']}\n"
-                              f"{answer.get('traceback', '')}{self._tail()}")
+                              f"{answer.get('traceback', '')}{self._tail()}", "failed")
         return answer["result"]
+
+    def _stopped(self) -> bool:
+        """Whether the process is stopped rather than busy or waiting (a replica whose peers wait on it)."""
+        from ..telemetry.monitor import STOPPED
+        try:
+            import psutil
+            return psutil.Process(self.proc.pid).status() in STOPPED
+        except Exception:  # gone, or no psutil: not known to be stopped
+            return False
 
     def _dump_stacks(self, wait: float = 1.0) -> None:
         """Ask a hung worker for its Python stacks (faulthandler, SIGUSR1): the log tail then says
@@ -200,6 +218,10 @@ class Worker:
         time.sleep(0.1)  # the rest of the dump
 
     def kill(self) -> None:
+        with self._kill_lock:  # a replica group's thread and its main thread may both end a worker
+            self._kill()
+
+    def _kill(self) -> None:
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
