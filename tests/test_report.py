@@ -25,7 +25,7 @@ def test_report_from_two_real_runs(saved_runs, tmp_path):
     out = md_path.parent
     pngs = {p.name for p in out.glob("*.png")}
     assert {"accuracy.png", "training_time.png", "throughput.png", "trend.png", "accuracy_curve.png",
-            "utilization_mobilenet_v2.png", "memory_mobilenet_v2.png"} <= pngs
+            "timeline_mobilenet_v2.png"} <= pngs
     for name in pngs:
         img = decoded(out / name)
         assert np.std(img[..., :3]) > 0.05, f"{name} looks blank"  # something was drawn
@@ -256,9 +256,8 @@ def test_both_setups_side_by_side_with_what_changed_and_the_projection(tmp_path)
     assert "- tensorflow-resnet50-matched: no projection" in overhead
 
     pngs = {p.name for p in out.glob("*.png")}
-    assert {"accuracy.png", "utilization_mobilenet_v2.png", "memory_mobilenet_v2.png",
-            "utilization_mobilenet_v2_defaults.png", "memory_mobilenet_v2_defaults.png",
-            "memory_resnet50_defaults.png", "overhead_share.png"} <= pngs
+    assert {"accuracy.png", "timeline_mobilenet_v2.png", "timeline_mobilenet_v2_defaults.png",
+            "timeline_resnet50_defaults.png", "overhead_share.png"} <= pngs
     for name in pngs:
         assert np.std(decoded(out / name)[..., :3]) > 0.05, f"{name} looks blank"
     assert "a CPU run cannot show" in md and "TensorFlow's up-front reservation" in md
@@ -279,13 +278,13 @@ def test_one_setup_has_no_side_by_side_columns(tmp_path):
     assert "setup **defaults**" in md and "## What the setups change" not in md
     assert table(md, "mobilenet_v2")[0] == "| | torch | tensorflow |" and "torch defaults" not in md
     assert "a CPU run cannot show" in md
-    assert (tmp_path / "out" / "memory_mobilenet_v2.png").is_file()  # its own figures, plain names
+    assert (tmp_path / "out" / "timeline_mobilenet_v2.png").is_file()  # its own figures, plain names
 
 
 def test_a_gpu_run_plots_the_memory_nvml_sees(tmp_path):
     path = crafted_run(tmp_path / "run", ["matched", "defaults"], device="gpu", backend="nvml")
     md = report.write_report([path], tmp_path / "out").read_text()
-    assert "a CPU run cannot show" not in md and "memory_mobilenet_v2_defaults.png" in md
+    assert "a CPU run cannot show" not in md and "timeline_mobilenet_v2_defaults.png" in md
     tel = json.loads((tmp_path / "run" / "test_finetune-tensorflow-mobilenet_v2-defaults.json").read_text())
     assert report._memory_series(tel) == ("proc_mem", "GPU memory, this process (MiB)")
     assert "NVML" in report._memory_caption({"tensorflow": (tel, EPOCHS)})

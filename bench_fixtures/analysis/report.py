@@ -29,8 +29,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ..config import MODELS  # noqa: E402
 from ..models import gflops, start_text  # noqa: E402
 from ..frameworks import FRAMEWORKS as REGISTRY  # noqa: E402
-from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, PROJECTED_EPOCHS, RUN_START,  # noqa: E402
-                                  step_intervals)
+from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, FIRST_STEP_END, PROJECTED_EPOCHS,  # noqa: E402
+                                  RUN_START, step_intervals)
+from .findings import findings, round_rates  # noqa: E402
+from .html import to_html  # noqa: E402
 from .results import ResultsError, case_name, cases, failed, load_run, setups  # noqa: E402
 
 FRAMEWORKS = tuple(REGISTRY)
@@ -54,7 +56,10 @@ def _telemetry(b: dict, base: Path) -> dict | None:
     return None
 
 
-def _save(fig, path: Path) -> str:
+def _save(fig, path: Path, where: str = "") -> str:
+    """PATH from FIG, headed by WHERE: the profile, device and setup it shows (every figure says it)."""
+    if where:
+        fig.suptitle(where, fontsize=9, color="#444444")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -72,7 +77,7 @@ def _offsets(n: int, span: float = 0.8) -> tuple[list[float], float]:
     return [(i - (n - 1) / 2) * width for i in range(n)], width
 
 
-def plot_accuracy(ft: dict, out: Path, setup: str) -> str:
+def plot_accuracy(ft: dict, out: Path, setup: str, where: str = "") -> str:
     models = _models(ft)
     fig, ax = plt.subplots(figsize=(8, 4))
     fws = _ran(ft)
@@ -86,10 +91,10 @@ def plot_accuracy(ft: dict, out: Path, setup: str) -> str:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"Accuracy before and after fine-tuning (setup: {setup})")
     ax.legend(fontsize=8)
-    return _save(fig, out / "accuracy.png")
+    return _save(fig, out / "accuracy.png", where)
 
 
-def plot_accuracy_curves(ft: dict, out: Path, setup: str) -> str | None:
+def plot_accuracy_curves(ft: dict, out: Path, setup: str, where: str = "") -> str | None:
     """Test accuracy after each epoch over the training seconds so far, per model and framework
     (the time-to-accuracy view; the target as a line). None without per-epoch evaluation."""
     models = [m for m in _models(ft) if any(len(ft[(fw, m)]["extra_info"].get("accuracy_curve") or []) >= 1
@@ -111,10 +116,10 @@ def plot_accuracy_curves(ft: dict, out: Path, setup: str) -> str | None:
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{m}: accuracy over training time ({setup})", fontsize=9)
         ax.legend(fontsize=8)
-    return _save(fig, out / "accuracy_curve.png")
+    return _save(fig, out / "accuracy_curve.png", where)
 
 
-def plot_time(ft: dict, out: Path, setup: str) -> str:
+def plot_time(ft: dict, out: Path, setup: str, where: str = "") -> str:
     models = _models(ft)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, (title, get) in zip(axes, (
@@ -128,7 +133,7 @@ def plot_time(ft: dict, out: Path, setup: str) -> str:
         ax.set_xticks(range(len(models)), models)
         ax.set_title(f"{title}, setup: {setup}")
         ax.legend(fontsize=8)
-    return _save(fig, out / "training_time.png")
+    return _save(fig, out / "training_time.png", where)
 
 
 def _series(tel: dict, key: str) -> tuple[list[float], list[float], int]:
@@ -170,10 +175,18 @@ def _memory_caption(tels: dict) -> str:
             "triangles, where a framework reports one: its peak per epoch")
 
 
+def _first_step_span(tel: dict, start: int) -> tuple[float, float] | None:
+    """Seconds since run start to the end of the first step: tracing, compilation, the first batch."""
+    end = next((e["t_ns"] for e in tel["events"] if e["name"] == FIRST_STEP_END and e.get("epoch") == 0), None)
+    return None if end is None else (0.0, (end - start) / 1e9)
+
+
 def plot_timelines(ft: dict, base: Path, out: Path, notes: list[str], setup: str, suffix: str = "",
-                   label: str = "") -> list[str]:
-    """Per model: utilisation and memory over time, every framework, epoch gaps shaded; the files
-    end in SUFFIX (another setup's figures beside the first's), case names in notes in LABEL."""
+                   label: str = "", where: str = "") -> list[str]:
+    """Per model, one figure: utilisation above, memory below, every framework on the same time
+    axis (seconds since its run start), its first step (tracing, compilation) marked as a band in
+    its colour, its inter-epoch gaps shaded and epoch starts dotted; files end in SUFFIX (another
+    setup's figures beside the first's), case names in notes in LABEL."""
     files = []
     for m in _models(ft):
         tels = {}
@@ -188,31 +201,46 @@ def plot_timelines(ft: dict, base: Path, out: Path, notes: list[str], setup: str
                 tels[fw] = (tel, ft[(fw, m)]["extra_info"].get("epochs", 0))
         if not tels:
             continue
-        for kind in ("utilization", "memory"):
-            fig, axes = plt.subplots(len(tels), 1, figsize=(10, 2.6 * len(tels) + 0.4), squeeze=False)
-            for ax, (fw, (tel, epochs)) in zip(axes[:, 0], tels.items()):
-                key, ylabel, scale = ("util", "utilisation (%)", 100) if kind == "utilization" \
-                    else (*_memory_series(tel), 1 / 2**20)
-                xs, ys, start = _series(tel, key)
-                ax.plot(xs, [y * scale for y in ys], color=COLORS[fw], lw=1, label=f"{fw} ({tel['monitor'].get('backend')})")
-                if kind == "memory":
-                    for e in tel["events"]:
-                        peak = (e.get("memory") or {}).get("peak") if e["name"] == EPOCH_STOP else None
-                        if peak:
-                            ax.plot((e["t_ns"] - start) / 1e9, peak * scale, "v", color="black", ms=6)
-                _mark_epochs(ax, tel, start, epochs)
-                if kind == "utilization":
-                    ax.set_ylim(0, 105)
-                ax.set_ylabel(ylabel)
-                ax.legend(loc="upper right", fontsize=8)
-            axes[-1, 0].set_xlabel("seconds since run start (dotted: epoch start; shaded: inter-epoch gap)")
-            caption = f"\n{_memory_caption(tels)}" if kind == "memory" else ""
-            axes[0, 0].set_title(f"{m}, setup {setup}: {kind} over time{caption}", fontsize=10)
-            files.append(_save(fig, out / f"{kind}_{m}{suffix}.png"))
+        fig, (util_ax, mem_ax) = plt.subplots(2, 1, figsize=(11, 6.6), sharex=True)
+        labels = []
+        for fw, (tel, epochs) in tels.items():
+            xs, ys, start = _series(tel, "util")
+            util_ax.plot(xs, [100 * y for y in ys], color=COLORS[fw], lw=1, label=f"{fw} ({tel['monitor'].get('backend')})")
+            key, mem_label = _memory_series(tel)
+            xs, ys, _ = _series(tel, key)
+            mem_ax.plot(xs, [y / 2**20 for y in ys], color=COLORS[fw], lw=1.2, label=fw)
+            labels.append(mem_label)
+            for e in tel["events"]:
+                peak = (e.get("memory") or {}).get("peak") if e["name"] == EPOCH_STOP else None
+                if peak:
+                    mem_ax.plot((e["t_ns"] - start) / 1e9, peak / 2**20, "v", color=COLORS[fw], ms=6)
+            span = _first_step_span(tel, start)
+            _, gaps = step_intervals(tel["events"], epochs)
+            for ax in (util_ax, mem_ax):
+                if span:
+                    ax.axvspan(*span, color=COLORS[fw], alpha=0.10, lw=0, hatch="//")
+                for a, b in gaps:
+                    ax.axvspan((a - start) / 1e9, (b - start) / 1e9, color=LIGHT[fw], alpha=0.45, lw=0)
+                for e in tel["events"]:
+                    if e["name"] == EPOCH_START:
+                        ax.axvline((e["t_ns"] - start) / 1e9, color=COLORS[fw], lw=0.6, ls=":")
+            if span:
+                util_ax.annotate(f"{fw}: first step {span[1]:.2f} s", (span[1], 100), xytext=(3, -12 - 11 * len(labels)),
+                                 textcoords="offset points", fontsize=7, color=COLORS[fw])
+        util_ax.set_ylim(0, 105)
+        util_ax.set_ylabel("utilisation (%)")
+        util_ax.legend(loc="lower right", fontsize=8)
+        util_ax.set_title(f"{m}: utilisation and memory over time, setup {setup} (hatched: first step, tracing "
+                          f"or compilation; shaded: between epochs; dotted: epoch start)", fontsize=9)
+        mem_ax.set_ylabel(labels[0] if len(set(labels)) == 1 else "memory (MiB)")
+        mem_ax.set_xlabel("seconds since each framework's run start")
+        mem_ax.legend(loc="lower right", fontsize=8)
+        mem_ax.set_title(_memory_caption(tels), fontsize=8)
+        files.append(_save(fig, out / f"timeline_{m}{suffix}.png", where))
     return files
 
 
-def plot_throughput(ft: dict, ts: dict, out: Path, setup: str) -> str:
+def plot_throughput(ft: dict, ts: dict, out: Path, setup: str, where: str = "") -> str:
     models = _models(ft) or _models(ts)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, (title, src, key) in zip(axes, (("Steady-state throughput (images/s)", ts, "train_images_per_s"),
@@ -228,10 +256,10 @@ def plot_throughput(ft: dict, ts: dict, out: Path, setup: str) -> str:
             ax.legend(fontsize=8)
         else:  # a run without this kind of case (no test_train_step): say so, never an empty legend
             ax.text(0.5, 0.5, "not measured in this run", transform=ax.transAxes, ha="center", va="center")
-    return _save(fig, out / "throughput.png")
+    return _save(fig, out / "throughput.png", where)
 
 
-def plot_trend(runs: list[dict], out: Path, setup: str) -> str:
+def plot_trend(runs: list[dict], out: Path, setup: str, where: str = "") -> str:
     fig, ax = plt.subplots(figsize=(10, 4))
     keys = sorted({k for r in runs for k in cases(r, "test_finetune", setup)})
     for fw, m in keys:
@@ -241,7 +269,7 @@ def plot_trend(runs: list[dict], out: Path, setup: str) -> str:
     ax.set_ylabel("fine-tuning time (s)")
     ax.set_title(f"Fine-tuning time across runs (setup: {setup})")
     ax.legend(fontsize=7, ncol=2)
-    return _save(fig, out / "trend.png")
+    return _save(fig, out / "trend.png", where)
 
 
 def _in_order(ft: dict) -> list[tuple[tuple[str, str], dict]]:
@@ -270,7 +298,7 @@ def _below_noise(p: dict | None) -> bool:
     return isinstance(one_time, (int, float)) and one_time < 0
 
 
-def plot_overhead_share(fts: dict[str, dict], out: Path) -> str | None:
+def plot_overhead_share(fts: dict[str, dict], out: Path, where: str = "") -> str | None:
     """Overhead share of total time vs epochs (log x), per case and setup: the fixed cost fading
     (or a per-gap cost staying) as runs get longer. Cases whose fixed cost is below the noise are
     left out (their shares are not figures). None when no case has a projection to draw."""
@@ -292,7 +320,7 @@ def plot_overhead_share(fts: dict[str, dict], out: Path) -> str | None:
     ax.set_ylabel("overhead share of total time (%)")
     ax.set_title(f"Overhead share vs run length, projected (setup: {', '.join(fts)})")
     ax.legend(fontsize=8)
-    return _save(fig, out / "overhead_share.png")
+    return _save(fig, out / "overhead_share.png", where)
 
 
 def scaling_points(runs: list[dict], setup: str) -> dict[tuple[str, str], dict[int, float]]:
@@ -361,7 +389,7 @@ def scaling_section(points: dict[tuple[str, str], dict[int, float]], runs: list[
     return lines + [""]
 
 
-def plot_scaling(points: dict[tuple[str, str], dict[int, float]], out: Path, setup: str, device: str) -> str:
+def plot_scaling(points: dict[tuple[str, str], dict[int, float]], out: Path, setup: str, device: str, where: str = "") -> str:
     """Images/s against replicas per framework, one panel per model, with the ideal line (N times
     the one-replica figure, or the smallest count's, scaled)."""
     models = [m for m in MODELS if any(k[1] == m for k in points)]
@@ -380,7 +408,7 @@ def plot_scaling(points: dict[tuple[str, str], dict[int, float]], out: Path, set
         ax.set_ylabel("global images/s (steady)")
         ax.set_title(f"{m}: scaling ({device}, setup {setup})")
         ax.legend(fontsize=8)
-    return _save(fig, out / "scaling.png")
+    return _save(fig, out / "scaling.png", where)
 
 
 def _num(v: Any) -> float:
@@ -453,6 +481,7 @@ def case_rows(ft: dict, ts: dict, model: str) -> list[tuple[str, list[str]]]:
         ("mean utilisation in steps", lambda e, b, t: _f((e["utilization"]["steps"]["mean"] or 0) * 100, ".0f") + "%"),
         ("peak memory (MiB)", lambda e, b, t: _f(mem(e) / 2**20 if mem(e) else None, ".0f")),
         ("steady images/s", lambda e, b, t: _f(t["extra_info"]["train_images_per_s"] if t else None, ".1f")),
+        ("steady images/s by round: median (min–max)", lambda e, b, t: _rate_range(round_rates(t))),
         ("time to first step (s)", lambda e, b, t: f"{e['time_to_first_step_s']:.2f}"),
         ("training GFLOPs / image (own counter)", lambda e, b, t: gflops((e.get("flops_per_image") or {})
                                                                          .get("train_per_image"), 3)),
@@ -462,6 +491,11 @@ def case_rows(ft: dict, ts: dict, model: str) -> list[tuple[str, list[str]]]:
         ("trainable / non-trainable", lambda e, b, t: f"{e['trainable_params']:,} / {e['non_trainable_params']:,}"),
     ]
     return [(name, [get(fw, f) for fw in FRAMEWORKS]) for name, f in rows]
+
+
+def _rate_range(rates: list[float]) -> str:
+    """The rounds as pytest-benchmark timed them (the findings' figures): median (min–max, n)."""
+    return f"{statistics.median(rates):.1f} ({min(rates):.1f}–{max(rates):.1f}, n={len(rates)})" if rates else "–"
 
 
 def _target(ft: dict) -> float | None:
@@ -760,30 +794,43 @@ def device_notes(run: dict, names: list[str]) -> list[str]:
             "memory plots show the worker's resident host memory, and the TF32 and cuDNN settings have no effect"]
 
 
+def where_line(run: dict, setup: str) -> str:
+    """What every figure shows, in its heading: profile, data, device and setup."""
+    cfg, mi = run.get("bench_config") or {}, run.get("machine_info") or {}
+    device = f"GPU {mi.get('gpu_name')}" if cfg.get("device") == "gpu" and mi.get("gpu_name") else \
+        ("CPU" + (f" {mi.get('cpu_model')}" if mi.get("cpu_model") else "")) if cfg.get("device") == "cpu" else "device ?"
+    replicas = f", {cfg['replicas']} replicas" if (cfg.get("replicas") or 1) > 1 else ""
+    return (f"profile {cfg.get('profile', '?')} ({cfg.get('dataset', '?')}, {cfg.get('epochs', '?')} epochs, batch "
+            f"{cfg.get('batch_size', '?')}{replicas}) · {device} · setup {setup}")
+
+
 def figures(fts: dict[str, dict], tss: dict[str, dict], runs: list[dict], base: Path, out: Path,
             notes: list[str]) -> list[str]:
     """The first setup's figures as a one-setup run draws them; the other setups' timelines beside
-    them (`_<setup>` file names); the overhead share; the trend across runs."""
+    them (`_<setup>` file names); the overhead share; the trend across runs. Each headed by what it
+    shows (`where_line`)."""
     first, multi, files = next(iter(fts)), len(fts) > 1, []
     ft, ts = fts[first], tss[first]
+    where = where_line(runs[-1], first)
     if ft:
-        files += [plot_accuracy(ft, out, first), plot_time(ft, out, first)]
-        curves = plot_accuracy_curves(ft, out, first)
+        files += [plot_accuracy(ft, out, first, where), plot_time(ft, out, first, where)]
+        curves = plot_accuracy_curves(ft, out, first, where)
         files += [curves] if curves else []
-        files += plot_timelines(ft, base, out, notes, first, label=f"-{first}" if multi else "")
-        files.append(plot_throughput(ft, ts, out, first))
+        files += plot_timelines(ft, base, out, notes, first, label=f"-{first}" if multi else "", where=where)
+        files.append(plot_throughput(ft, ts, out, first, where))
     for setup in list(fts)[1:]:
-        files += plot_timelines(fts[setup], base, out, notes, setup, suffix=f"_{setup}", label=f"-{setup}")
+        files += plot_timelines(fts[setup], base, out, notes, setup, suffix=f"_{setup}", label=f"-{setup}",
+                                where=where_line(runs[-1], setup))
     if not any(fts.values()):
         notes.append("no test_finetune case in the run: accuracy, time and timeline figures omitted")
-    share = plot_overhead_share(fts, out)
+    share = plot_overhead_share(fts, out, where_line(runs[-1], " and ".join(fts)))
     files += [share] if share else []
     if len(runs) > 1:
-        files.append(plot_trend(runs, out, first))
+        files.append(plot_trend(runs, out, first, where))
     points = scaling_points(runs, first) if not scaling_mismatch(runs) else {}
     if points:
         device = (runs[-1].get("bench_config") or {}).get("device") or "?"
-        files.append(plot_scaling(points, out, first, device))
+        files.append(plot_scaling(points, out, first, device, where))
     return files
 
 
@@ -807,6 +854,7 @@ def _write_report(paths: list[str], runs: list[dict], out: Path) -> None:
     files = figures(fts, tss, runs, base, out, notes)
     notes += _telemetry_notes(fts, tss) + device_notes(run, names)
     md = header(paths[-1], run, names)
+    md += findings(fts, tss, runs)
     for m in _models({k: b for ft in fts.values() for k, b in ft.items()}):
         md += [f"## {m}", ""] + model_table(fts, tss, m) + [""]
     if len(names) > 1:
@@ -834,7 +882,9 @@ def _write_report(paths: list[str], runs: list[dict], out: Path) -> None:
     md += ["## Figures", ""] + [f"![{f}]({f})" for f in files] + [""]
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-    (out / "report.md").write_text("\n".join(md))
+    text = "\n".join(md)
+    (out / "report.html").write_text(to_html(text, out, md[0].lstrip("# ") if md else "bench report"))
+    (out / "report.md").write_text(text)
 
 
 def main(argv: list[str] | None = None, prog: str = "bench report") -> int:

@@ -1,0 +1,364 @@
+"""The answer first: the report's findings, in plain sentences, from the run's own figures.
+
+The experiment asked four questions: is TensorFlow worth using, would PyTorch be sufficient, what
+are the real advantages and disadvantages, and how much do they matter in a typical project. Each
+sentence here carries its uncertainty and says "no measurable difference" when the data cannot
+separate the frameworks:
+- steady throughput: the rounds' min-max ranges (test_train_step); apart = measurable;
+- accuracy: the 95% margin of a difference of two proportions at the test set's size;
+- a figure measured once (time to first step, gaps, memory, import time): within NOISE of each
+  other is no measurable difference, NOISE being how far this suite's repeated runs moved.
+Every number is one a table of the report shows, or a ratio of two of them.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+from ..frameworks import FRAMEWORKS as REGISTRY
+
+FRAMEWORKS = tuple(REGISTRY)
+REFERENCE = "torch"
+NOISE = 0.20  # repeated runs of one case on the shared 2-core CI machine moved by up to 20% (#18's note)
+GAP_FLOOR_S = 0.05  # gaps shorter than this are below what one run can compare
+Z95 = 1.96
+NAMES = {"torch": "PyTorch", "tensorflow": "TensorFlow", "jax": "Keras on JAX"}
+
+
+def _name(fw: str) -> str:
+    return NAMES.get(fw, fw)
+
+
+def _models(ft: dict) -> list[str]:
+    from ..config import MODELS
+    return [m for m in MODELS if any((fw, m) in ft for fw in FRAMEWORKS)]
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# --------------------------------------------------------------------------- the figures
+
+def round_rates(ts: dict | None) -> list[float]:
+    """Images/s of each test_train_step round (its stats' data: seconds per round)."""
+    if not ts:
+        return []
+    e, data = ts.get("extra_info") or {}, (ts.get("stats") or {}).get("data") or []
+    images = (e.get("steps_per_round") or 0) * (e.get("global_batch_size") or e.get("batch_size") or 0)
+    return [images / t for t in data if _num(t) and t > 0] if images else []
+
+
+def peak_memory(e: dict) -> float | None:
+    """The table's peak memory: the framework's own peak where it reports one, else the process's."""
+    mem = e.get("memory") or {}
+    v = mem.get("framework_peak") or mem.get("process_peak")
+    return v if _num(v) else None
+
+
+def accuracy_margin(p1: float, p2: float, n: int) -> float:
+    """95% margin of the difference of two accuracies measured on N images each."""
+    return Z95 * math.sqrt((p1 * (1 - p1) + p2 * (1 - p2)) / n)
+
+
+def once_differ(a: float, b: float, floor: float = 0.0) -> bool:
+    """Two figures measured once each: apart by more than NOISE (and FLOOR, absolute)."""
+    return abs(a - b) > max(floor, NOISE * max(abs(a), abs(b)))
+
+
+# --------------------------------------------------------------------------- the sentences
+
+class Evidence:
+    """Per metric and model, for each framework against the reference: +1 ahead, -1 behind, 0 no
+    measurable difference; the question sections summarise these."""
+
+    def __init__(self) -> None:
+        self.verdicts: list[tuple[str, str, str, int]] = []  # (framework, metric, model, verdict)
+
+    def add(self, fw: str, metric: str, model: str, verdict: int) -> None:
+        self.verdicts.append((fw, metric, model, verdict))
+
+    def of(self, fw: str, verdict: int) -> list[str]:
+        """'metric (model, model)' for each metric with that verdict, in the order first seen."""
+        by_metric: dict[str, list[str]] = {}
+        for f, metric, model, v in self.verdicts:
+            if f == fw and v == verdict:
+                by_metric.setdefault(metric, []).append(model)
+        return [f"{metric} ({', '.join(models)})" for metric, models in by_metric.items()]
+
+
+def throughput_line(model: str, ts: dict, ev: Evidence) -> str | None:
+    rates = {fw: round_rates(ts.get((fw, model))) for fw in FRAMEWORKS if (fw, model) in ts}
+    rates = {fw: r for fw, r in rates.items() if r}
+    if REFERENCE not in rates or len(rates) < 2:
+        return None
+    ref = rates[REFERENCE]
+    parts, verdicts = [], []
+    for fw, r in rates.items():
+        parts.append(f"{_name(fw)} {statistics.median(r):.1f} images/s ({len(r)} round{'s' if len(r) > 1 else ''}, "
+                     f"{min(r):.1f}–{max(r):.1f})")
+        if fw == REFERENCE:
+            continue
+        ratio = statistics.median(r) / statistics.median(ref)
+        if len(r) < 2 or len(ref) < 2:
+            verdicts.append(f"{_name(fw)} {ratio:.2f}× {_name(REFERENCE)}, one round: not resolved")
+            continue
+        apart = min(r) > max(ref) or max(r) < min(ref)
+        v = (1 if ratio > 1 else -1) if apart else 0
+        ev.add(fw, "steady throughput", model, v)
+        verdicts.append(f"{_name(fw)} {ratio:.2f}× {_name(REFERENCE)}" +
+                        ("" if apart else ": no measurable difference (the rounds overlap)"))
+    return f"- **Steady throughput, {model}:** {'; '.join(parts)}. {'; '.join(verdicts)}."
+
+
+def _why_first_step(fw: str, e: dict) -> str:
+    settings = e.get("settings") or {}
+    if fw == "jax":
+        return "XLA compilation"
+    if fw == "tensorflow":
+        return "graph tracing" + (" and XLA compilation" if settings.get("xla") else "")
+    return "torch.compile" if settings.get("torch_compile") else "eager: nothing to trace"
+
+
+def first_step_line(model: str, ft: dict, ev: Evidence) -> str | None:
+    vals = {fw: ft[(fw, model)]["extra_info"].get("time_to_first_step_s") for fw in FRAMEWORKS if (fw, model) in ft}
+    vals = {fw: v for fw, v in vals.items() if _num(v)}
+    if REFERENCE not in vals or len(vals) < 2:
+        return None
+    ref, parts, same = vals[REFERENCE], [], []
+    for fw, v in vals.items():
+        why = _why_first_step(fw, ft[(fw, model)]["extra_info"])
+        parts.append(f"{_name(fw)} {v:.2f} s ({why})")
+        if fw != REFERENCE:
+            differ = once_differ(v, ref)
+            ev.add(fw, "time to first step", model, (1 if v < ref else -1) if differ else 0)
+            if not differ:
+                same.append(_name(fw))
+    tail = f"; {', '.join(same)} and {_name(REFERENCE)}: no measurable difference (within {NOISE:.0%})" if same else ""
+    return f"- **Time to first step, {model}:** {', '.join(parts)}; one measurement each, paid once per process{tail}."
+
+
+def gap_line(model: str, ft: dict, ev: Evidence) -> str | None:
+    def mean_gap(e: dict) -> float | None:
+        g = [x for x in e.get("inter_epoch_gaps_s") or [] if _num(x)]
+        return sum(g) / len(g) if g else None
+    vals = {fw: mean_gap(ft[(fw, model)]["extra_info"]) for fw in FRAMEWORKS if (fw, model) in ft}
+    vals = {fw: v for fw, v in vals.items() if v is not None}
+    if REFERENCE not in vals or len(vals) < 2:
+        return None
+    ref = vals[REFERENCE]
+    verdicts = []
+    for fw, v in vals.items():
+        if fw == REFERENCE:
+            continue
+        differ = once_differ(v, ref, GAP_FLOOR_S)
+        ev.add(fw, "gap between epochs", model, (1 if v < ref else -1) if differ else 0)
+        verdicts.append(f"{_name(fw)} {'shorter' if v < ref else 'longer'}" if differ else
+                        f"{_name(fw)}: no measurable difference (under {GAP_FLOOR_S:g} s apart or within {NOISE:.0%})")
+    values = ", ".join(f"{_name(fw)} {v:.3f} s" for fw, v in vals.items())
+    return f"- **Between epochs, {model}:** mean gap {values}; one run. {'; '.join(verdicts)}."
+
+
+def memory_line(model: str, ft: dict, ev: Evidence, device: str) -> str | None:
+    vals = {fw: peak_memory(ft[(fw, model)]["extra_info"]) for fw in FRAMEWORKS if (fw, model) in ft}
+    vals = {fw: v for fw, v in vals.items() if v is not None}
+    if REFERENCE not in vals or len(vals) < 2:
+        return None
+    ref, verdicts = vals[REFERENCE], []
+    for fw, v in vals.items():
+        if fw == REFERENCE:
+            continue
+        differ = once_differ(v, ref)
+        ev.add(fw, "peak memory", model, (1 if v < ref else -1) if differ else 0)
+        verdicts.append(f"{_name(fw)} {v / ref:.2f}× {_name(REFERENCE)}" if differ else
+                        f"{_name(fw)}: no measurable difference (within {NOISE:.0%})")
+    kind = "the framework's own peak where it reports one, else the worker's GPU memory" if device == "gpu" \
+        else "the worker's resident host memory"
+    values = ", ".join(f"{_name(fw)} {v / 2**20:,.0f} MiB" for fw, v in vals.items())
+    return f"- **Peak memory, {model}** ({kind}): {values}. {'; '.join(verdicts)}."
+
+
+def accuracy_line(model: str, ft: dict, ev: Evidence) -> str | None:
+    es = {fw: ft[(fw, model)]["extra_info"] for fw in FRAMEWORKS if (fw, model) in ft}
+    es = {fw: e for fw, e in es.items() if _num(e.get("accuracy_after"))}
+    if REFERENCE not in es or len(es) < 2:
+        return None
+    ref, n = es[REFERENCE]["accuracy_after"], es[REFERENCE].get("test_size")
+    values = ", ".join(f"{_name(fw)} {100 * e['accuracy_after']:.1f}%" for fw, e in es.items())
+    verdicts = []
+    for fw, e in es.items():
+        if fw == REFERENCE:
+            continue
+        p = e["accuracy_after"]
+        if not (isinstance(n, int) and n > 0 and e.get("test_size") == n):
+            verdicts.append(f"{_name(fw)}: test sets differ, not compared")
+            continue
+        margin = accuracy_margin(ref, p, n)
+        diff = p - ref
+        if abs(diff) <= margin:
+            ev.add(fw, "accuracy", model, 0)
+            verdicts.append(f"{_name(fw)}: no difference the test set can resolve (±{100 * margin:.1f} points at "
+                            f"n = {n:,})")
+        else:
+            ev.add(fw, "accuracy", model, 1 if diff > 0 else -1)
+            verdicts.append(f"{_name(fw)} {'ahead' if diff > 0 else 'behind'} by {100 * abs(diff):.1f} points "
+                            f"(±{100 * margin:.1f} at n = {n:,})")
+    return f"- **Accuracy after fine-tuning, {model}:** {values}. {'; '.join(verdicts)}."
+
+
+def project_line(model: str, ft: dict) -> str | None:
+    """What a user waits for: the whole fine-tune, and how much of it is paid once."""
+    parts = []
+    for fw in FRAMEWORKS:
+        b = ft.get((fw, model))
+        if not b:
+            continue
+        total = (b.get("stats") or {}).get("median")
+        p = (b.get("extra_info") or {}).get("overhead_projection") or {}
+        if not _num(total):
+            continue
+        text = f"{_name(fw)} {total:.2f} s"
+        one_time, projected = p.get("one_time_s"), {x.get("epochs"): x for x in p.get("projected") or []}
+        if _num(one_time) and one_time > 0 and _num(p.get("measured_total_s")) and p["measured_total_s"] > 0:
+            later = projected.get(50) or {}
+            share = later.get("overhead_share")
+            text += (f" ({one_time:.2f} s of it paid once"
+                     + (f"; {100 * share:.0f}% of a 50-epoch run, projected" if _num(share) else "") + ")")
+        parts.append(text)
+    if len(parts) < 2:
+        return None
+    return f"- **The whole fine-tune, {model}:** {', '.join(parts)}."
+
+
+def dx_lines(dx: dict) -> list[str]:
+    lines = []
+    imports = {fw: d.get("import_s") for fw, d in dx.items() if _num(d.get("import_s"))}
+    if len(imports) > 1:
+        lines.append("- **Import:** " + ", ".join(f"{_name(fw)} {v:.2f} s" for fw, v in imports.items())
+                     + " (median of fresh worker processes).")
+    sizes = {fw: d.get("footprint_bytes") for fw, d in dx.items() if _num(d.get("footprint_bytes"))}
+    if len(sizes) > 1:
+        lines.append("- **Install footprint** (own packages, without GPU libraries): "
+                     + ", ".join(f"{_name(fw)} {v / 2**20:,.0f} MiB" for fw, v in sizes.items()) + ".")
+    return lines
+
+
+def caveats(cfg: dict, run: dict) -> list[str]:
+    """What the figures are, in one list: profile, device, setup, starting weights, replicas."""
+    out = []
+    profile, device = cfg.get("profile"), cfg.get("device")
+    if profile == "smoke":
+        out.append(f"Smoke profile: {cfg.get('dataset')} data, {cfg.get('train_size')} training and "
+                   f"{cfg.get('test_size')} test images, {cfg.get('epochs')} epochs. It checks that the suite "
+                   f"works; the seed profile (full CIFAR-10, 5 epochs, ImageNet weights) answers the question.")
+    elif profile:
+        out.append(f"Profile {profile}: {cfg.get('dataset')}, {cfg.get('epochs')} epochs at batch {cfg.get('batch_size')}.")
+    gpu = (run.get("machine_info") or {}).get("gpu_name")
+    out.append(f"On a GPU ({gpu})." if device == "gpu" else
+               "On a CPU: a GPU can rank the frameworks' speed differently, and memory here is host memory.")
+    setup = cfg.get("setup")
+    if setup == "matched":
+        out.append("Setup matched: precision, BatchNorm, optimizer epsilon, XLA and memory growth aligned; "
+                   "`--setup defaults` shows each framework as it ships.")
+    elif setup == "defaults":
+        out.append("Setup defaults: each framework as it ships; its settings differ (see the parity table).")
+    elif setup == "both":
+        out.append("Both setups: matched (settings aligned) and defaults (each framework as it ships).")
+    weights = cfg.get("weights")
+    if weights == "imagenet":
+        out.append("Each framework starts from its own ImageNet checkpoint: accuracy differences include "
+                   "the checkpoints'.")
+    elif weights == "same":
+        out.append("Every framework starts from torchvision's checkpoint (`--weights same`).")
+    elif weights == "none":
+        out.append("Random initialisation, torchvision's scheme in every framework.")
+    if (cfg.get("replicas") or 1) > 1:
+        out.append(f"{cfg['replicas']} data-parallel replicas per case.")
+    return out
+
+
+def _list(items: list[str]) -> str:
+    return "; ".join(items) if items else "none"
+
+
+def setup_changes(fts: dict[str, dict], tss: dict[str, dict]) -> list[str]:
+    """matched vs defaults: how each framework's steady throughput and first step moved."""
+    if len(fts) < 2:
+        return []
+    names = list(fts)
+    lines = [f"### What changed between the setups ({' → '.join(names)})", ""]
+    for m in _models({k: v for ft in fts.values() for k, v in ft.items()}):
+        for fw in FRAMEWORKS:
+            rates = [round_rates(tss[s].get((fw, m))) for s in names]
+            firsts = [(fts[s].get((fw, m)) or {}).get("extra_info", {}).get("time_to_first_step_s") for s in names]
+            parts = []
+            if all(rates):
+                a, b = (statistics.median(r) for r in rates[:2])
+                moved = min(rates[0]) > max(rates[1]) or max(rates[0]) < min(rates[1])
+                parts.append(f"steady {a:.1f} → {b:.1f} images/s" + ("" if moved else " (the rounds overlap: no "
+                                                                                         "measurable change)"))
+            if all(_num(x) for x in firsts[:2]):
+                parts.append(f"time to first step {firsts[0]:.2f} → {firsts[1]:.2f} s"
+                             + ("" if once_differ(firsts[0], firsts[1]) else f" (within {NOISE:.0%})"))
+            if parts:
+                lines.append(f"- **{_name(fw)}, {m}:** {'; '.join(parts)}.")
+    return lines + [""]
+
+
+def history_changes(runs: list[dict], setup: str) -> list[str]:
+    """The last run against the one before it: each case's fine-tune time."""
+    from .results import cases
+    if len(runs) < 2:
+        return []
+    before, after = cases(runs[-2], "test_finetune", setup), cases(runs[-1], "test_finetune", setup)
+    machines = [((r.get("machine_info") or {}).get("gpu_name") or (r.get("machine_info") or {}).get("cpu_model"))
+                for r in runs[-2:]]
+    lines = [f"### What changed since the previous run (run {len(runs) - 1} → {len(runs)})", ""]
+    if machines[0] != machines[1]:
+        lines.append(f"- **Another machine:** {machines[0] or 'unknown'} → {machines[1] or 'unknown'}: the "
+                     f"changes below include the machine's.")
+    for (fw, m) in sorted(after.keys() & before.keys()):
+        a, b = ((x.get("stats") or {}).get("median") for x in (before[(fw, m)], after[(fw, m)]))
+        if _num(a) and _num(b) and a > 0:
+            lines.append(f"- **{fw}-{m}:** fine-tune {a:.2f} → {b:.2f} s ({100 * (b - a) / a:+.0f}%"
+                         + (")" if once_differ(a, b) else f", within {NOISE:.0%}: no measurable change)") + ".")
+    return lines + [""] if len(lines) > 2 else []
+
+
+def findings(fts: dict[str, dict], tss: dict[str, dict], runs: list[dict]) -> list[str]:
+    """The findings section (markdown lines) of the last run, its first setup; the other setups and
+    the previous run are compared in their own subsections."""
+    run = runs[-1]
+    cfg = run.get("bench_config") or {}
+    setup = next(iter(fts))
+    ft, ts = fts[setup], tss[setup]
+    if not ft:
+        return []
+    ev = Evidence()
+    evidence: list[str] = []
+    for m in _models(ft):
+        evidence += [line for line in (accuracy_line(m, ft, ev), throughput_line(m, ts, ev),
+                                       first_step_line(m, ft, ev), gap_line(m, ft, ev),
+                                       memory_line(m, ft, ev, cfg.get("device") or "cpu")) if line]
+    others = [fw for fw in FRAMEWORKS if fw != REFERENCE and any(k[0] == fw for k in ft)]
+    md = ["## Findings", "", f"From this run's figures (setup {setup}); the tables below hold every number. "
+          f"What they are:", ""]
+    md += [f"- {c}" for c in caveats(cfg, run)] + [""]
+    md += ["### Is TensorFlow worth using?", ""]
+    for fw in others:
+        md.append(f"- **{_name(fw)}** measurably ahead of {_name(REFERENCE)}: {_list(ev.of(fw, 1))}. Behind: "
+                  f"{_list(ev.of(fw, -1))}. No measurable difference: {_list(ev.of(fw, 0))}.")
+    md += ["", "### Would PyTorch be sufficient?", ""]
+    for fw in others:
+        acc = [v for f, metric, _, v in ev.verdicts if f == fw and metric == "accuracy"]
+        same = sum(1 for v in acc if v == 0)
+        md.append(f"- Against {_name(fw)}: the same accuracy (no difference the test set resolves) on {same} of "
+                  f"{len(acc)} models; PyTorch measurably behind on: {_list(ev.of(fw, 1))}.")
+    md += ["", "### The real advantages and disadvantages", ""] + evidence
+    md += ["", "### How much do the differences matter in a typical project?", ""]
+    md += [line for m in _models(ft) if (line := project_line(m, ft))]
+    md += dx_lines(run.get("dx") or {}) + [""]
+    md += setup_changes(fts, tss)
+    md += history_changes(runs, setup)
+    return md
