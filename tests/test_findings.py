@@ -18,13 +18,18 @@ def _finetune(fw, acc, ttfs, gap, mem, n=1000, total=20.0):
     e = dict(framework=fw, model="resnet50", accuracy_before=0.1, accuracy_after=acc, test_size=n,
              time_to_first_step_s=ttfs, inter_epoch_gaps_s=[gap], memory=dict(process_peak=mem),
              settings=dict(xla=False, torch_compile=False))
-    return dict(name=f"test_finetune[{fw}-resnet50]", stats=dict(median=total, data=[total]), extra_info=e)
+    name = f"test_finetune[{fw}-resnet50]"
+    return dict(name=name, fullname=f"tests/benchmarks/test_cases.py::{name}", stats=dict(median=total, data=[total]),
+                extra_info=e)
 
 
 def _train_step(fw, seconds):
-    e = dict(framework=fw, model="resnet50", steps_per_round=10, batch_size=32, train_images_per_s=320 / seconds[1])
-    return dict(name=f"test_train_step[{fw}-resnet50]", stats=dict(median=sorted(seconds)[1], data=seconds),
-                extra_info=e)
+    e = dict(framework=fw, model="resnet50", steps_per_round=10, batch_size=32, train_images_per_s=320 / seconds[1],
+             round_images_per_s=[320 / t for t in seconds])  # as the worker timed its rounds
+    name = f"test_train_step[{fw}-resnet50]"
+    return dict(name=name, fullname=f"tests/benchmarks/test_cases.py::{name}",
+                stats=dict(median=sorted(seconds)[1], data=[9.9] * 3),
+                extra_info=e)  # pytest-benchmark's round times (IPC included) are not what the findings read
 
 
 def _run(tf_acc, tf_ttfs, tf_gap, tf_mem, tf_seconds):
@@ -42,20 +47,20 @@ def test_a_run_with_known_figures_gives_exactly_these_sentences():
     text = "\n".join(md)
     assert md[0] == "## Findings"
     expected = [
-        "- **TensorFlow** measurably ahead of PyTorch: steady throughput (resnet50). Behind: accuracy (resnet50); "
-        "time to first step (resnet50); gap between epochs (resnet50); peak memory (resnet50). No measurable "
-        "difference: none.",
-        "- Against TensorFlow: the same accuracy (no difference the test set resolves) on 0 of 1 models; PyTorch "
-        "measurably behind on: steady throughput (resnet50).",
-        "- **Accuracy after fine-tuning, resnet50:** PyTorch 60.0%, TensorFlow 55.0%. TensorFlow behind by 5.0 "
-        "points (±4.3 at n = 1,000).",
+        "- **TensorFlow** measurably ahead of PyTorch: steady throughput (resnet50 2.00×). Behind: accuracy "
+        "(resnet50 -5.0 points); time to first step (resnet50 11.30 s vs 0.30 s); gap between epochs (resnet50 "
+        "0.800 s vs 0.010 s); peak memory (resnet50 2.00×). No measurable difference: none.",
+        "- Against TensorFlow: the same accuracy (no difference the test set resolves) on 0 of 1 judged models; "
+        "PyTorch measurably behind on: steady throughput (resnet50 2.00×).",
+        "- **Accuracy after fine-tuning, resnet50:** PyTorch 60.0%, TensorFlow 55.0%; one training run each, its "
+        "spread not in the margin. TensorFlow behind by 5.0 points (±4.3 at n = 1,000).",
         "- **Steady throughput, resnet50:** PyTorch 320.0 images/s (3 rounds, 290.9–355.6); TensorFlow 640.0 "
         "images/s (3 rounds, 615.4–666.7). TensorFlow 2.00× PyTorch.",
         "- **Time to first step, resnet50:** PyTorch 0.30 s (eager: nothing to trace), TensorFlow 11.30 s (graph "
         "tracing); one measurement each, paid once per process.",
         "- **Between epochs, resnet50:** mean gap PyTorch 0.010 s, TensorFlow 0.800 s; one run. TensorFlow longer.",
-        "- **Peak memory, resnet50** (the worker's resident host memory): PyTorch 1,024 MiB, TensorFlow 2,048 MiB. "
-        "TensorFlow 2.00× PyTorch.",
+        "- **Peak memory, resnet50** (the worker's resident host memory): PyTorch 1024 MiB, TensorFlow 2048 MiB; "
+        "one run. TensorFlow 2.00× PyTorch.",
     ]
     for line in expected:
         assert line in md, f"missing:\n{line}\n--- in ---\n{text}"
@@ -66,8 +71,9 @@ def test_a_run_with_known_figures_gives_exactly_these_sentences():
 
 def test_differences_inside_the_noise_say_so():
     md = fnd.findings(*_run(tf_acc=0.58, tf_ttfs=0.33, tf_gap=0.03, tf_mem=1.1 * 2**30, tf_seconds=[0.95, 1.05, 1.0]))
-    assert "- **Accuracy after fine-tuning, resnet50:** PyTorch 60.0%, TensorFlow 58.0%. TensorFlow: no difference " \
-           "the test set can resolve (±4.3 points at n = 1,000)." in md
+    assert "- **Accuracy after fine-tuning, resnet50:** PyTorch 60.0%, TensorFlow 58.0%; one training run each, its " \
+           "spread not in the margin. TensorFlow: no difference the test set can resolve (±4.3 points at " \
+           "n = 1,000)." in md
     assert "- **Steady throughput, resnet50:** PyTorch 320.0 images/s (3 rounds, 290.9–355.6); TensorFlow 320.0 " \
            "images/s (3 rounds, 304.8–336.8). TensorFlow 1.00× PyTorch: no measurable difference (the rounds " \
            "overlap)." in md
@@ -77,8 +83,8 @@ def test_differences_inside_the_noise_say_so():
     assert any(line.startswith("- **Between epochs, resnet50:**") and line.endswith(
         "TensorFlow: no measurable difference (under 0.05 s apart or within 20%).") for line in md)
     assert "- **TensorFlow** measurably ahead of PyTorch: none. Behind: none. No measurable difference: accuracy " \
-           "(resnet50); steady throughput (resnet50); time to first step (resnet50); gap between epochs " \
-           "(resnet50); peak memory (resnet50)." in md
+           "(resnet50 -2.0 points); steady throughput (resnet50 1.00×); time to first step (resnet50 0.33 s vs " \
+           "0.30 s); gap between epochs (resnet50 0.030 s vs 0.010 s); peak memory (resnet50 1.10×)." in md
 
 
 @pytest.mark.parametrize("p1,p2,n,margin", [(0.6, 0.55, 1000, 0.0433), (0.5, 0.5, 100, 0.1386), (0.0, 1.0, 10, 0.0)])
@@ -130,11 +136,76 @@ def test_two_runs_say_what_changed_and_on_which_machine():
     from bench_fixtures.analysis import results
     for run, totals, cpu in ((first, (20.0, 30.0), "CPU A"), (second, (20.5, 45.0), "CPU B")):
         run["machine_info"] = dict(cpu_model=cpu)
-        run["benchmarks"] = [dict(_finetune(fw, 0.6, 0.3, 0.01, 2**30, total=t), fullname=f"x::test_finetune[{fw}-resnet50]")
-                             for fw, t in zip(("torch", "tensorflow"), totals)]
+        run["benchmarks"] = [_finetune(fw, 0.6, 0.3, 0.01, 2**30, total=t) for fw, t in zip(("torch", "tensorflow"), totals)]
     assert set(results.cases(second, "test_finetune", "matched")) == {("torch", "resnet50"), ("tensorflow", "resnet50")}
     md = fnd.findings(fts, tss, [first, second])
     assert "### What changed since the previous run (run 1 → 2)" in md
     assert "- **Another machine:** CPU A → CPU B: the changes below include the machine's." in md
-    assert "- **tensorflow-resnet50:** fine-tune 30.00 → 45.00 s (+50%)." in md
-    assert "- **torch-resnet50:** fine-tune 20.00 → 20.50 s (+2%, within 20%: no measurable change)." in md
+    assert "- **tensorflow-resnet50:** fine-tune 30.0 → 45.0 s (+50%)." in md
+    assert "- **torch-resnet50:** fine-tune 20.0 → 20.5 s (+2%, within 20%: no measurable change)." in md
+    assert not any("Another experiment" in line for line in md)
+    second["bench_config"] = dict(second["bench_config"], replicas=2)
+    md = fnd.findings(fts, tss, [first, second])
+    assert "- **Another experiment:** replicas None → 2: the times below compare different work, not a " \
+           "regression." in md
+
+
+def test_a_failed_case_is_left_out_and_a_missing_reference_is_said():
+    fts, tss, runs = _run(0.55, 11.3, 0.8, 2**31, [0.5, 0.52, 0.48])
+    from bench_fixtures.analysis.results import OUTCOME_KEY
+    fts["matched"][("tensorflow", "resnet50")]["extra_info"][OUTCOME_KEY] = "failed"
+    from bench_fixtures.analysis import results
+    assert results.failed(fts["matched"][("tensorflow", "resnet50")])
+    md = fnd.findings(fts, tss, runs)
+    assert "- Left out, their numbers are no result: test_finetune[tensorflow-resnet50] (FAILED)." in md
+    assert not any(line.startswith("- **Accuracy after fine-tuning") for line in md)  # nothing paired with it
+    assert "- **TensorFlow:** not compared (no case of it beside PyTorch's)." not in md  # its train_step still is
+    fts, tss, runs = _run(0.55, 11.3, 0.8, 2**31, [0.5, 0.52, 0.48])
+    for src in (fts["matched"], tss["matched"]):
+        src.pop(("torch", "resnet50"))
+    md = fnd.findings(fts, tss, runs)
+    assert "- Not compared: PyTorch did not run here (or has no passing case), and every finding is a comparison " \
+           "with it." in md
+    assert "- **TensorFlow:** not compared (no case of it beside PyTorch's)." in md
+
+
+def test_three_frameworks_each_compared_with_pytorch():
+    fts, tss, runs = _run(0.55, 11.3, 0.8, 2**31, [0.5, 0.52, 0.48])
+    jax = _finetune("jax", 0.61, 6.9, 0.02, 2**30)
+    fts["matched"][("jax", "resnet50")] = jax
+    tss["matched"][("jax", "resnet50")] = _train_step("jax", [2.0, 2.1, 1.9])
+    md = fnd.findings(fts, tss, runs)
+    assert "- **Time to first step, resnet50:** PyTorch 0.30 s (eager: nothing to trace), TensorFlow 11.30 s (graph " \
+           "tracing), Keras on JAX 6.90 s (XLA compilation); one measurement each, paid once per process." in md
+    line = next(x for x in md if x.startswith("- **Keras on JAX** measurably ahead"))
+    assert "steady throughput (resnet50 0.50×)" in line and "accuracy (resnet50 +1.0 points)" in line
+
+
+def test_every_number_in_the_findings_is_in_a_table_below(tmp_path):
+    """Ratios (×), margins (±), differences (points), counts (n =, rounds) are computed; every other
+    number the evidence states appears, as written, in the report below the findings."""
+    from .test_report import benchmark
+    folder = tmp_path / "run"
+    folder.mkdir()
+    bs = []
+    for fw, acc, ttfs, mem, rates in (("torch", 0.6, 0.3, 2**30, [290.9, 320.0, 355.6]),
+                                      ("tensorflow", 0.45, 11.3, 2**31, [615.4, 640.0, 666.7])):
+        bs.append(benchmark(folder, "test_finetune", fw, "resnet50", "matched", test_size=1000,
+                            memory=dict(process_peak=mem), accuracy_after=acc, time_to_first_step_s=ttfs))
+        bs.append(benchmark(folder, "test_train_step", fw, "resnet50", "matched", steps_per_round=10, batch_size=32,
+                            round_images_per_s=rates, train_images_per_s=rates[1]))
+    run = dict(benchmarks=bs, datetime="crafted", command="pytest", machine_info={},
+               bench_config=dict(profile="seed", dataset="cifar10", device="cpu", epochs=2, batch_size=32,
+                                 setup="matched", weights="imagenet"))
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(run))
+    md = report.write_report([str(path)], tmp_path / "out").read_text()
+    section = md.split("## Findings", 1)[1].split("\n## ", 1)[0]
+    below = md.split("## Findings", 1)[1].split("\n## ", 1)[1]
+    evidence = section.split("### The real advantages and disadvantages", 1)[1]
+    numbers = [(m.group(1), evidence[max(m.start() - 4, 0):m.start()]) for m in
+               re.finditer(r"(?<![A-Za-z_\d.,±])(\d[\d,]*(?:\.\d+)?)(?![\d.,]*(?:×| points| rounds?|-epoch| s apart|%\)))", evidence)]
+    stated = [n for n, before in numbers if not before.endswith("n = ")]
+    assert len(stated) >= 12, stated
+    missing = [n for n in stated if n not in below and n.replace(",", "") not in below]
+    assert not missing, f"not in any table below: {missing}\n{evidence}"

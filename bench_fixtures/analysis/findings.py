@@ -23,6 +23,9 @@ REFERENCE = "torch"
 NOISE = 0.20  # repeated runs of one case on the shared 2-core CI machine moved by up to 20% (#18's note)
 GAP_FLOOR_S = 0.05  # gaps shorter than this are below what one run can compare
 Z95 = 1.96
+# What makes two runs different experiments (their times then compare different work).
+HISTORY_KEYS = ("profile", "dataset", "train_size", "test_size", "epochs", "batch_size", "weights", "device",
+                "setup", "precision", "compile", "image_size", "replicas", "train_layers")
 NAMES = {"torch": "PyTorch", "tensorflow": "TensorFlow", "jax": "Keras on JAX"}
 
 
@@ -42,10 +45,15 @@ def _num(v: Any) -> bool:
 # --------------------------------------------------------------------------- the figures
 
 def round_rates(ts: dict | None) -> list[float]:
-    """Images/s of each test_train_step round (its stats' data: seconds per round)."""
+    """Images/s of each test_train_step round as the worker timed it (`round_images_per_s`, whose
+    median is the table's steady images/s); runs recorded before it: pytest-benchmark's round times."""
     if not ts:
         return []
-    e, data = ts.get("extra_info") or {}, (ts.get("stats") or {}).get("data") or []
+    e = ts.get("extra_info") or {}
+    rates = e.get("round_images_per_s")
+    if isinstance(rates, list):
+        return [r for r in rates if _num(r) and r > 0]
+    data = (ts.get("stats") or {}).get("data") or []
     images = (e.get("steps_per_round") or 0) * (e.get("global_batch_size") or e.get("batch_size") or 0)
     return [images / t for t in data if _num(t) and t > 0] if images else []
 
@@ -71,21 +79,24 @@ def once_differ(a: float, b: float, floor: float = 0.0) -> bool:
 
 class Evidence:
     """Per metric and model, for each framework against the reference: +1 ahead, -1 behind, 0 no
-    measurable difference; the question sections summarise these."""
+    measurable difference, with the figure that says how much; the question sections summarise these."""
 
     def __init__(self) -> None:
-        self.verdicts: list[tuple[str, str, str, int]] = []  # (framework, metric, model, verdict)
+        self.verdicts: list[tuple[str, str, str, int, str]] = []  # (framework, metric, model, verdict, figure)
 
-    def add(self, fw: str, metric: str, model: str, verdict: int) -> None:
-        self.verdicts.append((fw, metric, model, verdict))
+    def add(self, fw: str, metric: str, model: str, verdict: int, figure: str = "") -> None:
+        self.verdicts.append((fw, metric, model, verdict, figure))
 
     def of(self, fw: str, verdict: int) -> list[str]:
-        """'metric (model, model)' for each metric with that verdict, in the order first seen."""
+        """'metric (model figure, model figure)' for each metric with that verdict, in the order first seen."""
         by_metric: dict[str, list[str]] = {}
-        for f, metric, model, v in self.verdicts:
+        for f, metric, model, v, figure in self.verdicts:
             if f == fw and v == verdict:
-                by_metric.setdefault(metric, []).append(model)
+                by_metric.setdefault(metric, []).append(f"{model} {figure}".strip())
         return [f"{metric} ({', '.join(models)})" for metric, models in by_metric.items()]
+
+    def compared(self, fw: str) -> int:
+        return sum(1 for v in self.verdicts if v[0] == fw)
 
 
 def throughput_line(model: str, ts: dict, ev: Evidence) -> str | None:
@@ -105,10 +116,12 @@ def throughput_line(model: str, ts: dict, ev: Evidence) -> str | None:
             verdicts.append(f"{_name(fw)} {ratio:.2f}× {_name(REFERENCE)}, one round: not resolved")
             continue
         apart = min(r) > max(ref) or max(r) < min(ref)
-        v = (1 if ratio > 1 else -1) if apart else 0
-        ev.add(fw, "steady throughput", model, v)
+        beyond = abs(ratio - 1) > NOISE  # rounds in one process do not hold the run-to-run noise
+        v = (1 if ratio > 1 else -1) if apart and beyond else 0
+        ev.add(fw, "steady throughput", model, v, f"{ratio:.2f}×")
         verdicts.append(f"{_name(fw)} {ratio:.2f}× {_name(REFERENCE)}" +
-                        ("" if apart else ": no measurable difference (the rounds overlap)"))
+                        ("" if v else ": no measurable difference (" + ("the rounds overlap" if not apart else
+                                                                         f"within {NOISE:.0%}") + ")"))
     return f"- **Steady throughput, {model}:** {'; '.join(parts)}. {'; '.join(verdicts)}."
 
 
@@ -132,7 +145,7 @@ def first_step_line(model: str, ft: dict, ev: Evidence) -> str | None:
         parts.append(f"{_name(fw)} {v:.2f} s ({why})")
         if fw != REFERENCE:
             differ = once_differ(v, ref)
-            ev.add(fw, "time to first step", model, (1 if v < ref else -1) if differ else 0)
+            ev.add(fw, "time to first step", model, (1 if v < ref else -1) if differ else 0, f"{v:.2f} s vs {ref:.2f} s")
             if not differ:
                 same.append(_name(fw))
     tail = f"; {', '.join(same)} and {_name(REFERENCE)}: no measurable difference (within {NOISE:.0%})" if same else ""
@@ -153,7 +166,7 @@ def gap_line(model: str, ft: dict, ev: Evidence) -> str | None:
         if fw == REFERENCE:
             continue
         differ = once_differ(v, ref, GAP_FLOOR_S)
-        ev.add(fw, "gap between epochs", model, (1 if v < ref else -1) if differ else 0)
+        ev.add(fw, "gap between epochs", model, (1 if v < ref else -1) if differ else 0, f"{v:.3f} s vs {ref:.3f} s")
         verdicts.append(f"{_name(fw)} {'shorter' if v < ref else 'longer'}" if differ else
                         f"{_name(fw)}: no measurable difference (under {GAP_FLOOR_S:g} s apart or within {NOISE:.0%})")
     values = ", ".join(f"{_name(fw)} {v:.3f} s" for fw, v in vals.items())
@@ -161,25 +174,28 @@ def gap_line(model: str, ft: dict, ev: Evidence) -> str | None:
 
 
 def memory_line(model: str, ft: dict, ev: Evidence, device: str) -> str | None:
-    vals = {fw: peak_memory(ft[(fw, model)]["extra_info"]) for fw in FRAMEWORKS if (fw, model) in ft}
-    vals = {fw: v for fw, v in vals.items() if v is not None}
-    if REFERENCE not in vals or len(vals) < 2:
+    mib = {fw: peak_memory(ft[(fw, model)]["extra_info"]) for fw in FRAMEWORKS if (fw, model) in ft}
+    mib = {fw: round(v / 2**20) for fw, v in mib.items() if v is not None}  # as the table shows them
+    if REFERENCE not in mib or len(mib) < 2:
         return None
-    ref, verdicts = vals[REFERENCE], []
-    for fw, v in vals.items():
+    ref, verdicts = mib[REFERENCE], []
+    for fw, v in mib.items():
         if fw == REFERENCE:
             continue
         differ = once_differ(v, ref)
-        ev.add(fw, "peak memory", model, (1 if v < ref else -1) if differ else 0)
+        ev.add(fw, "peak memory", model, (1 if v < ref else -1) if differ else 0, f"{v / ref:.2f}×")
         verdicts.append(f"{_name(fw)} {v / ref:.2f}× {_name(REFERENCE)}" if differ else
                         f"{_name(fw)}: no measurable difference (within {NOISE:.0%})")
     kind = "the framework's own peak where it reports one, else the worker's GPU memory" if device == "gpu" \
         else "the worker's resident host memory"
-    values = ", ".join(f"{_name(fw)} {v / 2**20:,.0f} MiB" for fw, v in vals.items())
-    return f"- **Peak memory, {model}** ({kind}): {values}. {'; '.join(verdicts)}."
+    values = ", ".join(f"{_name(fw)} {v} MiB" for fw, v in mib.items())
+    return f"- **Peak memory, {model}** ({kind}): {values}; one run. {'; '.join(verdicts)}."
 
 
-def accuracy_line(model: str, ft: dict, ev: Evidence) -> str | None:
+def accuracy_line(model: str, ft: dict, ev: Evidence, weights: str | None) -> str | None:
+    """The margin is the test set's sampling only: each framework trained once (its rounds' spread
+    is shown when there were several). From random initialisation the frameworks start from
+    different numbers, so a gap in accuracy is not judged a framework difference."""
     es = {fw: ft[(fw, model)]["extra_info"] for fw in FRAMEWORKS if (fw, model) in ft}
     es = {fw: e for fw, e in es.items() if _num(e.get("accuracy_after"))}
     if REFERENCE not in es or len(es) < 2:
@@ -197,14 +213,21 @@ def accuracy_line(model: str, ft: dict, ev: Evidence) -> str | None:
         margin = accuracy_margin(ref, p, n)
         diff = p - ref
         if abs(diff) <= margin:
-            ev.add(fw, "accuracy", model, 0)
+            ev.add(fw, "accuracy", model, 0, f"{100 * diff:+.1f} points")
             verdicts.append(f"{_name(fw)}: no difference the test set can resolve (±{100 * margin:.1f} points at "
                             f"n = {n:,})")
+        elif weights == "none":
+            verdicts.append(f"{_name(fw)} {100 * abs(diff):.1f} points {'ahead' if diff > 0 else 'behind'} (±"
+                            f"{100 * margin:.1f} at n = {n:,}), not judged: from random initialisation each "
+                            f"framework starts from other numbers")
         else:
-            ev.add(fw, "accuracy", model, 1 if diff > 0 else -1)
+            ev.add(fw, "accuracy", model, 1 if diff > 0 else -1, f"{100 * diff:+.1f} points")
             verdicts.append(f"{_name(fw)} {'ahead' if diff > 0 else 'behind'} by {100 * abs(diff):.1f} points "
                             f"(±{100 * margin:.1f} at n = {n:,})")
-    return f"- **Accuracy after fine-tuning, {model}:** {values}. {'; '.join(verdicts)}."
+    rounds = min(len(e.get("rounds") or [0]) for e in es.values())
+    once = "one training run each, its spread not in the margin" if rounds < 2 else \
+        f"{rounds} training rounds each (their spread: the table's accuracy over rounds)"
+    return f"- **Accuracy after fine-tuning, {model}:** {values}; {once}. {'; '.join(verdicts)}."
 
 
 def project_line(model: str, ft: dict) -> str | None:
@@ -223,16 +246,17 @@ def project_line(model: str, ft: dict) -> str | None:
         if _num(one_time) and one_time > 0 and _num(p.get("measured_total_s")) and p["measured_total_s"] > 0:
             later = projected.get(50) or {}
             share = later.get("overhead_share")
-            text += (f" ({one_time:.2f} s of it paid once"
-                     + (f"; {100 * share:.0f}% of a 50-epoch run, projected" if _num(share) else "") + ")")
+            text += (f" ({one_time:.3f} s of it paid once"
+                     + (f"; overhead {100 * share:.1f}% of a 50-epoch run, projected" if _num(share) else "") + ")")
         parts.append(text)
     if len(parts) < 2:
         return None
     return f"- **The whole fine-tune, {model}:** {', '.join(parts)}."
 
 
-def dx_lines(dx: dict) -> list[str]:
+def dx_lines(dx: dict, ran: set[str]) -> list[str]:
     lines = []
+    dx = {fw: d for fw, d in dx.items() if fw in ran}
     imports = {fw: d.get("import_s") for fw, d in dx.items() if _num(d.get("import_s"))}
     if len(imports) > 1:
         lines.append("- **Import:** " + ", ".join(f"{_name(fw)} {v:.2f} s" for fw, v in imports.items())
@@ -244,18 +268,22 @@ def dx_lines(dx: dict) -> list[str]:
     return lines
 
 
-def caveats(cfg: dict, run: dict) -> list[str]:
-    """What the figures are, in one list: profile, device, setup, starting weights, replicas."""
+def caveats(cfg: dict, run: dict, ft: dict) -> list[str]:
+    """What the figures are, in one list: profile, data, device, setup, starting weights, replicas."""
     out = []
     profile, device = cfg.get("profile"), cfg.get("device")
+    e = next((b.get("extra_info") or {} for b in ft.values()), {})
+    sizes = f"{e.get('train_size', '?'):,} training and {e.get('test_size', '?'):,} test images" \
+        if _num(e.get("train_size")) and _num(e.get("test_size")) else "its training and test images"
     if profile == "smoke":
-        out.append(f"Smoke profile: {cfg.get('dataset')} data, {cfg.get('train_size')} training and "
-                   f"{cfg.get('test_size')} test images, {cfg.get('epochs')} epochs. It checks that the suite "
-                   f"works; the seed profile (full CIFAR-10, 5 epochs, ImageNet weights) answers the question.")
+        out.append(f"Smoke profile: {cfg.get('dataset')} data, {sizes}, {cfg.get('epochs')} epochs. It checks "
+                   f"that the suite works; the seed profile (full CIFAR-10, 5 epochs, ImageNet weights) answers "
+                   f"the question.")
     elif profile:
-        out.append(f"Profile {profile}: {cfg.get('dataset')}, {cfg.get('epochs')} epochs at batch {cfg.get('batch_size')}.")
+        out.append(f"Profile {profile}: {cfg.get('dataset')}, {sizes}, {cfg.get('epochs')} epochs at batch "
+                   f"{cfg.get('batch_size')}.")
     gpu = (run.get("machine_info") or {}).get("gpu_name")
-    out.append(f"On a GPU ({gpu})." if device == "gpu" else
+    out.append((f"On a GPU ({gpu})." if gpu else "On a GPU.") if device == "gpu" else
                "On a CPU: a GPU can rank the frameworks' speed differently, and memory here is host memory.")
     setup = cfg.get("setup")
     if setup == "matched":
@@ -293,11 +321,11 @@ def setup_changes(fts: dict[str, dict], tss: dict[str, dict]) -> list[str]:
             rates = [round_rates(tss[s].get((fw, m))) for s in names]
             firsts = [(fts[s].get((fw, m)) or {}).get("extra_info", {}).get("time_to_first_step_s") for s in names]
             parts = []
-            if all(rates):
+            if all(len(r) > 1 for r in rates):
                 a, b = (statistics.median(r) for r in rates[:2])
-                moved = min(rates[0]) > max(rates[1]) or max(rates[0]) < min(rates[1])
-                parts.append(f"steady {a:.1f} → {b:.1f} images/s" + ("" if moved else " (the rounds overlap: no "
-                                                                                         "measurable change)"))
+                moved = (min(rates[0]) > max(rates[1]) or max(rates[0]) < min(rates[1])) and once_differ(a, b)
+                parts.append(f"steady {a:.1f} → {b:.1f} images/s" + ("" if moved else " (no measurable change: "
+                                                                                         "the rounds overlap or within 20%)"))
             if all(_num(x) for x in firsts[:2]):
                 parts.append(f"time to first step {firsts[0]:.2f} → {firsts[1]:.2f} s"
                              + ("" if once_differ(firsts[0], firsts[1]) else f" (within {NOISE:.0%})"))
@@ -318,47 +346,70 @@ def history_changes(runs: list[dict], setup: str) -> list[str]:
     if machines[0] != machines[1]:
         lines.append(f"- **Another machine:** {machines[0] or 'unknown'} → {machines[1] or 'unknown'}: the "
                      f"changes below include the machine's.")
+    configs = [r.get("bench_config") or {} for r in runs[-2:]]
+    changed = [f"{k} {configs[0].get(k)!r} → {configs[1].get(k)!r}" for k in HISTORY_KEYS
+               if configs[0].get(k) != configs[1].get(k)]
+    if changed:
+        lines.append(f"- **Another experiment:** {', '.join(changed)}: the times below compare different work, "
+                     f"not a regression.")
     for (fw, m) in sorted(after.keys() & before.keys()):
         a, b = ((x.get("stats") or {}).get("median") for x in (before[(fw, m)], after[(fw, m)]))
         if _num(a) and _num(b) and a > 0:
-            lines.append(f"- **{fw}-{m}:** fine-tune {a:.2f} → {b:.2f} s ({100 * (b - a) / a:+.0f}%"
+            lines.append(f"- **{fw}-{m}:** fine-tune {a:.1f} → {b:.1f} s ({100 * (b - a) / a:+.0f}%"
                          + (")" if once_differ(a, b) else f", within {NOISE:.0%}: no measurable change)") + ".")
     return lines + [""] if len(lines) > 2 else []
 
 
 def findings(fts: dict[str, dict], tss: dict[str, dict], runs: list[dict]) -> list[str]:
     """The findings section (markdown lines) of the last run, its first setup; the other setups and
-    the previous run are compared in their own subsections."""
+    the previous run are compared in their own subsections. A FAILED case's numbers are no result:
+    left out, and said so."""
+    from .results import case_name, failed
     run = runs[-1]
     cfg = run.get("bench_config") or {}
     setup = next(iter(fts))
-    ft, ts = fts[setup], tss[setup]
+    bad = [case_name(b) for src in (fts[setup], tss[setup]) for b in src.values() if failed(b)]
+    ft = {k: b for k, b in fts[setup].items() if not failed(b)}
+    ts = {k: b for k, b in tss[setup].items() if not failed(b)}
     if not ft:
         return []
     ev = Evidence()
     evidence: list[str] = []
     for m in _models(ft):
-        evidence += [line for line in (accuracy_line(m, ft, ev), throughput_line(m, ts, ev),
+        evidence += [line for line in (accuracy_line(m, ft, ev, cfg.get("weights")), throughput_line(m, ts, ev),
                                        first_step_line(m, ft, ev), gap_line(m, ft, ev),
                                        memory_line(m, ft, ev, cfg.get("device") or "cpu")) if line]
-    others = [fw for fw in FRAMEWORKS if fw != REFERENCE and any(k[0] == fw for k in ft)]
-    md = ["## Findings", "", f"From this run's figures (setup {setup}); the tables below hold every number. "
-          f"What they are:", ""]
-    md += [f"- {c}" for c in caveats(cfg, run)] + [""]
+    ran = {fw for fw, _ in ft}
+    others = [fw for fw in FRAMEWORKS if fw != REFERENCE and fw in ran]
+    md = ["## Findings", "", f"From this run's figures (setup {setup}); the tables below hold every number "
+          f"(ratios and margins are computed from them). What they are:", ""]
+    md += [f"- {c}" for c in caveats(cfg, run, ft)]
+    md += [f"- Left out, their numbers are no result: {', '.join(bad)} (FAILED)."] if bad else []
+    md += [""]
+    if REFERENCE not in ran:
+        md += [f"- Not compared: {_name(REFERENCE)} did not run here (or has no passing case), and every finding "
+               f"is a comparison with it.", ""]
     md += ["### Is TensorFlow worth using?", ""]
     for fw in others:
+        if not ev.compared(fw):
+            md.append(f"- **{_name(fw)}:** not compared (no case of it beside {_name(REFERENCE)}'s).")
+            continue
         md.append(f"- **{_name(fw)}** measurably ahead of {_name(REFERENCE)}: {_list(ev.of(fw, 1))}. Behind: "
                   f"{_list(ev.of(fw, -1))}. No measurable difference: {_list(ev.of(fw, 0))}.")
     md += ["", "### Would PyTorch be sufficient?", ""]
     for fw in others:
-        acc = [v for f, metric, _, v in ev.verdicts if f == fw and metric == "accuracy"]
+        acc = [v for f, metric, _, v, _ in ev.verdicts if f == fw and metric == "accuracy"]
+        if not ev.compared(fw):
+            continue
         same = sum(1 for v in acc if v == 0)
-        md.append(f"- Against {_name(fw)}: the same accuracy (no difference the test set resolves) on {same} of "
-                  f"{len(acc)} models; PyTorch measurably behind on: {_list(ev.of(fw, 1))}.")
+        accuracy = (f"the same accuracy (no difference the test set resolves) on {same} of {len(acc)} judged models"
+                    if acc else "accuracy not judged (random initialisation, or no paired case)")
+        md.append(f"- Against {_name(fw)}: {accuracy}; PyTorch measurably behind on: {_list(ev.of(fw, 1))}.")
     md += ["", "### The real advantages and disadvantages", ""] + evidence
     md += ["", "### How much do the differences matter in a typical project?", ""]
     md += [line for m in _models(ft) if (line := project_line(m, ft))]
-    md += dx_lines(run.get("dx") or {}) + [""]
-    md += setup_changes(fts, tss)
+    md += dx_lines(run.get("dx") or {}, ran) + [""]
+    md += setup_changes({s: {k: b for k, b in f.items() if not failed(b)} for s, f in fts.items()},
+                        {s: {k: b for k, b in t.items() if not failed(b)} for s, t in tss.items()})
     md += history_changes(runs, setup)
     return md

@@ -23,9 +23,18 @@ img { max-width: 100%; display: block; margin: 1em 0; border: 1px solid #eee; }
 IMAGE = re.compile(r'src="([^":/]+\.png)"')
 
 
+def _escape_text(md: str) -> str:
+    """'<' and '&' outside code as text: the report quotes framework messages ('<lambda>', '<NVML>'),
+    which Markdown would pass through as HTML tags the browser hides."""
+    out = []
+    for n, part in enumerate(re.split(r"(```.*?```|`[^`\n]*`)", md, flags=re.S)):
+        out.append(part if n % 2 else part.replace("&", "&amp;").replace("<", "&lt;"))
+    return "".join(out)
+
+
 def to_html(md: str, folder: Path, title: str) -> str:
     """MD rendered (tables, code) with every PNG it names read from FOLDER and embedded."""
-    body = markdown.markdown(md, extensions=["tables", "fenced_code", "sane_lists"])
+    body = markdown.markdown(_escape_text(md), extensions=["tables", "fenced_code", "sane_lists"])
 
     def embed(match: re.Match) -> str:
         data = base64.b64encode((folder / match.group(1)).read_bytes()).decode("ascii")

@@ -175,6 +175,9 @@ def _memory_caption(tels: dict) -> str:
             "triangles, where a framework reports one: its peak per epoch")
 
 
+HATCHES = ("//", "\\\\", "xx", "..")
+
+
 def _first_step_span(tel: dict, start: int) -> tuple[float, float] | None:
     """Seconds since run start to the end of the first step: tracing, compilation, the first batch."""
     end = next((e["t_ns"] for e in tel["events"] if e["name"] == FIRST_STEP_END and e.get("epoch") == 0), None)
@@ -203,9 +206,12 @@ def plot_timelines(ft: dict, base: Path, out: Path, notes: list[str], setup: str
             continue
         fig, (util_ax, mem_ax) = plt.subplots(2, 1, figsize=(11, 6.6), sharex=True)
         labels = []
-        for fw, (tel, epochs) in tels.items():
+        for i, (fw, (tel, epochs)) in enumerate(tels.items()):
             xs, ys, start = _series(tel, "util")
-            util_ax.plot(xs, [100 * y for y in ys], color=COLORS[fw], lw=1, label=f"{fw} ({tel['monitor'].get('backend')})")
+            span = _first_step_span(tel, start)
+            first = f"; first step {span[1]:.2f} s" if span else ""
+            util_ax.plot(xs, [100 * y for y in ys], color=COLORS[fw], lw=1,
+                         label=f"{fw} ({tel['monitor'].get('backend')}{first})")
             key, mem_label = _memory_series(tel)
             xs, ys, _ = _series(tel, key)
             mem_ax.plot(xs, [y / 2**20 for y in ys], color=COLORS[fw], lw=1.2, label=fw)
@@ -214,19 +220,16 @@ def plot_timelines(ft: dict, base: Path, out: Path, notes: list[str], setup: str
                 peak = (e.get("memory") or {}).get("peak") if e["name"] == EPOCH_STOP else None
                 if peak:
                     mem_ax.plot((e["t_ns"] - start) / 1e9, peak / 2**20, "v", color=COLORS[fw], ms=6)
-            span = _first_step_span(tel, start)
             _, gaps = step_intervals(tel["events"], epochs)
             for ax in (util_ax, mem_ax):
-                if span:
-                    ax.axvspan(*span, color=COLORS[fw], alpha=0.10, lw=0, hatch="//")
+                if span:  # a hatch of its own per framework: torch's and TensorFlow's colours are close
+                    ax.axvspan(*span, facecolor="none", edgecolor=matplotlib.colors.to_rgba(COLORS[fw], 0.35), lw=0.8,
+                               hatch=HATCHES[i % len(HATCHES)])
                 for a, b in gaps:
                     ax.axvspan((a - start) / 1e9, (b - start) / 1e9, color=LIGHT[fw], alpha=0.45, lw=0)
                 for e in tel["events"]:
                     if e["name"] == EPOCH_START:
                         ax.axvline((e["t_ns"] - start) / 1e9, color=COLORS[fw], lw=0.6, ls=":")
-            if span:
-                util_ax.annotate(f"{fw}: first step {span[1]:.2f} s", (span[1], 100), xytext=(3, -12 - 11 * len(labels)),
-                                 textcoords="offset points", fontsize=7, color=COLORS[fw])
         util_ax.set_ylim(0, 105)
         util_ax.set_ylabel("utilisation (%)")
         util_ax.legend(loc="lower right", fontsize=8)

@@ -310,6 +310,7 @@ class Experiment:
         return dict(self.common_info(), steps_per_round=self.cfg.step_count, rounds=len(self.steps),
                     warmup_steps=self.warmup.get("steps", 0), warmup_s=self.warmup.get("seconds"),
                     train_images_per_s=statistics.median(rates) if rates else None,
+                    round_images_per_s=rates,  # each round as the worker timed it (the findings' spread)
                     step_time_s=statistics.median(s["seconds"] / self.cfg.step_count for s in self.steps)
                     if self.steps else None,
                     final_loss=self.steps[-1]["loss"] if self.steps else None,
