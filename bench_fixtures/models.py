@@ -153,10 +153,12 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+REFERENCE = "torch"  # what the others are compared with: the zoo both Keras runtimes are aligned to
+
+
 def reference(group: list[dict]) -> dict:
-    """The row the others of a model are compared with: torch's where it ran (the zoo both Keras
-    runtimes are aligned to), else the first."""
-    return next((r for r in group if r["framework"] == "torch"), group[0])
+    """The row the others of a model are compared with: REFERENCE's where it ran, else the first."""
+    return next((r for r in group if r["framework"] == REFERENCE), group[0])
 
 
 def first_step_gap(a: Any, b: Any) -> float | None:

@@ -17,25 +17,31 @@ import statistics
 from typing import Any
 
 from ..frameworks import FRAMEWORKS as REGISTRY
+from ..models import REFERENCE
+from .results import models_in
 
 FRAMEWORKS = tuple(REGISTRY)
-REFERENCE = "torch"
 NOISE = 0.20  # repeated runs of one case on the shared 2-core CI machine moved by up to 20% (#18's note)
 GAP_FLOOR_S = 0.05  # gaps shorter than this are below what one run can compare
 Z95 = 1.96
 # What makes two runs different experiments (their times then compare different work).
 HISTORY_KEYS = ("profile", "dataset", "train_size", "test_size", "epochs", "batch_size", "weights", "device",
                 "setup", "precision", "compile", "image_size", "replicas", "train_layers")
-NAMES = {"torch": "PyTorch", "tensorflow": "TensorFlow", "jax": "Keras on JAX"}
+# The caveat each setup and each start brings to every figure.
+SETUP_CAVEATS = {
+    "matched": "Setup matched: precision, BatchNorm, optimizer epsilon, XLA and memory growth aligned; "
+               "`--setup defaults` shows each framework as it ships.",
+    "defaults": "Setup defaults: each framework as it ships; its settings differ (see the parity table).",
+    "both": "Both setups: matched (settings aligned) and defaults (each framework as it ships)."}
+WEIGHTS_CAVEATS = {
+    "imagenet": "Each framework starts from its own ImageNet checkpoint: accuracy differences include the "
+                "checkpoints'.",
+    "same": "Every framework starts from torchvision's checkpoint (`--weights same`).",
+    "none": "Random initialisation, torchvision's scheme in every framework."}
 
 
 def _name(fw: str) -> str:
-    return NAMES.get(fw, fw)
-
-
-def _models(ft: dict) -> list[str]:
-    from ..config import MODELS
-    return [m for m in MODELS if any((fw, m) in ft for fw in FRAMEWORKS)]
+    return REGISTRY[fw].title if fw in REGISTRY and REGISTRY[fw].title else fw
 
 
 def _num(v: Any) -> bool:
@@ -126,12 +132,12 @@ def throughput_line(model: str, ts: dict, ev: Evidence) -> str | None:
 
 
 def _why_first_step(fw: str, e: dict) -> str:
-    settings = e.get("settings") or {}
-    if fw == "jax":
-        return "XLA compilation"
-    if fw == "tensorflow":
-        return "graph tracing" + (" and XLA compilation" if settings.get("xla") else "")
-    return "torch.compile" if settings.get("torch_compile") else "eager: nothing to trace"
+    """What the first step paid for: the framework's own (its registry record), or what the run's
+    settings add to it (torch.compile, XLA)."""
+    settings, why = e.get("settings") or {}, REGISTRY[fw].first_step if fw in REGISTRY else ""
+    if settings.get("torch_compile"):
+        return "torch.compile"
+    return why + (" and XLA compilation" if settings.get("xla") and "XLA" not in why else "")
 
 
 def first_step_line(model: str, ft: dict, ev: Evidence) -> str | None:
@@ -285,22 +291,7 @@ def caveats(cfg: dict, run: dict, ft: dict) -> list[str]:
     gpu = (run.get("machine_info") or {}).get("gpu_name")
     out.append((f"On a GPU ({gpu})." if gpu else "On a GPU.") if device == "gpu" else
                "On a CPU: a GPU can rank the frameworks' speed differently, and memory here is host memory.")
-    setup = cfg.get("setup")
-    if setup == "matched":
-        out.append("Setup matched: precision, BatchNorm, optimizer epsilon, XLA and memory growth aligned; "
-                   "`--setup defaults` shows each framework as it ships.")
-    elif setup == "defaults":
-        out.append("Setup defaults: each framework as it ships; its settings differ (see the parity table).")
-    elif setup == "both":
-        out.append("Both setups: matched (settings aligned) and defaults (each framework as it ships).")
-    weights = cfg.get("weights")
-    if weights == "imagenet":
-        out.append("Each framework starts from its own ImageNet checkpoint: accuracy differences include "
-                   "the checkpoints'.")
-    elif weights == "same":
-        out.append("Every framework starts from torchvision's checkpoint (`--weights same`).")
-    elif weights == "none":
-        out.append("Random initialisation, torchvision's scheme in every framework.")
+    out += [text for text in (SETUP_CAVEATS.get(cfg.get("setup")), WEIGHTS_CAVEATS.get(cfg.get("weights"))) if text]
     if (cfg.get("replicas") or 1) > 1:
         out.append(f"{cfg['replicas']} data-parallel replicas per case.")
     return out
@@ -316,7 +307,7 @@ def setup_changes(fts: dict[str, dict], tss: dict[str, dict]) -> list[str]:
         return []
     names = list(fts)
     lines = [f"### What changed between the setups ({' → '.join(names)})", ""]
-    for m in _models({k: v for ft in fts.values() for k, v in ft.items()}):
+    for m in models_in({k: v for ft in fts.values() for k, v in ft.items()}):
         for fw in FRAMEWORKS:
             rates = [round_rates(tss[s].get((fw, m))) for s in names]
             firsts = [(fts[s].get((fw, m)) or {}).get("extra_info", {}).get("time_to_first_step_s") for s in names]
@@ -375,7 +366,7 @@ def findings(fts: dict[str, dict], tss: dict[str, dict], runs: list[dict]) -> li
         return []
     ev = Evidence()
     evidence: list[str] = []
-    for m in _models(ft):
+    for m in models_in(ft):
         evidence += [line for line in (accuracy_line(m, ft, ev, cfg.get("weights")), throughput_line(m, ts, ev),
                                        first_step_line(m, ft, ev), gap_line(m, ft, ev),
                                        memory_line(m, ft, ev, cfg.get("device") or "cpu")) if line]
@@ -407,7 +398,7 @@ def findings(fts: dict[str, dict], tss: dict[str, dict], runs: list[dict]) -> li
         md.append(f"- Against {_name(fw)}: {accuracy}; PyTorch measurably behind on: {_list(ev.of(fw, 1))}.")
     md += ["", "### The real advantages and disadvantages", ""] + evidence
     md += ["", "### How much do the differences matter in a typical project?", ""]
-    md += [line for m in _models(ft) if (line := project_line(m, ft))]
+    md += [line for m in models_in(ft) if (line := project_line(m, ft))]
     md += dx_lines(run.get("dx") or {}, ran) + [""]
     md += setup_changes({s: {k: b for k, b in f.items() if not failed(b)} for s, f in fts.items()},
                         {s: {k: b for k, b in t.items() if not failed(b)} for s, t in tss.items()})

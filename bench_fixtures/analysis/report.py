@@ -33,15 +33,11 @@ from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, FIRST_STEP_END, PROJE
                                   RUN_START, step_intervals)
 from .findings import findings, round_rates  # noqa: E402
 from .html import to_html  # noqa: E402
-from .results import ResultsError, case_name, cases, failed, load_run, setups  # noqa: E402
+from .results import ResultsError, case_name, cases, failed, load_run, models_in, setups  # noqa: E402
 
 FRAMEWORKS = tuple(REGISTRY)
 COLORS = {f.name: f.color for f in REGISTRY.values()}
 LIGHT = {f.name: f.light for f in REGISTRY.values()}
-
-
-def _models(cases: dict) -> list[str]:
-    return [m for m in MODELS if any((fw, m) in cases for fw in FRAMEWORKS)]
 
 
 def _telemetry(b: dict, base: Path) -> dict | None:
@@ -78,7 +74,7 @@ def _offsets(n: int, span: float = 0.8) -> tuple[list[float], float]:
 
 
 def plot_accuracy(ft: dict, out: Path, setup: str, where: str = "") -> str:
-    models = _models(ft)
+    models = models_in(ft)
     fig, ax = plt.subplots(figsize=(8, 4))
     fws = _ran(ft)
     offsets, width = _offsets(2 * len(fws))
@@ -97,7 +93,7 @@ def plot_accuracy(ft: dict, out: Path, setup: str, where: str = "") -> str:
 def plot_accuracy_curves(ft: dict, out: Path, setup: str, where: str = "") -> str | None:
     """Test accuracy after each epoch over the training seconds so far, per model and framework
     (the time-to-accuracy view; the target as a line). None without per-epoch evaluation."""
-    models = [m for m in _models(ft) if any(len(ft[(fw, m)]["extra_info"].get("accuracy_curve") or []) >= 1
+    models = [m for m in models_in(ft) if any(len(ft[(fw, m)]["extra_info"].get("accuracy_curve") or []) >= 1
                                             for fw in FRAMEWORKS if (fw, m) in ft)]
     if not models:
         return None
@@ -120,7 +116,7 @@ def plot_accuracy_curves(ft: dict, out: Path, setup: str, where: str = "") -> st
 
 
 def plot_time(ft: dict, out: Path, setup: str, where: str = "") -> str:
-    models = _models(ft)
+    models = models_in(ft)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, (title, get) in zip(axes, (
             ("Total fine-tuning time (s)", lambda b: b["stats"]["median"]),
@@ -191,7 +187,7 @@ def plot_timelines(ft: dict, base: Path, out: Path, notes: list[str], setup: str
     its colour, its inter-epoch gaps shaded and epoch starts dotted; files end in SUFFIX (another
     setup's figures beside the first's), case names in notes in LABEL."""
     files = []
-    for m in _models(ft):
+    for m in models_in(ft):
         tels = {}
         for fw in FRAMEWORKS:
             if (fw, m) not in ft:
@@ -244,7 +240,7 @@ def plot_timelines(ft: dict, base: Path, out: Path, notes: list[str], setup: str
 
 
 def plot_throughput(ft: dict, ts: dict, out: Path, setup: str, where: str = "") -> str:
-    models = _models(ft) or _models(ts)
+    models = models_in(ft) or models_in(ts)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, (title, src, key) in zip(axes, (("Steady-state throughput (images/s)", ts, "train_images_per_s"),
                                             ("Time to first step (s)", ft, "time_to_first_step_s"))):
@@ -858,7 +854,7 @@ def _write_report(paths: list[str], runs: list[dict], out: Path) -> None:
     notes += _telemetry_notes(fts, tss) + device_notes(run, names)
     md = header(paths[-1], run, names)
     md += findings(fts, tss, runs)
-    for m in _models({k: b for ft in fts.values() for k, b in ft.items()}):
+    for m in models_in({k: b for ft in fts.values() for k, b in ft.items()}):
         md += [f"## {m}", ""] + model_table(fts, tss, m) + [""]
     if len(names) > 1:
         md += changes_section(fts, run.get("bench_config") or {})

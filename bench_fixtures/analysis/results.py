@@ -254,6 +254,12 @@ def validate(run: Any) -> str | None:
     return None
 
 
+def models_in(by_case: dict) -> list[str]:
+    """The models with a case in BY_CASE ((framework, model) -> benchmark), in the suite's order."""
+    from ..config import MODELS
+    return [m for m in MODELS if any(model == m for _, model in by_case)]
+
+
 def failed(b: dict) -> bool:
     """Whether the test around this benchmark failed (its numbers are kept, its verdict is not)."""
     return (b.get("extra_info") or {}).get(OUTCOME_KEY) == "failed"

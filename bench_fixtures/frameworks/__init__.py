@@ -26,8 +26,11 @@ class Framework:
     color: str                 # report colours: strong (after), light (before)
     light: str
     shared: tuple[str, ...] = ()  # modules of this folder its backend shares with another (Keras' half)
+    title: str = ""            # its name in the report's sentences
+    first_step: str = ""       # what its first training step pays for, once per process
     data_parallel: str | None = None  # its engine for --replicas N > 1; None: not supported yet (why)
     data_parallel_missing: str = ""
+    rendezvous: str = "torchrun"  # how its replicas find each other: "torchrun" (RANK, MASTER_ADDR) or "tf_config"
 
     def replicas_problem(self, replicas: int) -> str | None:
         """Why this framework's cases cannot run with REPLICAS (one line), or None when they can."""
@@ -54,15 +57,17 @@ class Framework:
 FRAMEWORKS: dict[str, Framework] = {f.name: f for f in (
     Framework("torch", "torch_backend:TorchBackend", ("torch", "torchvision"), ("torch", "torchvision"),
               "torchvision", "pip install torch torchvision (the versions pinned in requirements.txt)", None,
-              "#ee4c2c", "#f7a99b", data_parallel="torch.distributed DistributedDataParallel"),
+              "#ee4c2c", "#f7a99b", title="PyTorch", first_step="eager: nothing to trace",
+              data_parallel="torch.distributed DistributedDataParallel"),
     Framework("tensorflow", "tf_backend:TensorFlowBackend", ("tensorflow", "keras"),
               ("tensorflow", "keras"), "keras", "pip install tensorflow keras (the versions pinned in requirements.txt)",
-              "and-cuda", "#ff8f00", "#ffd08a", ("keras_common.py", "keras_port.py"),
-              data_parallel="tf.distribute.MultiWorkerMirroredStrategy"),
+              "and-cuda", "#ff8f00", "#ffd08a", ("keras_common.py", "keras_port.py"), title="TensorFlow",
+              first_step="graph tracing", data_parallel="tf.distribute.MultiWorkerMirroredStrategy",
+              rendezvous="tf_config"),
     Framework("jax", "jax_backend:JaxBackend", ("jax", "jaxlib", "keras"), ("jax", "jaxlib", "keras"), "keras",
               "pip install jax jaxlib keras (the versions pinned in requirements.txt)", "cuda12",
-              "#6a1b9a", "#ce93d8", ("keras_common.py", "keras_port.py"),
-              data_parallel_missing="Keras' distribution API on JAX is not wired into the suite; run JAX with "
+              "#6a1b9a", "#ce93d8", ("keras_common.py", "keras_port.py"), title="Keras on JAX",
+              first_step="XLA compilation", data_parallel_missing="Keras' distribution API on JAX is not wired into the suite; run JAX with "
                                     "--replicas 1, or -m 'not jax'"),
 )}
 NAMES: tuple[str, ...] = tuple(FRAMEWORKS)

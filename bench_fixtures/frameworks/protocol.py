@@ -70,14 +70,25 @@ class Replica:
                               "each replica evaluates its own")
 
 
-def replica_from_env(cfg: dict[str, Any], framework: str) -> Replica:
+COLLECTIVE_TIMEOUT_MARGIN_S = 60  # collectives outwait a request (--worker-timeout) by this much
+
+
+def collective_timeout_s(cfg: dict[str, Any]) -> float:
+    """How long a replica's collectives wait: longer than a request may take, so that a peer that
+    stops is reported as the harness sees it (stopped, hung), not as this replica's collective
+    timing out first."""
+    return cfg["worker_timeout"] + COLLECTIVE_TIMEOUT_MARGIN_S
+
+
+def replica_from_env(cfg: dict[str, Any], rendezvous: str) -> Replica:
     """Rank and world size as the launcher (runner/replicas.py, or torchrun-style variables on another
-    host) put them in the environment: TF_CONFIG for TensorFlow, RANK / WORLD_SIZE for torch (each
-    reads only its own: a session may carry both)."""
+    host) put them in the environment for the framework's RENDEZVOUS kind (its registry record):
+    TF_CONFIG for "tf_config", RANK / WORLD_SIZE for "torchrun" (each reads only its own: a session
+    may carry both)."""
     if int(cfg.get("replicas", 1)) <= 1:
         return Replica()
     local = int(os.environ.get("LOCAL_WORLD_SIZE", cfg["replicas"]))
-    if framework == "tensorflow":
+    if rendezvous == "tf_config":
         tf_config = json.loads(os.environ["TF_CONFIG"])
         return Replica(int(tf_config["task"]["index"]), len(tf_config["cluster"]["worker"]), local)
     return Replica(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), local)

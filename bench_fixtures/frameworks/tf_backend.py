@@ -28,7 +28,7 @@ from ..data.bundle import replica_shard  # noqa: E402
 from ..models import SPECS  # noqa: E402
 from ..telemetry.timeline import Timeline  # noqa: E402
 from .keras_common import KerasBackend, host_number, set_policy  # noqa: E402
-from .protocol import BackendError, replica_from_env  # noqa: E402
+from .protocol import BackendError, collective_timeout_s, replica_from_env  # noqa: E402
 
 PREFETCH = 4  # batches ready ahead of the training step
 
@@ -53,7 +53,7 @@ class TensorFlowBackend(KerasBackend):
         super().__init__(cfg, bundle, timeline)
         gpus = tf.config.list_physical_devices("GPU")
         configure(cfg)
-        self.replica = replica_from_env(cfg, "tensorflow")
+        self.replica = replica_from_env(cfg, "tf_config")
         self.strategy: tf.distribute.Strategy | None = None
         self.distributed: dict[str, Any] | None = None
         if self.replica.world > 1:  # before any other TensorFlow op, as the strategy requires
@@ -79,9 +79,8 @@ class TensorFlowBackend(KerasBackend):
         if not gpu:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
         start = time.perf_counter()
-        # Collectives wait longer than a request may take (see torch_backend._init_process_group).
         options = tf.distribute.experimental.CommunicationOptions(
-            implementation=comm.NCCL if gpu else comm.RING, timeout_seconds=self.cfg["worker_timeout"] + 60)
+            implementation=comm.NCCL if gpu else comm.RING, timeout_seconds=collective_timeout_s(self.cfg))
         self.strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         with self.strategy.scope():  # the first collective: every replica joined
             self.strategy.reduce("SUM", self.strategy.run(lambda: tf.constant(1)), axis=None)

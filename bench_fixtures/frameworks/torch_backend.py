@@ -32,7 +32,7 @@ from ..models import SPECS, f32, head_init, input_transform, transform_mode
 from ..weights import TOP, FILES, WeightsFileError, get_hint, start_record, torchvision_file
 from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, EVAL_START, EVAL_STOP, FIRST_STEP_END, FIRST_STEP_START,
                                  LAST_STEP_END, RUN_START, RUN_STOP, USER_WORK_START, USER_WORK_STOP, Timeline)
-from .protocol import BackendError, WeightsError, nonfinite_error, replica_from_env
+from .protocol import BackendError, WeightsError, collective_timeout_s, nonfinite_error, replica_from_env
 
 # Test batches are views of the read-only memory-mapped bundle and are only read; torch's warning
 # about it would be the first thing in every worker's log tail.
@@ -142,7 +142,7 @@ class TorchBackend:
             raise BackendError(f"--device gpu, but torch {torch.__version__} (CUDA {torch.version.cuda}) "
                                f"sees no CUDA device; check the driver and CUDA_VISIBLE_DEVICES")
         configure(cfg)
-        self.replica = replica_from_env(cfg, "torch")
+        self.replica = replica_from_env(cfg, "torchrun")
         self.distributed: dict[str, Any] | None = None
         if self.replica.world > 1:
             self._init_process_group()
@@ -160,9 +160,7 @@ class TorchBackend:
             torch.set_num_threads(r.threads)
         backend = "nccl" if self.device.type == "cuda" else "gloo"
         start = time.perf_counter()
-        # Collectives wait longer than a request may take: a peer that stops is then reported as the
-        # harness sees it (stopped, hung), not as this replica's own collective timing out first.
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=self.cfg["worker_timeout"] + 60))
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=collective_timeout_s(self.cfg)))
         dist.barrier()  # every replica joined
         setup_s = time.perf_counter() - start
         if dist.get_rank() != r.rank or dist.get_world_size() != r.world:

@@ -21,6 +21,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..frameworks import FRAMEWORKS
 from .worker import Worker, WorkerError
 
 PORT_ATTEMPTS = 3
@@ -60,7 +61,7 @@ def rendezvous_env(framework: str, replicas: int, gpu: bool, environ: dict[str, 
             env["CUDA_VISIBLE_DEVICES"] = visible[local] if visible else str(local)
             env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA numbers the GPUs as NVML (the monitor) does
         envs.append(env)
-    if framework == "tensorflow":
+    if FRAMEWORKS[framework].rendezvous == "tf_config":
         if environ.get("TF_CONFIG"):
             given = json.loads(environ["TF_CONFIG"])
             first, workers = int(given["task"]["index"]), given["cluster"]["worker"]
@@ -106,7 +107,8 @@ def world_size(replicas: int, environ: dict[str, str] | None = None) -> int:
 
 
 def _chosen_here(framework: str, environ: dict[str, str]) -> bool:
-    return not (environ.get("TF_CONFIG") if framework == "tensorflow" else environ.get("MASTER_ADDR"))
+    return not (environ.get("TF_CONFIG") if FRAMEWORKS[framework].rendezvous == "tf_config"
+                else environ.get("MASTER_ADDR"))
 
 
 class ReplicaGroup:
