@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import statistics
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -422,21 +424,40 @@ def describe_models(cfg: BenchConfig, bundle_dir: str | os.PathLike, work_dir: s
     of the first test images and the accuracy before training, which must agree across frameworks;
     with FIRST_STEP, the loss of one training step on the shared order's first batch
     (`first_step_loss`), which must agree where the parameters start the same (Keras on TensorFlow
-    and on JAX)."""
-    out = []
+    and on JAX). Nothing here is timed, so the frameworks' workers run side by side: each spends
+    most of its time importing, building and tracing on one core."""
     cfg = dataclasses.replace(cfg.for_setup(cfg.setups[0]), replicas=1)  # a worker runs one setup, alone
-    for framework in frameworks or installed():
+
+    interrupted = threading.Event()
+
+    def describe(framework: str) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        if interrupted.is_set():
+            return rows
         with Worker(framework, cfg.as_dict(), bundle_dir, Path(work_dir) / f"describe-{framework}.log",
                     cfg.worker_timeout) as w:
             for m in models or MODELS:
+                if interrupted.is_set():
+                    break
                 d = dict(w.request("build", model=m), flops=w.request("count_flops"))
                 if cfg.weights == "same":  # the same start, checked: logits and accuracy on the same images
                     d["logits"] = w.request("logits", count=LOGIT_PROBE)
                     d["accuracy_before"] = w.request("evaluate")["accuracy"]
                 if first_step:
                     d["first_step_loss"] = w.request("train_steps", count=1)["loss"]
-                out.append(d)
-    return out
+                rows.append(d)
+        return rows
+
+    names = tuple(frameworks or installed())
+    with ThreadPoolExecutor(max(len(names), 1)) as pool:
+        futures = [pool.submit(describe, fw) for fw in names]
+        try:
+            wait(futures)
+        except KeyboardInterrupt:  # Ctrl-C: end the workers now, not when each has finished its models
+            interrupted.set()
+            kill_all()
+            raise
+    return [d for f in futures for d in f.result()]  # in the frameworks' order; the first failure raises
 
 
 FINETUNE_KEYS = ("framework", "model", "profile", "dataset", "train_size", "test_size", "epochs", "batch_size",
