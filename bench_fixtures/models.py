@@ -251,7 +251,7 @@ def first_step_notes(rows: list[dict]) -> list[str]:
 
 SETTING_KEYS = ("compute_dtype", "loss_scale", "memory_format", "tf32_matmul", "tf32_conv", "matmul_precision",
                 "cudnn_autotune", "xla", "compile_requested", "memory_growth", "memory_allocator", "memory_peak_scope",
-                "input_autotune", "prefetch", "bn_momentum", "bn_eps", "adam_eps")
+                "input_autotune", "prefetch", "bn_momentum", "bn_eps", "adam_eps", "compilation_cache")
 
 
 def parity_notes(rows: list[dict], setup: str = "matched", weights: str = "none") -> list[str]:

@@ -151,6 +151,7 @@ def test_work_after_the_last_step_lands_in_the_gap_not_the_steps(framework, tmp_
         assert settings_["compile_requested"] == "auto"
     elif framework == "jax":  # JAX's own: XLA always, preallocation (nothing to preallocate on a CPU), its precision
         assert settings_["xla"] is True and settings_["matmul_precision"] == "default"
+        assert settings_["compilation_cache"].startswith("on, ")  # the suite's (tests/conftest.py), recorded
         assert settings_["memory_growth"] is None and settings_["input_autotune"] is False
     else:  # torch's: cuDNN autotuning off, TF32 for convolutions only
         assert settings_["cudnn_autotune"] is False

@@ -531,7 +531,8 @@ SETTING_LABELS = {"compute_dtype": "compute dtype", "loss_scale": "loss scaling"
                   "torch_compile": "torch.compile", "memory_growth": "memory growth",
                   "memory_allocator": "memory allocator", "cudnn_autotune": "cuDNN autotune",
                   "input_autotune": "tf.data autotune", "prefetch": "prefetch", "bn_momentum": "BatchNorm momentum",
-                  "bn_eps": "BatchNorm epsilon", "adam_eps": "Adam epsilon"}
+                  "bn_eps": "BatchNorm epsilon", "adam_eps": "Adam epsilon",
+                  "compilation_cache": "compilation cache"}
 NOT_COMPARED = ("setup", "compile_requested")  # the setup's name; what was asked for is shown with XLA / compile
 
 

@@ -166,7 +166,8 @@ class JaxBackend(KerasBackend):
                     input_autotune=False, prefetch="1 batch onto the GPU (Keras' JAX iterator)" if self.gpu
                     else "none (Keras' JAX iterator on a CPU)",
                     memory_peak_scope="since the worker started: JAX cannot reset its peak, so each epoch's "
-                                      "includes compilation, evaluation and earlier epochs")
+                                      "includes compilation, evaluation and earlier epochs",
+                    compilation_cache=_compilation_cache())
 
     def count_flops(self) -> dict[str, Any]:
         """FLOPs per image of one training step (forward, loss, gradients) and of its forward part,
@@ -303,6 +304,13 @@ class JaxBackend(KerasBackend):
 
 def _jaxlib() -> str:
     return importlib.metadata.version("jaxlib")
+
+
+def _compilation_cache() -> str | None:
+    """JAX's persistent compilation cache, where one is on (JAX_COMPILATION_CACHE_DIR): programs compiled
+    by an earlier process are read from disk, so build and first-step times are not a cold start."""
+    folder = jax.config.jax_compilation_cache_dir
+    return f"on, {folder} (build and first-step times read compiled programs from disk)" if folder else None
 
 
 def _gpu_autotune() -> bool:
