@@ -269,6 +269,8 @@ def parity_notes(rows: list[dict], setup: str = "matched", weights: str = "none"
         why = "" if same else (" (each framework's default: setup defaults)" if setup == "defaults" else
                                " (each pretrained backbone keeps the epsilon it was trained with)"
                                if key == "bn_eps" and weights == "imagenet" else
+                               " (a persistent compilation cache: JAX's first steps and builds are not cold)"
+                               if key == "compilation_cache" else
                                " (the frameworks differ here by nature)" if key in ("xla", "compile_requested",
                                                                                     "memory_allocator", "input_autotune",
                                                                                     "prefetch", "memory_format",

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ROOT / "tests" / "benchmarks"
 _DIRS: dict[str, Path] = {}
 
 
@@ -22,18 +21,19 @@ def jax_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def suite_environment(request, jax_cache, monkeypatch):
-    """What the workers and the nested `pytest` sessions that the tests start share, outside the
-    benchmark cases themselves (a timed case must not read what an earlier one compiled):
+    """What the workers and the nested `pytest` sessions that a test starts share, outside the
+    benchmark cases themselves (a timed case must not read what an earlier one compiled), from the
+    test on (session- and module-scoped fixtures, set up before it, start theirs without):
     - one JAX compilation cache: every JAX worker builds the same few models, and JAX compiles each
       initializer and step anew (MobileNetV2's build takes 6 s cold, 1 s warm; its first epoch 9.5 s
       and 3.6 s). The worker records it (`settings.compilation_cache`), as it would a user's;
-    - no hypothesis plugin in the nested sessions: they run the benchmark cases, which use none, and
-      importing it is a third of a session's start-up (0.7 of 2.1 s), paid some fifty times."""
-    if BENCHMARKS in request.node.path.parents:
+    - no hypothesis plugin in the nested sessions: they run or collect the benchmark cases, which use
+      none, and importing it is a third of a session's start-up (0.7 of 2.1 s)."""
+    if "bench_runner" in request.fixturenames:  # a benchmark case (as the plugin tells them)
         return
     monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(jax_cache))
     monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # its default keeps only >= 1 s
-    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")  # and none below a size
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")  # no size limit, none set for us
     monkeypatch.setenv("PYTEST_ADDOPTS", " ".join(filter(None, [os.environ.get("PYTEST_ADDOPTS"),
                                                                 "-p no:hypothesispytest"])))
 

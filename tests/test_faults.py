@@ -124,6 +124,9 @@ def test_interrupted_session_kills_workers_and_saves_nothing(tmp_path, sig):
         for _ in range(rounds):  # the last round, inside its fine-tune
             _wait_for(lines, "torch-mobilenet_v2: epoch 1/2", seen)
         worker = _worker_of(proc.pid)
+        # Held inside its fine-tune, so the session cannot end before the signal arrives: the last
+        # epoch takes under a second here, and a session once finished first.
+        worker.suspend()
         proc.send_signal(sig)
         output = _drain(proc, lines, seen, timeout=120)
     finally:
@@ -268,6 +271,7 @@ def test_a_killed_session_takes_its_worker_and_the_next_session_removes_its_fold
     try:
         _wait_for(lines, "torch-mobilenet_v2: epoch 1/3", seen)
         worker = _worker_of(proc.pid)
+        worker.suspend()  # held inside its fine-tune: the session cannot end before it is killed
         left = [p for p in tmp.glob("bench-*") if (p / ".owner.lock").exists()]
         proc.kill()
         proc.wait(timeout=30)

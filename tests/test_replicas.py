@@ -238,7 +238,7 @@ def test_a_stopped_replica_is_named_when_its_peers_hang_with_it(two_replicas):
     try:
         g.request("build", model="mobilenet_v2")
         threading.Timer(2.0, os.kill, (pids[1], 19)).start()  # SIGSTOP
-        with pytest.raises(WorkerError) as e:  # an epoch takes under a second: 6 s of silence is a hang
+        with pytest.raises(WorkerError) as e:  # stopped at 2 s; its epochs take under a second: 6 s is a hang
             g.request("fit", epochs=200, timeout=6.0)
     finally:
         g.close()

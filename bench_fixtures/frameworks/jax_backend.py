@@ -310,7 +310,9 @@ def _compilation_cache() -> str | None:
     """JAX's persistent compilation cache, where one is on (JAX_COMPILATION_CACHE_DIR): programs compiled
     by an earlier process are read from disk, so build and first-step times are not a cold start."""
     folder = jax.config.jax_compilation_cache_dir
-    return f"on, {folder} (build and first-step times read compiled programs from disk)" if folder else None
+    if not folder or not jax.config.jax_enable_compilation_cache:
+        return None
+    return f"on, {folder} (build and first-step times read compiled programs from disk)"
 
 
 def _gpu_autotune() -> bool:

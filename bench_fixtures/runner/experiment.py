@@ -12,7 +12,7 @@ import os
 import statistics
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -435,9 +435,9 @@ def describe_models(cfg: BenchConfig, bundle_dir: str | os.PathLike, work_dir: s
         if interrupted.is_set():
             return rows
         with Worker(framework, cfg.as_dict(), bundle_dir, Path(work_dir) / f"describe-{framework}.log",
-                    cfg.worker_timeout) as w:
+                    cfg.worker_timeout) as w:  # ended in this thread, which its PR_SET_PDEATHSIG follows
             for m in models or MODELS:
-                if interrupted.is_set():
+                if interrupted.is_set():  # Ctrl-C, or another framework failed: its error is the answer
                     break
                 d = dict(w.request("build", model=m), flops=w.request("count_flops"))
                 if cfg.weights == "same":  # the same start, checked: logits and accuracy on the same images
@@ -452,7 +452,8 @@ def describe_models(cfg: BenchConfig, bundle_dir: str | os.PathLike, work_dir: s
     with ThreadPoolExecutor(max(len(names), 1)) as pool:
         futures = [pool.submit(describe, fw) for fw in names]
         try:
-            wait(futures)
+            if any(f.exception() for f in wait(futures, return_when=FIRST_EXCEPTION).done):
+                interrupted.set()  # the others stop after the model they are on
         except KeyboardInterrupt:  # Ctrl-C: end the workers now, not when each has finished its models
             interrupted.set()
             kill_all()

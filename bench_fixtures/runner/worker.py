@@ -380,8 +380,8 @@ def serve(conn: Connection) -> None:
 def _die_with_parent(parent: int) -> None:
     """However the parent dies (SIGKILL included, which runs no cleanup of its own), the kernel kills
     this worker too: Linux's PR_SET_PDEATHSIG. Elsewhere a thread watches for re-parenting. (The
-    signal comes when the *thread* that started the worker ends: the harness starts workers from its
-    main thread.)"""
+    signal comes when the *thread* that started the worker ends: the harness starts a case's workers
+    from its main thread, and a thread that starts one, as `describe_models` does, ends it first.)"""
     try:
         import ctypes
         libc = ctypes.CDLL(None, use_errno=True)
