@@ -144,11 +144,14 @@ def test_interrupted_session_kills_workers_and_saves_nothing(tmp_path, sig):
 
 
 def _session(args: list[str], env: dict | None = None) -> tuple[subprocess.Popen, "queue.Queue[str]"]:
-    """A real nested `pytest` of the benchmark cases; its output lines arrive on a queue as printed."""
+    """A real nested `pytest` of the benchmark cases; its output lines arrive on a queue as printed.
+    It starts with SIGHUP at its default, as a session in a terminal does, whatever this suite was
+    started under (`nohup` leaves it ignored, and the session then rightly keeps running)."""
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "tests/benchmarks", "-p", "no:cacheprovider",
                              "--benchmark-only", "-rf", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout], daemon=True).start()
     return proc, lines
