@@ -22,7 +22,7 @@ from ..data import default_data_dir, ensure_cifar10, ensure_synthetic, make_bund
 from ..data.bundle import CIFAR10_TEST, CIFAR10_TRAIN, ITEM_BYTES, check_fits
 from ..files import write_json_atomic
 from ..frameworks import installed
-from ..telemetry.monitor import Monitor, judge, peak, summarize_util
+from ..telemetry.monitor import Monitor, disturbance, judge, peak, summarize_util
 from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, RUN_START, RUN_STOP, accuracy_curve, after_first_steps,
                                   epoch_phases, epoch_times, fit_teardown, inter_epoch_gaps, project_overhead,
                                   step_intervals, time_to_accuracy, time_to_first_step)
@@ -275,12 +275,13 @@ class Experiment:
             steps_w = [(e["start_ns"], e["stop_ns"]) for e in self.steps if "start_ns" in e]
             gaps_w, timed_w = [], steps_w
         util = dict(steps=summarize_util(samples, steps_w), gaps=summarize_util(samples, gaps_w))
-        per_epoch = []
+        per_epoch, epoch_windows = [], []
         at = {(e["name"], e.get("epoch")): e for e in events}
         for k in range(epochs):
             start, stop = at.get((EPOCH_START, k)), at.get((EPOCH_STOP, k))
             fw = (stop or {}).get("memory") or {}
             window = [(start["t_ns"], stop["t_ns"] + 1)] if start and stop else []
+            epoch_windows.append(window[0] if window else None)  # None: its events are missing
             per_epoch.append(dict(epoch=k, framework_peak=fw.get("peak"), framework_reserved_peak=fw.get("reserved_peak"),
                                   process_peak=peak(samples, "proc_mem", window) if window else None))
         fw_peaks = [m["framework_peak"] for m in per_epoch if m["framework_peak"] is not None]
@@ -296,14 +297,16 @@ class Experiment:
         out: dict[str, Any] = dict(utilization=util, memory=memory,
                                    monitor=mon.info() if mon else dict(backend=None, samples=0),
                                    telemetry_problems=phase_problems + gap_problems + monitor_problems,
-                                   telemetry_flags=flags)
+                                   telemetry_flags=flags,
+                                   disturbance=disturbance(mon, timed_w, epoch_windows, gaps_w))
         if test == "finetune":
             out.update(inter_epoch_gaps_s=[g["total_s"] if g else None for g in gaps], inter_epoch_gaps=gaps,
                        epoch_phases=phases)
         if self.telemetry_dir is not None:
             path = self.telemetry_dir / f"{test}-{self.name}.json"
             write_json_atomic(path, dict(case=self.name, test=test, config=self.cfg.as_dict(), events=events,
-                                         samples=samples, monitor=out["monitor"]))
+                                         samples=samples, host_samples=mon.host_samples if mon else [],
+                                         monitor=out["monitor"]))
             out["telemetry_file"] = str(path)
         return out
 
@@ -464,7 +467,7 @@ def describe_models(cfg: BenchConfig, bundle_dir: str | os.PathLike, work_dir: s
 FINETUNE_KEYS = ("framework", "model", "profile", "dataset", "train_size", "test_size", "epochs", "batch_size",
                  "weights", "device", "precision", "accuracy_before", "accuracy_after", "trainable_params",
                  "non_trainable_params", "epoch_times_s", "time_to_first_step_s", "train_images_per_s",
-                 "inter_epoch_gaps_s", "utilization", "memory", "monitor", "epoch_phases")
+                 "inter_epoch_gaps_s", "utilization", "memory", "monitor", "epoch_phases", "disturbance")
 
 
 def telemetry_problems(info: dict[str, Any], test: str) -> list[str]:

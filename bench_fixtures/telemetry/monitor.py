@@ -5,6 +5,7 @@ stamps every sample with `time.monotonic_ns()`, the clock the worker's timeline 
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -55,6 +56,75 @@ class PsutilSampler:
 
     def close(self) -> None:
         pass
+
+
+def _run_queue() -> int | None:
+    """Tasks runnable right now, the machine's run queue (Linux's /proc/stat `procs_running`; ours included)."""
+    try:
+        with open("/proc/stat", "rb") as f:
+            for line in f:
+                if line.startswith(b"procs_running "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+class HostLoad:
+    """The CPU the machine spent outside our processes: psutil's system-wide busy time less the CPU
+    time of the worker's process tree and of this (the harness's) process alone, over each interval. It is
+    what a busy machine takes from a benchmark; `steal` is what a virtual machine's host took.
+    The tree is re-listed every TREE_EVERY_S, since listing every process costs more than a sample."""
+    TREE_EVERY_S = 1.0
+
+    def __init__(self, pids: list[int]) -> None:
+        self.roots = [psutil.Process(p) for p in pids]
+        self.harness = psutil.Process()  # alone: its other children (a hog, another session) are not ours
+        self.cores = psutil.cpu_count() or 1
+        self.tree: dict[int, psutil.Process] = {}
+        self.listed_ns = 0
+        self.last = self._read()
+
+    def _list_tree(self, now_ns: int) -> None:
+        tree = {p.pid: p for p in (*self.roots, self.harness)}
+        for root in self.roots:
+            try:
+                tree.update({c.pid: self.tree.get(c.pid, c) for c in root.children(recursive=True)})
+            except psutil.Error:
+                pass
+        self.tree, self.listed_ns = tree, now_ns
+
+    def _read(self) -> tuple[int, float, float, float, dict[int, float]]:
+        now = time.monotonic_ns()
+        if now - self.listed_ns > self.TREE_EVERY_S * 1e9:
+            self._list_tree(now)
+        t = psutil.cpu_times()
+        busy = t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+        ours = {}
+        for pid, proc in self.tree.items():
+            try:
+                c = proc.cpu_times()
+                ours[pid] = c.user + c.system
+            except psutil.Error:  # ended: its time leaves the sums on both sides
+                pass
+        return now, time.time(), busy, getattr(t, "steal", 0.0), ours
+
+    def sample(self) -> dict[str, Any]:
+        t0, wall0, busy0, steal0, ours0 = self.last
+        self.last = t1, _, busy1, steal1, ours1 = self._read()
+        seconds = max((t1 - t0) / 1e9, 1e-9)
+        # Ours: what each process of the tree used since the last read; one new since then, all of its time.
+        ours = sum(v - ours0[p] if p in ours0 else v * self._new(p, wall0) for p, v in ours1.items())
+        other = max(busy1 - busy0 - ours, 0.0) / seconds
+        return dict(t_ns=(t0 + t1) // 2, other_cores=other, other_share=min(other / self.cores, 1.0),
+                    steal_share=min(max(steal1 - steal0, 0.0) / seconds / self.cores, 1.0),
+                    run_queue=_run_queue(), cores=self.cores)
+
+    def _new(self, pid: int, since_wall: float) -> int:
+        try:
+            return int(self.tree[pid].create_time() >= since_wall)
+        except (psutil.Error, KeyError):
+            return 0
 
 
 class ReplicaSampler:
@@ -126,6 +196,11 @@ class NvmlSampler:
         mine = [p.usedGpuMemory for p in procs if p.pid == self.pid and p.usedGpuMemory is not None]
         self.process_listed = bool(mine) or bool(self.process_listed)
         mem["proc_mem"] = sum(mine) if mine else None  # None: not listed (e.g. inside a container's PID namespace)
+        # Other processes computing on this GPU: they share its SMs and memory with the worker. Where the
+        # worker is not listed (another PID namespace), one listed process is taken to be it.
+        others = [p for p in procs if p.pid != self.pid][(0 if mine or not procs else 1):]
+        mem["other_procs"] = len(others)
+        mem["other_proc_mem"] = sum(p.usedGpuMemory or 0 for p in others)
         for key, read in (("sm_clock_mhz", lambda: nv.nvmlDeviceGetClockInfo(self.handle, nv.NVML_CLOCK_SM)),
                           ("power_w", lambda: nv.nvmlDeviceGetPowerUsage(self.handle) / 1000),
                           ("temp_c", lambda: nv.nvmlDeviceGetTemperature(self.handle, nv.NVML_TEMPERATURE_GPU))):
@@ -166,10 +241,12 @@ class Monitor:
                  gpu_index: int | list[int] = 0) -> None:
         self.pid, self.device, self.interval, self.gpu_index = pid, device, interval, gpu_index
         self.samples: list[dict[str, Any]] = []
+        self.host_samples: list[dict[str, Any]] = []  # the machine's load that is not ours (HostLoad)
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.sampler: Any = None
+        self.host: HostLoad | None = None  # the machine's load that is not ours
         self.note = ""
         self.polls: list[int] = []  # monotonic ns of every sampling pass that succeeded
         self.busy_s = 0.0           # time this thread spent sampling: its own cost
@@ -177,6 +254,7 @@ class Monitor:
 
     def start(self) -> "Monitor":
         self.sampler, self.note = make_sampler(self.pid, self.device, self.gpu_index)
+        self.host = HostLoad(self.pid if isinstance(self.pid, list) else [self.pid])
         self._stop.clear()
         self.started_ns = time.monotonic_ns()
         self._thread = threading.Thread(target=self._run, name=f"monitor-{self.pid}", daemon=True)
@@ -187,6 +265,8 @@ class Monitor:
         start = time.perf_counter()
         try:
             self.samples.extend(self.sampler.sample())
+            if self.host is not None:
+                self.host_samples.append(self.host.sample())
             self.polls.append(time.monotonic_ns())
             return True
         except psutil.NoSuchProcess:
@@ -229,7 +309,7 @@ class Monitor:
 
     def info(self) -> dict[str, Any]:
         return dict(backend=getattr(self.sampler, "name", None), interval_s=self.interval,
-                    samples=len(self.samples), note=self.note, errors=self.errors[:5],
+                    samples=len(self.samples), host_samples=len(self.host_samples), note=self.note, errors=self.errors[:5],
                     longest_gap_s=round(self.longest_gap_s(), 4), sampling_share=round(self.sampling_share(), 4),
                     buffered=getattr(self.sampler, "buffered", None),
                     processes=len(self.pid) if isinstance(self.pid, list) else 1,
@@ -305,3 +385,66 @@ def judge(mon: "Monitor | None", steps: list[tuple[int, int]], timed: list[tuple
         flags.append(f"the monitor was busy {share:.0%} of the time at --monitor-interval {mon.interval:g}: it "
                      f"competes with the training it measures; raise the interval")
     return problems, flags
+
+
+# --------------------------------------------------------------------------- other load
+
+DISTURBANCE_VERSION = 1
+# A case is disturbed when load that is not ours held more than this share of the machine's CPU over
+# its timed region, or over one epoch of at least EPOCH_MIN_S: a worker that can use every core then
+# loses up to that share of its time, as much as the gate's 10% time threshold. A quiet machine here
+# measured 0-2% (the kernel, the harness's own tree excluded), a one-core hog on 2 cores 30-50%.
+DISTURBED_SHARE = 0.10
+EPOCH_MIN_S = 2.0  # shorter windows hold too few clock ticks (10 ms each) for a share this small
+
+
+def _mean(v: np.ndarray) -> float | None:
+    return float(v.mean()) if v.size else None
+
+
+def disturbance(mon: "Monitor | None", timed: list[tuple[int, int]], epochs: list[tuple[int, int] | None],
+                gaps: list[tuple[int, int]] | None = None) -> dict[str, Any]:
+    """What else used the machine while the case was timed: the CPU outside our processes (with a
+    VM's steal), the run queue, and on a GPU other processes computing on it. TIMED is the measured
+    region, EPOCHS each epoch's window or None (judged on their own, so a load that came for one
+    epoch shows), GAPS the windows between epochs (the GPU's utilisation there, when the worker waits)."""
+    threshold = dict(other_share=DISTURBED_SHARE, epoch_min_s=EPOCH_MIN_S, gpu_other_processes=0)
+    out: dict[str, Any] = dict(version=DISTURBANCE_VERSION, disturbed=False, reasons=[], threshold=threshold,
+                               cpu=None, gpu=None, epochs=[])
+    samples = [*mon.samples, *mon.host_samples] if mon is not None else []
+    other = _within(samples, "other_share", timed) + _within(samples, "steal_share", timed)
+    if other.size:
+        queue = _within(samples, "run_queue", timed)
+        steal = _within(samples, "steal_share", timed)
+        out["cpu"] = dict(samples=int(other.size), other_share_mean=float(other.mean()),
+                          other_share_p95=float(np.percentile(other, 95)),
+                          steal_share_mean=float(steal.mean()), run_queue_mean=_mean(queue),
+                          cores=next((s["cores"] for s in samples if "cores" in s), None))
+        if other.mean() > DISTURBED_SHARE:
+            out["reasons"].append(f"other processes used {other.mean():.0%} of the machine's CPU while it was timed "
+                                  f"(over {DISTURBED_SHARE:.0%}; steal {steal.mean():.0%}, run queue "
+                                  f"{_mean(queue) or 0:.1f} on {out['cpu']['cores']} cores)")
+    for k, window in enumerate(epochs):
+        if window is None:
+            out["epochs"].append(dict(epoch=k, seconds=None, other_share_mean=None, judged=False, disturbed=False))
+            continue
+        share = _within(samples, "other_share", [window]) + _within(samples, "steal_share", [window])
+        seconds = (window[1] - window[0]) / 1e9
+        judged = seconds >= EPOCH_MIN_S and share.size > 0
+        hit = bool(judged and share.mean() > DISTURBED_SHARE)
+        out["epochs"].append(dict(epoch=k, seconds=seconds, other_share_mean=_mean(share), judged=judged,
+                                  disturbed=hit))
+        if hit:
+            out["reasons"].append(f"epoch {k}: other processes used {share.mean():.0%} of the machine's CPU")
+    listed = [s for s in samples if "other_procs" in s and any(a <= s["t_ns"] < b for a, b in timed)]
+    if listed:
+        most = max(s["other_procs"] for s in listed)
+        out["gpu"] = dict(samples=len(listed), other_processes_max=most,
+                          other_memory_peak=max(s.get("other_proc_mem") or 0 for s in listed),
+                          util_between_epochs=summarize_util(samples, gaps or [])["mean"])
+        if most > 0:
+            out["reasons"].append(f"{most} other process{'es' if most > 1 else ''} computed on the GPU while it was "
+                                  f"timed (up to {out['gpu']['other_memory_peak'] / 2**20:,.0f} MiB)")
+    out["measured"] = out["cpu"] is not None
+    out["disturbed"] = bool(out["reasons"])
+    return out
