@@ -22,6 +22,7 @@ from .results import models_in
 
 FRAMEWORKS = tuple(REGISTRY)
 NOISE = 0.20  # repeated runs of one case on the shared 2-core CI machine moved by up to 20% (#18's note)
+LEAD = "whole fine-tune time"  # the seed's first metric: each answer opens with it
 GAP_FLOOR_S = 0.05  # gaps shorter than this are below what one run can compare
 Z95 = 1.96
 # What makes two runs different experiments (their times then compare different work).
@@ -93,16 +94,75 @@ class Evidence:
     def add(self, fw: str, metric: str, model: str, verdict: int, figure: str = "") -> None:
         self.verdicts.append((fw, metric, model, verdict, figure))
 
-    def of(self, fw: str, verdict: int) -> list[str]:
-        """'metric (model figure, model figure)' for each metric with that verdict, in the order first seen."""
+    def of(self, fw: str, verdict: int, skip: str | None = None) -> list[str]:
+        """'metric (model figure, model figure)' for each metric with that verdict (but SKIP), in the
+        order first seen."""
         by_metric: dict[str, list[str]] = {}
         for f, metric, model, v, figure in self.verdicts:
-            if f == fw and v == verdict:
+            if f == fw and v == verdict and metric != skip:
                 by_metric.setdefault(metric, []).append(f"{model} {figure}".strip())
         return [f"{metric} ({', '.join(models)})" for metric, models in by_metric.items()]
 
+    def lead(self, fw: str, metric: str) -> str:
+        """METRIC's verdict per model, as a sentence that opens an answer ("" when it was not judged)."""
+        words = {1: "faster", -1: "slower", 0: "no measurable difference"}
+        per_model = [f"{model} {figure} {_name(REFERENCE)}'s ({words[v]})"
+                     for f, m, model, v, figure in self.verdicts if f == fw and m == metric]
+        return f"{metric[0].upper()}{metric[1:]}: {', '.join(per_model)}. " if per_model else ""
+
     def compared(self, fw: str) -> int:
         return sum(1 for v in self.verdicts if v[0] == fw)
+
+
+def finetune_rounds(b: dict) -> list[float]:
+    """Seconds of each fine-tune round (each a fresh model, same seed): the case's own record, else
+    pytest-benchmark's saved round times; their median is the table's fine-tune time."""
+    e = b.get("extra_info") or {}
+    rounds = e.get("rounds") if isinstance(e.get("rounds"), list) else []
+    times = [r.get("finetune_s") for r in rounds if isinstance(r, dict)]
+    times = [t for t in times if _num(t) and t > 0]
+    if times:
+        return times
+    data = (b.get("stats") or {}).get("data") or []
+    times = [t for t in data if _num(t) and t > 0] if isinstance(data, list) else []
+    median = (b.get("stats") or {}).get("median")
+    return times or ([median] if _num(median) and median > 0 else [])
+
+
+def judge_times(fw_times: list[float], ref_times: list[float]) -> tuple[int, str]:
+    """Lower is better. Several rounds on both sides: measurable when the ranges do not overlap and
+    the medians are more than NOISE apart (rounds in one process do not hold the run-to-run noise);
+    measured once: more than NOISE apart. (+1 faster, -1 slower, 0 not measurable; why.)"""
+    a, b = statistics.median(fw_times), statistics.median(ref_times)
+    if len(fw_times) > 1 and len(ref_times) > 1:
+        apart = min(fw_times) > max(ref_times) or max(fw_times) < min(ref_times)
+        if not apart:
+            return 0, "the rounds overlap"
+    if not once_differ(a, b):
+        return 0, f"within {NOISE:.0%}"
+    return (1 if a < b else -1), ""
+
+
+def finetune_line(model: str, ft: dict, ev: Evidence) -> str | None:
+    """The seed's first metric: the whole fine-tune (every epoch, its gaps and first steps), as the
+    user waits for it."""
+    times = {fw: finetune_rounds(ft[(fw, model)]) for fw in FRAMEWORKS if (fw, model) in ft}
+    times = {fw: t for fw, t in times.items() if t}
+    if REFERENCE not in times or len(times) < 2:
+        return None
+    ref = times[REFERENCE]
+    parts, verdicts = [], []
+    for fw, t in times.items():
+        spread = f", {len(t)} rounds {min(t):.2f}–{max(t):.2f}" if len(t) > 1 else ", one round"
+        parts.append(f"{_name(fw)} {statistics.median(t):.2f} s{spread}")
+        if fw == REFERENCE:
+            continue
+        ratio = statistics.median(t) / statistics.median(ref)
+        v, why = judge_times(t, ref)
+        ev.add(fw, LEAD, model, v, f"{ratio:.2f}×")
+        verdicts.append(f"{_name(fw)} {ratio:.2f}× {_name(REFERENCE)}'s time" +
+                        (f", {'faster' if v > 0 else 'slower'}" if v else f": no measurable difference ({why})"))
+    return f"- **The whole fine-tune, {model}:** {'; '.join(parts)}. {'; '.join(verdicts)}."
 
 
 def throughput_line(model: str, ts: dict, ev: Evidence) -> str | None:
@@ -236,8 +296,9 @@ def accuracy_line(model: str, ft: dict, ev: Evidence, weights: str | None) -> st
     return f"- **Accuracy after fine-tuning, {model}:** {values}; {once}. {'; '.join(verdicts)}."
 
 
-def project_line(model: str, ft: dict) -> str | None:
-    """What a user waits for: the whole fine-tune, and how much of it is paid once."""
+def project_line(model: str, ft: dict, alone: bool = False) -> str | None:
+    """What a user waits for: the whole fine-tune, and how much of it is paid once; of two frameworks
+    or more, or ALONE of the one that has a case."""
     parts = []
     for fw in FRAMEWORKS:
         b = ft.get((fw, model))
@@ -255,9 +316,9 @@ def project_line(model: str, ft: dict) -> str | None:
             text += (f" ({one_time:.3f} s of it paid once"
                      + (f"; overhead {100 * share:.1f}% of a 50-epoch run, projected" if _num(share) else "") + ")")
         parts.append(text)
-    if len(parts) < 2:
+    if len(parts) < (1 if alone else 2):
         return None
-    return f"- **The whole fine-tune, {model}:** {', '.join(parts)}."
+    return f"- **What a fine-tune costs, {model}:** {', '.join(parts)}."
 
 
 def dx_lines(dx: dict, ran: set[str]) -> list[str]:
@@ -325,6 +386,29 @@ def setup_changes(fts: dict[str, dict], tss: dict[str, dict]) -> list[str]:
     return lines + [""]
 
 
+# Options left to the framework (None: its default) and the read-back settings that say what it ran with.
+READ_BACK = {"precision": ("compute_dtype",), "compile": ("xla", "torch_compile")}
+
+
+def _asked(run: dict, key: str) -> str:
+    """KEY of RUN's config as it ran: the value asked for, or, left to each framework's default, what
+    the frameworks read back (e.g. `precision default (read back: torch float32, …)`)."""
+    value = (run.get("bench_config") or {}).get(key)
+    if value is not None or key not in READ_BACK:
+        return repr(value)
+    from .results import cases
+    seen: dict[str, set[str]] = {}
+    for (fw, _), b in cases(run, "test_finetune").items():
+        settings = (b.get("extra_info") or {}).get("settings") or {}
+        for k in READ_BACK[key]:
+            if isinstance(settings, dict) and settings.get(k) is not None:
+                seen.setdefault(fw, set()).add(f"{k} {settings[k]}")
+    if not seen:
+        return "each framework's default (not read back in this run)"
+    return "each framework's default (read back: " + ", ".join(
+        f"{fw} {'/'.join(sorted(v))}" for fw, v in seen.items()) + ")"
+
+
 def history_changes(runs: list[dict], setup: str) -> list[str]:
     """The last run against the one before it: each case's fine-tune time."""
     from .results import cases
@@ -338,7 +422,7 @@ def history_changes(runs: list[dict], setup: str) -> list[str]:
         lines.append(f"- **Another machine:** {machines[0] or 'unknown'} → {machines[1] or 'unknown'}: the "
                      f"changes below include the machine's.")
     configs = [r.get("bench_config") or {} for r in runs[-2:]]
-    changed = [f"{k} {configs[0].get(k)!r} → {configs[1].get(k)!r}" for k in HISTORY_KEYS
+    changed = [f"{k} {_asked(runs[-2], k)} → {_asked(runs[-1], k)}" for k in HISTORY_KEYS
                if configs[0].get(k) != configs[1].get(k)]
     if changed:
         lines.append(f"- **Another experiment:** {', '.join(changed)}: the times below compare different work, "
@@ -351,42 +435,111 @@ def history_changes(runs: list[dict], setup: str) -> list[str]:
     return lines + [""] if len(lines) > 2 else []
 
 
+def disturbed(b: dict) -> list[str]:
+    """Why this case's figures were taken on a busy machine (`extra_info.disturbance`); empty: quiet,
+    or a run from before it was measured."""
+    d = (b.get("extra_info") or {}).get("disturbance")
+    if not isinstance(d, dict) or d.get("disturbed") is not True:
+        return []
+    return [r for r in d.get("reasons") or [] if isinstance(r, str)] or ["marked disturbed"]
+
+
+def bn_diagnosis(e: dict) -> str | None:
+    """What the case's read-back BatchNorm momentum (torch's convention: the new batch's weight)
+    leaves of the moving statistics' starting values after its training steps: from random
+    initialisation, statistics still near their start normalise evaluation with the wrong numbers."""
+    momenta = [m for m in ((e.get("settings") or {}).get("bn_momentum") or []) if _num(m) and 0 < m <= 1] \
+        if isinstance((e.get("settings") or {}).get("bn_momentum"), list) else []
+    steps = (e.get("epochs") or 0) * (e.get("steps_per_epoch") or 0) if _num(e.get("epochs")) and \
+        _num(e.get("steps_per_epoch")) else 0
+    if not momenta or not steps or steps > 10**7:
+        return None
+    m = min(momenta)
+    kept = (1 - m) ** steps
+    if kept < 0.25:
+        return None
+    return (f"BatchNorm momentum {m:g} (torch's convention, read back): after {steps:,} training steps its moving "
+            f"statistics still hold {kept:.0%} of their initial values, so evaluation normalises with statistics "
+            f"that have barely seen the data" + (" (from random initialisation)" if e.get("weights") == "none" else ""))
+
+
+def failure_lines(bad: list[dict], cfg: dict, fts: dict[str, dict]) -> list[str]:
+    """Each failed case: in which setup, what failed (from its own figures), and what its read-back
+    settings say about why, beside the same model's passing case in the same setup."""
+    from .results import case_name, failed
+    gain = cfg.get("min_accuracy_gain")
+    lines = []
+    for b in bad:
+        e = b.get("extra_info") or {}
+        passed = {k: x for k, x in (fts.get(e.get("setup") or "matched") or {}).items() if not failed(x)}
+        what = []
+        before, after = e.get("accuracy_before"), e.get("accuracy_after")
+        if _num(before) and _num(after):
+            short = _num(gain) and after < before + gain
+            what.append(f"accuracy {100 * before:.1f}% → {100 * after:.1f}%"
+                        + (f", under the required gain of {100 * gain:.0f} points" if short else ""))
+        problems = e.get("telemetry_problems")
+        if isinstance(problems, list) and problems:
+            what.append(f"untrustworthy figures: {problems[0]}")
+        why = bn_diagnosis(e)
+        same = [(fw, x.get("extra_info") or {}) for (fw, m), x in passed.items() if m == e.get("model")]
+        if why and same:
+            fw, other = same[0]
+            kept = bn_diagnosis(other)
+            mo = (other.get("settings") or {}).get("bn_momentum")
+            why += (f"; {_name(fw)}'s passing case: momentum {mo[0]:g}" if isinstance(mo, list) and mo and _num(mo[0])
+                    else "") + (" with the same problem" if kept else "")
+        lines.append(f"- **{case_name(b)}** (setup {e.get('setup') or 'matched'}): "
+                     + ("; ".join(what) or "the test failed (see its log)") + (f". Why, from its settings: {why}" if why
+                                                                              else "") + ".")
+    return lines
+
+
 def findings(fts: dict[str, dict], tss: dict[str, dict], runs: list[dict]) -> list[str]:
     """The findings section (markdown lines) of the last run, its first setup; the other setups and
-    the previous run are compared in their own subsections. A FAILED case's numbers are no result:
-    left out, and said so."""
+    the previous run are compared in their own subsections. A FAILED case's numbers are no result,
+    and a disturbed one's (measured on a busy machine) are not judged: both are left out of the
+    comparisons, named, and every question says what can still be answered without them."""
     from .results import case_name, failed
     run = runs[-1]
     cfg = run.get("bench_config") or {}
     setup = next(iter(fts))
-    bad = [case_name(b) for src in (fts[setup], tss[setup]) for b in src.values() if failed(b)]
-    ft = {k: b for k, b in fts[setup].items() if not failed(b)}
-    ts = {k: b for k, b in tss[setup].items() if not failed(b)}
-    if not ft:
-        return []
+    every = [b for src in (fts[setup], tss[setup]) for b in src.values()]
+    bad = [b for src in (*fts.values(), *tss.values()) for b in src.values() if failed(b)]  # in every setup
+    shaken = [(case_name(b), why) for b in every if not failed(b) and (why := disturbed(b))]
+    ok = lambda b: not failed(b) and not disturbed(b)  # noqa: E731
+    ft = {k: b for k, b in fts[setup].items() if ok(b)}
+    ts = {k: b for k, b in tss[setup].items() if ok(b)}
     ev = Evidence()
     evidence: list[str] = []
     for m in models_in(ft):
-        evidence += [line for line in (accuracy_line(m, ft, ev, cfg.get("weights")), throughput_line(m, ts, ev),
-                                       first_step_line(m, ft, ev), gap_line(m, ft, ev),
+        evidence += [line for line in (finetune_line(m, ft, ev), accuracy_line(m, ft, ev, cfg.get("weights")),
+                                       throughput_line(m, ts, ev), first_step_line(m, ft, ev), gap_line(m, ft, ev),
                                        memory_line(m, ft, ev, cfg.get("device") or "cpu")) if line]
     ran = {fw for fw, _ in ft}
     others = [fw for fw in FRAMEWORKS if fw != REFERENCE and fw in ran]
     md = ["## Findings", "", f"From this run's figures (setup {setup}); the tables below hold every number "
           f"(ratios and margins are computed from them). What they are:", ""]
-    md += [f"- {c}" for c in caveats(cfg, run, ft)]
-    md += [f"- Left out, their numbers are no result: {', '.join(bad)} (FAILED)."] if bad else []
+    if shaken:
+        md.append(f"- **Disturbed, not judged:** " + "; ".join(f"{n}: {why[0]}" for n, why in shaken)
+                  + ". Something else used the machine while they were timed; their figures are in the tables, "
+                    "marked, and left out of every comparison below.")
+    md += [f"- {c}" for c in caveats(cfg, run, ft or {k: b for k, b in fts[setup].items()})]
+    md += [f"- Left out, their numbers are no result: {', '.join(case_name(b) for b in bad)} (FAILED)."] if bad else []
     md += [""]
-    if REFERENCE not in ran:
-        md += [f"- Not compared: {_name(REFERENCE)} did not run here (or has no passing case), and every finding "
-               f"is a comparison with it.", ""]
+    if bad:
+        md += ["### Cases that failed", ""] + failure_lines(bad, cfg, fts) + [""]
+    missing = unanswered(ft, bad, shaken)
     md += ["### Is TensorFlow worth using?", ""]
     for fw in others:
         if not ev.compared(fw):
             md.append(f"- **{_name(fw)}:** not compared (no case of it beside {_name(REFERENCE)}'s).")
             continue
-        md.append(f"- **{_name(fw)}** measurably ahead of {_name(REFERENCE)}: {_list(ev.of(fw, 1))}. Behind: "
-                  f"{_list(ev.of(fw, -1))}. No measurable difference: {_list(ev.of(fw, 0))}.")
+        md.append(f"- **{_name(fw)}:** {ev.lead(fw, LEAD)}Measurably ahead of {_name(REFERENCE)}: "
+                  f"{_list(ev.of(fw, 1, skip=LEAD))}. Behind: {_list(ev.of(fw, -1, skip=LEAD))}. No measurable "
+                  f"difference: {_list(ev.of(fw, 0, skip=LEAD))}.")
+    if not others:
+        md.append(f"- Not answered: {missing}")
     md += ["", "### Would PyTorch be sufficient?", ""]
     for fw in others:
         acc = [v for f, metric, _, v, _ in ev.verdicts if f == fw and metric == "accuracy"]
@@ -396,11 +549,29 @@ def findings(fts: dict[str, dict], tss: dict[str, dict], runs: list[dict]) -> li
         accuracy = (f"the same accuracy (no difference the test set resolves) on {same} of {len(acc)} judged models"
                     if acc else "accuracy not judged (random initialisation, or no paired case)")
         md.append(f"- Against {_name(fw)}: {accuracy}; PyTorch measurably behind on: {_list(ev.of(fw, 1))}.")
-    md += ["", "### The real advantages and disadvantages", ""] + evidence
+    if not any(ev.compared(fw) for fw in others):
+        md.append(f"- Not answered: {missing}")
+    md += ["", "### The real advantages and disadvantages", ""] + (evidence or [f"- Not answered: {missing}"])
     md += ["", "### How much do the differences matter in a typical project?", ""]
-    md += [line for m in models_in(ft) if (line := project_line(m, ft))]
-    md += dx_lines(run.get("dx") or {}, ran) + [""]
-    md += setup_changes({s: {k: b for k, b in f.items() if not failed(b)} for s, f in fts.items()},
-                        {s: {k: b for k, b in t.items() if not failed(b)} for s, t in tss.items()})
+    cost = [line for m in models_in(ft) if (line := project_line(m, ft))] + dx_lines(run.get("dx") or {}, ran)
+    alone = [line for m in models_in(ft) if (line := project_line(m, ft, alone=True))] if not cost else []
+    md += (cost or [f"- Not compared: {missing}"] + [f"{x} Nothing to compare it with." for x in alone]) + [""]
+    md += setup_changes({s: {k: b for k, b in f.items() if ok(b)} for s, f in fts.items()},
+                        {s: {k: b for k, b in t.items() if ok(b)} for s, t in tss.items()})
     md += history_changes(runs, setup)
     return md
+
+
+def unanswered(ft: dict, bad: list[dict], shaken: list[tuple[str, list[str]]]) -> str:
+    """Why a question has no comparison to answer it: what passed quietly, and what did not."""
+    from .results import case_name
+    passed = sorted({_name(fw) for fw, _ in ft})
+    parts = [f"{_name(REFERENCE)}, the reference every finding compares with, has no passing case"
+             if not any(fw == REFERENCE for fw, _ in ft) else
+             f"no other framework has a passing case beside {_name(REFERENCE)}'s"]
+    parts.append(f"passed: {', '.join(passed) if passed else 'none'}")
+    if bad:
+        parts.append(f"failed: {', '.join(case_name(b) for b in bad)} (see Cases that failed)")
+    if shaken:
+        parts.append(f"disturbed: {', '.join(n for n, _ in shaken)}")
+    return "; ".join(parts) + "."
