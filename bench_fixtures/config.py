@@ -4,10 +4,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .files import folder_problem
+from .files import folder_problem, size, size_pair
 
 MODELS = ("resnet50", "vgg19", "mobilenet_v2")
 
@@ -59,6 +60,16 @@ MIN_WORKER_TIMEOUT_S = 1.0  # a worker needs longer than this to start and answe
 MAX_IMAGE_SIZE = 2048  # 7 times ImageNet's 299: beyond, a single image's activations outgrow any device
 MIN_TEST_SIZE = 10  # the test subset is stratified over the 10 classes: one image each at least
 MAX_REPLICAS = 1024  # data-parallel replicas on this host (one process each)
+MAX_EPOCHS = 10_000  # the seed runs 5; the readers of a run file walk every epoch
+MAX_ROUNDS = 100_000  # timed rounds of one case; the gate's exact test costs ~0.4 s at this count, 25 s at 10x
+# Host memory one replica's worker takes, for --replicas N at startup. Measured peaks (VmHWM) of one
+# smoke fine-tune here, 32 px at batch 32: torch 0.8-1.2 GiB, TensorFlow 1.1-1.5 GiB (ResNet50 the
+# largest), Keras on JAX 1.2-1.4 GiB; most of it the framework's runtime, the same at any image size.
+REPLICA_BASE_MIB = 1600
+# ... plus, on a CPU (where activations live in host memory), per image of a batch and per 32x32 px
+# of its area: from 32 px to 96 px at batch 32, peaks grew 1.4-2.0 MiB per image and tile (VGG19,
+# ResNet50; torch and TensorFlow), so 224 px at batch 32 adds about 4 GiB.
+REPLICA_MIB_PER_IMAGE_TILE = 2.5
 MONITOR_INTERVAL_RANGE = (0.01, 60.0)  # below 10 ms sampling takes a visible share of a core; above
 #                                        a minute a fine-tune's epochs get no sample of their own
 # fp32 (TF32 off), tf32 (fp32 with TF32 on), and mixed precision: bf16 / fp16 compute with float32
@@ -215,8 +226,82 @@ def _weights(values: dict[str, Any]) -> None:
                           f"weights (--weights imagenet, same, or a staged folder) or --train-layers all")
 
 
-def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "") -> BenchConfig:
-    """Profile defaults, then explicit options (None = not given); auto choices resolved and said why."""
+def rename_options(message: str, names: Mapping[str, str] | None) -> str:
+    """MESSAGE with each setting's option (OPTION) written as NAMES calls it: a tool whose own options
+    map onto these settings (`bench ab --steps` is --step-count) names what its user typed."""
+    for field, name in (names or {}).items():
+        message = re.sub(rf"(?<![\w-]){re.escape(OPTION[field])}(?![\w-])", name, message)
+    return message
+
+
+def visible_gpus(nvml_count: int, environ: Mapping[str, str] | None = None) -> int:
+    """The GPUs a worker can use: NVML's count, narrowed by CUDA_VISIBLE_DEVICES where it is set."""
+    environ = os.environ if environ is None else environ
+    if "CUDA_VISIBLE_DEVICES" not in environ:
+        return nvml_count
+    return min(nvml_count, len([d for d in environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity: a container's or taskset's share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new processes now (free plus reclaimable cache)."""
+    import psutil
+    return psutil.virtual_memory().available
+
+
+def replica_memory(device: str, batch_size: int, image_size: int, limit_mib: int = 0) -> int:
+    """Bytes of host memory one replica's worker is expected to take (REPLICA_BASE_MIB; on a CPU,
+    plus its batch's activations); a --worker-memory-limit caps it (past it the worker fails cleanly)."""
+    mib = REPLICA_BASE_MIB
+    if device == "cpu":
+        mib += REPLICA_MIB_PER_IMAGE_TILE * batch_size * (image_size / 32) ** 2
+    if limit_mib:
+        mib = min(mib, limit_mib)
+    return int(mib * 2**20)
+
+
+def replicas_problem(replicas: int, device: str, gpus: int, visible: int, cores: int, available: int,
+                     per_replica: int) -> str | None:
+    """Why REPLICAS processes cannot run side by side on this host (one line: the tightest bound, how
+    many fit and the fix), or None: each needs its own GPU on a GPU run (of the VISIBLE of the GPUS
+    NVML sees; none seen: the workers say why), its own core on a CPU run, and its memory (PER_REPLICA
+    of AVAILABLE bytes)."""
+    elsewhere = ", or run the rest on another host (README)"
+    bounds = []  # (how many fit, the option and why, the fix)
+    if device == "gpu" and gpus:
+        narrowed = f", of which CUDA_VISIBLE_DEVICES leaves {visible}" if visible < gpus else ""
+        bounds.append((visible, f" on a GPU host: each replica needs its own GPU and NVML sees {gpus}{narrowed}",
+                       elsewhere))
+    if device == "cpu":
+        bounds.append((cores, f" on a CPU run: each replica needs at least a core of its own, and this process may "
+                              f"use {cores}", elsewhere))
+    fits = available // per_replica
+    need, have = size_pair(replicas * per_replica, available)
+    bounds.append((fits, f": each replica's worker takes about {size(per_replica)} of memory, {need} for {replicas}, "
+                         f"and this machine has {have} available",
+                   (", or free memory" if fits else ": free memory first")
+                   + (" (or lower --batch-size / --image-size)" if device == "cpu" else "")))
+    fits, why, fix = min(bounds, key=lambda b: b[0])
+    if replicas <= fits:
+        return None
+    return f"--replicas {replicas}{why}; give at most {fits}{fix}"
+
+
+def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "",
+            names: Mapping[str, str] | None = None) -> BenchConfig:
+    """Profile defaults, then explicit options (None = not given); auto choices resolved and said why.
+    NAMES: field -> the option its caller's user typed, where it is not OPTION's (errors name it)."""
+    try:
+        return _resolve(options, gpu_count, gpu_reason)
+    except ConfigError as e:
+        raise ConfigError(rename_options(str(e), names)) from None
+
+
+def _resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str) -> BenchConfig:
     given = {k: v for k, v in options.items() if v is not None}
     profile = given.pop("profile", "auto")
     _check_choice("profile", profile)
@@ -265,9 +350,10 @@ def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "") ->
         _check_number(field, values[field], int, 0)
     for field in ("epochs", "batch_size", "finetune_rounds", "step_rounds", "step_count", "replicas"):
         _check_number(field, values[field], int, 1)
-    if values["device"] == "gpu" and gpu_count and values["replicas"] > gpu_count:
-        raise ConfigError(f"--replicas {values['replicas']} on a GPU host: each replica needs its own GPU and NVML "
-                          f"sees {gpu_count}; give at most {gpu_count}, or run the rest on another host (README)")
+    for field, most in (("epochs", MAX_EPOCHS), ("finetune_rounds", MAX_ROUNDS), ("step_rounds", MAX_ROUNDS)):
+        if values[field] > most:
+            raise ConfigError(f"{OPTION[field]} {values[field]}: must be at most {most:,}: the gate and the report "
+                              f"refuse run files beyond it")
     if values["replicas"] > MAX_REPLICAS:
         raise ConfigError(f"--replicas {values['replicas']}: must be at most {MAX_REPLICAS} (one process per "
                           f"replica on this host); for more, run the same command on more hosts (README)")
@@ -329,6 +415,13 @@ def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "") ->
         per = f" x --replicas {values['replicas']}" if values["replicas"] > 1 else ""
         raise ConfigError(f"--batch-size {values['batch_size']}{per} is larger than --train-size "
                           f"{values['train_size']}: no full (global) batch to train on")
+    if values["replicas"] > 1:  # one process each, side by side on this host: before any starts
+        per_replica = replica_memory(values["device"], int(values["batch_size"]), int(values["image_size"]),
+                                     int(values["worker_memory_limit"]))
+        problem = replicas_problem(int(values["replicas"]), values["device"], gpu_count, visible_gpus(gpu_count),
+                                   usable_cores(), available_memory(), per_replica)
+        if problem:
+            raise ConfigError(problem)
     if values["preprocess"] == "auto":
         values["preprocess"] = "native" if values["weights"] in PRETRAINED else "cifar"
     values["eval_every_epoch"] = bool(values["eval_every_epoch"])

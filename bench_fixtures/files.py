@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import stat
 import tempfile
 import time
@@ -14,11 +15,41 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """Write to a temporary file in the same folder, fsync, then rename over PATH."""
+def umask() -> int:
+    """This process's umask. Read from /proc (Linux), which leaves it alone; elsewhere set and put
+    back at once (os.umask is the only other way to read it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temp_beside(path: str | os.PathLike) -> tuple[int, Path]:
+    """A new hidden temporary file in PATH's folder (created if absent), to be renamed over PATH:
+    (fd, path). Its mode is what open() would give PATH (0o666 less the umask), not mkstemp's 0600,
+    which would hide a shared history or report from everyone else."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~umask())
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    return fd, Path(tmp)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """Write to a temporary file in the same folder, fsync, then rename over PATH."""
+    path = Path(path)
+    fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=1, default=str)
@@ -42,10 +73,8 @@ class AtomicOutput:
         self._fh: Any = None
 
     def __enter__(self):
-        path = Path(self.name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-        self._tmp, self._fh = Path(tmp), os.fdopen(fd, "wb")
+        fd, self._tmp = temp_beside(self.name)
+        self._fh = os.fdopen(fd, "wb")
         return self._fh
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -113,8 +142,7 @@ def save_numbered(folder: str | os.PathLike, name: str, payload: bytes) -> Path:
     file. Here the number is chosen under an exclusive lock, the file is written beside its target
     and linked into place (a link never replaces an existing file)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+    fd, tmp = temp_beside(folder / name)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
@@ -144,14 +172,42 @@ def free_bytes(folder: str | os.PathLike) -> int:
     return shutil.disk_usage(next(p for p in (folder, *folder.parents) if p.exists())).free
 
 
+UNITS = ((2**30, "GiB", 2), (2**20, "MiB", 1), (2**10, "KiB", 1))  # (size, name, decimals shown)
+
+
+def _unit(n: int | float) -> tuple[int, str, int]:
+    return next(((s, u, d) for s, u, d in UNITS if n >= s), (1, "bytes", 0))
+
+
+def size(n: int | float) -> str:
+    """N bytes, readably: 1.5 GiB, 6.2 MiB, 12.0 KiB, 300 bytes."""
+    scale, unit, decimals = _unit(n)
+    return f"{n / scale:,.{decimals}f} {unit}"
+
+
+def size_pair(needed: int | float, limit: int | float) -> tuple[str, str]:
+    """NEEDED and LIMIT (bytes) for a line saying that one does not fit the other: when NEEDED is
+    above LIMIT, both in LIMIT's unit with as many decimals as it takes to read above it (rounding
+    both to "1 MiB" made a refusal read as if it fitted)."""
+    if needed <= limit:
+        return size(needed), size(limit)
+    scale, unit, decimals = _unit(limit)
+    for digits in range(decimals, decimals + 7):
+        shown = (f"{needed / scale:,.{digits}f} {unit}", f"{limit / scale:,.{digits}f} {unit}")
+        if shown[0] != shown[1]:
+            return shown
+    return f"{needed:,.0f} bytes", f"{limit:,.0f} bytes"
+
+
 def space_message(folder: str | os.PathLike, needed: int, what: str, fix: str, error: OSError | None = None) -> str:
     """One line for a write that does not fit: which folder, how much WHAT needs, how much is free."""
     try:
-        free = f"{free_bytes(folder) / 2**20:,.0f} MiB are free"
+        need, free = size_pair(needed, free_bytes(folder))
+        free = f"{free} are free"
     except OSError:
-        free = "free space unknown"
+        need, free = size(needed), "free space unknown"
     cause = f" ({error.strerror})" if error is not None else ""
-    return f"{folder}: no room for {what}{cause}: it needs {needed / 2**20:,.0f} MiB, {free}; {fix}"
+    return f"{folder}: no room for {what}{cause}: it needs {need}, {free}; {fix}"
 
 
 @contextmanager
@@ -182,7 +238,8 @@ def exclusive_lock(path: str | os.PathLike, wait_s: float,
 
 class WorkFolder:
     """A session's scratch folder (`bench-*` in the temp dir), removed at the end of the session; when
-    the session cannot remove it (killed with SIGKILL, the machine lost power), the next one does.
+    the session cannot remove it (killed with SIGKILL, the machine lost power), the next one to create
+    its own does (a pytest session or `bench ab` alike: creating one sweeps first).
 
     The owner holds an flock on a file inside for as long as it lives; the kernel drops it when the
     owner dies. The folder gets its final name only once the lock is held, so a sweeping session
@@ -193,11 +250,19 @@ class WorkFolder:
 
     def __init__(self, parent: str | os.PathLike | None = None) -> None:
         parent = Path(parent or tempfile.gettempdir())
-        staging = Path(tempfile.mkdtemp(prefix=f".{self.PREFIX}", dir=parent))
-        self._lock = open(staging / self.LOCK, "ab")
-        fcntl.flock(self._lock, fcntl.LOCK_EX)
-        self.path = Path(parent) / staging.name[1:]
-        os.rename(staging, self.path)
+        self.sweep(parent)  # what sessions killed before their cleanup left behind
+        staging = None
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=f".{self.PREFIX}", dir=parent))
+            self._lock = open(staging / self.LOCK, "ab")
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
+            self.path = Path(parent) / staging.name[1:]
+            os.rename(staging, self.path)
+        except OSError as e:
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise OutputError(f"{parent}: cannot make this session's work folder ({e.strerror or e}); set TMPDIR "
+                              f"to a writable folder with room") from None
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -218,3 +283,73 @@ class WorkFolder:
             except OSError:  # no lock file (not ours), still held (owner alive), or gone meanwhile
                 continue
         return removed
+
+
+class FolderBusy(OutputError):
+    """Another live session writes into the output folder this one was given."""
+
+
+class FolderClaim:
+    """This session's claim on an output folder (a report, telemetry, `bench ab --out`): an flock on
+    FOLDER/.bench-session.lock, held until `release` or until the process dies (the kernel drops it, so
+    a killed session never blocks the next). A second live session given the same folder would
+    silently replace the first one's files: it is refused instead, with OPTION and the fix. The lock
+    file (and the folder, when the claim created it and nothing was written) goes at release."""
+
+    LOCK = ".bench-session.lock"
+
+    def __init__(self, folder: str | os.PathLike, option: str, fix: str = "give each session its own folder") -> None:
+        self.folder = Path(folder).expanduser().absolute()
+        self.created = not self.folder.exists()
+        path = self.folder / self.LOCK
+        while True:
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self._file = open(path, "a+")
+            except OSError as e:
+                raise OutputError(f"{option}: cannot write to {self.folder}: {e.strerror or e}; give {option} a "
+                                  f"writable folder") from None
+            try:
+                fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._file.seek(0)
+                holder = self._file.read().strip() or "unknown"
+                self._file.close()
+                raise FolderBusy(f"{option}: another session (PID {holder}) is writing into {self.folder} now, "
+                                 f"and one would replace the other's files; {fix}") from None
+            try:  # the lock is ours only if the file is still the folder's (a holder unlinks it at release)
+                same = os.stat(path).st_ino == os.fstat(self._file.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            self._file.close()
+        self._file.truncate(0)
+        self._file.write(str(os.getpid()))
+        self._file.flush()
+
+    def release(self) -> None:
+        if self._file.closed:
+            return
+        (self.folder / self.LOCK).unlink(missing_ok=True)  # still holding the lock: see __init__
+        self._file.close()
+        if self.created:
+            try:
+                self.folder.rmdir()  # only when empty: the session wrote nothing there
+            except OSError:
+                pass
+
+
+TERMINATING = (signal.SIGTERM, signal.SIGHUP)  # a CI runner's stop, a closed terminal
+
+
+def interrupt_on_termination() -> None:
+    """SIGTERM and SIGHUP take Ctrl-C's path (KeyboardInterrupt), so `finally` blocks run: workers
+    are ended and work folders removed. A signal someone chose to ignore (nohup) stays ignored."""
+    for sig in TERMINATING:
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            signal.signal(sig, _raise_interrupt)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")

@@ -8,7 +8,6 @@ fixture): no config resolved, nothing printed, nothing of pytest-benchmark's tou
 from __future__ import annotations
 
 import os
-import signal
 import time
 from copy import copy
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 from . import benchmark_compat as compat
 from . import machine
 from .config import BenchConfig, ConfigError, resolve
-from .files import OutputError, WorkFolder, check_writable, save_numbered
+from .files import FolderClaim, OutputError, WorkFolder, check_writable, interrupt_on_termination, save_numbered
 from .frameworks import FRAMEWORKS, unavailable
 from .weights import startup_problem
 
@@ -103,6 +102,17 @@ class BenchState:
         self.runner: Any = None
         self.bundle_meta: dict[str, Any] | None = None
         self.json_path: Path | None = None
+        self.claims: list[FolderClaim] = []  # the output folders this session writes into, held till its end
+
+    def claim(self, folder: str | Path, option: str, fix: str = "give each session its own folder") -> None:
+        """Refuse an output folder another live session is writing into (UsageError), else hold it."""
+        folder = Path(folder).expanduser().absolute()
+        if any(c.folder == folder for c in self.claims):
+            return
+        try:
+            self.claims.append(FolderClaim(folder, option, fix))
+        except OutputError as e:
+            raise pytest.UsageError(str(e)) from None
 
 
 STATE = pytest.StashKey[BenchState]()
@@ -189,16 +199,21 @@ def _require_writable(folder: str | Path, option: str, hint: str = "") -> None:
 def _start(config: pytest.Config) -> BenchState:
     """The session collected benchmark cases: resolve and check everything before any worker starts."""
     options = {dest: config.getoption(f"bench_{dest}") for _, dest, _, _ in OPTIONS}
+    from .runner.replicas import RendezvousError, world_size
     gpus, reason = machine.nvml_gpus()
     try:
         cfg = resolve(options, len(gpus), reason)
-    except ConfigError as e:
+        world_size(cfg.replicas)  # a multi-host rendezvous in the environment, read as every replica will
+    except (ConfigError, RendezvousError) as e:
         raise pytest.UsageError(str(e)) from None
     missing = unavailable()
     for name, fw in FRAMEWORKS.items():  # a framework without a data-parallel engine, with --replicas N
         if name not in missing and (why := fw.replicas_problem(cfg.replicas)):
             missing[name] = why
     state = BenchState(cfg, missing)
+    for option, dest in (("--bench-report", "bench_report"), ("--telemetry-dir", "bench_telemetry_dir")):
+        if config.getoption(dest) is not None and not config.getoption(dest).strip():
+            raise pytest.UsageError(f"{option} is empty; give a folder, or leave the option out")
     report = config.getoption("bench_report")
     if report:
         _require_writable(report, "--bench-report")
@@ -210,14 +225,10 @@ def _start(config: pytest.Config) -> BenchState:
     if store is not None:
         _require_writable(store, "--benchmark-storage", " (file://DIR)")
         compat.save_with(config, save_numbered)
-    for sig in (signal.SIGTERM, signal.SIGHUP):  # a CI runner's stop, a closed terminal: like Ctrl-C
-        if signal.getsignal(sig) is signal.SIG_DFL:
-            signal.signal(sig, _terminate)
+    if report:  # last: the session's end releases it once the state is stashed
+        state.claim(report, "--bench-report")
+    interrupt_on_termination()  # a CI runner's stop, a closed terminal: like Ctrl-C
     return state
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"received {signal.Signals(signum).name}")
 
 
 @pytest.hookimpl(trylast=True)
@@ -253,8 +264,12 @@ def _prepare(config: pytest.Config, state: BenchState) -> None:
     from .runner.experiment import CaseRunner, prepare_data
     telemetry = telemetry_dir(config)
     _require_writable(telemetry, "--telemetry-dir")
-    WorkFolder.sweep()  # what sessions killed before their cleanup left behind
-    state.work = WorkFolder()
+    if (claim := _telemetry_claim(config)) is not None:
+        state.claim(telemetry, *claim)
+    try:
+        state.work = WorkFolder()  # sweeps what sessions killed before their cleanup left behind
+    except OutputError as e:
+        raise pytest.UsageError(str(e)) from None
     try:
         bundle_dir, state.bundle_meta = prepare_data(state.cfg, state.work.path)
     except DataError as e:
@@ -338,6 +353,18 @@ def telemetry_dir(config: pytest.Config) -> Path:
     return Path(".benchmarks") / "telemetry" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 
 
+def _telemetry_claim(config: pytest.Config) -> tuple[str, str] | None:
+    """The option that chose the telemetry folder, and the fix, for a message about that folder; None
+    for the default folder, which is the session's own (a timestamp and its PID)."""
+    state = config.stash.get(STATE, None)
+    if config.getoption("bench_telemetry_dir"):
+        return "--telemetry-dir", "give each session its own folder"
+    if state is not None and state.json_path is not None:
+        given = "--bench-report" if config.getoption("bench_report") else "--benchmark-json"
+        return f"{given} (the telemetry folder beside its run file)", f"give each session its own {given}"
+    return None
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(STATE, None)
     if state is None:
@@ -360,10 +387,14 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def _cleanup(state: BenchState) -> None:
-    if state.runner is not None:
-        state.runner.close()
-    if state.work is not None:
-        state.work.remove()
+    try:
+        if state.runner is not None:
+            state.runner.close()
+        if state.work is not None:
+            state.work.remove()
+    finally:
+        for claim in state.claims:
+            claim.release()
 
 
 @pytest.fixture(scope="session")

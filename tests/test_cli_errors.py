@@ -72,10 +72,16 @@ OPTION_CASES = [
     (["--seed=4294967296"], ["--seed 4294967296: must be at most 4294967295 (2**32 - 1)", "32-bit"]),
     (["--worker-timeout=1e7"], ["--worker-timeout 1e+07: must be at most 2147483 s", "OS timer"]),
     (["--monitor-interval=0.0001"], ["--monitor-interval 0.0001: must lie in [0.01, 60] s", "share of a core"]),
-    (["--epochs=1000000000"], ["--epochs 1000000000 x --train-size 256: the per-epoch shuffle orders take",
-                               "of memory available, and the training needs the other half; lower --epochs"]),
+    (["--epochs=1000000000"], ["--epochs 1000000000: must be at most 10,000: the gate and the report refuse"]),
+    (["--epochs=10000", "--train-size=200000"], [
+        "--epochs 10000 x --train-size 200000: the per-epoch shuffle orders take",
+        "of memory available, and the data may take half of it (",
+        "): the training needs the other half; lower --epochs or --train-size"]),
     (["--dataset=synthetic", "--train-size=100000000"], ["for the data set it is taken from", "of memory available"]),
     (["--data-dir=pytest.ini"], ["--data-dir pytest.ini: a file, not a folder; give the folder that holds"]),
+    # One process per replica: bounded by this host's cores (a CPU run), GPUs (a GPU run) and memory.
+    (["--replicas=100"], ["--replicas 100", "; give at most "]),
+    (["--bench-report="], ["--bench-report is empty; give a folder, or leave the option out"]),
 ]
 
 
@@ -164,7 +170,7 @@ def test_full_disk_while_writing_the_bundle_is_one_line_with_the_sizes(sessions)
     6 MiB training images of the bundle are written."""
     tmp, session, _ = sessions["full disk"]
     line = assert_one_line_usage_error(session.result(), "/bundle: no room for the data bundle (File too large): "
-                                                         "it needs 6 MiB, ", " MiB are free; set TMPDIR to a folder "
+                                                         "it needs 6.2 MiB, ", " are free; set TMPDIR to a folder "
                                                          "on a larger disk")
     assert "INTERNALERROR" not in line
     assert_nothing_written(tmp)  # the half-written bundle went with the work folder

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench_fixtures.config import (MAX_SEED, MAX_WORKER_TIMEOUT_S, MIN_WORKER_MEMORY_MIB, MONITOR_INTERVAL_RANGE,
-                                   PROFILES, ConfigError, resolve)
+                                   OPTION, PROFILES, ConfigError, resolve)
 
 
 def test_auto_profile_follows_the_gpu():
@@ -119,3 +119,18 @@ def test_data_dir_that_cannot_be_a_folder_says_why(tmp_path):
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     with pytest.raises(ConfigError, match="a symlink loop"):
         resolve({"data_dir": str(tmp_path / "loop")}, 0)
+
+
+AB_NAMES = {"step_count": "--steps", "step_warmup": "--warmup", "step_rounds": "--pairs"}  # bench ab's
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(sorted(AB_NAMES)), HOSTILE, min_size=1, max_size=3))
+def test_a_caller_s_own_option_names_are_the_ones_errors_use(options):
+    """A tool that sets these settings under its own options (bench ab's --steps) gets errors naming
+    those, never the pytest option its user did not type."""
+    try:
+        resolve(options, gpu_count=0, names=AB_NAMES)
+    except ConfigError as e:
+        assert str(e).split(" ")[0].rstrip(":") in AB_NAMES.values(), str(e)
+        assert not any(OPTION[field] in str(e) for field in AB_NAMES), str(e)

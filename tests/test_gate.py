@@ -127,8 +127,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def gate_cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench_fixtures.gate", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    """`bench gate ARGS` on real saved runs. They were measured on this shared machine, perhaps beside
+    other work, so they may be marked disturbed: these tests judge other things (tests/test_validation.py
+    judges the disturbed cases), so they pass --allow-disturbed."""
+    return subprocess.run([sys.executable, "-m", "bench_fixtures.gate", *map(str, args), "--allow-disturbed"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
 LOOSE = ["--threshold", "time=0.5", "--threshold", "throughput=0.5", "--threshold", "time_to_first_step=1",
@@ -149,12 +152,23 @@ def test_gate_passes_a_real_run_within_the_spread_of_its_history(saved_runs, tmp
     assert all({"name", "unit", "value"} <= e.keys() for e in smaller + bigger)
 
 
+def slowed(run: dict, baselines: list[Path], factor: float, test: str = "test_finetune") -> dict:
+    """RUN with its TEST case(s) FACTOR times slower than the slowest baseline's, whatever the
+    baselines themselves took: on this shared machine a busy neighbour can make one stored run as
+    slow as a 3x slowdown of the other (and its spread then hides a 3x slowdown in history mode)."""
+    stored = [{b["name"]: b for b in json.loads(p.read_text())["benchmarks"]} for p in baselines]
+    for b in (b for b in run["benchmarks"] if b["name"].startswith(test)):
+        k = factor * max(s[b["name"]]["stats"]["median"] for s in stored) / b["stats"]["median"]
+        b["stats"]["data"] = [t * k for t in b["stats"]["data"]]
+        b["stats"]["median"] *= k
+    return run
+
+
 def test_gate_names_a_slowed_case_and_an_accuracy_drop(saved_runs, tmp_path):
-    run = json.loads(saved_runs[1].read_text())
+    run = slowed(json.loads(saved_runs[1].read_text()), saved_runs[:1], 3)
     b = next(b for b in run["benchmarks"] if b["name"].startswith("test_finetune"))
-    b["stats"]["data"] = [t * 3 for t in b["stats"]["data"]]
-    b["stats"]["median"] *= 3
-    b["extra_info"]["accuracy_after"] -= 0.2
+    base = next(x for x in json.loads(saved_runs[0].read_text())["benchmarks"] if x["name"] == b["name"])
+    b["extra_info"]["accuracy_after"] = max(0.0, base["extra_info"]["accuracy_after"] - 0.2)
     cand = tmp_path / "slow.json"
     cand.write_text(json.dumps(run))
     r = gate_cli(saved_runs[0], cand, *LOOSE)
@@ -165,10 +179,8 @@ def test_gate_names_a_slowed_case_and_an_accuracy_drop(saved_runs, tmp_path):
 
 
 def test_history_flags_a_real_run_slowed_beyond_the_spread_of_its_history(saved_runs, tmp_path):
-    run = json.loads(saved_runs[1].read_text())
-    b = next(b for b in run["benchmarks"] if b["name"].startswith("test_finetune"))
-    b["stats"]["data"] = [t * 3 for t in b["stats"]["data"]]
-    b["stats"]["median"] *= 3
+    """10x the slowest stored run: beyond twice their spread however far apart they are."""
+    run = slowed(json.loads(saved_runs[1].read_text()), saved_runs, 10)
     (tmp_path / "slow.json").write_text(json.dumps(run))
     r = gate_cli(*saved_runs, tmp_path / "slow.json")
     assert r.returncode == 1, r.stdout + r.stderr
@@ -419,12 +431,10 @@ def test_a_metric_judged_on_one_side_only_is_not_a_pass():
 
 def test_a_reader_that_goes_away_keeps_the_verdict(saved_runs, tmp_path):
     """`bench gate ... | head -3`: the rest of the output is dropped, the exit code is the verdict's."""
-    run = json.loads(saved_runs[1].read_text())
-    for b in run["benchmarks"]:
-        b["stats"]["data"] = [t * 3 for t in b["stats"]["data"]]
-        b["stats"]["median"] *= 3
+    run = slowed(json.loads(saved_runs[1].read_text()), saved_runs[:1], 3, test="test_")
     (tmp_path / "slow.json").write_text(json.dumps(run))
-    proc = subprocess.Popen([sys.executable, "-m", "bench_fixtures", "gate", str(saved_runs[0]), str(tmp_path / "slow.json")],
+    proc = subprocess.Popen([sys.executable, "-m", "bench_fixtures", "gate", str(saved_runs[0]), str(tmp_path / "slow.json"),
+                             "--allow-disturbed"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     proc.stdout.close()  # the reader is gone before the first line (as `| head -0`; `head -5` once it has 5)
     err = proc.stderr.read()

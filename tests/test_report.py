@@ -299,9 +299,11 @@ def test_a_setup_that_is_not_a_name_is_refused_and_nothing_is_written(tmp_path):
     run = json.loads(open(path).read())
     run["benchmarks"][0]["extra_info"]["setup"] = ["matched"]
     open(path, "w").write(json.dumps(run))
-    with pytest.raises(ResultsError, match=r"'extra_info.setup' must be a setup's name"):
+    with pytest.raises(ResultsError, match=r"'extra_info.setup' must be a setup's name.*\(at benchmarks\[0\]\.extra_info"):
         report.write_report([path], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+    from bench_fixtures.analysis import gate  # the gate reads it through the same validator: refused alike
+    assert gate.main([path, path]) == gate.CANNOT_COMPARE
 
 
 def test_a_one_and_a_two_replica_run_give_the_scaling_table_and_plot(tmp_path):
@@ -328,3 +330,18 @@ def test_a_one_and_a_two_replica_run_give_the_scaling_table_and_plot(tmp_path):
     md = report.write_report([one, two_path], tmp_path / "out2").read_text()
     assert "## Data-parallel scaling" not in md and not (tmp_path / "out2" / "scaling.png").exists()
     assert "the runs differ in batch_size (None vs 64): their images/s are not a scaling curve" in md
+
+
+def test_a_row_only_one_setup_has_is_a_dash_in_the_other(tmp_path):
+    """Time to accuracy measured in matched only (found by the any-value property test: the table's
+    rows were taken from the first setup and looked up in the others)."""
+    path = crafted_run(tmp_path / "run", ["matched", "defaults"])
+    run = json.loads(open(path).read())
+    for b in run["benchmarks"]:
+        if b["extra_info"]["setup"] == "matched":
+            b["extra_info"].update(target_accuracy=0.5, time_to_accuracy=dict(
+                target=0.5, reached=True, epoch=1, train_s=1.0, wall_s=1.5, evaluated_epochs=2))
+    open(path, "w").write(json.dumps(run))
+    md = report.write_report([path], tmp_path / "out").read_text()
+    assert "| time to accuracy 50% | 1.5 s wall / 1.0 s training (epoch 1) | – | 1.5 s wall / 1.0 s training " \
+           "(epoch 1) | – |" in table(md, "mobilenet_v2")

@@ -19,28 +19,32 @@ state). --measure finetune: whole fine-tunes (build, fit, evaluate) per round; a
 too, with a two-proportion test on the test-set size.
 
 Writes DIR/baseline.json and DIR/candidate.json (normal run files: `bench report`, `bench gate`
-read them) and DIR/verdict.json. Exit 0 pass, 1 regression (or the candidate failed), 2 cannot
-run (a bad option, a missing interpreter, the baseline failed).
+read them) and DIR/verdict.json; two runs at once never share a DIR. Exit 0 pass, 1 regression (or the candidate failed), 2 cannot
+run (a bad option; an interpreter that is missing or lacks the project or a framework, checked before
+anything starts; a worker of either side that cannot start; the baseline failed; interrupted).
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .. import machine
-from ..config import CHOICES, MODELS, ConfigError, resolve
+from ..config import CHOICES, MODELS, ConfigError, rename_options, resolve
 from ..data import DataError
-from ..files import WorkFolder, write_json_atomic
+from ..files import FolderClaim, OutputError, WorkFolder, check_writable, interrupt_on_termination, write_json_atomic
 from ..frameworks import NAMES, installed
 from ..runner.experiment import Experiment, prepare_data
-from ..runner.worker import WorkerError
+from ..runner.worker import ROOT, WorkerError, kill_all
 from . import stats
 
 SIDES = ("baseline", "candidate")
@@ -48,6 +52,22 @@ SIDES = ("baseline", "candidate")
 # spin on for a while (OpenMP/MKL wait policies) before they sleep; its round should not pay for that.
 SETTLE_S = 0.25
 PASS, REGRESSION, CANNOT_RUN = 0, 1, 2
+# The settings bench ab's own options set, by the names its user types (errors name those).
+OPTION_NAMES = {"step_count": "--steps", "step_warmup": "--warmup", "step_rounds": "--pairs"}
+PROBE_TIMEOUT_S = 60  # importing the project in a fresh interpreter takes about a second here
+# Run in each side's interpreter with a worker's environment: what a worker imports before its
+# framework, then whether each framework named on the command line can be found there (not imported:
+# that is what the worker's 'hello' does; a framework found but broken is caught there).
+PROBE = """
+import sys
+import bench_fixtures.runner.worker, bench_fixtures.frameworks.protocol
+from bench_fixtures.frameworks import FRAMEWORKS
+for name in sys.argv[1:]:
+    why = FRAMEWORKS[name].missing()
+    if why:
+        print(why.partition(": ")[2])
+        sys.exit(3)
+"""
 
 
 class ABError(Exception):
@@ -64,28 +84,88 @@ def parse_env(specs: list[str], option: str) -> dict[str, str]:
     return out
 
 
-def check_python(path: str, option: str) -> str:
-    found = shutil.which(path)
-    if found is None:
-        raise ABError(f"{option} {path}: no such interpreter; give the python of the environment to test "
-                      f"(e.g. /path/to/venv/bin/python)")
-    return found
+def find_python(path: str, option: str) -> str:
+    """The interpreter PATH names (a path, or a name looked up on PATH), or ABError saying why not."""
+    found = shutil.which(os.path.expanduser(path))
+    if found is not None:
+        return os.path.abspath(found)
+    given = Path(path).expanduser()
+    if os.sep not in path and not given.exists():
+        why = "not found on PATH"
+    elif not os.path.lexists(given):
+        why = "no such file"
+    elif not given.exists():
+        why = f"a dangling symlink (to {os.readlink(given)})"
+    elif given.is_dir():
+        why = "a folder, not an interpreter"
+    else:
+        why = "not executable"
+    raise ABError(f"{option} {path}: {why}; give the python of the environment to test "
+                  f"(e.g. /path/to/venv/bin/python)")
+
+
+def probe_python(python: str, who: str, frameworks: list[str], env: dict[str, str]) -> str | None:
+    """Why PYTHON cannot run this project's workers for FRAMEWORKS (one line starting with WHO: what is
+    missing there and the fix), or None. Run with the environment a worker gets, so that it fails in
+    a second here instead of in a worker's 'hello' after the other side has started and warmed up."""
+    run_env = dict(os.environ)  # as runner.worker.Worker builds it: this checkout first, then the side's own
+    run_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), run_env.get("PYTHONPATH")]))
+    run_env.update(env)
+    try:
+        r = subprocess.run([python, "-c", PROBE, *frameworks], cwd=ROOT, env=run_env, stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, errors="replace", timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return f"{who}: importing this project there took over {PROBE_TIMEOUT_S} s; check that interpreter"
+    except OSError as e:
+        return f"{who}: cannot run it ({e.strerror or e}); give the python of the environment to test"
+    if r.returncode == 0:
+        return None
+    if r.returncode == 3 and r.stdout.strip():
+        return f"{who}: {r.stdout.strip().splitlines()[-1]} (in that environment)"
+    lines = [ln.strip() for ln in (r.stderr + r.stdout).splitlines() if ln.strip()]
+    return (f"{who}: cannot import this project there ({lines[-1] if lines else f'exit code {r.returncode}'}); "
+            f"install its requirements into that environment (pip install -r {ROOT / 'requirements.txt'})")
+
+
+def check_sides(sides: dict[str, dict[str, Any]], frameworks: list[str]) -> None:
+    """Probe each side's interpreter (both at once; once for sides alike): ABError naming each that
+    cannot run and why, before any data is prepared or any worker started."""
+    alike: dict[tuple, list[str]] = {}
+    for side in SIDES:
+        alike.setdefault((sides[side]["python"], tuple(sorted(sides[side]["env"].items()))), []).append(side)
+
+    def who(group: list[str]) -> str:
+        env = " ".join(f"{k}={v}" for k, v in sides[group[0]]["env"].items())
+        return (" and ".join(f"--{side}-python" for side in group) + f" {sides[group[0]]['python']}"
+                + (f" (with {env})" if env else ""))
+
+    with ThreadPoolExecutor(len(alike)) as pool:
+        probes = [pool.submit(probe_python, sides[g[0]]["python"], who(g), frameworks, sides[g[0]]["env"])
+                  for g in alike.values()]
+        problems = [p for p in (f.result() for f in probes) if p]
+    if problems:
+        raise ABError("; ".join(problems))
 
 
 def run_case(framework: str, model: str, cfg: Any, bundle_dir: Path, meta: dict, work: Path,
              sides: dict[str, dict[str, Any]], pairs: int, measure: str) -> dict[str, Any]:
     """PAIRS alternated pairs of rounds, in two blocks with fresh workers: the second-started of two
     identical workers ran 3-16% faster here, steadily (all 8 pairs), so block 1 starts the baseline's
-    worker first and block 2 the candidate's. Returns per side its rounds (seconds), accuracies
-    (finetune), worker info and the failure, if any."""
-    out: dict[str, Any] = {side: dict(rounds=[], accuracy=[], info={}, warmups=[], error=None) for side in SIDES}
+    worker first and block 2 the candidate's. Both workers start before either builds a model, so a
+    side that cannot start shows at once. Returns per side its rounds (seconds), accuracies
+    (finetune), worker info and the failure, if any (`start_failed`: its worker could not start)."""
+    out: dict[str, Any] = {side: dict(rounds=[], accuracy=[], info={}, warmups=[], error=None, start_failed=False)
+                           for side in SIDES}
     current = SIDES[0]
     for block, order in enumerate((SIDES, SIDES[::-1])):
         exps = {side: Experiment(framework, model, cfg, bundle_dir, work / f"{side}-{block}", meta,
                                  python=sides[side]["python"], env=sides[side]["env"]) for side in SIDES}
+        starting = True
         try:
             for current in order:
                 out[current]["info"] = exps[current].load()
+            starting = False
+            for current in order:
                 exps[current].init()
                 if measure == "steps":  # untimed, but its time is kept (tracing, autotuning)
                     out[current]["warmups"].append(exps[current].warm_up()["seconds"])
@@ -103,17 +183,34 @@ def run_case(framework: str, model: str, cfg: Any, bundle_dir: Path, meta: dict,
                         out[current]["accuracy"].append(exp.predict_after()["accuracy"])
                         out[current]["test_size"] = meta.get("test_size")
         except WorkerError as e:
-            out[current]["error"] = str(e).splitlines()[0]
+            out[current].update(error=one_line(e), start_failed=starting)
             return out
+        except BaseException:  # interrupted: no polite shutdown that would wait for a round to end
+            kill_all()
+            raise
         finally:
             for exp in exps.values():
                 exp.close()
     return out
 
 
+def one_line(error: BaseException) -> str:
+    """A worker's failure in one line: its first line and, when the worker's output follows, that
+    output's last line (the exception that ended it, such as the ImportError of a broken install)."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    if not lines:
+        return type(error).__name__
+    last = lines[-1]
+    return lines[0] if last.startswith("--- ") or last in lines[0] else f"{lines[0]}: {last}"
+
+
 def verdict(case: str, result: dict[str, Any], threshold: float, acc_points: float, alpha: float) -> dict[str, Any]:
     base, cand = result["baseline"], result["candidate"]
     v: dict[str, Any] = dict(case=case, verdict="ok", findings=[])
+    for side in SIDES:  # an environment that cannot even start a worker says nothing about speed
+        if result[side].get("start_failed"):
+            return dict(v, verdict="cannot compare",
+                        findings=[f"the {side}'s worker could not start: {result[side]['error']}"])
     if base["error"]:
         return dict(v, verdict="cannot compare", findings=[f"the baseline failed: {base['error']}"])
     if cand["error"]:
@@ -175,7 +272,8 @@ def run_file(side: str, cfg: Any, results: dict[str, dict[str, Any]], measure: s
 
 
 def main(argv: list[str] | None = None, prog: str = "bench ab") -> int:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)  # an error names the option as typed, never a longer one
     for side in SIDES:
         p.add_argument(f"--{side}-python", default=sys.executable,
                        help=f"the {side}'s interpreter (its venv has the framework to test; default: this one)")
@@ -199,33 +297,20 @@ def main(argv: list[str] | None = None, prog: str = "bench ab") -> int:
     p.add_argument("--out", required=True, help="folder for baseline.json, candidate.json, verdict.json")
     argv = sys.argv[1:] if argv is None else argv
     a = p.parse_args(argv)
-    work = None
+    interrupt_on_termination()  # SIGTERM, SIGHUP: like Ctrl-C, so the cleanup below runs
+    work = claim = None
     try:
-        sides = {side: dict(python=check_python(getattr(a, f"{side}_python"), f"--{side}-python"),
-                            env=parse_env(getattr(a, f"{side}_env"), f"--{side}-env")) for side in SIDES}
-        if not (math.isfinite(a.threshold) and a.threshold >= 0 and math.isfinite(a.alpha) and 0 < a.alpha < 1):
-            raise ABError("--threshold must be a number >= 0 and --alpha lie in (0, 1)")
-        if a.pairs < 4 or a.pairs % 4 or stats.min_paired_p(a.pairs) >= a.alpha:
-            need = max(4, math.ceil(math.log2(1 / a.alpha)) + 1)
-            need += -need % 4
-            raise ABError(f"--pairs {a.pairs}: give a multiple of 4 (two blocks, each side's worker started first in "
-                          f"one; in each block each side runs first in half the pairs) of at least {need}, the "
-                          f"fewest with which the signed-rank test can reach p < {a.alpha:g}")
-        out = Path(a.out).expanduser()
-        if out.exists() and not out.is_dir():
-            raise ABError(f"--out {out}: is a file; give a folder")
-        gpus, reason = machine.nvml_gpus()
-        options = dict(profile=a.bench_profile, device=a.device, data_dir=a.data_dir, dataset=a.dataset,
-                       step_count=a.steps, step_warmup=a.warmup, step_rounds=a.pairs, epochs=a.epochs)
-        cfg = resolve(options, len(gpus), reason)
-        work = WorkFolder()
-        bundle_dir, meta = prepare_data(cfg, work.path)
-    except (ABError, ConfigError, DataError) as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        if work is not None:
-            work.remove()
-        return CANNOT_RUN
-    try:
+        try:
+            sides, cfg, out = check_options(a)
+            claim = FolderClaim(out, "--out", "give each bench ab its own --out folder")
+            work = WorkFolder()  # sweeps what sessions killed before their cleanup (kill -9) left behind
+            bundle_dir, meta = prepare_data(cfg, work.path)
+        except (ABError, ConfigError, OutputError) as e:
+            print(f"{prog}: {e}", file=sys.stderr)
+            return CANNOT_RUN
+        except DataError as e:
+            print(f"{prog}: {rename_options(str(e), OPTION_NAMES)}", file=sys.stderr)
+            return CANNOT_RUN
         print(f"{prog}: {cfg.headline().removeprefix('bench: ')}; {a.pairs} alternated pairs of "
               f"{'%d steps' % cfg.step_count if a.measure == 'steps' else 'fine-tunes'}")
         for side in SIDES:
@@ -239,12 +324,26 @@ def main(argv: list[str] | None = None, prog: str = "bench ab") -> int:
                                          a.pairs, a.measure)
                 verdicts.append(verdict(case, results[case], a.threshold, a.accuracy_points, a.alpha))
                 print(format_verdict(verdicts[-1], results[case]))
+        files = {f"{side}.json": run_file(side, cfg, results, a.measure, sides, argv) for side in SIDES}
+        files["verdict.json"] = dict(threshold=a.threshold, alpha=a.alpha, measure=a.measure, pairs=a.pairs,
+                                     sides=sides, cases=verdicts)
+        try:
+            for name, payload in files.items():
+                write_json_atomic(out / name, payload)
+        except OSError as e:  # the disk filled up during the session: the verdict, then say it was not kept
+            print(f"{prog}: --out {a.out}: cannot write {name} ({e.strerror or e}); the verdict above was not "
+                  f"kept", file=sys.stderr)
+            return CANNOT_RUN
+    except KeyboardInterrupt as e:
+        kill_all()
+        print(f"\n{prog}: interrupted ({e or 'received SIGINT'}): no verdict; the workers and the work folder are gone",
+              file=sys.stderr)
+        return CANNOT_RUN
     finally:
-        work.remove()
-    for side in SIDES:
-        write_json_atomic(out / f"{side}.json", run_file(side, cfg, results, a.measure, sides, argv))
-    write_json_atomic(out / "verdict.json", dict(threshold=a.threshold, alpha=a.alpha, measure=a.measure,
-                                                 pairs=a.pairs, sides=sides, cases=verdicts))
+        if work is not None:
+            work.remove()
+        if claim is not None:
+            claim.release()
     bad = [v for v in verdicts if v["verdict"] == "REGRESSION"]
     unreadable = [v for v in verdicts if v["verdict"] == "cannot compare"]
     if bad:
@@ -257,6 +356,38 @@ def main(argv: list[str] | None = None, prog: str = "bench ab") -> int:
     print(f"\nPASS: {len(verdicts)} case(s), paired rounds within +{a.threshold:.0%} or not significant "
           f"(results in {out})")
     return PASS
+
+
+def check_options(a: argparse.Namespace) -> tuple[dict[str, dict[str, Any]], Any, Path]:
+    """Everything that can be known wrong before any work: (sides, config, out folder), or ABError /
+    ConfigError / OutputError naming the option as typed and the fix."""
+    a.framework, a.model = list(dict.fromkeys(a.framework)), list(dict.fromkeys(a.model))  # each case once
+    if not a.framework:
+        raise ABError(f"no framework is installed in this interpreter ({sys.executable}) to default to; name the "
+                      f"ones to compare with --framework ({', '.join(NAMES)})")
+    sides = {side: dict(python=find_python(getattr(a, f"{side}_python"), f"--{side}-python"),
+                        env=parse_env(getattr(a, f"{side}_env"), f"--{side}-env")) for side in SIDES}
+    for option, value in (("--threshold", a.threshold), ("--accuracy-points", a.accuracy_points)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ABError(f"{option} {value!r}: must be a number >= 0")
+    if not (math.isfinite(a.alpha) and 0 < a.alpha < 1):
+        raise ABError(f"--alpha {a.alpha!r}: must lie in (0, 1)")
+    if a.pairs < 4 or a.pairs % 4 or stats.min_paired_p(a.pairs) >= a.alpha:
+        need = max(4, math.ceil(math.log2(1 / a.alpha)) + 1)
+        need += -need % 4
+        raise ABError(f"--pairs {a.pairs}: give a multiple of 4 (two blocks, each side's worker started first in "
+                      f"one; in each block each side runs first in half the pairs) of at least {need}, the "
+                      f"fewest with which the signed-rank test can reach p < {a.alpha:g}")
+    out = Path(a.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ABError(f"--out {a.out}: a file, not a folder; give a folder")
+    check_writable(out, "--out")
+    gpus, reason = machine.nvml_gpus()
+    options = dict(profile=a.bench_profile, device=a.device, data_dir=a.data_dir, dataset=a.dataset,
+                   step_count=a.steps, step_warmup=a.warmup, step_rounds=a.pairs, epochs=a.epochs)
+    cfg = resolve(options, len(gpus), reason, names=OPTION_NAMES)
+    check_sides(sides, a.framework)
+    return sides, cfg, out
 
 
 def format_verdict(v: dict[str, Any], result: dict[str, Any]) -> str:

@@ -241,7 +241,7 @@ def gap_line(model: str, ft: dict, ev: Evidence) -> str | None:
 
 def memory_line(model: str, ft: dict, ev: Evidence, device: str) -> str | None:
     mib = {fw: peak_memory(ft[(fw, model)]["extra_info"]) for fw in FRAMEWORKS if (fw, model) in ft}
-    mib = {fw: round(v / 2**20) for fw, v in mib.items() if v is not None}  # as the table shows them
+    mib = {fw: round(v / 2**20) for fw, v in mib.items() if v is not None and v >= 2**20}  # as the table shows them
     if REFERENCE not in mib or len(mib) < 2:
         return None
     ref, verdicts = mib[REFERENCE], []
@@ -436,12 +436,10 @@ def history_changes(runs: list[dict], setup: str) -> list[str]:
 
 
 def disturbed(b: dict) -> list[str]:
-    """Why this case's figures were taken on a busy machine (`extra_info.disturbance`); empty: quiet,
-    or a run from before it was measured."""
-    d = (b.get("extra_info") or {}).get("disturbance")
-    if not isinstance(d, dict) or d.get("disturbed") is not True:
-        return []
-    return [r for r in d.get("reasons") or [] if isinstance(r, str)] or ["marked disturbed"]
+    """Why this case's figures were taken on a busy machine; empty: quiet, or not measured."""
+    from .results import disturbance_of
+    status, reasons = disturbance_of(b)
+    return reasons if status else []
 
 
 def bn_diagnosis(e: dict) -> str | None:

@@ -19,12 +19,14 @@ saved rounds (pytest-benchmark's, or the case's own record of them), accuracy is
 
 For gating an upgrade, `bench ab` (both environments in one session, rounds alternated) is stronger
 than any stored baseline. Exit 0 pass, 1 regression, 2 cannot compare (bad file, machine or config
-mismatch, cases missing from the candidate).
+mismatch, cases missing from the candidate, a case disturbed by other load while it was timed).
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import stat
 import statistics
 import sys
 import tomllib
@@ -35,7 +37,7 @@ from typing import Callable
 from ..files import write_json_atomic
 from ..frameworks import FRAMEWORKS
 from . import stats
-from .results import ResultsError, case_name, failed, load_run
+from .results import ResultsError, case_name, disturbance_of, failed, load_run
 
 PASS, REGRESSION, CANNOT_COMPARE = 0, 1, 2
 
@@ -394,6 +396,54 @@ def github_entries(cand: dict) -> tuple[list[dict], list[dict]]:
 
 
 MISMATCH_CHOICES = ("none", "versions", "all")
+ALPHA_RANGE = (0.0, 0.5)  # exclusive, inclusive: see --alpha's help
+
+
+def check_alpha(alpha: float) -> None:
+    """--alpha is the chance of calling identical runs a regression: 0 (or below) can never be reached
+    by any p, so nothing would ever be flagged; above 0.5 a one-sided test flags a change that is more
+    likely noise than not; NaN compares false with everything."""
+    low, high = ALPHA_RANGE
+    if not (math.isfinite(alpha) and low < alpha <= high):
+        raise GateError(f"--alpha {alpha:g}: must be a significance level in ({low:g}, {high:g}] (0.05 is usual): "
+                        f"at 0 or below no change is ever significant, above 0.5 noise is more often flagged than "
+                        f"not")
+
+
+def disturbed_cases(paths: list[str], runs: list[dict], cand_path: str, cand: dict) -> tuple[list[str], list[str]]:
+    """(disturbed, unmeasured): for every case the gate compares (in the candidate and the last
+    baseline), each run holding it in which other load crossed the threshold while it was timed:
+    '<file> <case>: <first reason>'; and the files with compared cases whose disturbance was not
+    measured (runs recorded before it was)."""
+    compared = {case_name(b) for b in cand["benchmarks"]} & {case_name(b) for b in runs[-1]["benchmarks"]}
+    disturbed, unmeasured = [], []
+    for path, run in [*zip(paths, runs), (cand_path, cand)]:
+        blind = 0
+        for b in run["benchmarks"]:
+            if case_name(b) not in compared:
+                continue
+            status, reasons = disturbance_of(b)
+            if status:
+                disturbed.append(f"{path} {case_name(b)}: {reasons[0]}")
+            blind += status is None
+        if blind:
+            unmeasured.append(f"{path}: {blind} compared case(s) without a disturbance record (a run from before it "
+                              f"was recorded, or no CPU figures): other load on the machine was not measured")
+    return list(dict.fromkeys(disturbed)), list(dict.fromkeys(unmeasured))  # a file given twice: said once
+
+
+def _not_a_file(path: Path) -> str | None:
+    """What PATH is when it exists and is no regular file: the atomic write renames over it, and a
+    device or FIFO replaced by a file is never what was meant."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    if stat.S_ISREG(mode):
+        return None
+    return "a folder" if stat.S_ISDIR(mode) else "a device, FIFO or socket, not a file"
 
 
 def _bare_allow_mismatch(argv: list[str]) -> list[str]:
@@ -417,15 +467,23 @@ def main(argv: list[str] | None = None, prog: str = "bench gate") -> int:
                         "time_to_accuracy "
                         "(0.10 = 10%%), percentage points for accuracy_after")
     p.add_argument("--config", help="TOML file: [thresholds] and [tests.\"TEST\"] tables")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level for time (0.05)")
+    p.add_argument("--alpha", type=float, default=0.05,
+                   help="significance level of the time and accuracy tests, in (0, 0.5] (0.05): the chance of "
+                        "calling identical runs a regression; 0 would never flag anything, above 0.5 noise is "
+                        "flagged more often than not")
     p.add_argument("--allow-mismatch", default="none", choices=MISMATCH_CHOICES,
                    help="compare anyway: 'versions' lets framework versions differ (an upgrade), "
                         "'all' (the default when given bare) also hardware and config")
     p.add_argument("--allow-missing", action="store_true", help="cases missing from the candidate are not an error")
+    p.add_argument("--allow-disturbed", action="store_true",
+                   help="judge cases that other load on the machine disturbed while they were timed (their "
+                        "extra_info.disturbance), with a warning line each; without it such a case in the candidate "
+                        "or a baseline is cannot compare (exit 2)")
     p.add_argument("--github-json", metavar="OUT", help="write github-action-benchmark JSON: OUT "
                    "(customSmallerIsBetter) and OUT with .bigger before .json (customBiggerIsBetter)")
     a = p.parse_args(_bare_allow_mismatch(sys.argv[1:] if argv is None else argv))
     try:
+        check_alpha(a.alpha)
         thresholds = Thresholds()
         if a.config:
             thresholds.load(a.config)
@@ -441,10 +499,20 @@ def main(argv: list[str] | None = None, prog: str = "bench gate") -> int:
     except (GateError, ResultsError) as e:
         print(f"gate: cannot compare: {e}", file=sys.stderr)
         return CANNOT_COMPARE
+    disturbed, unmeasured = disturbed_cases(a.baseline, bases, a.candidate, cand)
+    if disturbed and not a.allow_disturbed:
+        for line in disturbed:
+            print(f"gate: cannot compare: disturbed: {line} (its times are not a clean measurement: rerun it on a "
+                  f"quiet machine, or --allow-disturbed to judge it anyway)", file=sys.stderr)
+        return CANNOT_COMPARE
     verdicts, removed, added = compare(bases, cand, thresholds, a.alpha)
     failed_now, failed_before, missing = unreadable_cases(base, cand)
     mode = f"history of {len(bases)} runs" if len(bases) > 1 else "one baseline: the weakest mode (bench gate --help)"
     print(f"gate: {' '.join(a.baseline)} -> {a.candidate} ({mode})")
+    for line in disturbed:
+        print(f"WARNING: disturbed: {line}; judged anyway (--allow-disturbed)")
+    for line in unmeasured:
+        print(f"note: {line}")
     print(format_table(verdicts))
     for case in added:
         print(f"added (no baseline): {case}")
@@ -457,11 +525,14 @@ def main(argv: list[str] | None = None, prog: str = "bench gate") -> int:
     if a.github_json:
         try:
             out = Path(a.github_json)
-            if out.is_dir():
-                raise IsADirectoryError(21, "is a folder, give a file name", str(out))
+            targets = (out, out.with_name(out.stem + ".bigger" + out.suffix))
+            for target in targets:
+                why = _not_a_file(target)
+                if why:
+                    raise OSError(f"{target} is {why}; give a file name")
             smaller, bigger = github_entries(cand)
-            write_json_atomic(out, smaller)
-            write_json_atomic(out.with_name(out.stem + ".bigger" + out.suffix), bigger)
+            write_json_atomic(targets[0], smaller)
+            write_json_atomic(targets[1], bigger)
         except OSError as e:
             print(f"gate: cannot compare: --github-json {a.github_json}: {e.strerror or e}", file=sys.stderr)
             return CANNOT_COMPARE

@@ -37,7 +37,12 @@ def to_html(md: str, folder: Path, title: str) -> str:
     body = markdown.markdown(_escape_text(md), extensions=["tables", "fenced_code", "sane_lists"])
 
     def embed(match: re.Match) -> str:
-        data = base64.b64encode((folder / match.group(1)).read_bytes()).decode("ascii")
+        """Only the report's own figures: a name quoted from a run file ('![x](y.png)' in a telemetry
+        message) that is no file of FOLDER stays as written, never a crash."""
+        path = folder / match.group(1)
+        if not path.is_file():
+            return match.group(0)
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
         return f'src="data:image/png;base64,{data}"'
 
     body = IMAGE.sub(embed, body)

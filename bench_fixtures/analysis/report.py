@@ -11,7 +11,6 @@ history table and a trend plot. Cases without telemetry get a note, not a crash.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -27,29 +26,29 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..config import MODELS  # noqa: E402
+from ..files import OutputError as Unwritable, check_writable, folder_problem  # noqa: E402
 from ..models import gflops, start_text  # noqa: E402
 from ..frameworks import FRAMEWORKS as REGISTRY  # noqa: E402
 from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, FIRST_STEP_END, PROJECTED_EPOCHS,  # noqa: E402
                                   RUN_START, step_intervals)
 from .findings import findings, round_rates  # noqa: E402
 from .html import to_html  # noqa: E402
-from .results import ResultsError, case_name, cases, failed, load_run, models_in, setups  # noqa: E402
+from .results import (ResultsError, case_name, cases, disturbance_of, failed, load_run, load_telemetry,  # noqa: E402
+                      models_in, setups)
 
 FRAMEWORKS = tuple(REGISTRY)
 COLORS = {f.name: f.color for f in REGISTRY.values()}
 LIGHT = {f.name: f.light for f in REGISTRY.values()}
 
 
+class OutputError(ResultsError):
+    """The report's folder cannot take the report; the message names it and the fix."""
+
+
 def _telemetry(b: dict, base: Path) -> dict | None:
-    path = (b.get("extra_info") or {}).get("telemetry_file")
-    if not path:
-        return None
-    for candidate in (Path(path), base / path, base / Path(path).name):
-        try:
-            return json.loads(candidate.read_text())
-        except (OSError, ValueError):
-            continue
-    return None
+    """The case's timeline through the one validator (a regular file, size-capped, its schema
+    checked); None when the run names none or it is not there."""
+    return load_telemetry(b, base)
 
 
 def _save(fig, path: Path, where: str = "") -> str:
@@ -197,7 +196,7 @@ def plot_timelines(ft: dict, base: Path, out: Path, notes: list[str], setup: str
                 notes.append(f"{fw}-{m}{label}: no telemetry file (run without telemetry or file moved); "
                              f"utilisation and memory plots omit it")
             else:
-                tels[fw] = (tel, ft[(fw, m)]["extra_info"].get("epochs", 0))
+                tels[fw] = (tel, ft[(fw, m)]["extra_info"].get("epochs") or 0)
         if not tels:
             continue
         fig, (util_ax, mem_ax) = plt.subplots(2, 1, figsize=(11, 6.6), sharex=True)
@@ -207,7 +206,7 @@ def plot_timelines(ft: dict, base: Path, out: Path, notes: list[str], setup: str
             span = _first_step_span(tel, start)
             first = f"; first step {span[1]:.2f} s" if span else ""
             util_ax.plot(xs, [100 * y for y in ys], color=COLORS[fw], lw=1,
-                         label=f"{fw} ({tel['monitor'].get('backend')}{first})")
+                         label=f"{fw} ({(tel.get('monitor') or {}).get('backend')}{first})")
             key, mem_label = _memory_series(tel)
             xs, ys, _ = _series(tel, key)
             mem_ax.plot(xs, [y / 2**20 for y in ys], color=COLORS[fw], lw=1.2, label=fw)
@@ -468,6 +467,7 @@ def case_rows(ft: dict, ts: dict, model: str) -> list[tuple[str, list[str]]]:
     mem = lambda e: (e.get("memory") or {}).get("framework_peak") or (e.get("memory") or {}).get("process_peak")  # noqa: E731
     rows = [
         ("test outcome", lambda e, b, t: "FAILED (numbers are not a result)" if failed(b) else "passed"),
+        ("other load while timed", lambda e, b, t: _disturbance_cell(b, t)),
         ("accuracy before", lambda e, b, t: f"{100 * e['accuracy_before']:.1f}%"),
         ("accuracy after", lambda e, b, t: f"{100 * e['accuracy_after']:.1f}%"),
         ("total fine-tune (s)", lambda e, b, t: f"{b['stats']['median']:.2f}"),
@@ -506,20 +506,22 @@ def side_by_side_rows(fts: dict[str, dict], tss: dict[str, dict], model: str) ->
     """`case_rows` with one column per framework and setup (torch matched, torch defaults, ...):
     what each framework's own defaults change, next to the aligned run."""
     cells = {s: {name: dict(zip(FRAMEWORKS, vals)) for name, vals in case_rows(fts[s], tss[s], model)} for s in fts}
-    names = list(next(iter(cells.values())))
-    return [(name, [cells[s][name][fw] for fw in FRAMEWORKS for s in fts]) for name in names]
+    names = list(dict.fromkeys(name for by_name in cells.values() for name in by_name))  # a row one setup lacks: "–"
+    return [(name, [cells[s].get(name, {}).get(fw, "–") for fw in FRAMEWORKS for s in fts]) for name in names]
 
 
 def model_table(fts: dict[str, dict], tss: dict[str, dict], model: str) -> list[str]:
     """One model's table: a column per framework that ran it, or per framework and setup when there are several."""
     ran = [fw in {f for s in fts for f, m in fts[s] if m == model} for fw in FRAMEWORKS]
+    mark = {(fw, s): f" {DISTURBED}" if _disturbed(fts[s].get((fw, model)), tss[s].get((fw, model))) else ""
+            for fw in FRAMEWORKS for s in fts}
     if len(fts) == 1:
         setup = next(iter(fts))
-        heads, rows = list(FRAMEWORKS), case_rows(fts[setup], tss[setup], model)
+        heads, rows = [f"{fw}{mark[fw, setup]}" for fw in FRAMEWORKS], case_rows(fts[setup], tss[setup], model)
         keep = ran
     else:
-        heads, rows = [f"{fw} {s}" for fw in FRAMEWORKS for s in fts], side_by_side_rows(fts, tss, model)
-        keep = [r for r in ran for _ in fts]
+        heads = [f"{fw} {s}{mark[fw, s]}" for fw in FRAMEWORKS for s in fts]
+        rows, keep = side_by_side_rows(fts, tss, model), [r for r in ran for _ in fts]
     heads, rows = [h for h, k in zip(heads, keep) if k], [(n, [v for v, k in zip(vals, keep) if k]) for n, vals in rows]
     lines = ["| | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
     return lines + [f"| {name} | " + " | ".join(vals) + " |" for name, vals in rows]
@@ -629,7 +631,7 @@ def overhead_section(fts: dict[str, dict]) -> list[str]:
     for setup, ft in fts.items():
         for (fw, m), b in _in_order(ft):
             label = f"{fw}-{m}" + (f"-{setup}" if multi else "")
-            md.append(overhead_row(label, b))
+            md.append(overhead_row(label + (f" {DISTURBED}" if _disturbed(b) else ""), b))
             p = _projection(b)
             if p is None:
                 caveats.append(f"{label}: no projection (not recorded, or its timeline lacks events)")
@@ -670,38 +672,76 @@ def dx_rows(dx: dict) -> list[str]:
     return lines
 
 
-def _check_setups(path: str, run: dict) -> None:
-    """A setup that is not a name cannot be a column: refused like any field no reader can interpret."""
-    for b in run["benchmarks"]:
-        setup = (b.get("extra_info") or {}).get("setup")
-        if setup is not None and not (isinstance(setup, str) and setup.strip()):
-            raise ResultsError(f"{path}: {case_name(b)}: 'extra_info.setup' must be a setup's name, found "
-                               f"{setup!r:.40}; the file was not written by this suite or was edited since")
-
-
 def write_report(paths: list[str], out: str | Path) -> Path:
-    """OUT/report.md and its figures, whole or not at all: everything is drawn into a temporary
-    folder beside OUT and moved in at the end, report.md last."""
+    """OUT/report.md and its figures, whole or not at all: every run (and timeline) is validated
+    first, everything is drawn into a temporary folder inside OUT and moved into place at the end,
+    report.md last; on any failure the temporary folder, and OUT itself if this call made it, go.
+    An OUT that cannot take the report raises OutputError (a ResultsError: one line, exit 2)."""
     final = Path(out)
-    if final.exists() and not final.is_dir():
-        raise ResultsError(f"--out {final}: is a file, not a folder; give a folder for the report")
+    problem = folder_problem(final)
+    if problem:
+        raise OutputError(f"--out {final}: {'is ' if problem.startswith('a file') else ''}{problem}; give a "
+                          f"folder for the report")
+    try:
+        check_writable(final, "--out")  # a read-only disk, a folder we may not write: said before any work
+    except Unwritable as e:
+        raise OutputError(str(e)) from None
     runs = [load_run(p) for p in paths]  # every run validated before anything is written
     empty = [p for p, r in zip(paths, runs) if not r["benchmarks"]]
     if empty:
         raise ResultsError(f"{empty[0]}: holds no benchmark (the session measured none: --benchmark-skip, "
                            f"or every case deselected); nothing to report")
-    for p, r in zip(paths, runs):
-        _check_setups(p, r)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent))
+    made = next((p for p in reversed((final, *final.parents)) if not p.exists()), None)  # the top folder we make
+    done, tmp = False, None
     try:
+        final.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".report.", suffix=".part", dir=final))
         _write_report(paths, runs, tmp)
-        final.mkdir(exist_ok=True)
         for f in sorted(tmp.iterdir(), key=lambda p: p.name == "report.md"):
             os.replace(f, final / f.name)
+        done = True
+    except OSError as e:
+        raise OutputError(f"--out {final}: cannot write the report there ({e.strerror or e}); nothing was "
+                          f"written: give --out a writable folder with room") from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if not done and made is not None:
+            shutil.rmtree(made, ignore_errors=True)
     return final / "report.md"
+
+
+DISTURBED = "⚠ disturbed"
+
+
+def _disturbed(*benchmarks: dict | None) -> bool:
+    return any(b is not None and disturbance_of(b)[0] for b in benchmarks)
+
+
+def disturbance_section(run: dict) -> list[str]:
+    """The cases other load on the machine disturbed while they were timed, with their reasons, as
+    the report's first word (their times are kept but are not a clean measurement; the gate refuses
+    them). A case without a record (an older run) says "not measured" in its table."""
+    hit = []
+    for b in run["benchmarks"]:
+        status, reasons = disturbance_of(b)
+        if status:
+            hit.append(f"`{case_name(b)}`: {'; '.join(reasons)}")
+    if not hit:
+        return []
+    return [f"**{DISTURBED}** ({len(hit)} of {len(run['benchmarks'])} benchmarks): other load on the machine "
+            f"crossed the threshold while they were timed, so their times are not a clean measurement (kept, "
+            f"marked {DISTURBED} in the tables; `bench gate` refuses them without --allow-disturbed): "
+            + "; ".join(hit) + ".", ""]
+
+
+def _disturbance_cell(b: dict, t: dict | None) -> str:
+    """The model table's 'other load while timed' cell: which of the case's measurements were disturbed."""
+    parts = [(name, disturbance_of(x)[0]) for name, x in (("fine-tune", b), ("train steps", t)) if x is not None]
+    hit = [name for name, status in parts if status]
+    if hit:
+        return f"{DISTURBED}: {', '.join(hit)}"
+    return "none above the threshold" if all(status is False for _, status in parts) else "not measured"
 
 
 def _given(v: Any) -> Any:
@@ -778,10 +818,10 @@ def history_section(paths: list[str], runs: list[dict], setup: str) -> list[str]
         c = cases(r, "test_finetune", setup)
         cells = [f"{c[(fw, m)]['stats']['median']:.1f}s / "
                  f"{_f(_num(c[(fw, m)]['extra_info'].get('accuracy_after')) * 100, '.0f')}%"
-                 f"{' FAILED' if failed(c[(fw, m)]) else ''}"
+                 f"{' FAILED' if failed(c[(fw, m)]) else ''}{' ⚠' if _disturbed(c[(fw, m)]) else ''}"
                  if (fw, m) in c else "–" for m in MODELS for fw in FRAMEWORKS]
         md.append(f"| `{Path(p).name}` | " + " | ".join(cells) + " |")
-    return md + ["", "Cells: fine-tuning time / accuracy after.", ""]
+    return md + ["", "Cells: fine-tuning time / accuracy after; ⚠: disturbed by other load while timed.", ""]
 
 
 def device_notes(run: dict, names: list[str]) -> list[str]:
@@ -854,6 +894,7 @@ def _write_report(paths: list[str], runs: list[dict], out: Path) -> None:
     files = figures(fts, tss, runs, base, out, notes)
     notes += _telemetry_notes(fts, tss) + device_notes(run, names)
     md = header(paths[-1], run, names)
+    md += disturbance_section(run)
     md += findings(fts, tss, runs)
     for m in models_in({k: b for ft in fts.values() for k, b in ft.items()}):
         md += [f"## {m}", ""] + model_table(fts, tss, m) + [""]
@@ -895,8 +936,12 @@ def main(argv: list[str] | None = None, prog: str = "bench report") -> int:
     a = p.parse_args(argv)
     try:
         path = write_report(a.runs, a.out)
-    except ResultsError as e:
+    except ResultsError as e:  # a run or timeline no reader can interpret, or an --out that cannot take it
         print(f"report: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # anything the disk says that write_report did not name itself
+        print(f"report: --out {a.out}: cannot write the report ({e.strerror or e}); give --out a writable folder",
+              file=sys.stderr)
         return 2
     print(path)
     return 0

@@ -1,60 +1,180 @@
-"""Reading result files: a pytest-benchmark JSON run, validated once on load against one schema for
-every reader (gate, report), and the cases in it.
+"""Reading result files: a pytest-benchmark JSON run and the telemetry (timeline) files its cases
+name, validated once on load against one schema for every reader (gate, report, findings), and the
+cases in it.
 
 A reader that cannot interpret a field must not guess: a NaN time, a string where a number belongs,
-a test listed twice are refused here with one line naming the file, the test and the field.
+a zero peak, a test listed twice, a FIFO where a timeline file belongs are refused here with one line
+naming the file, the field as a JSON path (`benchmarks[3].extra_info.memory.process_peak`) and the
+fix. Every field a reader uses is checked for its type and a sane range; every other number in the
+file must still be finite, and nothing may nest deeper than any file this suite writes. Files are
+read only when they are regular files, and only up to a size cap: never a hang, never a huge read.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import stat
 import statistics
 from pathlib import Path
 from typing import Any
 
-from ..config import PEAK_TFLOPS_RANGE
+from ..config import MAX_EPOCHS, MAX_REPLICAS, MAX_ROUNDS, MODELS, PEAK_TFLOPS_RANGE
+from ..frameworks import NAMES as FRAMEWORK_NAMES
+from ..telemetry.timeline import EPOCH_START
 
 # Outcome of the test around a benchmark (the plugin records it: pytest-benchmark keeps the numbers
 # of a test that failed after measuring, e.g. one whose accuracy did not improve).
 OUTCOME_KEY = "test_outcome"
 OUTCOMES = ("passed", "failed")
-FRACTIONS = ("accuracy_before", "accuracy_after", "target_accuracy")  # in 0..1, or null = not measured
-NON_NEGATIVE = ("train_images_per_s", "time_to_first_step_s", "finetune_s", "step_time_s", "warmup_s",
-                "achieved_flops_per_s", "mfu", "step_images_per_s")
-SERIES = ("epoch_times_s", "inter_epoch_gaps_s")             # lists of non-negative numbers or nulls
-MEMORY = ("framework_peak", "process_peak", "device_peak", "reserved_peak")
-COUNTS = ("test_size", "train_size", "batch_size", "epochs", "steps_per_epoch")  # integers >= 1, or null
-NAMES = ("framework", "model")                                # strings, or null
-OBJECTS = ("utilization", "monitor", "memory", "time_to_accuracy", "rounds_summary", "flops_per_image")  # or null
-MIN_TIME_S = 1e-9  # a round faster than a nanosecond was not timed: no timer resolves it
+
+# Sane ranges. Each is far beyond anything this suite can measure, and small enough that every
+# reader can compute with it (float() of it, a loop over it, a table cell of it).
+MIN_TIME_S = 1e-9        # a round faster than a nanosecond was not timed: no timer resolves it
+MAX_SECONDS = 1e7        # ~116 days; one worker request times out after at most 2,147,483 s (24.8 days)
+MAX_BYTES = 2**50        # 1 PiB of memory
+MAX_RATE = 1e9           # images per second
+MAX_FLOPS = 1e16         # FLOPs per image (VGG19 at 2048 px trains with ~1e12)
+MAX_FLOP_RATE = 1e20     # FLOP/s (100 EFLOP/s)
+MAX_COUNT = 10**9        # images, batch sizes, steps, rounds
+MAX_EVENTS = 20 * MAX_EPOCHS  # timeline events: about 9 per epoch
+MAX_PARAMS = 10**13      # parameters of a model
+MAX_CASES = 10_000       # benchmarks in one run file
+MAX_DEPTH = 32           # nesting of objects and lists; this suite writes at most 8
+MAX_INT = 2**63          # beyond, an integer is no measurement (float() of it may overflow)
+MAX_RUN_BYTES = 64 * 2**20         # a run file (a seed run with saved rounds: well under 1 MiB)
+MAX_TELEMETRY_BYTES = 256 * 2**20  # a timeline file (2 h sampled every 10 ms: about 100 MiB)
+
+RUN_FIX = "the file was not written by this suite or was edited since: rerun the benchmark with --benchmark-json"
+TELEMETRY_FIX = ("rerun the benchmark, or move the timeline file away (the report then notes it missing and draws "
+                 "no timeline for that case)")
+
+_MISSING = object()  # a key that is not there (told apart from null in messages)
 
 
 class ResultsError(Exception):
-    """A run file that cannot be read; the message names the file and what is wrong."""
+    """A run file (or a file it names) that cannot be read; the message names the file, the field
+    and what to do."""
+
+
+class Invalid(Exception):
+    """The first field no reader can interpret: its JSON path and what is wrong with it."""
+
+    def __init__(self, where: str, what: str) -> None:
+        self.where, self.what = where.lstrip("."), what  # a path from the top: `stats.median`, not `.stats.median`
+        super().__init__(f"'{self.where}' {what}" if self.where else what)
+
+
+# --------------------------------------------------------------------------- reading files
+
+def _kind(mode: int) -> str:
+    return ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+            else "a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+
+
+def read_json_file(path: str | Path, limit: int) -> Any:
+    """The JSON in PATH, which must be a regular file of at most LIMIT bytes: a FIFO would block the
+    reader forever, /dev/zero would never end. Raises Invalid('', why) for anything unreadable."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        raise Invalid("", f"cannot read ({getattr(e, 'strerror', None) or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise Invalid("", f"is {_kind(st.st_mode)}, not a file")
+    if st.st_size > limit:
+        raise Invalid("", f"is {st.st_size / 2**20:,.0f} MiB, more than any file this suite writes "
+                          f"({limit / 2**20:,.0f} MiB)")
+    try:  # O_NONBLOCK: if the path was swapped for a FIFO since the stat, opening it does not block
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise Invalid("", "is not a regular file")
+            chunks, left = [], limit + 1
+            while left > 0 and (chunk := os.read(fd, min(left, 2**20))):
+                chunks.append(chunk)
+                left -= len(chunk)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise Invalid("", f"cannot read ({e.strerror or e})") from None
+    data = b"".join(chunks)
+    if len(data) > limit:
+        raise Invalid("", f"holds more than any file this suite writes ({limit / 2**20:,.0f} MiB)")
+    try:
+        return json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+    except UnicodeDecodeError:
+        raise Invalid("", "not a text file") from None
+    except json.JSONDecodeError as e:
+        raise Invalid("", f"not valid JSON ({e.msg} at line {e.lineno}); the file is truncated or corrupt") from None
+    except RecursionError:
+        raise Invalid("", "not a file this suite wrote (nested too deeply)") from None
+    except ValueError as e:  # a key given twice; an integer of thousands of digits
+        raise Invalid("", f"not a file this suite wrote ({' '.join(str(e).split())[:80]})") from None
 
 
 def load_run(path: str | Path) -> dict[str, Any]:
+    """The run in PATH, validated, and every timeline file it names that exists, validated too: the
+    gate and the report refuse the same files, for the same reasons."""
     path = Path(path)
     try:
-        run = json.loads(path.read_text(), object_pairs_hook=_no_duplicate_keys)
-    except IsADirectoryError:
-        raise ResultsError(f"{path}: is a folder, not a run file; give the --benchmark-json file") from None
-    except OSError as e:
-        raise ResultsError(f"{path}: cannot read ({e.strerror})") from None
-    except UnicodeDecodeError:
-        raise ResultsError(f"{path}: not a text file; give the --benchmark-json file") from None
-    except json.JSONDecodeError as e:
-        raise ResultsError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); the file is truncated or "
-                           f"corrupt, rerun the benchmark with --benchmark-json") from None
-    except (RecursionError, ValueError) as e:  # nested thousands deep; an integer of thousands of digits
-        why = "nested too deeply" if isinstance(e, RecursionError) else " ".join(str(e).split())[:80]
-        raise ResultsError(f"{path}: not a run file this suite wrote ({why}); rerun the benchmark with "
-                           f"--benchmark-json") from None
+        run = read_json_file(path, MAX_RUN_BYTES)
+    except Invalid as e:
+        if str(e).startswith("is a folder"):
+            raise ResultsError(f"{path}: is a folder, not a run file; give the --benchmark-json file") from None
+        fix = "rerun the benchmark with --benchmark-json" if "JSON" in str(e) or "wrote" in str(e) \
+            else "give the --benchmark-json file"
+        raise ResultsError(f"{path}: {e}; {fix}") from None
     problem = validate(run)
     if problem:
-        raise ResultsError(f"{path}: {problem}; the file was not written by this suite or was edited since: "
-                           f"rerun the benchmark with --benchmark-json")
+        raise ResultsError(f"{path}: {problem}; {RUN_FIX}")
+    for i, b in enumerate(run["benchmarks"]):
+        found = None
+        try:
+            found = find_telemetry(b, path.parent)
+            if found is not None:
+                check_telemetry(read_json_file(found, MAX_TELEMETRY_BYTES))
+        except Invalid as e:
+            at = f" {found}" if found else ""
+            raise ResultsError(f"{path}: {case_name(b)}: 'extra_info.telemetry_file'{at}: {e} (at benchmarks[{i}]."
+                               f"extra_info.telemetry_file); {TELEMETRY_FIX}") from None
     return run
+
+
+def find_telemetry(b: dict, base: Path) -> Path | None:
+    """The timeline file a case names: as written, under BASE (the run file's folder), or its name
+    under BASE (a run moved with its telemetry folder flattened). None when none exists (the report
+    then notes it); Invalid when one exists but cannot be looked at."""
+    raw = (b.get("extra_info") or {}).get("telemetry_file")
+    if raw is None:
+        return None
+    for candidate in (Path(raw), base / raw, base / Path(raw).name):
+        try:
+            os.stat(candidate)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as e:
+            raise Invalid("", f"{candidate}: cannot read ({e.strerror or e})") from None
+        except ValueError:  # a NUL in the name: no file has it
+            raise Invalid("", f"{raw!r:.80}: not a file name (it holds a NUL character)") from None
+        return candidate
+    return None
+
+
+def load_telemetry(b: dict, base: Path) -> dict | None:
+    """The case's timeline, validated (None: the run names none, or it is not there)."""
+    found = None
+    try:
+        found = find_telemetry(b, base)
+        if found is None:
+            return None
+        tel = read_json_file(found, MAX_TELEMETRY_BYTES)
+        check_telemetry(tel)
+        return tel
+    except Invalid as e:
+        at = f" {found}" if found else ""
+        raise ResultsError(f"{case_name(b)}: telemetry file{at}: {e}; {TELEMETRY_FIX}") from None
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -62,207 +182,540 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise ValueError(f"the key {key!r} appears twice in one object")
+            raise ValueError(f"the key {key!r:.60} appears twice in one object")
         out[key] = value
     return out
 
 
-def _number_problem(value: Any, low: float = 0.0, high: float = math.inf) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"must be a number, found {type(value).__name__} {value!r:.40}"
-    if isinstance(value, int) and abs(value) > 2**63:  # float() of it overflows: no measurement is this big
-        return f"must lie in {low:g}..{high:g}, found a {len(str(abs(value)))}-digit number"
-    if not math.isfinite(value):
-        return f"must be finite, found {value}"
-    if not low <= value <= high:
-        return f"must lie in {low:g}..{high:g}, found {value:g}"
-    return None
+# --------------------------------------------------------------------------- field checks
+
+def _found(v: Any) -> str:
+    """V as a message shows it: short, on one line, JSON's words."""
+    if v is _MISSING:
+        return "nothing (the key is missing)"
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int) and abs(v) >= 10**16:
+        return f"a {int(math.log10(abs(v))) + 1}-digit number"
+    if isinstance(v, (int, float)):
+        return format(v, "g")
+    if isinstance(v, str):
+        return f"the string {v!r:.40}"
+    if isinstance(v, dict):
+        return f"an object with {len(v)} key{'s' * (len(v) != 1)}"
+    if isinstance(v, list):
+        return f"a list of {len(v)} item{'s' * (len(v) != 1)}"
+    return type(v).__name__
 
 
-def _numbers_problem(values: Any, nulls: bool) -> str | None:
-    """What is wrong with a list of non-negative numbers (None entries allowed when NULLS)."""
-    if not isinstance(values, list):
-        return f"must be a list of numbers, found {type(values).__name__}"
-    bad = next((p for p in (_number_problem(v) for v in values if not (nulls and v is None)) if p), None)
-    return f"has an entry that {bad}" if bad else None
-
-
-def _benchmark_problem(b: Any) -> str | None:
-    """What is wrong with one benchmark entry (None: nothing the readers rely on)."""
-    if not isinstance(b, dict):
-        return f"a benchmark entry is a {type(b).__name__}, not an object"
-    if not isinstance(b.get("fullname"), str) or not b["fullname"].strip():
-        return "a benchmark entry has no 'fullname' string"
-    if b["fullname"] != b["fullname"].strip():
-        return f"{b['fullname'].strip()}: 'fullname' has leading or trailing spaces (another test, or the same?)"
-    case = case_name(b)
-    if "name" in b and not isinstance(b["name"], str):
-        return f"{case}: 'name' must be a string"
-    stats = b.get("stats")
-    if not isinstance(stats, dict):
-        return f"{case}: 'stats' must be an object, found {type(stats).__name__}"
-    if "median" not in stats or stats["median"] is None:
-        return f"{case}: 'stats.median' is missing or null"
-    problem = _number_problem(stats["median"], MIN_TIME_S)
-    if problem:
-        return f"{case}: 'stats.median' {problem}"
-    rounds = stats.get("rounds")
-    if rounds is not None and (isinstance(rounds, bool) or not isinstance(rounds, int) or not 1 <= rounds <= 10**9):
-        return f"{case}: 'stats.rounds' must be a whole number of rounds >= 1, found {rounds!r:.40}"
-    data = stats.get("data")
-    if data is not None:
-        problem = _numbers_problem(data, nulls=False)
-        if problem:
-            return f"{case}: 'stats.data' (the round times) {problem}"
-        if rounds is not None and len(data) != rounds:
-            return f"{case}: 'stats.data' holds {len(data)} round times, 'stats.rounds' says {rounds}"
-        if data and not math.isclose(statistics.median(data), stats["median"], rel_tol=1e-6):
-            return f"{case}: 'stats.median' {stats['median']:g} is not the median of 'stats.data' " \
-                   f"({statistics.median(data):g})"
-    extra = b.get("extra_info", {})
-    if extra is None:
+def _number(v: Any, where: str, low: float = 0.0, high: float = math.inf, *, above: bool = False,
+            null: bool = True) -> float | None:
+    """A finite number in [LOW, HIGH] ((LOW, HIGH] when ABOVE: a measured time, peak or rate is never
+    zero); null (or missing) when NULL allows it."""
+    if null and (v is None or v is _MISSING):
         return None
-    if not isinstance(extra, dict):
-        return f"{case}: 'extra_info' must be an object, found {type(extra).__name__}"
-    checks = [(k, 0.0, 1.0) for k in FRACTIONS] + [(k, 0.0, math.inf) for k in NON_NEGATIVE]
-    for key, low, high in checks:
-        if extra.get(key) is not None:
-            problem = _number_problem(extra[key], low, high)
-            if problem:
-                return f"{case}: 'extra_info.{key}' {problem}"
-    for key in COUNTS:
-        value = extra.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            return f"{case}: 'extra_info.{key}' must be a whole number >= 1, found {value!r:.40}"
-    for key in NAMES:
-        if extra.get(key) is not None and not isinstance(extra[key], str):
-            return f"{case}: 'extra_info.{key}' must be a string, found {extra[key]!r:.40}"
-    for key in OBJECTS:
-        if extra.get(key) is not None and not isinstance(extra[key], dict):
-            return f"{case}: 'extra_info.{key}' must be an object, found {type(extra[key]).__name__}"
-    rounds_info = extra.get("rounds")
-    if rounds_info is not None and not (isinstance(rounds_info, int) and not isinstance(rounds_info, bool)) \
-            and not (isinstance(rounds_info, list) and all(isinstance(r, dict) for r in rounds_info)):
-        return f"{case}: 'extra_info.rounds' must be a list of objects (or a count)"
-    for key in SERIES:
-        problem = None if extra.get(key) is None else _numbers_problem(extra[key], nulls=True)
-        if problem:
-            return f"{case}: 'extra_info.{key}' {problem}"
-    memory = extra.get("memory")
-    if memory is not None:
-        if not isinstance(memory, dict):
-            return f"{case}: 'extra_info.memory' must be an object, found {type(memory).__name__}"
-        for key in MEMORY:
-            if memory.get(key) is not None:
-                problem = _number_problem(memory[key])
-                if problem:
-                    return f"{case}: 'extra_info.memory.{key}' {problem}"
-    problem = _rounds_and_rates_problem(extra)
-    if problem:
-        return f"{case}: {problem}"
-    start = extra.get("start")  # the gate compares start.sha256; the report prints the rest as text
-    if start is not None and not (isinstance(start, dict) and isinstance(start.get("sha256"), (str, type(None)))):
-        return f"{case}: 'extra_info.start' must be an object whose 'sha256' is a string or null"
-    if extra.get(OUTCOME_KEY) is not None and extra[OUTCOME_KEY] not in OUTCOMES:
-        return f"{case}: 'extra_info.{OUTCOME_KEY}' must be one of {', '.join(OUTCOMES)}"
-    return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise Invalid(where, f"must be a number, found {_found(v)}")
+    span = f"({low:g}, {high:g}]" if above else f"{low:g}..{high:g}"
+    if isinstance(v, int) and abs(v) > MAX_INT:
+        raise Invalid(where, f"must lie in {span}, found {_found(v)}")
+    if not math.isfinite(v):
+        raise Invalid(where, f"must be finite, found {v}")
+    if above and v <= low:
+        raise Invalid(where, f"must be above {low:g}, found {v:g}: a measured figure is never zero or negative "
+                             f"(null means not measured), so nothing can be compared with it")
+    if not low <= v <= high:
+        raise Invalid(where, f"must lie in {span}, found {_found(v)}")
+    return v
 
 
-def _fields_problem(where: str, item: Any, fields: dict[str, tuple[float, float]], nulls: bool = False) -> str | None:
-    """ITEM must be an object whose FIELDS are numbers in their ranges (null allowed when NULLS)."""
-    if not isinstance(item, dict):
-        return f"'{where}' must be an object, found {type(item).__name__}"
+def _count(v: Any, where: str, low: int = 1, high: int = MAX_COUNT, *, null: bool = True) -> int | None:
+    """A whole number in LOW..HIGH (null when NULL allows it)."""
+    if null and (v is None or v is _MISSING):
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+        shown = "2**63" if high == MAX_INT else f"{high:,}"
+        raise Invalid(where, f"must be a whole number in {low:,}..{shown}, found {_found(v)}")
+    return v
+
+
+def _text(v: Any, where: str, *, null: bool = True) -> str | None:
+    if null and (v is None or v is _MISSING):
+        return None
+    if not isinstance(v, str) or not v.strip():
+        raise Invalid(where, f"must be a non-empty string, found {_found(v)}")
+    return v
+
+
+def _choice(v: Any, where: str, choices: tuple[str, ...], what: str) -> str | None:
+    if v is None or v is _MISSING:
+        return None
+    if not isinstance(v, str) or v not in choices:
+        raise Invalid(where, f"must be {what} ({', '.join(choices)}), found {_found(v)}")
+    return v
+
+
+def _flag(v: Any, where: str, *, null: bool = True) -> bool | None:
+    if null and (v is None or v is _MISSING):
+        return None
+    if not isinstance(v, bool):
+        raise Invalid(where, f"must be true or false, found {_found(v)}")
+    return v
+
+
+def _object(v: Any, where: str, *, null: bool = True) -> dict:
+    """V as an object ({} for null when NULL allows it)."""
+    if null and (v is None or v is _MISSING):
+        return {}
+    if not isinstance(v, dict):
+        raise Invalid(where, f"must be an object, found {_found(v)}")
+    return v
+
+
+def _list(v: Any, where: str, *, null: bool = True, most: int | None = None) -> list:
+    """V as a list ([] for null when NULL allows it) of at most MOST items."""
+    if null and (v is None or v is _MISSING):
+        return []
+    if not isinstance(v, list):
+        raise Invalid(where, f"must be a list, found {_found(v)}")
+    if most is not None and len(v) > most:
+        raise Invalid(where, f"must hold at most {most:,} items, found {len(v):,}")
+    return v
+
+
+def _texts(v: Any, where: str, *, null: bool = True) -> list[str]:
+    items = _list(v, where, null=null)
+    for i, x in enumerate(items):
+        if not isinstance(x, str):
+            raise Invalid(f"{where}[{i}]", f"must be a string, found {_found(x)}")
+    return items
+
+
+def _numbers(v: Any, where: str, low: float, high: float, *, above: bool = False, nulls: bool = True,
+             most: int | None = None) -> list:
+    items = _list(v, where, most=most)
+    for i, x in enumerate(items):
+        _number(x, f"{where}[{i}]", low, high, above=above, null=nulls)
+    return items
+
+
+def _fields(obj: dict, where: str, fields: dict[str, tuple[float, float]], *, null: bool = True,
+            above: bool = False) -> None:
+    """OBJ's FIELDS are numbers in their ranges (null allowed when NULL)."""
     for key, (low, high) in fields.items():
-        if nulls and item.get(key) is None:
+        _number(obj.get(key, _MISSING), f"{where}.{key}", low, high, above=above, null=null)
+
+
+def _key(key: str) -> str:
+    """An object key in a JSON path: `.name`, or `['odd key']` for anything else."""
+    return f".{key}" if key.isidentifier() else f"[{key!r:.40}]"
+
+
+def _walk_problem(doc: Any, where: str) -> Invalid | None:
+    """Any number anywhere in DOC that is not finite (or too large to be a measurement), and any
+    nesting deeper than MAX_DEPTH: what no reader may meet even in a field it only prints. A fast
+    pass first; the path is traced only when something is wrong."""
+    stack: list[tuple[Any, int]] = [(doc, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list)):
+            if depth >= MAX_DEPTH:
+                break
+            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
+        elif isinstance(v, float) and not math.isfinite(v) or \
+                isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_INT:
+            break
+    else:
+        return None
+    traced: list[tuple[Any, str, int]] = [(doc, where, 0)]
+    while traced:
+        v, path, depth = traced.pop()
+        if isinstance(v, (dict, list)):
+            if depth >= MAX_DEPTH:
+                return Invalid(path, f"nests deeper than any file this suite writes ({MAX_DEPTH} levels)")
+            traced.extend((x, f"{path}{_key(str(k))}", depth + 1) for k, x in v.items()) if isinstance(v, dict) \
+                else traced.extend((x, f"{path}[{i}]", depth + 1) for i, x in enumerate(v))
+        elif isinstance(v, float) and not math.isfinite(v):
+            return Invalid(path, f"must be finite, found {v}")
+        elif isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_INT:
+            return Invalid(path, f"must be a measurement, found {_found(v)}")
+    return None
+
+
+# --------------------------------------------------------------------------- one benchmark
+
+FRACTIONS = ("accuracy_before", "accuracy_after", "target_accuracy")  # in 0..1, or null = not measured
+POSITIVE = {"time_to_first_step_s": MAX_SECONDS, "finetune_s": MAX_SECONDS, "step_time_s": MAX_SECONDS,
+            "train_images_per_s": MAX_RATE, "step_images_per_s": MAX_RATE, "achieved_flops_per_s": MAX_FLOP_RATE}
+NON_NEGATIVE = {"warmup_s": MAX_SECONDS, "fit_teardown_s": MAX_SECONDS, "mfu": 1e6}
+COUNTS = {"test_size": (1, MAX_COUNT), "train_size": (1, MAX_COUNT), "batch_size": (1, MAX_COUNT),
+          "global_batch_size": (1, MAX_COUNT), "steps_per_epoch": (1, MAX_COUNT), "steps_per_round": (1, MAX_COUNT),
+          "epochs": (1, MAX_EPOCHS), "replicas": (1, MAX_REPLICAS), "image_size": (1, MAX_COUNT),
+          "cpu_threads": (1, MAX_COUNT), "warmup_steps": (0, MAX_COUNT), "trainable_params": (0, MAX_PARAMS),
+          "non_trainable_params": (0, MAX_PARAMS), "frozen_params": (0, MAX_PARAMS)}
+TEXTS = ("profile", "dataset", "weights", "device", "device_name", "precision", "compile", "optimizer",
+         "input_transform", "train_layers", "framework_version", "mfu_precision", "mfu_reason", "peak_source",
+         "telemetry_file")
+OBJECTS = ("utilization", "monitor", "settings", "overrides", "distributed")  # or null
+PROJECTION_SECONDS = ("measured_total_s", "per_epoch_steps_s", "per_epoch_eval_s", "first_step_s", "step_s")
+PROJECTION_SIGNED = ("one_time_s", "per_gap_s")  # below zero when the epochs varied more than the fixed cost
+
+
+def _check_benchmark(b: Any, w: str) -> None:
+    """One entry of `benchmarks` at path W (raises Invalid at the first problem)."""
+    b = _object(b, w, null=False)
+    fullname = _text(b.get("fullname", _MISSING), f"{w}.fullname", null=False)
+    if fullname != fullname.strip():
+        raise Invalid(f"{w}.fullname", "has leading or trailing spaces (another test, or the same?)")
+    if "name" in b and b["name"] != case_name(b):
+        raise Invalid(f"{w}.name", f"is {_found(b['name'])}, but 'fullname' names {case_name(b)!r:.60}: which test "
+                                   f"is it?")
+    stats = _object(b.get("stats", _MISSING), f"{w}.stats", null=False)
+    median = _number(stats.get("median", _MISSING), f"{w}.stats.median", MIN_TIME_S, MAX_SECONDS, null=False)
+    rounds = _count(stats.get("rounds"), f"{w}.stats.rounds", 1, MAX_ROUNDS)
+    data = _numbers(stats.get("data"), f"{w}.stats.data", MIN_TIME_S, MAX_SECONDS, nulls=False, most=MAX_ROUNDS)
+    if stats.get("data") is not None and rounds is not None and len(data) != rounds:
+        raise Invalid(f"{w}.stats.data", f"holds {len(data)} round times, 'stats.rounds' says {rounds}")
+    if data and not math.isclose(statistics.median(data), median, rel_tol=1e-6):
+        raise Invalid(f"{w}.stats.median", f"{median:g} is not the median of 'stats.data' ({statistics.median(data):g})")
+    _check_extra(_object(b.get("extra_info"), f"{w}.extra_info"), f"{w}.extra_info")
+
+
+def _check_extra(e: dict, w: str) -> None:
+    """extra_info: every key a reader uses, by its type and range."""
+    _choice(e.get("framework"), f"{w}.framework", FRAMEWORK_NAMES, "a framework this suite runs")
+    _choice(e.get("model"), f"{w}.model", MODELS, "a model this suite runs")
+    if e.get("setup") is not None and not (isinstance(e["setup"], str) and e["setup"].strip()):
+        raise Invalid(f"{w}.setup", f"must be a setup's name, found {_found(e['setup'])}")
+    _choice(e.get(OUTCOME_KEY), f"{w}.{OUTCOME_KEY}", OUTCOMES, "the test's outcome")
+    for key in TEXTS:
+        _text(e.get(key), f"{w}.{key}")
+    _number(e.get("peak_tflops"), f"{w}.peak_tflops", *PEAK_TFLOPS_RANGE)
+    for key in FRACTIONS:
+        _number(e.get(key), f"{w}.{key}", 0.0, 1.0)
+    for key, high in POSITIVE.items():
+        _number(e.get(key), f"{w}.{key}", 0.0, high, above=True)
+    for key, high in NON_NEGATIVE.items():
+        _number(e.get(key), f"{w}.{key}", 0.0, high)
+    for key, (low, high) in COUNTS.items():
+        _count(e.get(key), f"{w}.{key}", low, high)
+    for key in OBJECTS:
+        _object(e.get(key), f"{w}.{key}")
+    if e.get("mfu") is not None and e.get("peak_tflops") is None:
+        raise Invalid(f"{w}.peak_tflops", "is missing (an MFU needs the peak it was computed against)")
+    _numbers(e.get("epoch_times_s"), f"{w}.epoch_times_s", 0.0, MAX_SECONDS, above=True, most=MAX_EPOCHS)
+    _numbers(e.get("inter_epoch_gaps_s"), f"{w}.inter_epoch_gaps_s", 0.0, MAX_SECONDS, most=MAX_EPOCHS)
+    _numbers(e.get("round_images_per_s"), f"{w}.round_images_per_s", 0.0, MAX_RATE, above=True, nulls=False,
+             most=MAX_ROUNDS)
+    _numbers(e.get("warmups_s"), f"{w}.warmups_s", 0.0, MAX_SECONDS, most=MAX_ROUNDS)
+    _texts(e.get("telemetry_problems"), f"{w}.telemetry_problems")
+    _texts(e.get("telemetry_flags"), f"{w}.telemetry_flags")
+    _check_memory(_object(e.get("memory"), f"{w}.memory"), f"{w}.memory")
+    _check_utilization(_object(e.get("utilization"), f"{w}.utilization"), f"{w}.utilization")
+    _text(_object(e.get("monitor"), f"{w}.monitor").get("backend"), f"{w}.monitor.backend")
+    _check_rounds(e, w)
+    _check_curves(e, w)
+    _check_projection(_object(e.get("overhead_projection"), f"{w}.overhead_projection"), f"{w}.overhead_projection")
+    distributed = _object(e.get("distributed"), f"{w}.distributed")
+    for key in ("engine", "collective"):
+        _text(distributed.get(key), f"{w}.distributed.{key}")
+    _count(distributed.get("threads_per_replica"), f"{w}.distributed.threads_per_replica")
+    _number(distributed.get("setup_s"), f"{w}.distributed.setup_s", 0.0, MAX_SECONDS)
+    start = _object(e.get("start"), f"{w}.start")  # the gate compares start.sha256; the report prints the rest
+    for key in ("sha256", "source", "file", "params_sha256"):
+        _text(start.get(key), f"{w}.start.{key}")
+    _flag(start.get("verified"), f"{w}.start.verified")  # the parity table looks it up
+    check_disturbance(e.get("disturbance"), f"{w}.disturbance")
+
+
+MIN_PEAK = 2**20  # bytes: a process that trains a network holds far more (the tables count in MiB)
+
+
+def _check_memory(memory: dict, w: str) -> None:
+    """The peaks the gate judges and the report and findings compare: above zero, and at least 1 MiB
+    (below it a figure is no measurement of a training process, and rounds to 0 MiB in the tables)."""
+    _fields(memory, w, dict(framework_peak=(0, MAX_BYTES), process_peak=(0, MAX_BYTES)), above=True)
+    for key in ("framework_peak", "process_peak"):
+        if memory.get(key) is not None and memory[key] < MIN_PEAK:
+            raise Invalid(f"{w}.{key}", f"must be at least 1 MiB (a process that trains a network holds far more; "
+                                        f"null means not measured), found {_found(memory[key])} bytes")
+    _fields(memory, w, dict(device_peak=(0, MAX_BYTES), reserved_peak=(0, MAX_BYTES)))
+    _numbers(memory.get("replica_process_peaks"), f"{w}.replica_process_peaks", 0.0, MAX_BYTES)
+    for i, epoch in enumerate(_list(memory.get("epochs"), f"{w}.epochs", most=MAX_EPOCHS)):
+        epoch = _object(epoch, f"{w}.epochs[{i}]", null=False)
+        _fields(epoch, f"{w}.epochs[{i}]", dict(framework_peak=(0, MAX_BYTES), framework_reserved_peak=(0, MAX_BYTES),
+                                                 process_peak=(0, MAX_BYTES)))
+
+
+def _check_utilization(util: dict, w: str) -> None:
+    for part in ("steps", "gaps"):
+        p = _object(util.get(part), f"{w}.{part}")
+        _count(p.get("samples"), f"{w}.{part}.samples", 0, MAX_COUNT)
+        _fields(p, f"{w}.{part}", dict(mean=(0, 1), p50=(0, 1), p95=(0, 1), idle_fraction=(0, 1)))
+
+
+def _check_rounds(e: dict, w: str) -> None:
+    """The fine-tune rounds (a list; test_train_step: their count) and their summary."""
+    rounds = e.get("rounds")
+    if isinstance(rounds, int) and not isinstance(rounds, bool):
+        if not 1 <= rounds <= MAX_ROUNDS:
+            raise Invalid(f"{w}.rounds", f"must be a count >= 1 or a list of rounds, found {_found(rounds)}")
+    else:
+        for i, r in enumerate(_list(rounds, f"{w}.rounds", most=MAX_ROUNDS)):
+            r = _object(r, f"{w}.rounds[{i}]", null=False)
+            _number(r.get("finetune_s"), f"{w}.rounds[{i}].finetune_s", 0.0, MAX_SECONDS, above=True)
+            _fields(r, f"{w}.rounds[{i}]", dict(accuracy_before=(0, 1), accuracy_after=(0, 1)))
+    summary = _object(e.get("rounds_summary"), f"{w}.rounds_summary")
+    for key, high in (("finetune_s", MAX_SECONDS), ("accuracy_after", 1.0)):
+        if summary.get(key) is None:
             continue
-        problem = _number_problem(item.get(key), low, high)
-        if problem:
-            return f"'{where}.{key}' {problem}"
-    return None
+        s = _object(summary[key], f"{w}.rounds_summary.{key}")
+        _count(s.get("n", _MISSING), f"{w}.rounds_summary.{key}.n", null=False)
+        _fields(s, f"{w}.rounds_summary.{key}", dict(median=(0, high), min=(0, high), max=(0, high),
+                                                      spread=(0, MAX_SECONDS)), null=False)
 
 
-def _rounds_and_rates_problem(extra: dict) -> str | None:
-    """The rounds, their summary, the accuracy curve, time to accuracy, FLOPs and MFU: what the gate
-    and the report compute with."""
-    if extra.get("mfu") is not None and extra.get("peak_tflops") is None:
-        return "'extra_info.peak_tflops' is missing (an MFU needs the peak it was computed against)"
-    if extra.get("peak_tflops") is not None:
-        problem = _number_problem(extra["peak_tflops"], *PEAK_TFLOPS_RANGE)
-        if problem:
-            return f"'extra_info.peak_tflops' {problem}"
-    flops = extra.get("flops_per_image")
-    if isinstance(flops, dict):
-        problem = _fields_problem("extra_info.flops_per_image", flops, dict(forward_per_image=(0, math.inf),
-                                                                            train_per_image=(0, math.inf)), nulls=True)
-        if problem:
-            return problem
-    tta = extra.get("time_to_accuracy")
-    if tta is not None:
-        if not isinstance(tta.get("reached"), bool):
-            return "'extra_info.time_to_accuracy.reached' must be true or false"
-        if tta["reached"]:
-            problem = _fields_problem("extra_info.time_to_accuracy", tta,
-                                      dict(wall_s=(0, math.inf), train_s=(0, math.inf), epoch=(0, math.inf)))
-            if problem:
-                return problem
-    if isinstance(extra.get("rounds"), int) and not isinstance(extra.get("rounds"), bool) and extra["rounds"] < 1:
-        return f"'extra_info.rounds' must be a count >= 1 or a list of rounds, found {extra['rounds']}"
-    for n, r in enumerate(extra.get("rounds") if isinstance(extra.get("rounds"), list) else []):
-        problem = _fields_problem(f"extra_info.rounds[{n}]", r, dict(finetune_s=(0, math.inf), accuracy_before=(0, 1),
-                                                                      accuracy_after=(0, 1)), nulls=True)
-        if problem:
-            return problem
-    summary = extra.get("rounds_summary")
-    for key in ("finetune_s", "accuracy_after") if isinstance(summary, dict) else ():
-        if summary.get(key) is not None:
-            problem = _fields_problem(f"extra_info.rounds_summary.{key}", summary[key],
-                                      dict(n=(1, math.inf), median=(0, math.inf), min=(0, math.inf),
-                                           max=(0, math.inf), spread=(0, math.inf)))
-            if problem:
-                return problem
-            if not isinstance(summary[key]["n"], int):
-                return f"'extra_info.rounds_summary.{key}.n' must be a whole number of rounds"
-    curve = extra.get("accuracy_curve")
-    if curve is not None and not isinstance(curve, list):
-        return f"'extra_info.accuracy_curve' must be a list, found {type(curve).__name__}"
-    for n, point in enumerate(curve or []):
-        problem = _fields_problem(f"extra_info.accuracy_curve[{n}]", point,
-                                  dict(epoch=(0, math.inf), accuracy=(0, 1), train_s=(0, math.inf), wall_s=(0, math.inf)))
-        if problem:
-            return problem
-    return None
+def _check_curves(e: dict, w: str) -> None:
+    """Accuracy after each epoch, time to accuracy, FLOPs per image."""
+    for i, point in enumerate(_list(e.get("accuracy_curve"), f"{w}.accuracy_curve", most=MAX_EPOCHS)):
+        point = _object(point, f"{w}.accuracy_curve[{i}]", null=False)
+        _count(point.get("epoch", _MISSING), f"{w}.accuracy_curve[{i}].epoch", 0, MAX_EPOCHS, null=False)
+        _fields(point, f"{w}.accuracy_curve[{i}]", dict(accuracy=(0, 1), train_s=(0, MAX_SECONDS),
+                                                         wall_s=(0, MAX_SECONDS)), null=False)
+    tta = _object(e.get("time_to_accuracy"), f"{w}.time_to_accuracy")
+    if tta:
+        reached = _flag(tta.get("reached", _MISSING), f"{w}.time_to_accuracy.reached", null=False)
+        _number(tta.get("target"), f"{w}.time_to_accuracy.target", 0.0, 1.0)
+        _count(tta.get("evaluated_epochs"), f"{w}.time_to_accuracy.evaluated_epochs", 0, MAX_EPOCHS)
+        _count(tta.get("epoch", _MISSING), f"{w}.time_to_accuracy.epoch", 0, MAX_EPOCHS, null=not reached)
+        _fields(tta, f"{w}.time_to_accuracy", dict(wall_s=(0, MAX_SECONDS), train_s=(0, MAX_SECONDS)), null=not reached)
+    flops = _object(e.get("flops_per_image"), f"{w}.flops_per_image")
+    _fields(flops, f"{w}.flops_per_image", dict(forward_per_image=(0, MAX_FLOPS), train_per_image=(0, MAX_FLOPS),
+                                                 train_all_ops_per_image=(0, MAX_FLOPS)))
+
+
+def _check_projection(p: dict, w: str) -> None:
+    """The overhead projection: the report's table and figure, the findings' 'paid once'."""
+    if not p:
+        return
+    _count(p.get("measured_epochs"), f"{w}.measured_epochs", 1, MAX_EPOCHS)
+    _fields(p, w, {k: (0, MAX_SECONDS) for k in PROJECTION_SECONDS})
+    _fields(p, w, {k: (-MAX_SECONDS, MAX_SECONDS) for k in PROJECTION_SIGNED})
+    _text(p.get("note"), f"{w}.note")
+    rows = [("measured", p.get("measured"))] + [(f"projected[{i}]", r) for i, r in
+                                                 enumerate(_list(p.get("projected"), f"{w}.projected", most=100))]
+    for name, row in rows:
+        row = _object(row, f"{w}.{name}", null=name == "measured")
+        if row:
+            _count(row.get("epochs", _MISSING), f"{w}.{name}.epochs", 1, MAX_COUNT, null=False)
+            _fields(row, f"{w}.{name}", dict(total_s=(-MAX_SECONDS * MAX_COUNT, MAX_SECONDS * MAX_COUNT),
+                                             overhead_s=(-MAX_SECONDS * MAX_COUNT, MAX_SECONDS * MAX_COUNT),
+                                             overhead_share=(-1e6, 1e6)))
+
+
+def check_disturbance(d: Any, w: str) -> None:
+    """`disturbance`: what else used the machine while the case was timed. `disturbed` and `reasons`
+    decide (the gate refuses a disturbed case, the report marks it); the figures inside are only
+    shown, so they need only be finite (checked with every other number)."""
+    if d is None:
+        return
+    d = _object(d, w)
+    _count(d.get("version"), f"{w}.version")
+    _flag(d.get("disturbed", _MISSING), f"{w}.disturbed", null=False)
+    _texts(d.get("reasons", _MISSING), f"{w}.reasons", null=False)
+    _flag(d.get("measured"), f"{w}.measured")
+    for key in ("threshold", "cpu", "gpu"):
+        _object(d.get(key), f"{w}.{key}")
+    for i, epoch in enumerate(_list(d.get("epochs"), f"{w}.epochs", most=MAX_EPOCHS)):
+        _object(epoch, f"{w}.epochs[{i}]", null=False)
+
+
+# --------------------------------------------------------------------------- the run
+
+def _check_machine(mi: dict) -> None:
+    for key in ("gpu_name", "gpu_reason", "cpu_model"):
+        if mi.get(key) is not None and not isinstance(mi[key], str):
+            raise Invalid(f"machine_info.{key}", f"must be a string, found {_found(mi[key])}")
+    _count(mi.get("cpu_count"), "machine_info.cpu_count")
+    for i, gpu in enumerate(_list(mi.get("gpus"), "machine_info.gpus", most=MAX_CASES)):
+        gpu = _object(gpu, f"machine_info.gpus[{i}]", null=False)
+        _count(gpu.get("index"), f"machine_info.gpus[{i}].index", 0, MAX_CASES)
+        for key in ("name", "driver", "cuda_driver"):
+            _text(gpu.get(key), f"machine_info.gpus[{i}].{key}")
+        _number(gpu.get("memory_total"), f"machine_info.gpus[{i}].memory_total", 0, MAX_BYTES)
+    for name, version in _object(mi.get("packages"), "machine_info.packages").items():
+        if version is not None and not isinstance(version, str):
+            raise Invalid(f"machine_info.packages{_key(name)}", f"must be a version string, found {_found(version)}")
+    for name, build in _object(mi.get("framework_builds"), "machine_info.framework_builds").items():
+        _object(build, f"machine_info.framework_builds{_key(name)}", null=False)
+
+
+def _check_config(cfg: dict) -> None:
+    """bench_config: what the gate compares (by equality) and the report and findings print and look up."""
+    for key in ("profile", "device", "dataset", "weights", "setup", "precision", "compile", "optimizer",
+                "train_layers", "preprocess"):
+        _text(cfg.get(key), f"bench_config.{key}")
+    for key, (low, high) in dict(train_size=(0, MAX_COUNT), test_size=(0, MAX_COUNT), epochs=(1, MAX_EPOCHS),
+                                 batch_size=(1, MAX_COUNT), image_size=(1, MAX_COUNT),
+                                 replicas=(1, MAX_REPLICAS)).items():
+        _count(cfg.get(key), f"bench_config.{key}", low, high)
+    _number(cfg.get("target_accuracy"), "bench_config.target_accuracy", 0.0, 1.0)
+    _number(cfg.get("min_accuracy_gain"), "bench_config.min_accuracy_gain", -1.0, 1.0)
+    _number(cfg.get("lr"), "bench_config.lr", 0.0, 1e6)
+    _number(cfg.get("peak_tflops"), "bench_config.peak_tflops", *PEAK_TFLOPS_RANGE)
+    _flag(cfg.get("channels_last"), "bench_config.channels_last")
+    _object(cfg.get("overrides"), "bench_config.overrides")
+
+
+def _check_dx(dx: dict) -> None:
+    """The developer-experience figures, per framework."""
+    for fw, d in dx.items():
+        w = f"dx{_key(fw)}"
+        d = _object(d, w, null=False)
+        _fields(d, w, dict(import_s=(0, MAX_SECONDS), time_to_first_step_s=(0, MAX_SECONDS),
+                           footprint_bytes=(0, MAX_BYTES), gpu_libraries_bytes=(0, MAX_BYTES)))
+        for key in ("import_samples", "footprint_packages", "gpu_libraries_packages", "gpus_visible", "gpus_nvml",
+                    "backend_loc"):
+            _count(d.get(key), f"{w}.{key}", 0, MAX_COUNT)
+        for key in ("gpu_libraries_source", "gpu_libraries_note", "footprint_counts"):
+            _text(d.get(key), f"{w}.{key}")
+        _list(d.get("footprint_largest"), f"{w}.footprint_largest")
+
+
+def _check_run(run: Any) -> None:
+    if not isinstance(run, dict) or not isinstance(run.get("benchmarks"), list):
+        raise Invalid("", "not a pytest-benchmark JSON file (no 'benchmarks' list)")
+    _list(run["benchmarks"], "benchmarks", most=MAX_CASES)
+    _check_machine(_object(run.get("machine_info"), "machine_info"))
+    _check_config(_object(run.get("bench_config"), "bench_config"))
+    _check_dx(_object(run.get("dx"), "dx"))
+    for key in ("datetime", "command"):
+        if run.get(key) is not None and not isinstance(run[key], str):
+            raise Invalid(key, f"must be a string, found {_found(run[key])}")
+
+
+def _case_key(b: dict) -> tuple | None:
+    """What the report files a benchmark under: (test, framework, model, setup)."""
+    e = b.get("extra_info") or {}
+    if e.get("framework") is None or e.get("model") is None:
+        return None
+    return case_name(b).split("[")[0], e["framework"], e["model"], e.get("setup") or "matched"
 
 
 def validate(run: Any) -> str | None:
-    """The first thing in RUN that no reader can interpret, or None."""
-    if not isinstance(run, dict) or not isinstance(run.get("benchmarks"), list):
-        return "not a pytest-benchmark JSON file (no 'benchmarks' list)"
-    for key in ("machine_info", "bench_config"):
-        if run.get(key) is not None and not isinstance(run[key], dict):
-            return f"'{key}' must be an object, found {type(run[key]).__name__}"
-    packages = (run.get("machine_info") or {}).get("packages")
-    if packages is not None and not isinstance(packages, dict):
-        return "'machine_info.packages' must be an object"
-    seen: set[str] = set()
-    for b in run["benchmarks"]:
-        problem = _benchmark_problem(b)
+    """The first thing in RUN that no reader can interpret, or None: '<test>: '<JSON path>' <what>'."""
+    try:
+        _check_run(run)
+    except Invalid as e:
+        return str(e)
+    names: dict[str, int] = {}
+    keys: dict[tuple, int] = {}
+    for i, b in enumerate(run["benchmarks"]):
+        problem = _benchmark_problem(b, f"benchmarks[{i}]")
         if problem:
             return problem
-        if b["fullname"] in seen:
-            return f"{case_name(b)}: listed twice (which one counts?)"
-        seen.add(b["fullname"])
+        name, key = case_name(b), _case_key(b)
+        if name in names:  # the gate compares tests by this name, whatever their file
+            first = run["benchmarks"][names[name]]["fullname"]
+            return (f"{name}: listed twice ('benchmarks[{names[name]}]' {first!r:.80} and 'benchmarks[{i}]' "
+                    f"{b['fullname']!r:.80}): the gate compares tests by name; which one counts?")
+        if key is not None and key in keys:
+            return (f"{name}: 'benchmarks[{i}]' is {key[0]} of {key[1]}-{key[2]} (setup {key[3]}) again, as "
+                    f"'benchmarks[{keys[key]}]' {case_name(run['benchmarks'][keys[key]])}: which one counts?")
+        names[name] = i
+        if key is not None:
+            keys[key] = i
+    problem = _walk_problem(run, "")
+    if problem is None:
+        return None
+    inside = re.match(r"benchmarks\[(\d+)\]", problem.where)
+    return str(problem) if inside is None else _in_benchmark(run["benchmarks"][int(inside.group(1))], problem)
+
+
+def _in_benchmark(b: Any, e: Invalid) -> str:
+    """A problem inside benchmark B, as a user looks for it: the test, the field within the entry
+    ('extra_info.memory.process_peak'), and where the entry is (its full JSON path)."""
+    found = re.match(r"benchmarks\[\d+\]\.?", e.where)
+    field = e.where[found.end():] if found else e.where
+    text = f"'{field}' {e.what}" + (f" (at {e.where})" if found else "") if field else str(e)
+    fullname = b.get("fullname") if isinstance(b, dict) else None
+    named = isinstance(fullname, str) and fullname.strip() and fullname == fullname.strip()
+    return f"{case_name(b)}: {text}" if named else text
+
+
+def _benchmark_problem(b: Any, where: str = "") -> str | None:
+    """What is wrong with one benchmark entry (None: nothing the readers rely on). WHERE: its path
+    (`benchmarks[3]`, said at the end of the message); the field is named from the entry's own keys
+    (`extra_info.memory`)."""
+    try:
+        _check_benchmark(b, where)
+    except Invalid as e:
+        return _in_benchmark(b, e)
     return None
 
 
+def check_telemetry(tel: Any) -> None:
+    """A timeline file: `events` (each a str `name` and an int `t_ns`; `epoch` a whole number;
+    `memory` an object of byte counts) and `samples` (each an int `t_ns` and numeric fields), as the
+    report draws them. Raises Invalid with the path inside the file."""
+    if not isinstance(tel, dict):
+        raise Invalid("", f"must be an object with 'events' and 'samples', found {_found(tel)}")
+    events = _list(tel.get("events", _MISSING), "events", null=False, most=MAX_EVENTS)
+    starts = sum(1 for e in events if isinstance(e, dict) and e.get("name") == EPOCH_START)
+    if starts > MAX_EPOCHS:  # the report draws a line at each
+        raise Invalid("events", f"holds {starts:,} epoch starts, more than any run's epochs ({MAX_EPOCHS:,})")
+    for i, e in enumerate(events):
+        e = _object(e, f"events[{i}]", null=False)
+        _text(e.get("name", _MISSING), f"events[{i}].name", null=False)
+        _count(e.get("t_ns", _MISSING), f"events[{i}].t_ns", 0, MAX_INT, null=False)
+        _count(e.get("epoch"), f"events[{i}].epoch", 0, MAX_EPOCHS)
+        _fields(_object(e.get("memory"), f"events[{i}].memory"), f"events[{i}].memory",
+                dict(peak=(0, MAX_BYTES), reserved_peak=(0, MAX_BYTES), current=(0, MAX_BYTES)))
+    for i, s in enumerate(_list(tel.get("samples", _MISSING), "samples", null=False)):
+        s = _object(s, f"samples[{i}]", null=False)
+        _count(s.get("t_ns", _MISSING), f"samples[{i}].t_ns", 0, MAX_INT, null=False)
+        for key, v in s.items():
+            if key == "t_ns":
+                continue
+            if key == "util":
+                _number(v, f"samples[{i}].util", 0.0, 1.0)
+            elif key in ("proc_mem", "device_mem", "other_proc_mem"):
+                _number(v, f"samples[{i}].{key}", 0.0, MAX_BYTES)
+            elif isinstance(v, list):
+                _numbers(v, f"samples[{i}]{_key(key)}", -MAX_BYTES, MAX_BYTES)
+            elif not isinstance(v, bool):
+                _number(v, f"samples[{i}]{_key(key)}", -MAX_BYTES, MAX_BYTES)
+    _text(_object(tel.get("monitor"), "monitor").get("backend"), "monitor.backend")
+    problem = _walk_problem(tel, "")
+    if problem is not None:
+        raise problem
+
+
+# --------------------------------------------------------------------------- what readers ask
+
 def models_in(by_case: dict) -> list[str]:
     """The models with a case in BY_CASE ((framework, model) -> benchmark), in the suite's order."""
-    from ..config import MODELS
     return [m for m in MODELS if any(model == m for _, model in by_case)]
 
 
 def failed(b: dict) -> bool:
     """Whether the test around this benchmark failed (its numbers are kept, its verdict is not)."""
     return (b.get("extra_info") or {}).get(OUTCOME_KEY) == "failed"
+
+
+def disturbance_of(b: dict) -> tuple[bool | None, list[str]]:
+    """(disturbed, reasons) of a case: True with its reasons when other load on the machine crossed
+    the threshold while it was timed; None when it was not measured (a run recorded before the key
+    existed, or no CPU figures): not disturbed, and not known to be clean either."""
+    d = (b.get("extra_info") or {}).get("disturbance")
+    if not isinstance(d, dict):
+        return None, []
+    if d.get("disturbed") is True:  # each reason on one line, of a sane length: it is quoted in one-line messages
+        reasons = [" ".join(str(r).split())[:300] for r in d.get("reasons") or []]
+        return True, [r for r in reasons if r] or ["(no reason recorded)"]
+    return (None if d.get("measured") is False else False), []
 
 
 def case_name(b: dict) -> str:
@@ -276,7 +729,8 @@ def cases(run: dict, test: str, setup: str | None = None) -> dict[tuple[str, str
     out = {}
     for b in run["benchmarks"]:
         e = b.get("extra_info") or {}
-        if b.get("name", case_name(b)).startswith(test + "[") and "framework" in e and "model" in e \
+        if b.get("name", case_name(b)).startswith(test + "[") and e.get("framework") is not None \
+                and e.get("model") is not None \
                 and setup in (None, e.get("setup") or "matched"):
             out[(e["framework"], e["model"])] = b
     return out

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from ..files import NO_SPACE, free_bytes, space_message
+from ..files import NO_SPACE, free_bytes, size, size_pair, space_message
 from .cifar10 import ROW_SIZE, Cifar10, DataError, Split
 
 CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000
@@ -113,22 +113,21 @@ def bundle_bytes(n_train: int, n_test: int, batch_size: int, epochs: int) -> int
 def check_fits(n_train: int, n_test: int, batch_size: int, epochs: int, folder: str | os.PathLike,
                source_bytes: int = 0) -> None:
     """Refuse sizes that cannot be built on this machine before building anything, naming the options.
-    SOURCE_BYTES: a data set that has to be generated in memory first (synthetic)."""
+    SOURCE_BYTES: a data set that has to be generated in memory first (synthetic). The sizes are shown
+    with the precision it takes for the need to read larger than the room whenever it is."""
     orders = epochs * (n_train // batch_size) * batch_size * 8
     total = bundle_bytes(n_train, n_test, batch_size, epochs)
     available = psutil.virtual_memory().available
-    sizes = (f"--epochs {epochs} x --train-size {n_train}: the per-epoch shuffle orders take {_gib(orders)}, "
-             f"the data bundle {_gib(total)} in all")
+    head = f"--epochs {epochs} x --train-size {n_train}: the per-epoch shuffle orders take {size(orders)}"
     if total + source_bytes > MEMORY_SHARE * available:
-        raise DataError(f"{sizes}{f' (+ {_gib(source_bytes)} for the data set it is taken from)' if source_bytes else ''}"
-                        f"; this machine has {_gib(available)} of memory available, and the training needs the "
-                        f"other half; lower --epochs or --train-size")
+        need, room = size_pair(total + source_bytes, MEMORY_SHARE * available)
+        what = (f"the data bundle {size(total)} in all (+ {size(source_bytes)} for the data set it is taken from: "
+                f"{need} together)" if source_bytes else f"the data bundle {need} in all")
+        raise DataError(f"{head}, {what}; this machine has {size(available)} of memory available, and the data may "
+                        f"take half of it ({room}): the training needs the other half; lower --epochs or --train-size")
+    sizes = f"{head}, the data bundle {size(total)} in all"
     if total > free_bytes(folder):
         raise DataError(space_message(folder, total, f"the data bundle ({sizes})", BUNDLE_FIX))
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:,.2f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
 
 
 def make_bundle(dataset: Cifar10, train_size: int, test_size: int, batch_size: int, epochs: int,

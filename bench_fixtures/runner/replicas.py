@@ -28,6 +28,48 @@ PORT_ATTEMPTS = 3
 # What a rendezvous that lost its port race says (torch's TCPStore; TensorFlow's gRPC server).
 PORT_IN_USE = ("address already in use", "eaddrinuse", "failed to bind", "could not start grpc server")
 SETTLE_S = 3.0  # after a first failure, how long to wait for the other replicas' own accounts
+TF_CONFIG_SHAPE = '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": N}}'
+
+
+class RendezvousError(WorkerError):
+    """The environment's rendezvous (TF_CONFIG; MASTER_ADDR, MASTER_PORT, NNODES, NODE_RANK) cannot
+    describe this host's replicas; the message names the variable and the fix (found at startup)."""
+
+
+def tf_config(environ: dict[str, str]) -> tuple[int, list[str]]:
+    """TF_CONFIG's (task index, cluster workers), or RendezvousError saying what is wrong with it."""
+    text = environ["TF_CONFIG"]
+    try:
+        given = json.loads(text)
+        workers, index = given["cluster"]["worker"], given["task"]["index"]
+        if not (isinstance(workers, list) and workers and all(isinstance(w, str) and w for w in workers)):
+            raise ValueError("cluster.worker must list the workers' host:port")
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(workers):
+            raise ValueError(f"task.index must be a worker's number, 0..{len(workers) - 1}")
+    except (ValueError, KeyError, TypeError) as e:
+        why = f"no {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
+        raise RendezvousError(f"TF_CONFIG={text[:120]!r}: not a cluster this host's replicas can join ({why}); "
+                              f"give {TF_CONFIG_SHAPE}, or unset it to run every replica here") from None
+    return index, workers
+
+
+def _env_int(environ: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    """Integer variable NAME of the rendezvous, in [LOW, HIGH], or RendezvousError naming it."""
+    text = environ.get(name) or str(default)
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise RendezvousError(f"{name}={text!r}: must be an integer in [{low}, {high}]; set it as torchrun would, "
+                              f"or unset MASTER_ADDR to run every replica here")
+    return value
+
+
+def torchrun_world(environ: dict[str, str]) -> tuple[int, int]:
+    """(NNODES, NODE_RANK) of a rendezvous MASTER_ADDR names, checked."""
+    nodes = _env_int(environ, "NNODES", 1, 1, 1 << 20)
+    return nodes, _env_int(environ, "NODE_RANK", 0, 0, nodes - 1)
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -64,10 +106,10 @@ def rendezvous_env(framework: str, replicas: int, gpu: bool, environ: dict[str, 
     if FRAMEWORKS[framework].rendezvous == "tf_config":
         if environ.get("TF_CONFIG"):
             given = json.loads(environ["TF_CONFIG"])
-            first, workers = int(given["task"]["index"]), given["cluster"]["worker"]
+            first, workers = tf_config(environ)
             if first + replicas > len(workers):
-                raise WorkerError(f"TF_CONFIG lists {len(workers)} workers; this host's replicas are "
-                                  f"task.index {first}..{first + replicas - 1}: list one entry per replica")
+                raise RendezvousError(f"TF_CONFIG lists {len(workers)} workers; this host's replicas are "
+                                      f"task.index {first}..{first + replicas - 1}: list one entry per replica")
             for local, env in enumerate(envs):
                 env["TF_CONFIG"] = json.dumps(dict(given, task=dict(type="worker", index=first + local)))
             return envs, f"TF_CONFIG (workers {', '.join(workers)})"
@@ -76,13 +118,16 @@ def rendezvous_env(framework: str, replicas: int, gpu: bool, environ: dict[str, 
         for local, env in enumerate(envs):
             env["TF_CONFIG"] = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": local}})
         return envs, f"127.0.0.1 ports {', '.join(map(str, ports))}"
-    nodes, node = int(environ.get("NNODES", "1")), int(environ.get("NODE_RANK", "0"))
     addr = environ.get("MASTER_ADDR")
-    port = environ.get("MASTER_PORT") if addr else None
     if not addr:
-        addr, port = "127.0.0.1", str((ports or free_ports(1))[0])
-    elif not port:
-        raise WorkerError("MASTER_ADDR is set but MASTER_PORT is not: give the rendezvous port too")
+        nodes, node = 1, 0
+        port = (ports or free_ports(1))[0]
+        addr = "127.0.0.1"
+    elif not environ.get("MASTER_PORT"):
+        raise RendezvousError("MASTER_ADDR is set but MASTER_PORT is not: give the rendezvous port too")
+    else:
+        nodes, node = torchrun_world(environ)
+        port = _env_int(environ, "MASTER_PORT", 0, 1, 65535)
     for local, env in enumerate(envs):
         env.update(MASTER_ADDR=addr, MASTER_PORT=str(port), WORLD_SIZE=str(nodes * replicas),
                    RANK=str(node * replicas + local), GROUP_RANK=str(node))
@@ -91,18 +136,21 @@ def rendezvous_env(framework: str, replicas: int, gpu: bool, environ: dict[str, 
 
 def world_size(replicas: int, environ: dict[str, str] | None = None) -> int:
     """All replicas of a case over every host: this host's REPLICAS, or the environment's rendezvous
-    (TF_CONFIG's workers; NNODES x REPLICAS with MASTER_ADDR). The global batch is per-replica x this."""
+    (TF_CONFIG's workers; NNODES x REPLICAS with MASTER_ADDR). The global batch is per-replica x this.
+    A rendezvous that cannot be read is a RendezvousError naming the variable (at startup)."""
     environ = os.environ if environ is None else environ
     if replicas <= 1:  # one process: whatever the environment says (as the backends read it)
         return 1
     worlds = set()
     if environ.get("TF_CONFIG"):
-        worlds.add(len(json.loads(environ["TF_CONFIG"])["cluster"]["worker"]))
+        worlds.add(len(tf_config(dict(environ))[1]))
     if environ.get("MASTER_ADDR"):
-        worlds.add(int(environ.get("NNODES", "1")) * replicas)
+        worlds.add(torchrun_world(dict(environ))[0] * replicas)
+        if environ.get("MASTER_PORT"):
+            _env_int(dict(environ), "MASTER_PORT", 0, 1, 65535)
     if len(worlds) > 1:
-        raise WorkerError(f"TF_CONFIG and MASTER_ADDR/NNODES describe different worlds ({sorted(worlds)} replicas); "
-                          f"run one framework per multi-host session (-m torch or -m tensorflow)")
+        raise RendezvousError(f"TF_CONFIG and MASTER_ADDR/NNODES describe different worlds ({sorted(worlds)} "
+                              f"replicas); run one framework per multi-host session (-m torch or -m tensorflow)")
     return worlds.pop() if worlds else replicas
 
 
