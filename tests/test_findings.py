@@ -169,7 +169,8 @@ def test_a_failed_case_is_left_out_and_a_missing_reference_is_said():
     for src in (fts["matched"], tss["matched"]):
         src.pop(("torch", "resnet50"))
     md = fnd.findings(fts, tss, runs)
-    missing = "PyTorch, the reference every finding compares with, has no passing case; passed: TensorFlow."
+    missing = "PyTorch, the reference every finding compares with, has no case that passed on a quiet machine; " \
+              "passed and quiet: TensorFlow."
     assert "- **TensorFlow:** not compared (no case of it beside PyTorch's)." in md
     assert f"- Not answered: {missing}" in md and f"- Not compared: {missing}" in md
     assert "- **What a fine-tune costs, resnet50:** TensorFlow 20.00 s. Nothing to compare it with." in md

@@ -561,13 +561,13 @@ def findings(fts: dict[str, dict], tss: dict[str, dict], runs: list[dict]) -> li
 
 
 def unanswered(ft: dict, bad: list[dict], shaken: list[tuple[str, list[str]]]) -> str:
-    """Why a question has no comparison to answer it: what passed quietly, and what did not."""
+    """Why a question has no comparison to answer it: what passed on a quiet machine, and what did not."""
     from .results import case_name
-    passed = sorted({_name(fw) for fw, _ in ft})
-    parts = [f"{_name(REFERENCE)}, the reference every finding compares with, has no passing case"
-             if not any(fw == REFERENCE for fw, _ in ft) else
-             f"no other framework has a passing case beside {_name(REFERENCE)}'s"]
-    parts.append(f"passed: {', '.join(passed) if passed else 'none'}")
+    judged = sorted({_name(fw) for fw, _ in ft})
+    parts = [f"{_name(REFERENCE)}, the reference every finding compares with, has no case that passed on a quiet "
+             f"machine" if not any(fw == REFERENCE for fw, _ in ft) else
+             f"no other framework has a case that passed on a quiet machine beside {_name(REFERENCE)}'s"]
+    parts.append(f"passed and quiet: {', '.join(judged) if judged else 'none'}")
     if bad:
         parts.append(f"failed: {', '.join(case_name(b) for b in bad)} (see Cases that failed)")
     if shaken:
