@@ -61,6 +61,7 @@ MAX_IMAGE_SIZE = 2048  # 7 times ImageNet's 299: beyond, a single image's activa
 MIN_TEST_SIZE = 10  # the test subset is stratified over the 10 classes: one image each at least
 MAX_REPLICAS = 1024  # data-parallel replicas on this host (one process each)
 MAX_EPOCHS = 10_000  # the seed runs 5; the readers of a run file walk every epoch
+MAX_STEPS = 10**6  # training steps in one train_step round or its warm-up: a round is seconds to minutes, not days
 MAX_ROUNDS = 100_000  # timed rounds of one case; the gate's exact test costs ~0.4 s at this count, 25 s at 10x
 # Host memory one replica's worker takes, for --replicas N at startup. Measured peaks (VmHWM) of one
 # smoke fine-tune here, 32 px at batch 32: torch 0.8-1.2 GiB, TensorFlow 1.1-1.5 GiB (ResNet50 the
@@ -239,7 +240,16 @@ def visible_gpus(nvml_count: int, environ: Mapping[str, str] | None = None) -> i
     environ = os.environ if environ is None else environ
     if "CUDA_VISIBLE_DEVICES" not in environ:
         return nvml_count
-    return min(nvml_count, len([d for d in environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]))
+    seen: list[str] = []
+    for token in (t.strip() for t in environ["CUDA_VISIBLE_DEVICES"].split(",")):
+        # As CUDA reads it: in order, up to the first entry that names no device (`-1`, `x`, an index
+        # past the last GPU, an empty one); a device named twice is one device.
+        index_ok = token.isdigit() and int(token) < nvml_count
+        if not (index_ok or token.startswith(("GPU-", "MIG-"))):
+            break
+        if token not in seen:
+            seen.append(token)
+    return min(nvml_count, len(seen))
 
 
 def usable_cores() -> int:
@@ -268,11 +278,11 @@ def replicas_problem(replicas: int, device: str, gpus: int, visible: int, cores:
                      per_replica: int) -> str | None:
     """Why REPLICAS processes cannot run side by side on this host (one line: the tightest bound, how
     many fit and the fix), or None: each needs its own GPU on a GPU run (of the VISIBLE of the GPUS
-    NVML sees; none seen: the workers say why), its own core on a CPU run, and its memory (PER_REPLICA
+    NVML sees), its own core on a CPU run, and its memory (PER_REPLICA
     of AVAILABLE bytes)."""
     elsewhere = ", or run the rest on another host (README)"
     bounds = []  # (how many fit, the option and why, the fix)
-    if device == "gpu" and gpus:
+    if device == "gpu":
         narrowed = f", of which CUDA_VISIBLE_DEVICES leaves {visible}" if visible < gpus else ""
         bounds.append((visible, f" on a GPU host: each replica needs its own GPU and NVML sees {gpus}{narrowed}",
                        elsewhere))
@@ -350,10 +360,13 @@ def _resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str) -> Ben
         _check_number(field, values[field], int, 0)
     for field in ("epochs", "batch_size", "finetune_rounds", "step_rounds", "step_count", "replicas"):
         _check_number(field, values[field], int, 1)
-    for field, most in (("epochs", MAX_EPOCHS), ("finetune_rounds", MAX_ROUNDS), ("step_rounds", MAX_ROUNDS)):
+    readers = "the gate and the report refuse run files beyond it"
+    for field, most, why in (("epochs", MAX_EPOCHS, readers), ("finetune_rounds", MAX_ROUNDS, readers),
+                             ("step_rounds", MAX_ROUNDS, readers),
+                             ("step_count", MAX_STEPS, "a round is seconds to minutes of training, not days"),
+                             ("step_warmup", MAX_STEPS, "a warm-up is seconds to minutes of training, not days")):
         if values[field] > most:
-            raise ConfigError(f"{OPTION[field]} {values[field]}: must be at most {most:,}: the gate and the report "
-                              f"refuse run files beyond it")
+            raise ConfigError(f"{OPTION[field]} {values[field]}: must be at most {most:,}: {why}")
     if values["replicas"] > MAX_REPLICAS:
         raise ConfigError(f"--replicas {values['replicas']}: must be at most {MAX_REPLICAS} (one process per "
                           f"replica on this host); for more, run the same command on more hosts (README)")

@@ -117,6 +117,8 @@ def test_ab_catches_a_slowdown_of_the_candidate_alone(tmp_path):
     (["--steps", "0"], "--steps 0: must be an integer >= 1"),
     (["--warmup", "-1"], "--warmup -1: must be an integer >= 0"),
     (["--steps", str(10**30)], "--steps: a 31-digit number is out of any range"),
+    (["--steps", "99999999999"], "--steps 99999999999: must be at most 1,000,000"),
+    (["--pairs", "200000"], "--pairs 200000: must be at most 100,000"),
     (["--measure", "finetune", "--epochs", "0"], "--epochs 0: must be an integer >= 1"),
     (["--accuracy-points", "nan"], "--accuracy-points nan: must be a number >= 0"),
     (["--alpha", "1.5"], "--alpha 1.5: must lie in (0, 1)"),

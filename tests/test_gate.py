@@ -138,10 +138,35 @@ LOOSE = ["--threshold", "time=0.5", "--threshold", "throughput=0.5", "--threshol
          "--threshold", "peak_memory=0.25"]  # two runs on a shared 2-core machine: noise, not regressions
 
 
+def scaled(b: dict, k: float) -> dict:
+    """Benchmark B with every time of its rounds K times longer: pytest-benchmark's stats and the
+    case's own record of the same rounds alike (the validator refuses one edited without the other)."""
+    stats = b["stats"]
+    stats["data"] = [t * k for t in stats.get("data") or []]
+    for key in ("median", "min", "max", "mean"):
+        if key in stats:
+            stats[key] *= k
+    e = b["extra_info"]
+    for r in e.get("rounds") if isinstance(e.get("rounds"), list) else []:
+        r["finetune_s"] *= k
+    if e.get("finetune_s") is not None:
+        e["finetune_s"] *= k
+    return b
+
+
 def test_gate_passes_a_real_run_within_the_spread_of_its_history(saved_runs, tmp_path):
-    """History mode on real runs: the second run against both stored runs lies inside their spread by
-    construction, however noisy this machine was between the two sessions (no limit loosened)."""
-    r = gate_cli(*saved_runs, saved_runs[1], "--github-json", tmp_path / "gh.json")
+    """History mode on real runs: a candidate whose times lie halfway between the two stored runs' (the
+    second run, retimed; another session) is inside their spread by construction, however noisy this
+    machine was between the two sessions (no limit loosened). The second run itself as candidate is
+    refused: a baseline that is the candidate's own session would widen the band around itself."""
+    runs = [json.loads(p.read_text()) for p in saved_runs]
+    first = {b["name"]: b["stats"]["median"] for b in runs[0]["benchmarks"]}
+    for b in runs[1]["benchmarks"]:
+        scaled(b, (first[b["name"]] + b["stats"]["median"]) / 2 / b["stats"]["median"])
+    runs[1]["datetime"] = "2026-12-06T00:00:00+00:00"
+    cand = tmp_path / "halfway.json"
+    cand.write_text(json.dumps(runs[1]))
+    r = gate_cli(*saved_runs, cand, "--github-json", tmp_path / "gh.json")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "test_finetune[torch-mobilenet_v2]" in r.stdout and "PASS" in r.stdout
     assert "(history of 2 runs)" in r.stdout and "noise band" in r.stdout
@@ -150,6 +175,8 @@ def test_gate_passes_a_real_run_within_the_spread_of_its_history(saved_runs, tmp
     assert any(e["name"].endswith(" time") for e in smaller)
     assert any(e["name"].endswith(" accuracy_after") for e in bigger)
     assert all({"name", "unit", "value"} <= e.keys() for e in smaller + bigger)
+    r = gate_cli(*saved_runs, saved_runs[1])
+    assert r.returncode == 2 and "hold the same session" in r.stderr, r.stdout + r.stderr
 
 
 def slowed(run: dict, baselines: list[Path], factor: float, test: str = "test_finetune") -> dict:
@@ -158,9 +185,8 @@ def slowed(run: dict, baselines: list[Path], factor: float, test: str = "test_fi
     slow as a 3x slowdown of the other (and its spread then hides a 3x slowdown in history mode)."""
     stored = [{b["name"]: b for b in json.loads(p.read_text())["benchmarks"]} for p in baselines]
     for b in (b for b in run["benchmarks"] if b["name"].startswith(test)):
-        k = factor * max(s[b["name"]]["stats"]["median"] for s in stored) / b["stats"]["median"]
-        b["stats"]["data"] = [t * k for t in b["stats"]["data"]]
-        b["stats"]["median"] *= k
+        scaled(b, factor * max(s[b["name"]]["stats"]["median"] for s in stored) / b["stats"]["median"])
+    run["datetime"] = "2026-12-06T00:00:01+00:00"  # another session (a history refuses the candidate's own)
     return run
 
 

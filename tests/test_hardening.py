@@ -46,11 +46,11 @@ def test_a_need_above_the_room_always_reads_above_it(limit, extra):
        per_replica=st.integers(2**28, 2**35))
 def test_replicas_fit_the_host_or_the_line_says_how_many_do(replicas, device, gpus, hidden, cores, available,
                                                             per_replica):
-    """Refused exactly when a bound is crossed (a GPU each on a GPU run, a core each on a CPU run,
-    their memory); the one line names the option as typed and a number that fits every bound."""
+    """Refused exactly when a bound is crossed (a GPU each on a GPU run, none seen included, a core each
+    on a CPU run, their memory); the one line names the option as typed and a number that fits every bound."""
     visible = max(gpus - hidden, 0)
     problem = replicas_problem(replicas, device, gpus, visible, cores, available, per_replica)
-    crossed = (device == "gpu" and gpus and replicas > visible) or (device == "cpu" and replicas > cores) \
+    crossed = (device == "gpu" and replicas > visible) or (device == "cpu" and replicas > cores) \
         or replicas * per_replica > available
     assert bool(problem) == bool(crossed)
     if problem:
@@ -219,3 +219,29 @@ def test_github_json_honours_the_umask(tmp_path, umask):
     assert r.returncode == 0, r.stdout + r.stderr
     for name in ("gh.json", "gh.bigger.json"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("value,count", [("", 0), ("-1", 0), ("0,0,0", 1), ("0,1", 2), ("1,-1,0", 1), ("0,7", 1),
+                                         ("GPU-1234,0", 2), (" 0 , 1 ", 2)])
+def test_cuda_visible_devices_is_read_as_cuda_reads_it(value, count):
+    """In order, up to the first entry that names no device; a device named twice is one device."""
+    assert config.visible_gpus(4, {"CUDA_VISIBLE_DEVICES": value}) == count
+
+
+def test_an_interpreter_that_hangs_is_refused_and_its_children_go_with_it(tmp_path, monkeypatch):
+    """A --candidate-python wrapper script whose child hangs: refused at the probe's timeout, and the
+    child (its own process group) is killed, not left behind."""
+    from bench_fixtures.analysis import ab
+    marker = tmp_path / "child.pid"
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {marker}\nwait\n")
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(ab, "PROBE_TIMEOUT_S", 1)
+    line = ab.probe_python(str(wrapper), "--candidate-python", ["torch"], {})
+    assert line == "--candidate-python: importing this project there took over 1 s; check that interpreter"
+    pid = int(marker.read_text())
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and Path(f"/proc/{pid}").exists() and \
+            Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"

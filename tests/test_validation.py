@@ -161,9 +161,10 @@ def test_a_test_listed_twice_under_two_paths_cannot_hide_a_slowdown(tmp_path):
     assert "again" in line and "which one counts?" in line
 
 
-@pytest.mark.parametrize("alpha", ["nan", "0", "-1", "7", "inf", "0.51"])
+@pytest.mark.parametrize("alpha", ["nan", "0", "-1", "7", "inf", "0.51", "1e-300"])
 def test_alpha_outside_a_significance_level_is_refused(tmp_path, alpha):
-    """--alpha 0 or 7 turned a 20-point accuracy drop into PASS; now it is exit 2 naming the option."""
+    """--alpha 0, 7 or 1e-300 (no test reaches it) turned a 20-point accuracy drop into PASS; now it is
+    exit 2 naming the option."""
     base, run = valid(tmp_path / "run")
     for b in run["benchmarks"]:
         b["extra_info"]["accuracy_after"] -= 0.2
@@ -451,3 +452,68 @@ def test_counts_that_would_stall_a_reader_are_refused(tmp_path):
     tel.write_text(json.dumps({"events": [{"name": "epoch_start", "t_ns": i, "epoch": 0} for i in range(10_001)],
                                "samples": []}))
     assert "'events' holds 10,001 epoch starts" in refused_alike(path, tmp_path)
+
+
+# --------------------------------------------------------------------------- the second red team's holes
+
+def test_a_median_left_alone_while_its_rounds_are_100x_is_refused(tmp_path):
+    """The case's own rounds and pytest-benchmark's median time the same calls: one edited alone
+    (the rounds 100x slower, the median kept) hid a 100x slowdown."""
+    _, run = valid(tmp_path / "run")
+    e = run["benchmarks"][0]["extra_info"]
+    e["rounds"] = [dict(r, finetune_s=100 * r["finetune_s"]) for r in e.get("rounds") or
+                   [dict(finetune_s=run["benchmarks"][0]["stats"]["median"])]]
+    e["finetune_s"] = e["rounds"][-1]["finetune_s"]
+    line = refused_alike(write(tmp_path / "cand.json", run), tmp_path)
+    assert "is not 'stats.median'" in line and ".rounds" in line, line
+
+
+def test_a_case_relabelled_as_another_framework_is_refused(tmp_path):
+    _, run = valid(tmp_path / "run")
+    b = run["benchmarks"][0]
+    other = "tensorflow" if b["extra_info"]["framework"] == "torch" else "torch"
+    b["extra_info"]["framework"] = other
+    line = refused_alike(write(tmp_path / "cand.json", run), tmp_path)
+    assert "are not the case" in line, line
+
+
+def test_peak_memory_compares_one_quantity_on_both_sides(tmp_path):
+    """A candidate with a small framework peak beside a huge process peak, against a baseline with only
+    a process peak: the process peaks are compared (a 100x growth), not 10 MiB against 1 GiB."""
+    base, run = valid(tmp_path / "run")
+    for b in run["benchmarks"]:
+        b["extra_info"]["memory"] = dict(framework_peak=10 * 2**20, process_peak=100 * 2**30)
+    code, out, err = call(gate.main, [str(base), str(write(tmp_path / "cand.json", run))])
+    assert code == gate.REGRESSION, out + err
+    line = next(x for x in out.splitlines() if x.strip().startswith("peak_memory"))
+    assert "REGRESSION" in line and "memory.process_peak" in line, line
+
+
+def test_a_history_holding_the_candidate_or_a_session_twice_is_refused(tmp_path):
+    """`bench gate .benchmarks/*/*.json cand.json` after an autosave: the candidate's own session in its
+    history widened the band around itself (a 100x slowdown passed). One baseline that is the
+    candidate compares a run with itself, and stays allowed."""
+    base, run = valid(tmp_path / "run")
+    run["datetime"] = "2026-12-06T10:00:00.000001+00:00"
+    first = write(tmp_path / "first.json", run)
+    slow = copy.deepcopy(run)
+    for b in slow["benchmarks"]:
+        b["stats"]["data"] = [100 * t for t in b["stats"].get("data") or [b["stats"]["median"]]]
+        b["stats"]["median"] *= 100
+        b["extra_info"].pop("rounds", None), b["extra_info"].pop("finetune_s", None)
+    slow["datetime"] = "2026-12-06T11:00:00.000001+00:00"
+    cand = write(tmp_path / "cand.json", slow)
+    autosave = write(tmp_path / "autosave.json", slow)
+    for args in ([first, autosave, cand], [first, first, cand], [first, cand, cand]):
+        code, out, err = call(gate.main, list(map(str, args)))
+        assert code == gate.CANNOT_COMPARE and "hold the same session" in err, (args, out, err)
+    assert call(gate.main, [str(cand), str(cand)])[0] == gate.PASS
+
+
+def test_an_empty_out_is_refused_not_the_current_folder(tmp_path, monkeypatch):
+    path, _ = valid(tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    code, out, err = call(report.main, [str(path), "--out", ""])
+    assert code == 2 and err == "report: --out is empty; give a folder for the report\n", err
+    assert sorted(os.listdir(tmp_path)) == before

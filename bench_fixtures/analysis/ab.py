@@ -26,9 +26,11 @@ anything starts; a worker of either side that cannot start; the baseline failed;
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -54,7 +56,7 @@ SETTLE_S = 0.25
 PASS, REGRESSION, CANNOT_RUN = 0, 1, 2
 # The settings bench ab's own options set, by the names its user types (errors name those).
 OPTION_NAMES = {"step_count": "--steps", "step_warmup": "--warmup", "step_rounds": "--pairs"}
-PROBE_TIMEOUT_S = 60  # importing the project in a fresh interpreter takes about a second here
+PROBE_TIMEOUT_S = 20  # importing the project in a fresh interpreter takes about a second here, 5 s cold
 # Run in each side's interpreter with a worker's environment: what a worker imports before its
 # framework, then whether each framework named on the command line can be found there (not imported:
 # that is what the worker's 'hello' does; a framework found but broken is caught there).
@@ -111,13 +113,20 @@ def probe_python(python: str, who: str, frameworks: list[str], env: dict[str, st
     run_env = dict(os.environ)  # as runner.worker.Worker builds it: this checkout first, then the side's own
     run_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), run_env.get("PYTHONPATH")]))
     run_env.update(env)
-    try:
-        r = subprocess.run([python, "-c", PROBE, *frameworks], cwd=ROOT, env=run_env, stdin=subprocess.DEVNULL,
-                           capture_output=True, text=True, errors="replace", timeout=PROBE_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return f"{who}: importing this project there took over {PROBE_TIMEOUT_S} s; check that interpreter"
+    try:  # its own process group: a wrapper script's children go with it on a timeout
+        proc = subprocess.Popen([python, "-c", PROBE, *frameworks], cwd=ROOT, env=run_env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
+                                start_new_session=True)
     except OSError as e:
         return f"{who}: cannot run it ({e.strerror or e}); give the python of the environment to test"
+    try:
+        stdout, stderr = proc.communicate(timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return f"{who}: importing this project there took over {PROBE_TIMEOUT_S} s; check that interpreter"
+    r = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     if r.returncode == 0:
         return None
     if r.returncode == 3 and r.stdout.strip():

@@ -30,7 +30,7 @@ import stat
 import statistics
 import sys
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace, field
 from pathlib import Path
 from typing import Callable
 
@@ -66,6 +66,15 @@ def _extra(key: str) -> Callable[[dict], float | None]:
 def _peak_memory(b: dict) -> float | None:
     mem = (b.get("extra_info") or {}).get("memory") or {}
     return mem.get("framework_peak") or mem.get("process_peak")
+
+
+def _same_memory(metric: Metric, runs: list[dict]) -> Metric:
+    """peak_memory as one quantity on every side: the framework's own peak where every run has it,
+    else the process peak (a framework peak against a process peak compares two different things)."""
+    mems = [(b.get("extra_info") or {}).get("memory") or {} for b in runs]
+    kind = "framework_peak" if all(m.get("framework_peak") for m in mems) else "process_peak"
+    return replace(metric, extract=lambda b: ((b.get("extra_info") or {}).get("memory") or {}).get(kind),
+                   source=f"memory.{kind}, last round")
 
 
 def _accuracy_after(b: dict) -> float | None:
@@ -325,6 +334,8 @@ def compare(bases: dict | list[dict], cand: dict, thresholds: Thresholds, alpha:
     for case in sorted(bb.keys() & cb.keys()):
         history = [run[case] for run in per_run if case in run and not failed(run[case])] or [bb[case]]
         for metric in METRICS.values():
+            if metric.name == "peak_memory":
+                metric = _same_memory(metric, [*history, cb[case]])
             v = compare_metric(case, metric, history, cb[case], thresholds.get(case, metric.name), alpha)
             if v is not None:
                 verdicts.append(v)
@@ -396,18 +407,18 @@ def github_entries(cand: dict) -> tuple[list[dict], list[dict]]:
 
 
 MISMATCH_CHOICES = ("none", "versions", "all")
-ALPHA_RANGE = (0.0, 0.5)  # exclusive, inclusive: see --alpha's help
+ALPHA_RANGE = (1e-4, 0.5)  # inclusive: see --alpha's help
 
 
 def check_alpha(alpha: float) -> None:
-    """--alpha is the chance of calling identical runs a regression: 0 (or below) can never be reached
-    by any p, so nothing would ever be flagged; above 0.5 a one-sided test flags a change that is more
+    """--alpha is the chance of calling identical runs a regression: below 1e-4 neither the rounds'
+    test nor the accuracy test of any run here reaches it (nothing would ever be flagged); above 0.5 a one-sided test flags a change that is more
     likely noise than not; NaN compares false with everything."""
     low, high = ALPHA_RANGE
-    if not (math.isfinite(alpha) and low < alpha <= high):
-        raise GateError(f"--alpha {alpha:g}: must be a significance level in ({low:g}, {high:g}] (0.05 is usual): "
-                        f"at 0 or below no change is ever significant, above 0.5 noise is more often flagged than "
-                        f"not")
+    if not (math.isfinite(alpha) and low <= alpha <= high):
+        raise GateError(f"--alpha {alpha:g}: must be a significance level in [{low:g}, {high:g}] (0.05 is usual): "
+                        f"below {low:g} no test these runs' rounds and test sets allow can reach it, so no change "
+                        f"would ever be flagged; above 0.5 noise is more often flagged than not")
 
 
 def disturbed_cases(paths: list[str], runs: list[dict], cand_path: str, cand: dict) -> tuple[list[str], list[str]]:
@@ -430,6 +441,28 @@ def disturbed_cases(paths: list[str], runs: list[dict], cand_path: str, cand: di
             unmeasured.append(f"{path}: {blind} compared case(s) without a disturbance record (a run from before it "
                               f"was recorded, or no CPU figures): other load on the machine was not measured")
     return list(dict.fromkeys(disturbed)), list(dict.fromkeys(unmeasured))  # a file given twice: said once
+
+
+def same_sessions(paths: list[str], bases: list[dict], cand_path: str, cand: dict) -> None:
+    """In history mode (two baselines or more), refuse a baseline that is the candidate's own session
+    (its --benchmark-json beside its autosave, or a copy: it widens the noise band around itself and
+    once hid a 100x slowdown) or one session given twice (it claims a band of no noise). A session is
+    its file, or the time pytest-benchmark stamped it with (`datetime`, to the microsecond). One
+    baseline that is the candidate compares a run with itself: allowed, it hides nothing."""
+    if len(bases) < 2:
+        return
+    seen: dict[object, str] = {}
+    for path, run in [*zip(paths, bases), (cand_path, cand)]:
+        keys = [("file", os.path.realpath(path))]
+        if isinstance(run.get("datetime"), str) and run["datetime"].strip():
+            keys.append(("datetime", run["datetime"].strip()))
+        for key in keys:
+            if key in seen:
+                what = "the candidate's own session" if path == cand_path else "a session given twice"
+                raise GateError(f"{seen[key]} and {path} hold the same session ({key[0]} {key[1]!r}): in a history, "
+                                f"{what} is no evidence of the noise; give each stored session once, and the "
+                                f"candidate's only as the candidate")
+            seen[key] = path
 
 
 def _not_a_file(path: Path) -> str | None:
@@ -468,9 +501,9 @@ def main(argv: list[str] | None = None, prog: str = "bench gate") -> int:
                         "(0.10 = 10%%), percentage points for accuracy_after")
     p.add_argument("--config", help="TOML file: [thresholds] and [tests.\"TEST\"] tables")
     p.add_argument("--alpha", type=float, default=0.05,
-                   help="significance level of the time and accuracy tests, in (0, 0.5] (0.05): the chance of "
-                        "calling identical runs a regression; 0 would never flag anything, above 0.5 noise is "
-                        "flagged more often than not")
+                   help="significance level of the time and accuracy tests, in [0.0001, 0.5] (0.05): the chance "
+                        "of calling identical runs a regression; below, no test of these runs could reach it, above "
+                        "0.5 noise is flagged more often than not")
     p.add_argument("--allow-mismatch", default="none", choices=MISMATCH_CHOICES,
                    help="compare anyway: 'versions' lets framework versions differ (an upgrade), "
                         "'all' (the default when given bare) also hardware and config")
@@ -490,6 +523,7 @@ def main(argv: list[str] | None = None, prog: str = "bench gate") -> int:
         for spec in a.threshold:
             thresholds.set(spec)
         bases, cand = [load_run(b) for b in a.baseline], load_run(a.candidate)
+        same_sessions(a.baseline, bases, a.candidate, cand)
         base = bases[-1]
         problems = [f"{path}: {p}" if len(bases) > 1 else p for path, b in zip(a.baseline, bases)
                     for p in mismatches(b, cand, a.allow_mismatch)]

@@ -677,6 +677,8 @@ def write_report(paths: list[str], out: str | Path) -> Path:
     first, everything is drawn into a temporary folder inside OUT and moved into place at the end,
     report.md last; on any failure the temporary folder, and OUT itself if this call made it, go.
     An OUT that cannot take the report raises OutputError (a ResultsError: one line, exit 2)."""
+    if not str(out).strip():  # Path("") is the current folder: the report would land among the user's files
+        raise OutputError("--out is empty; give a folder for the report")
     final = Path(out)
     problem = folder_problem(final)
     if problem:

@@ -380,7 +380,40 @@ def _check_benchmark(b: Any, w: str) -> None:
         raise Invalid(f"{w}.stats.data", f"holds {len(data)} round times, 'stats.rounds' says {rounds}")
     if data and not math.isclose(statistics.median(data), median, rel_tol=1e-6):
         raise Invalid(f"{w}.stats.median", f"{median:g} is not the median of 'stats.data' ({statistics.median(data):g})")
-    _check_extra(_object(b.get("extra_info"), f"{w}.extra_info"), f"{w}.extra_info")
+    extra = _object(b.get("extra_info"), f"{w}.extra_info")
+    _check_extra(extra, f"{w}.extra_info")
+    _check_identity(case_name(b), extra, f"{w}.extra_info")
+    _check_same_rounds(median, extra, f"{w}.extra_info")
+
+
+ROUND_TOLERANCE = (0.05, 0.05)  # relative, seconds: pytest-benchmark times the call the case times inside
+
+
+def _check_identity(name: str, e: dict, w: str) -> None:
+    """The test's parameters name the framework and model its extra_info says it ran: the gate matches
+    cases by name and compares what extra_info holds, so a relabelled case would compare other work."""
+    params = name.split("[", 1)[1].rstrip("]") if "[" in name else None
+    fw, model = e.get("framework"), e.get("model")
+    if params is None or fw is None or model is None:
+        return
+    if params != f"{fw}-{model}" and not params.startswith(f"{fw}-{model}-"):
+        raise Invalid(f"{w}.framework", f"{fw!r} and model {model!r} are not the case {name!r:.80} names")
+
+
+def _check_same_rounds(median: float, e: dict, w: str) -> None:
+    """The fine-tune rounds the case timed itself (`rounds[].finetune_s`, the last one `finetune_s`)
+    and pytest-benchmark's median of the same calls agree: the gate judges the median and tests the
+    rounds, so one edited without the other would hide (or invent) a change."""
+    rounds = e.get("rounds") if isinstance(e.get("rounds"), list) else []
+    times = [r.get("finetune_s") for r in rounds if isinstance(r, dict) and r.get("finetune_s") is not None]
+    if not times:
+        return
+    if e.get("finetune_s") is not None and not math.isclose(e["finetune_s"], times[-1], rel_tol=1e-9):
+        raise Invalid(f"{w}.finetune_s", f"{e['finetune_s']:g} is not the last round's ({times[-1]:g})")
+    mid, (rel, absolute) = statistics.median(times), ROUND_TOLERANCE
+    if abs(mid - median) > max(rel * max(mid, median), absolute):
+        raise Invalid(f"{w}.rounds", f"their median fine-tune {mid:g} s is not 'stats.median' ({median:g} s), "
+                                     f"which times the same rounds")
 
 
 def _check_extra(e: dict, w: str) -> None:
@@ -673,20 +706,22 @@ def check_telemetry(tel: Any) -> None:
         _count(e.get("epoch"), f"events[{i}].epoch", 0, MAX_EPOCHS)
         _fields(_object(e.get("memory"), f"events[{i}].memory"), f"events[{i}].memory",
                 dict(peak=(0, MAX_BYTES), reserved_peak=(0, MAX_BYTES), current=(0, MAX_BYTES)))
-    for i, s in enumerate(_list(tel.get("samples", _MISSING), "samples", null=False)):
-        s = _object(s, f"samples[{i}]", null=False)
-        _count(s.get("t_ns", _MISSING), f"samples[{i}].t_ns", 0, MAX_INT, null=False)
-        for key, v in s.items():
-            if key == "t_ns":
-                continue
-            if key == "util":
-                _number(v, f"samples[{i}].util", 0.0, 1.0)
-            elif key in ("proc_mem", "device_mem", "other_proc_mem"):
-                _number(v, f"samples[{i}].{key}", 0.0, MAX_BYTES)
-            elif isinstance(v, list):
-                _numbers(v, f"samples[{i}]{_key(key)}", -MAX_BYTES, MAX_BYTES)
-            elif not isinstance(v, bool):
-                _number(v, f"samples[{i}]{_key(key)}", -MAX_BYTES, MAX_BYTES)
+    for part in ("samples", "host_samples"):  # host_samples: the machine's other load (runs before it: none)
+        for i, s in enumerate(_list(tel.get(part, _MISSING if part == "samples" else None), part,
+                                    null=part != "samples")):
+            s = _object(s, f"{part}[{i}]", null=False)
+            _count(s.get("t_ns", _MISSING), f"{part}[{i}].t_ns", 0, MAX_INT, null=False)
+            for key, v in s.items():
+                if key == "t_ns":
+                    continue
+                if key in ("util", "other_share", "steal_share"):
+                    _number(v, f"{part}[{i}].{key}", 0.0, 1.0)
+                elif key in ("proc_mem", "device_mem", "other_proc_mem"):
+                    _number(v, f"{part}[{i}].{key}", 0.0, MAX_BYTES)
+                elif isinstance(v, list):
+                    _numbers(v, f"{part}[{i}]{_key(key)}", -MAX_BYTES, MAX_BYTES)
+                elif not isinstance(v, bool):
+                    _number(v, f"{part}[{i}]{_key(key)}", -MAX_BYTES, MAX_BYTES)
     _text(_object(tel.get("monitor"), "monitor").get("backend"), "monitor.backend")
     problem = _walk_problem(tel, "")
     if problem is not None:
