@@ -504,7 +504,12 @@ def test_a_history_holding_the_candidate_or_a_session_twice_is_refused(tmp_path)
     slow["datetime"] = "2026-12-06T11:00:00.000001+00:00"
     cand = write(tmp_path / "cand.json", slow)
     autosave = write(tmp_path / "autosave.json", slow)
-    for args in ([first, autosave, cand], [first, first, cand], [first, cand, cand]):
+    other_zone = write(tmp_path / "other_zone.json", dict(slow, datetime="2026-12-06T12:00:00.000001+01:00"))
+    later = copy.deepcopy(slow)
+    later["datetime"] = "2026-12-06T11:00:00.000002+00:00"  # a copy stamped a microsecond later: its figures
+    later = write(tmp_path / "later.json", later)
+    for args in ([first, autosave, cand], [first, first, cand], [first, cand, cand], [first, other_zone, cand],
+                 [first, later, cand]):
         code, out, err = call(gate.main, list(map(str, args)))
         assert code == gate.CANNOT_COMPARE and "hold the same session" in err, (args, out, err)
     assert call(gate.main, [str(cand), str(cand)])[0] == gate.PASS

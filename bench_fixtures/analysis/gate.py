@@ -30,7 +30,8 @@ import stat
 import statistics
 import sys
 import tomllib
-from dataclasses import dataclass, replace, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -443,26 +444,40 @@ def disturbed_cases(paths: list[str], runs: list[dict], cand_path: str, cand: di
     return list(dict.fromkeys(disturbed)), list(dict.fromkeys(unmeasured))  # a file given twice: said once
 
 
+def _stamp(value: object) -> str | None:
+    """pytest-benchmark's session time as one instant (UTC, to the microsecond), however it is written."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        t = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return value.strip()
+    return (t if t.tzinfo is None else t.astimezone(timezone.utc).replace(tzinfo=None)).isoformat()
+
+
 def same_sessions(paths: list[str], bases: list[dict], cand_path: str, cand: dict) -> None:
     """In history mode (two baselines or more), refuse a baseline that is the candidate's own session
     (its --benchmark-json beside its autosave, or a copy: it widens the noise band around itself and
     once hid a 100x slowdown) or one session given twice (it claims a band of no noise). A session is
-    its file, or the time pytest-benchmark stamped it with (`datetime`, to the microsecond). One
-    baseline that is the candidate compares a run with itself: allowed, it hides nothing."""
+    its file, the instant pytest-benchmark stamped it with (`datetime`, in any time zone), or its
+    figures: every case's rounds to the last digit (no two sessions time alike). One baseline that
+    is the candidate compares a run with itself: allowed, it hides nothing."""
     if len(bases) < 2:
         return
     seen: dict[object, str] = {}
     for path, run in [*zip(paths, bases), (cand_path, cand)]:
-        keys = [("file", os.path.realpath(path))]
-        if isinstance(run.get("datetime"), str) and run["datetime"].strip():
-            keys.append(("datetime", run["datetime"].strip()))
-        for key in keys:
-            if key in seen:
+        keys = [("file", os.path.realpath(path)), ("the same figures",
+                tuple(sorted((case_name(b), tuple(_round_times(b)) or b["stats"]["median"]) for b in run["benchmarks"])))]
+        if _stamp(run.get("datetime")):
+            keys.append(("datetime", _stamp(run.get("datetime"))))
+        for kind, key in keys:
+            if (kind, key) in seen:
                 what = "the candidate's own session" if path == cand_path else "a session given twice"
-                raise GateError(f"{seen[key]} and {path} hold the same session ({key[0]} {key[1]!r}): in a history, "
+                said = kind if kind == "the same figures" else f"{kind} {key!r:.80}"
+                raise GateError(f"{seen[(kind, key)]} and {path} hold the same session ({said}): in a history, "
                                 f"{what} is no evidence of the noise; give each stored session once, and the "
                                 f"candidate's only as the candidate")
-            seen[key] = path
+            seen[(kind, key)] = path
 
 
 def _not_a_file(path: Path) -> str | None:
