@@ -56,7 +56,7 @@ def test_a_hog_is_other_load_and_the_monitored_worker_is_not():
         hog = subprocess.Popen(spin)
         try:
             with mon.Monitor(worker.pid, "cpu", interval=0.05) as m:
-                time.sleep(1.5)  # the window sampled, not a synchronisation: any length over a second will do
+                time.sleep(2.5)  # the window sampled, not a synchronisation: over EPOCH_MIN_S, judged
         finally:
             hog.kill()
             hog.wait()

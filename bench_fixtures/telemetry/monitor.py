@@ -391,11 +391,12 @@ def judge(mon: "Monitor | None", steps: list[tuple[int, int]], timed: list[tuple
 
 DISTURBANCE_VERSION = 1
 # A case is disturbed when load that is not ours held more than this share of the machine's CPU over
-# its timed region, or over one epoch of at least EPOCH_MIN_S: a worker that can use every core then
+# its timed region (of at least EPOCH_MIN_S), or over one epoch of at least EPOCH_MIN_S: a worker that can use every core then
 # loses up to that share of its time, as much as the gate's 10% time threshold. A quiet machine here
 # measured 0-2% (the kernel, the harness's own tree excluded), a one-core hog on 2 cores 30-50%.
 DISTURBED_SHARE = 0.10
-EPOCH_MIN_S = 2.0  # shorter windows hold too few clock ticks (10 ms each) for a share this small
+EPOCH_MIN_S = 2.0  # shorter windows (an epoch, or a smoke run's few timed steps) hold too few clock ticks
+#                    (10 ms each) for a share this small: one train_step region of 0.3 s read 16% on a quiet run
 
 
 def _mean(v: np.ndarray) -> float | None:
@@ -420,7 +421,9 @@ def disturbance(mon: "Monitor | None", timed: list[tuple[int, int]], epochs: lis
                           other_share_p95=float(np.percentile(other, 95)),
                           steal_share_mean=float(steal.mean()), run_queue_mean=_mean(queue),
                           cores=next((s["cores"] for s in samples if "cores" in s), None))
-        if other.mean() > DISTURBED_SHARE:
+        seconds = sum(b - a for a, b in timed) / 1e9
+        out["cpu"].update(seconds=seconds, judged=seconds >= EPOCH_MIN_S)
+        if seconds >= EPOCH_MIN_S and other.mean() > DISTURBED_SHARE:  # shorter: too few ticks to judge 10%
             out["reasons"].append(f"other processes used {other.mean():.0%} of the machine's CPU while it was timed "
                                   f"(over {DISTURBED_SHARE:.0%}; steal {steal.mean():.0%}, run queue "
                                   f"{_mean(queue) or 0:.1f} on {out['cpu']['cores']} cores)")
