@@ -138,6 +138,16 @@ class BenchConfig:
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "BenchConfig":
+        """The config back from `as_dict()` (the worker's copy, a run file's bench_config): every field
+        present and no other, so a reader on the far side of a pipe or a file reads attributes."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        missing, unknown = fields - values.keys() - {"replicas", "overrides"}, values.keys() - fields
+        if missing or unknown:
+            raise ConfigError(f"not a bench config: missing {sorted(missing)}, unknown {sorted(unknown)}")
+        return cls(**values)
+
     @property
     def setups(self) -> tuple[str, ...]:
         return SETUPS if self.setup == "both" else (self.setup,)

@@ -27,6 +27,10 @@ from ..telemetry.timeline import EPOCH_START
 # Outcome of the test around a benchmark (the plugin records it: pytest-benchmark keeps the numbers
 # of a test that failed after measuring, e.g. one whose accuracy did not improve).
 OUTCOME_KEY = "test_outcome"
+# The run file's schema: written at the top level of every run file (plugin), read by every reader.
+# Files without the key are version 1 (written before it existed) and are upgraded on load.
+SCHEMA_KEY = "bench_schema"
+SCHEMA_VERSION = 2
 OUTCOMES = ("passed", "failed")
 
 # Sane ranges. Each is far beyond anything this suite can measure, and small enough that every
