@@ -10,26 +10,20 @@ from typing import Any, Mapping
 
 from .files import folder_problem, size, size_pair
 
-MODELS = ("resnet50", "vgg19", "mobilenet_v2")
+from .settings import MODELS, PRECISIONS, PROFILE_NAMES, SETTING, SETTINGS, UNSET, Setting
 
-PROFILES: dict[str, dict[str, Any]] = {
-    # Small enough to run all six cases on 2 CPU cores within a few minutes, big enough to learn:
-    # 16 steps from random init, with BN running statistics that catch up that fast (momentum 0.5).
-    "smoke": dict(dataset="synthetic", train_size=256, test_size=100, epochs=2, batch_size=32, bn_momentum=0.5,
-                  weights="none", image_size=32, finetune_rounds=1, step_rounds=3, step_count=1,
-                  step_warmup=1, min_accuracy_gain=0.05, eval_every_epoch=False, worker_timeout=900.0),
-    # The seed experiment: full CIFAR-10, 5 epochs at batch 32, fine-tuning ImageNet weights; three
-    # fine-tune rounds (each a fresh model, same seed), so every figure comes with its spread.
-    "seed": dict(dataset="cifar10", train_size=0, test_size=0, epochs=5, batch_size=32,
-                 weights="imagenet", image_size=32, finetune_rounds=3, step_rounds=10, step_count=50,
-                 step_warmup=20, min_accuracy_gain=0.10, eval_every_epoch=True, worker_timeout=7200.0),
-    # The GPU runner's short check (.ci/gpu): real CIFAR-10, a 10,000-image training subset, the full
-    # test set, the seed's 5 epochs at batch 32; all six cases within about 6 minutes on an H100-class GPU.
-    "quick": dict(dataset="cifar10", train_size=10000, test_size=0, epochs=5, batch_size=32,
-                  weights="imagenet", image_size=32, finetune_rounds=1, step_rounds=5, step_count=50,
-                  step_warmup=20, min_accuracy_gain=0.10, eval_every_epoch=True, worker_timeout=1800.0),
-}
-MATCHED_BN_MOMENTUM = 0.1  # torch's default; Keras 0.9
+# Everything below derives from the settings table (settings.py): one row per setting.
+PROFILES: dict[str, dict[str, Any]] = {p: {s.name: s.profiles[p] for s in SETTINGS if p in s.profiles}
+                                       for p in PROFILE_NAMES}
+COMMON: dict[str, Any] = {s.name: s.default for s in SETTINGS
+                          if s.name != "profile" and s.matched is UNSET and not s.profiles}
+# The framework settings whose defaults differ between torch, TensorFlow and JAX: `matched` aligns them
+# to these values; `defaults` leaves each framework's own (None). A value given by an option, or by the
+# profile (smoke's BatchNorm momentum, which 16 steps from random init need), applies in both setups.
+MATCHED: dict[str, Any] = {s.name: s.matched for s in SETTINGS if s.matched is not UNSET}
+CHOICES: dict[str, tuple[Any, ...]] = {s.name: s.choices for s in SETTINGS if s.choices}
+OPTION: dict[str, str] = {s.name: s.flag or s.name for s in SETTINGS}  # what an error names
+MATCHED_BN_MOMENTUM = MATCHED["bn_momentum"]
 # A profile on the other data set: smoke on real CIFAR-10 needs more steps than 16 to show a gain
 # (and BN statistics at the usual momentum); applied before explicit options.
 DATASET_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
@@ -39,30 +33,20 @@ DATASET_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
 # show the gain (measured on staged test files: VGG19 10% -> 10% in 2 epochs, 61% in 4); each of its
 # steps is a forward pass of the backbone plus the head's update, so 4 epochs cost less than 2 full ones.
 TRAIN_LAYERS_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {("smoke", "head"): dict(epochs=4)}
-COMMON: dict[str, Any] = dict(optimizer="sgd", lr=None, momentum=0.9, seed=0, device="auto",
-                              data_dir=None, preprocess="auto", monitor_interval=0.05,
-                              worker_memory_limit=0, setup="matched", channels_last=False,
-                              target_accuracy=None, peak_tflops=None, train_layers="all",
-                              weights_dir=None, replicas=1)
-# The framework settings whose defaults differ between torch, TensorFlow and JAX. `matched` aligns them
-# to these values; `defaults` leaves each framework's own (None: the worker sets nothing and reads
-# back what the framework uses). A value given by an option, or by the profile (smoke's BatchNorm
-# momentum, which 16 steps from random init need), is applied in both setups.
-MATCHED: dict[str, Any] = dict(precision="fp32", compile="off", bn_momentum=MATCHED_BN_MOMENTUM, bn_eps=1e-5,
-                               adam_eps=1e-8)
 SETUPS = ("matched", "defaults")
 PRETRAINED = ("imagenet", "same")  # --weights values that load a checkpoint
-MIN_WORKER_MEMORY_MIB = 1024  # torch or TensorFlow imported, before any model
-# The real ranges, each with the reason a value outside it cannot run (said in the error).
-MAX_SEED = 2**32 - 1  # Keras' set_random_seed seeds NumPy's legacy generator: 32 bits
-MAX_WORKER_TIMEOUT_S = 2_147_483  # epoll_wait takes the wait in int milliseconds: < 2**31 ms (24.8 days)
-MIN_WORKER_TIMEOUT_S = 1.0  # a worker needs longer than this to start and answer 'hello'
-MAX_IMAGE_SIZE = 2048  # 7 times ImageNet's 299: beyond, a single image's activations outgrow any device
-MIN_TEST_SIZE = 10  # the test subset is stratified over the 10 classes: one image each at least
-MAX_REPLICAS = 1024  # data-parallel replicas on this host (one process each)
-MAX_EPOCHS = 10_000  # the seed runs 5; the readers of a run file walk every epoch
-MAX_STEPS = 10**6  # training steps in one train_step round or its warm-up: a round is seconds to minutes, not days
-MAX_ROUNDS = 100_000  # timed rounds of one case; the gate's exact test costs ~0.4 s at this count, 25 s at 10x
+DEFAULT_LR = {"sgd": 0.01, "adam": 0.001}
+# The caps the run-file readers hold files to, as the table's ranges say them.
+MIN_WORKER_MEMORY_MIB = int(SETTING["worker_memory_limit"].low)
+MAX_SEED = int(SETTING["seed"].high)
+MIN_WORKER_TIMEOUT_S, MAX_WORKER_TIMEOUT_S = SETTING["worker_timeout"].low, SETTING["worker_timeout"].high
+MAX_EPOCHS = int(SETTING["epochs"].high)
+MAX_ROUNDS = int(SETTING["finetune_rounds"].high)
+MAX_STEPS = int(SETTING["step_count"].high)
+MAX_REPLICAS = int(SETTING["replicas"].high)
+MAX_IMAGE_SIZE = int(SETTING["image_size"].high)
+MONITOR_INTERVAL_RANGE = (SETTING["monitor_interval"].low, SETTING["monitor_interval"].high)
+PEAK_TFLOPS_RANGE = (SETTING["peak_tflops"].low, SETTING["peak_tflops"].high)
 # Host memory one replica's worker takes, for --replicas N at startup. Measured peaks (VmHWM) of one
 # smoke fine-tune here, 32 px at batch 32: torch 0.8-1.2 GiB, TensorFlow 1.1-1.5 GiB (ResNet50 the
 # largest), Keras on JAX 1.2-1.4 GiB; most of it the framework's runtime, the same at any image size.
@@ -71,21 +55,6 @@ REPLICA_BASE_MIB = 1600
 # of its area: from 32 px to 96 px at batch 32, peaks grew 1.4-2.0 MiB per image and tile (VGG19,
 # ResNet50; torch and TensorFlow), so 224 px at batch 32 adds about 4 GiB.
 REPLICA_MIB_PER_IMAGE_TILE = 2.5
-MONITOR_INTERVAL_RANGE = (0.01, 60.0)  # below 10 ms sampling takes a visible share of a core; above
-#                                        a minute a fine-tune's epochs get no sample of their own
-# fp32 (TF32 off), tf32 (fp32 with TF32 on), and mixed precision: bf16 / fp16 compute with float32
-# weights, logits and loss (torch autocast, Keras' mixed_* policies), fp16 with dynamic loss scaling.
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
-PEAK_TFLOPS_RANGE = (1e-3, 1e5)  # --peak-tflops, in TFLOP/s; the run validator holds files to it too
-DEFAULT_LR = {"sgd": 0.01, "adam": 0.001}
-CHOICES = {"profile": ("auto", "smoke", "seed", "quick"), "dataset": ("cifar10", "synthetic"),
-           "weights": ("imagenet", "none", "same"), "device": ("auto", "cpu", "gpu"),
-           "optimizer": ("sgd", "adam"), "precision": PRECISIONS, "compile": ("off", "on"),
-           "preprocess": ("auto", "cifar", "native"), "setup": ("matched", "defaults", "both"),
-           "train_layers": ("all", "head")}
-# Option name for each field, so an error names what the user typed.
-OPTION = {f: "--" + f.replace("_", "-") for f in (*PROFILES["smoke"], *COMMON, *MATCHED)}
-OPTION["profile"] = "--bench-profile"
 
 
 class ConfigError(ValueError):
@@ -183,18 +152,41 @@ def setup_values(setup: str, overrides: Mapping[str, Any], weights: str) -> dict
 
 def _check_choice(field: str, value: Any) -> None:
     if value not in CHOICES[field]:
-        raise ConfigError(f"{OPTION[field]} {value!r}: choose one of {', '.join(CHOICES[field])}")
+        raise ConfigError(f"{OPTION[field]} {value!r}: choose one of {', '.join(map(str, CHOICES[field]))}")
 
 
-def _check_number(field: str, value: Any, kind: type, low: float, low_ok: bool = True) -> None:
+def _bound(x: float) -> str:
+    return f"{x:,.0f}" if float(x).is_integer() and abs(x) >= 1000 else f"{x:g}"
+
+
+def check(row: Setting, value: Any) -> None:
+    """VALUE against ROW's choices or range (ConfigError naming the option, the range and why)."""
+    if row.choices:
+        return _check_choice(row.name, value)
+    if row.kind not in (int, float):
+        return
+    option, what = OPTION[row.name], "n integer" if row.kind is int else " number"
     if isinstance(value, int) and abs(value) > 2**63 - 1:  # float() of it would overflow
-        raise ConfigError(f"{OPTION[field]}: a {len(str(abs(value)))}-digit number is out of any range it can run with")
+        raise ConfigError(f"{option}: a {len(str(abs(value)))}-digit number is out of any range it can run with")
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if kind is int:
-        ok = ok and float(value).is_integer()
-    if not ok or value < low or (value == low and not low_ok):
-        bound = f">= {low}" if low_ok else f"> {low}"
-        raise ConfigError(f"{OPTION[field]} {value!r}: must be a{'n integer' if kind is int else ' number'} {bound}")
+    if not ok or (row.kind is int and not float(value).is_integer()):
+        low = "" if row.low is None else f" {'>' if row.low_open else '>='} {_bound(row.low)}"
+        raise ConfigError(f"{option} {value!r}: must be a{what}{low}")
+    if row.zero and value == 0:
+        return
+    below = row.low is not None and (value < row.low or (row.low_open and value == row.low))
+    above = row.high is not None and value > row.high
+    why = f": {row.why}" if row.why else ""
+    if row.kind is float and row.low is not None and row.high is not None and (below or above):
+        opening = "(" if row.low_open else "["
+        raise ConfigError(f"{option} {value!r}: must lie in {opening}{_bound(row.low)}, {_bound(row.high)}]"
+                          f"{row.unit}{why}")
+    if below and row.zero:
+        raise ConfigError(f"{option} {value!r}: must be 0 ({row.zero}) or at least {_bound(row.low)}{row.unit}{why}")
+    if below:
+        raise ConfigError(f"{option} {value!r}: must be a{what} {'>' if row.low_open else '>='} {_bound(row.low)}")
+    if above:
+        raise ConfigError(f"{option} {value!r}: must be at most {_bound(row.high)}{row.unit}{why}")
 
 
 def _data_dir(given: str) -> str:
@@ -290,7 +282,7 @@ def replicas_problem(replicas: int, device: str, gpus: int, visible: int, cores:
     many fit and the fix), or None: each needs its own GPU on a GPU run (of the VISIBLE of the GPUS
     NVML sees), its own core on a CPU run, and its memory (PER_REPLICA
     of AVAILABLE bytes)."""
-    elsewhere = ", or run the rest on another host (README)"
+    elsewhere = ", or run the rest on another host (docs/replicas.md)"
     bounds = []  # (how many fit, the option and why, the fix)
     if device == "gpu":
         narrowed = f", of which CUDA_VISIBLE_DEVICES leaves {visible}" if visible < gpus else ""
@@ -323,23 +315,52 @@ def resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str = "",
 
 def _resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str) -> BenchConfig:
     given = {k: v for k, v in options.items() if v is not None}
-    profile = given.pop("profile", "auto")
-    _check_choice("profile", profile)
-    device = given.get("device", "auto")
-    _check_choice("device", device)
-    if profile == "auto":
-        profile = "seed" if gpu_count and device != "cpu" else "smoke"
-        profile_reason = ("auto: a GPU is visible" if profile == "seed"
-                          else "auto: no GPU" + (f", {gpu_reason}" if gpu_reason else "") if device != "cpu"
-                          else "auto: --device cpu")
-    else:
-        profile_reason = "--bench-profile"
-    unknown = set(given) - set(PROFILES[profile]) - set(COMMON) - set(MATCHED)
+    profile, profile_reason = _profile(given.pop("profile", "auto"), given.get("device", "auto"), gpu_count,
+                                       gpu_reason)
+    unknown = set(given) - SETTING.keys()
     if unknown:
         raise ConfigError(f"unknown setting(s) {sorted(unknown)}")
+    values = _defaults(profile, given)
+    _check_choice("setup", values["setup"])
+    _check_choice("train_layers", values["train_layers"])
+    _weights(values)
+    if values["device"] == "auto":
+        values["device"] = "gpu" if gpu_count else "cpu"
+        device_reason = f"auto: {gpu_count} GPU(s) seen by NVML" if gpu_count else "auto: " + (gpu_reason or "no GPU")
+    else:
+        device_reason = "--device"
+    if values["lr"] is None:
+        values["lr"] = DEFAULT_LR.get(values["optimizer"])
+    for row in SETTINGS[1:]:  # each setting alone, as the table says (None: left to the framework or unset)
+        if values[row.name] is not None and not row.folder:
+            check(row, values[row.name])
+    _across(values, gpu_count)
+    values.update({s.name: s.kind(values[s.name]) for s in SETTINGS
+                   if s.kind in (int, bool) and values[s.name] is not None and s.name != "profile"})
+    return BenchConfig(profile=profile, profile_reason=profile_reason, device_reason=device_reason,
+                       **{k: values[k] for k in values if k != "profile"})
+
+
+def _profile(profile: str, device: str, gpu_count: int, gpu_reason: str) -> tuple[str, str]:
+    """The profile and why: auto is seed where a GPU will run the cases, smoke elsewhere."""
+    _check_choice("profile", profile)
+    _check_choice("device", device)
+    if profile != "auto":
+        return profile, "--bench-profile"
+    if gpu_count and device != "cpu":
+        return "seed", "auto: a GPU is visible"
+    if device == "cpu":
+        return "smoke", "auto: --device cpu"
+    return "smoke", "auto: no GPU" + (f", {gpu_reason}" if gpu_reason else "")
+
+
+def _defaults(profile: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The table's defaults for PROFILE, then the data set's and the layers' own, then GIVEN; the
+    framework settings under the session's setup (`overrides`: those set explicitly)."""
     dataset = given.get("dataset", PROFILES[profile]["dataset"])
     layers = given.get("train_layers", COMMON["train_layers"])
-    values = {**COMMON, **PROFILES[profile], **DATASET_OVERRIDES.get((profile, dataset), {}),
+    by_dataset = DATASET_OVERRIDES.get((profile, dataset), {})
+    values = {**COMMON, **dict.fromkeys(MATCHED), **PROFILES[profile], **by_dataset,
               **TRAIN_LAYERS_OVERRIDES.get((profile, layers), {}), **given}
     if profile == "smoke" and "train_size" not in given and isinstance(values.get("replicas"), int) \
             and values["replicas"] > 1 and values["train_size"]:
@@ -347,89 +368,22 @@ def _resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str) -> Ben
         # one (its 16 steps are what it needs to learn): each replica does the single process's work.
         # --train-size fixes it instead; the other profiles keep theirs (fewer steps per epoch).
         values["train_size"] *= values["replicas"]
-    _check_choice("setup", values["setup"])
-    _check_choice("train_layers", values["train_layers"])
-    _weights(values)
     # Set explicitly: by an option, or by the profile unless the data set's own values replace it
     # (smoke on real CIFAR-10 goes back to the usual momentum: matched's, or each framework's own).
-    by_dataset = DATASET_OVERRIDES.get((profile, dataset), {})
     values["overrides"] = {k: values[k] for k in MATCHED
                            if k in given or (k in PROFILES[profile] and k not in by_dataset)}
-    values.update(setup_values(values["setup"] if values["setup"] != "both" else "matched",
-                               values["overrides"], values.get("weights", "")))
-    if device == "auto":
-        values["device"] = "gpu" if gpu_count else "cpu"
-        device_reason = f"auto: {gpu_count} GPU(s) seen by NVML" if gpu_count else "auto: " + (gpu_reason or "no GPU")
-    else:
-        device_reason = "--device"
+    if isinstance(values["setup"], str) and isinstance(values["weights"], str):
+        values.update(setup_values("matched" if values["setup"] == "both" else values["setup"],
+                                   values["overrides"], values["weights"]))
+    return values
 
-    for field in ("dataset", "weights", "optimizer", "precision", "compile", "preprocess", "train_layers"):
-        if values[field] is not None:
-            _check_choice(field, values[field])
-    for field in ("train_size", "test_size", "step_warmup", "worker_memory_limit"):
-        _check_number(field, values[field], int, 0)
-    for field in ("epochs", "batch_size", "finetune_rounds", "step_rounds", "step_count", "replicas"):
-        _check_number(field, values[field], int, 1)
-    readers = "the gate and the report refuse run files beyond it"
-    for field, most, why in (("epochs", MAX_EPOCHS, readers), ("finetune_rounds", MAX_ROUNDS, readers),
-                             ("step_rounds", MAX_ROUNDS, readers),
-                             ("step_count", MAX_STEPS, "a round is seconds to minutes of training, not days"),
-                             ("step_warmup", MAX_STEPS, "a warm-up is seconds to minutes of training, not days")):
-        if values[field] > most:
-            raise ConfigError(f"{OPTION[field]} {values[field]}: must be at most {most:,}: {why}")
-    if values["replicas"] > MAX_REPLICAS:
-        raise ConfigError(f"--replicas {values['replicas']}: must be at most {MAX_REPLICAS} (one process per "
-                          f"replica on this host); for more, run the same command on more hosts (README)")
-    _check_number("image_size", values["image_size"], int, 32)
-    if values["image_size"] > MAX_IMAGE_SIZE:
-        raise ConfigError(f"--image-size {values['image_size']}: must be at most {MAX_IMAGE_SIZE}: CIFAR's 32 px are "
-                          f"resized to it, and beyond it one image's activations outgrow any device's memory")
-    if 0 < values["test_size"] < MIN_TEST_SIZE:
-        raise ConfigError(f"--test-size {values['test_size']}: must be 0 (all) or at least {MIN_TEST_SIZE}: the test "
-                          f"subset is stratified over the 10 classes")
-    _check_number("seed", values["seed"], int, 0)
-    if values["seed"] > MAX_SEED:
-        raise ConfigError(f"--seed {values['seed']}: must be at most {MAX_SEED} (2**32 - 1): TensorFlow's "
-                          f"runs seed NumPy's 32-bit legacy generator, and every framework gets the same seed")
-    if values["lr"] is None:
-        values["lr"] = DEFAULT_LR[values["optimizer"]]
-    _check_number("lr", values["lr"], float, 0, low_ok=False)
-    _check_number("momentum", values["momentum"], float, 0)
-    _check_number("worker_timeout", values["worker_timeout"], float, 0, low_ok=False)
-    if values["worker_timeout"] < MIN_WORKER_TIMEOUT_S:
-        raise ConfigError(f"--worker-timeout {values['worker_timeout']!r}: must be at least {MIN_WORKER_TIMEOUT_S:g} s: "
-                          f"a worker takes longer than that to start")
-    if values["worker_timeout"] > MAX_WORKER_TIMEOUT_S:
-        raise ConfigError(f"--worker-timeout {values['worker_timeout']:g}: must be at most {MAX_WORKER_TIMEOUT_S} s "
-                          f"(24.8 days, the longest wait the OS timer takes)")
-    _check_number("min_accuracy_gain", values["min_accuracy_gain"], float, -1)
-    if values["min_accuracy_gain"] > 1:
-        raise ConfigError(f"--min-accuracy-gain {values['min_accuracy_gain']!r}: must lie in [-1, 1]: it is a "
-                          f"fraction of the test set (0.05 = 5 points)")
-    for field in ("bn_momentum", "bn_eps", "adam_eps", "monitor_interval"):
-        if values[field] is not None:
-            _check_number(field, values[field], float, 0, low_ok=False)
-    low, high = MONITOR_INTERVAL_RANGE
-    if not low <= values["monitor_interval"] <= high:
-        raise ConfigError(f"--monitor-interval {values['monitor_interval']:g}: must lie in [{low:g}, {high:g}] s: "
-                          f"below {low:g} s the sampling thread takes a visible share of a core from the "
-                          f"training it measures; above {high:g} s epochs get no sample of their own")
+
+def _across(values: dict[str, Any], gpu_count: int) -> None:
+    """The rules that join several settings, or a setting and this machine."""
     if values["data_dir"] is not None:
         if not str(values["data_dir"]).strip():
             raise ConfigError("--data-dir is empty; give a folder, or leave the option out for the default")
         values["data_dir"] = _data_dir(str(values["data_dir"]))
-    for field in ("bn_eps", "adam_eps"):
-        if values[field] is not None and values[field] > 1:
-            raise ConfigError(f"{OPTION[field]} {values[field]!r}: must lie in (0, 1]: an epsilon above 1 outweighs "
-                              f"what it guards (a variance, a second moment)")
-    if values["bn_momentum"] is not None and values["bn_momentum"] < 1e-6:
-        raise ConfigError(f"--bn-momentum {values['bn_momentum']!r}: must be at least 1e-6: below that the running "
-                          f"statistics never move in any run's length")
-    if values["bn_momentum"] is not None and values["bn_momentum"] > 1:
-        raise ConfigError(f"--bn-momentum {values['bn_momentum']}: must lie in (0, 1] (torch convention)")
-    if 0 < values["worker_memory_limit"] < MIN_WORKER_MEMORY_MIB:
-        raise ConfigError(f"--worker-memory-limit {values['worker_memory_limit']}: a framework alone needs more; "
-                          f"give at least {MIN_WORKER_MEMORY_MIB} MiB, or 0 for no limit")
     physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20
     if values["worker_memory_limit"] > physical:
         raise ConfigError(f"--worker-memory-limit {values['worker_memory_limit']}: more than this machine's "
@@ -448,23 +402,6 @@ def _resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str) -> Ben
     if values["preprocess"] == "auto":
         values["preprocess"] = "native" if values["weights"] in PRETRAINED else "cifar"
     values["eval_every_epoch"] = bool(values["eval_every_epoch"])
-    values["channels_last"] = bool(values["channels_last"])
-    if values["target_accuracy"] is not None:
-        _check_number("target_accuracy", values["target_accuracy"], float, 0, low_ok=False)
-        if values["target_accuracy"] > 1:
-            raise ConfigError(f"--target-accuracy {values['target_accuracy']!r}: must lie in (0, 1]: a fraction of "
-                              f"the test set (0.2 = 20%)")
-        if not values["eval_every_epoch"]:
-            raise ConfigError(f"--target-accuracy {values['target_accuracy']:g} needs the test accuracy after every "
-                              f"epoch: add --eval-every-epoch (on by default in the seed and quick profiles)")
-    if values["peak_tflops"] is not None:
-        _check_number("peak_tflops", values["peak_tflops"], float, 0, low_ok=False)
-        low, high = PEAK_TFLOPS_RANGE
-        if not low <= values["peak_tflops"] <= high:
-            raise ConfigError(f"--peak-tflops {values['peak_tflops']:g}: must lie in [{low:g}, {high:g}] TFLOP/s: "
-                              f"a CPU core's peak is above {low:g}, no device's dense peak is near {high:g}")
-    ints = ("train_size", "test_size", "epochs", "batch_size", "image_size", "seed",
-            "finetune_rounds", "step_rounds", "step_count", "step_warmup", "worker_memory_limit", "replicas")
-    values.update({k: int(values[k]) for k in ints})
-    return BenchConfig(profile=profile, profile_reason=profile_reason, device_reason=device_reason,
-                       **{k: values[k] for k in values if k != "profile"})
+    if values["target_accuracy"] is not None and not values["eval_every_epoch"]:
+        raise ConfigError(f"--target-accuracy {values['target_accuracy']:g} needs the test accuracy after every "
+                          f"epoch: add --eval-every-epoch (on by default in the seed and quick profiles)")

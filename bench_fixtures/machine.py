@@ -10,7 +10,7 @@ import platform
 import sys
 from typing import Any
 
-from .frameworks import FRAMEWORKS
+from .registry import FRAMEWORKS
 
 PACKAGES = (*dict.fromkeys(p for f in FRAMEWORKS.values() for p in f.packages), "numpy", "pytest-benchmark",
             "nvidia-ml-py")  # keras once, though both Keras frameworks need it

@@ -19,78 +19,12 @@ from . import benchmark_compat as compat
 from . import machine
 from .config import BenchConfig, ConfigError, resolve
 from .files import FolderClaim, OutputError, WorkFolder, check_writable, interrupt_on_termination, save_numbered
-from .frameworks import FRAMEWORKS, unavailable
+from .registry import FRAMEWORKS, unavailable
+from .settings import SETTINGS
 from .weights import startup_problem
 
-# (option, dest, type, help); defaults come from the profile (None = "profile decides").
-OPTIONS = [
-    ("--bench-profile", "profile", str, "auto (seed on a GPU, smoke on a CPU), smoke, seed, or quick (real "
-                                        "CIFAR-10, 10,000 training images, 5 epochs: the GPU runner's check)"),
-    ("--dataset", "dataset", str, "cifar10 or synthetic (profile: smoke=synthetic, seed=cifar10)"),
-    ("--data-dir", "data_dir", str, "folder holding cifar-10-batches-py/ (env CIFAR10_DIR; "
-                                    "default ~/.cache/bench_fixtures/cifar10, downloaded when absent)"),
-    ("--train-size", "train_size", int, "training images, stratified and seeded; 0 = all (smoke 256, seed 0)"),
-    ("--test-size", "test_size", int, "test images, stratified and seeded; 0 = all (smoke 100, seed 0)"),
-    ("--epochs", "epochs", int, "fine-tuning epochs (smoke 2, seed 5)"),
-    ("--batch-size", "batch_size", int, "batch size for training and evaluation (32)"),
-    ("--lr", "lr", float, "learning rate (sgd 0.01, adam 0.001)"),
-    ("--optimizer", "optimizer", str, "sgd (momentum 0.9, torch form) or adam"),
-    ("--weights", "weights", str, "imagenet (each framework's own ImageNet checkpoint), same (torchvision's "
-                                  "in both: ported into Keras), none (random init), or a folder = imagenet "
-                                  "from that staged folder (smoke none, seed imagenet)"),
-    ("--weights-dir", "weights_dir", str, "a staged folder of the weight files under their usual names "
-                                          "(`bench weights fetch DIR` fills one); default: each framework's cache"),
-    ("--device", "device", str, "auto, cpu or gpu (auto: gpu when NVML sees one)"),
-    ("--seed", "seed", int, "seed for subsets, epoch order, head init and framework RNGs (0)"),
-    ("--min-accuracy-gain", "min_accuracy_gain", float,
-     "test_finetune fails unless accuracy_after >= accuracy_before + this (smoke 0.05, seed 0.10)"),
-    ("--worker-timeout", "worker_timeout", float, "seconds a worker may take for one request (smoke 900, seed 7200)"),
-    ("--worker-memory-limit", "worker_memory_limit", int, "MiB of host memory each worker may allocate "
-                                                          "(RLIMIT_DATA); past it the case fails as out of "
-                                                          "memory instead of the machine swapping (0 = none)"),
-    ("--finetune-rounds", "finetune_rounds", int, "test_finetune rounds, each a fresh model with the same seed "
-                                                "(smoke 1, seed 3)"),
-    ("--step-rounds", "step_rounds", int, "test_train_step rounds (smoke 3, seed 10)"),
-    ("--step-count", "step_count", int, "training steps per test_train_step round (smoke 1, seed 50)"),
-    ("--step-warmup", "step_warmup", int, "untimed steps before test_train_step rounds (smoke 1, seed 20)"),
-    ("--image-size", "image_size", int, "input size the backbone sees; CIFAR's 32 px are resized on the device (32)"),
-    ("--setup", "setup", str, "matched (the framework settings below aligned), defaults (each framework as "
-                              "it ships: what a user gets) or both (each case in each setup, ids end in "
-                              "-matched / -defaults) (matched)"),
-    ("--precision", "precision", str, "fp32, tf32, or bf16 / fp16 mixed precision (torch autocast, Keras "
-                                      "mixed_* policy; float32 logits and loss; fp16 with dynamic loss "
-                                      "scaling), set alike in every framework (matched: fp32; defaults: each "
-                                      "framework's own)"),
-    ("--channels-last", "channels_last", None, "torch: train in the channels-last (NHWC) memory format, as "
-                                               "Keras always does (default: torch's NCHW)"),
-    ("--compile", "compile", str, "off, or on = XLA jit_compile in Keras and torch.compile (matched: off; "
-                                  "defaults: Keras jit_compile='auto', torch eager)"),
-    ("--preprocess", "preprocess", str, "auto, cifar (shared CIFAR mean/std) or native (each weights' own "
-                                        "preprocessing; same: torchvision's in both); auto = native with "
-                                        "pretrained weights"),
-    ("--bn-momentum", "bn_momentum", float, "BatchNorm momentum, torch convention; Keras gets 1 - m "
-                                            "(smoke 0.5; seed: 0.1 matched, each framework's own with defaults)"),
-    ("--bn-eps", "bn_eps", float, "BatchNorm epsilon in every framework (matched 1e-5, except pretrained "
-                                  "backbones, which keep their own; defaults: each framework's own)"),
-    ("--adam-eps", "adam_eps", float, "Adam epsilon in every framework (matched 1e-8; defaults: torch 1e-8, "
-                                      "Keras 1e-7)"),
-    ("--eval-every-epoch", "eval_every_epoch", None, "evaluate on the test split after every epoch "
-                                                     "(Keras validation_data; a torch eval loop; seed: on)"),
-    ("--train-layers", "train_layers", str, "all (fine-tune the whole network) or head (only the new head: the "
-                                            "backbone frozen, its BatchNorm in inference mode) (all)"),
-    ("--target-accuracy", "target_accuracy", float, "report the training and wall seconds until the test "
-                                                    "accuracy first reaches this fraction (needs "
-                                                    "--eval-every-epoch); the gate judges it"),
-    ("--peak-tflops", "peak_tflops", float, "the device's dense peak TFLOP/s at the run's precision, for MFU "
-                                            "(default: the table of NVIDIA GPUs by NVML name; none for a CPU)"),
-    ("--replicas", "replicas", int, "data-parallel replicas of each case, one process each: torch "
-                                    "DistributedDataParallel, TensorFlow MultiWorkerMirroredStrategy; "
-                                    "--batch-size is per replica (global batch = N x it), lr is not scaled (1)"),
-    ("--monitor-interval", "monitor_interval", float, "seconds between utilisation/memory samples, taken "
-                                                      "from this process by the worker's PID (0.05)"),
-]
-# Options whose value is a folder (shown as DIR in --help).
-PATH_OPTIONS = ("--data-dir", "--bench-report", "--telemetry-dir", "--weights-dir")
+# The options are the settings table's rows (settings.py): flag, type and help with its defaults.
+OPTIONS = [s for s in SETTINGS if s.flag]
 
 
 class BenchState:
@@ -125,12 +59,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--telemetry-dir", dest="bench_telemetry_dir", default=None, metavar="DIR",
                     help="where each case's raw timeline + samples JSON goes (default: beside "
                          "--benchmark-json as NAME.telemetry/, else .benchmarks/telemetry/TIMESTAMP/)")
-    for flag, dest, kind, help_ in OPTIONS:
-        if kind is None:
-            group.addoption(flag, dest=f"bench_{dest}", action="store_const", const=True, default=None, help=help_)
+    for row in OPTIONS:  # default None: "not given", so resolve() applies the profile's
+        if row.kind is bool:
+            group.addoption(row.flag, dest=f"bench_{row.name}", action="store_const", const=True, default=None,
+                            help=row.help_text())
         else:
-            group.addoption(flag, dest=f"bench_{dest}", type=kind, default=None, help=help_,
-                            metavar="DIR" if flag in PATH_OPTIONS else None)
+            group.addoption(row.flag, dest=f"bench_{row.name}", type=row.kind, default=None, help=row.help_text(),
+                            metavar=row.metavar)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -198,7 +133,7 @@ def _require_writable(folder: str | Path, option: str, hint: str = "") -> None:
 
 def _start(config: pytest.Config) -> BenchState:
     """The session collected benchmark cases: resolve and check everything before any worker starts."""
-    options = {dest: config.getoption(f"bench_{dest}") for _, dest, _, _ in OPTIONS}
+    options = {row.name: config.getoption(f"bench_{row.name}") for row in OPTIONS}
     from .runner.replicas import RendezvousError, world_size
     gpus, reason = machine.nvml_gpus()
     try:
@@ -430,6 +365,8 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list, output
     state = config.stash.get(STATE, None)
     if state is None:
         return
+    from .analysis.results import SCHEMA_KEY, SCHEMA_VERSION
+    output_json[SCHEMA_KEY] = SCHEMA_VERSION
     output_json["bench_config"] = state.cfg.as_dict()
     output_json["command"] = " ".join(["pytest", *config.invocation_params.args])
     runner = state.runner
