@@ -151,7 +151,8 @@ def test_two_runs_say_what_changed_and_on_which_machine():
     assert not any("Another experiment" in line for line in md)
     second["bench_config"] = dict(second["bench_config"], replicas=2)
     md = fnd.findings(fts, tss, [first, second])
-    assert "- **Another experiment:** replicas None → 2: the times below compare different work, not a " \
+    # the first run's config lacks `replicas`: a run from before the schema key ran one (settings.ABSENT)
+    assert "- **Another experiment:** replicas 1 → 2: the times below compare different work, not a " \
            "regression." in md
 
 

@@ -130,7 +130,7 @@ def gate_cli(*args) -> subprocess.CompletedProcess:
     """`bench gate ARGS` on real saved runs. They were measured on this shared machine, perhaps beside
     other work, so they may be marked disturbed: these tests judge other things (tests/test_validation.py
     judges the disturbed cases), so they pass --allow-disturbed."""
-    return subprocess.run([sys.executable, "-m", "bench_fixtures.gate", *map(str, args), "--allow-disturbed"],
+    return subprocess.run([sys.executable, "-m", "bench_fixtures", "gate", *map(str, args), "--allow-disturbed"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 

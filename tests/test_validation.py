@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from bench_fixtures.analysis import gate, report
-from bench_fixtures.analysis.results import MAX_RUN_BYTES, MAX_TELEMETRY_BYTES
+from bench_fixtures.analysis.results import MAX_RUN_BYTES, MAX_TELEMETRY_BYTES, SCHEMA_KEY, SCHEMA_VERSION
 
 from .test_report import crafted_run
 
@@ -140,6 +140,52 @@ def test_a_hostile_run_is_refused_alike_by_the_gate_and_the_report(tmp_path, fie
     assert "rerun the benchmark" in line  # the fix
     if field[0].isdigit():  # a field inside a benchmark: its test, and its full JSON path
         assert "test_finetune[" in line and f"(at benchmarks[{field[0]}]." in line, line
+
+
+def test_a_run_from_a_newer_suite_is_refused_with_the_fix(tmp_path):
+    """A schema this suite does not know yet: refused alike before any field is judged (its fields may
+    be new), one line naming the file and the fix; a schema key that is no version is a bad field."""
+    path, run = valid(tmp_path / "run")
+    run[SCHEMA_KEY] = SCHEMA_VERSION + 1
+    run["benchmarks"][0]["extra_info"]["memory"] = "a shape this suite does not know"
+    line = refused_alike(write(path, run), tmp_path)
+    assert f"'{SCHEMA_KEY}' is {SCHEMA_VERSION + 1}: written by a newer version of this suite" in line, line
+    assert "upgrade the suite" in line and "memory" not in line, line
+    run[SCHEMA_KEY] = "2"
+    assert f"'{SCHEMA_KEY}' must be a whole number" in refused_alike(write(path, run), tmp_path)
+
+
+def test_an_old_run_is_upgraded_in_one_place_and_reads_as_a_new_one(tmp_path):
+    """A run without the schema key is version 1: what its config and cases lack ran with
+    settings.ABSENT, and its train-step rounds get rates from pytest-benchmark's round times. The
+    gate then finds nothing to tell it from the same run written today."""
+    from bench_fixtures.analysis.results import Run, read_run, upgrade
+    from bench_fixtures.settings import ABSENT
+    path, run = valid(tmp_path / "run")
+    run["bench_config"].update(ABSENT)  # as today's plugin writes it: every setting
+    for b in run["benchmarks"]:
+        b["extra_info"].update(setup="matched", replicas=1, train_layers="all")
+    new = write(tmp_path / "new.json", dict(run, **{SCHEMA_KEY: SCHEMA_VERSION}))
+    old = copy.deepcopy(run)
+    for key in ABSENT:
+        old["bench_config"].pop(key, None)
+    for b in old["benchmarks"]:
+        for key in ("setup", "replicas", "train_layers"):
+            b["extra_info"].pop(key, None)
+    old = write(tmp_path / "old.json", old)
+    old_run, new_run = read_run(old), read_run(new)
+    assert (old_run.schema, new_run.schema) == (1, SCHEMA_VERSION)
+    assert {k: old_run.bench_config[k] for k in ABSENT} == ABSENT
+    assert old_run.setups == ["matched"] and all(c.setup == "matched" for c in old_run.cases)
+    assert [c.extra_info["replicas"] for c in old_run.cases] == [1] * len(old_run.cases)
+    assert gate.mismatches(old_run, new_run, "none") == []
+    assert call(gate.main, [str(old), str(new)])[0] == gate.PASS
+    steps = {"stats": {"median": 2.0, "data": [1.0, 2.0, 4.0]}, "fullname": "t::test_train_step[torch-vgg19]",
+             "extra_info": {"framework": "torch", "model": "vgg19", "steps_per_round": 10, "batch_size": 32}}
+    (case,) = Run.from_doc({"benchmarks": [steps]}).cases
+    assert case.round_rates == [320.0, 160.0, 80.0]
+    current = upgrade(dict(run, **{SCHEMA_KEY: SCHEMA_VERSION}))
+    assert upgrade(current) is current  # nothing to do for a current run
 
 
 def test_a_test_listed_twice_under_two_paths_cannot_hide_a_slowdown(tmp_path):
@@ -359,7 +405,7 @@ def test_a_failure_while_drawing_leaves_no_folder_behind(tmp_path, monkeypatch):
 
     def full(*_a, **_k):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(report, "_save", full)
+    monkeypatch.setattr("bench_fixtures.analysis.figures._save", full)  # every figure is written there
     code, _, err = call(report.main, [str(path), "--out", str(tmp_path / "new" / "out")])
     assert code == 2 and "No space left on device" in err and "--out" in err
     assert not (tmp_path / "new").exists()

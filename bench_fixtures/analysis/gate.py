@@ -36,9 +36,10 @@ from pathlib import Path
 from typing import Callable
 
 from ..files import write_json_atomic
-from ..frameworks import FRAMEWORKS
+from ..registry import FRAMEWORKS
+from ..settings import COMPARABLE
 from . import stats
-from .results import ResultsError, case_name, disturbance_of, failed, load_run
+from .results import Case, ResultsError, Run, as_case, as_run, read_run, same_memory_kind
 
 PASS, REGRESSION, CANNOT_COMPARE = 0, 1, 2
 
@@ -50,7 +51,7 @@ class GateError(Exception):
 @dataclass(frozen=True)
 class Metric:
     name: str
-    extract: Callable[[dict], float | None]
+    extract: Callable[[Case], float | None]
     better: str          # "lower" or "higher"
     mode: str            # "relative" (fraction of baseline) or "points" (absolute, x100)
     threshold: float
@@ -60,84 +61,33 @@ class Metric:
     source: str = ""     # where the number comes from, said beside the verdict
 
 
-def _extra(key: str) -> Callable[[dict], float | None]:
-    return lambda b: (b.get("extra_info") or {}).get(key)
-
-
-def _peak_memory(b: dict) -> float | None:
-    mem = (b.get("extra_info") or {}).get("memory") or {}
-    return mem.get("framework_peak") or mem.get("process_peak")
-
-
-def _same_memory(metric: Metric, runs: list[dict]) -> Metric:
+def _same_memory(metric: Metric, cases: list[Case]) -> Metric:
     """peak_memory as one quantity on every side: the framework's own peak where every run has it,
     else the process peak (a framework peak against a process peak compares two different things)."""
-    mems = [(b.get("extra_info") or {}).get("memory") or {} for b in runs]
-    kind = "framework_peak" if all(m.get("framework_peak") for m in mems) else "process_peak"
-    return replace(metric, extract=lambda b: ((b.get("extra_info") or {}).get("memory") or {}).get(kind),
-                   source=f"memory.{kind}, last round")
+    kind = same_memory_kind(cases)
+    return replace(metric, extract=lambda c: c.peak_memory(kind), source=f"memory.{kind}, last round")
 
 
-def _accuracy_after(b: dict) -> float | None:
-    """The median over the fine-tune rounds (each a fresh model, same seed); one round: its value."""
-    e = b.get("extra_info") or {}
-    listed = e.get("rounds") if isinstance(e.get("rounds"), list) else []  # older runs: a count
-    rounds = [r.get("accuracy_after") for r in listed if isinstance(r, dict)]
-    rounds = [r for r in rounds if isinstance(r, (int, float))]
-    return statistics.median(rounds) if len(rounds) >= 2 else e.get("accuracy_after")
-
-
-def _time_to_accuracy(b: dict) -> float | None:
-    """Wall seconds until the target accuracy; inf when the run had a target and never reached it
-    (so a miss reads as worse than any time); None when the run had no target."""
-    tta = (b.get("extra_info") or {}).get("time_to_accuracy")
-    if not isinstance(tta, dict):
-        return None
-    if tta.get("reached") is not True:  # a miss, unless the curve was cut short (missing events): not measured
-        epochs = (b.get("extra_info") or {}).get("epochs")
-        evaluated = tta.get("evaluated_epochs")
-        cut = isinstance(epochs, int) and isinstance(evaluated, int) and evaluated < epochs
-        return None if cut else math.inf
-    wall = tta.get("wall_s")
-    return float(wall) if isinstance(wall, (int, float)) and not isinstance(wall, bool) and wall >= 0 else None
-
-
-def _round_times(b: dict) -> list[float]:
-    """The timed rounds: pytest-benchmark's saved data (--benchmark-save-data), else the case's own
-    record of its fine-tune rounds."""
-    data = (b.get("stats") or {}).get("data") or []
-    if data:
-        return list(data)
-    rounds = (b.get("extra_info") or {}).get("rounds")
-    rounds = rounds if isinstance(rounds, list) else []  # older runs: a count
-    return [r["finetune_s"] for r in rounds if isinstance(r, dict) and isinstance(r.get("finetune_s"), (int, float))]
-
-
-def _mean_gap(b: dict) -> float | None:
-    gaps = [g for g in (b.get("extra_info") or {}).get("inter_epoch_gaps_s") or [] if g is not None]
-    return statistics.fmean(gaps) if gaps else None
+def _time_to_accuracy(b: Case | dict) -> float | None:
+    """`Case.time_to_accuracy` (kept for callers holding a benchmark dict)."""
+    return as_case(b).time_to_accuracy
 
 
 METRICS = {m.name: m for m in [
-    Metric("time", lambda b: b["stats"]["median"], "lower", "relative", 0.10, "s", source="median of the rounds"),
-    Metric("accuracy_after", _accuracy_after, "higher", "points", 2.0, "%", source="median of the rounds"),
-    Metric("peak_memory", _peak_memory, "lower", "relative", 0.10, "B", source="last round"),
-    Metric("throughput", _extra("train_images_per_s"), "higher", "relative", 0.05, "img/s", judged=False,
+    Metric("time", lambda c: c.median, "lower", "relative", 0.10, "s", source="median of the rounds"),
+    Metric("accuracy_after", lambda c: c.accuracy_after_median, "higher", "points", 2.0, "%",
+           source="median of the rounds"),
+    Metric("peak_memory", lambda c: c.peak_memory(), "lower", "relative", 0.10, "B", source="last round"),
+    Metric("throughput", lambda c: c.train_images_per_s, "higher", "relative", 0.05, "img/s", judged=False,
            source="shown only: the inverse of time (judged there)"),
-    Metric("time_to_first_step", _extra("time_to_first_step_s"), "lower", "relative", 0.25, "s", floor=0.05,
+    Metric("time_to_first_step", lambda c: c.time_to_first_step, "lower", "relative", 0.25, "s", floor=0.05,
            source="last round"),
-    Metric("inter_epoch_gap", _mean_gap, "lower", "relative", 0.25, "s", floor=0.05, source="last round"),
-    Metric("time_to_accuracy", _time_to_accuracy, "lower", "relative", 0.10, "s", floor=0.05,
+    Metric("inter_epoch_gap", lambda c: c.mean_gap, "lower", "relative", 0.25, "s", floor=0.05, source="last round"),
+    Metric("time_to_accuracy", lambda c: c.time_to_accuracy, "lower", "relative", 0.10, "s", floor=0.05,
            source="wall seconds to --target-accuracy, last round"),
 ]}
 HARDWARE_KEYS = ("gpu_name", "cpu_model")
 VERSION_KEYS = tuple(dict.fromkeys(p for f in FRAMEWORKS.values() for p in f.packages))  # keras once
-CONFIG_KEYS = ("profile", "device", "dataset", "train_size", "test_size", "epochs", "batch_size", "weights",
-               "setup", "precision", "compile", "image_size", "optimizer", "lr", "channels_last", "target_accuracy",
-               "train_layers", "replicas")
-# What runs recorded before the key existed ran.
-CONFIG_DEFAULTS = {"setup": "matched", "channels_last": False, "target_accuracy": None, "train_layers": "all",
-                   "replicas": 1}
 
 
 @dataclass
@@ -209,41 +159,30 @@ class Thresholds:
                 self._put(case, metric, float(value), where)
 
 
-def mismatches(base: dict, cand: dict, allow: str) -> list[str]:
-    """What differs between the runs' machines and configs, minus what ALLOW permits."""
-    out = []
-    bm, cm = base.get("machine_info") or {}, cand.get("machine_info") or {}
-    if allow != "all":
-        for key in HARDWARE_KEYS:
-            if bm.get(key) != cm.get(key):
-                out.append(f"machine_info.{key}: {bm.get(key)!r} vs {cm.get(key)!r}")
-        bc, cc = base.get("bench_config") or {}, cand.get("bench_config") or {}
-        for key in CONFIG_KEYS:
-            b, c = (conf.get(key, CONFIG_DEFAULTS.get(key)) for conf in (bc, cc))
-            if b != c:
-                out.append(f"bench_config.{key}: {b!r} vs {c!r}")
-    if allow != "all":
-        bs, cs = _checkpoints(base), _checkpoints(cand)
-        for name in sorted(bs.keys() & cs.keys()):
-            if bs[name] != cs[name]:
-                out.append(f"{name}: started from another weights file (sha256 {bs[name]} vs {cs[name]}): "
-                           f"accuracy would compare the checkpoints, not the upgrade")
+def mismatches(base: Run | dict, cand: Run | dict, allow: str) -> list[str]:
+    """What differs between the runs' machines and configs, minus what ALLOW permits. A run recorded
+    before a setting existed ran with settings.ABSENT (the upgrade on load fills it in)."""
+    base, cand = as_run(base), as_run(cand)
+    if allow == "all":
+        return []
+    bm, cm, bc, cc = base.machine_info, cand.machine_info, base.bench_config, cand.bench_config
+    out = [f"machine_info.{key}: {bm.get(key)!r} vs {cm.get(key)!r}" for key in HARDWARE_KEYS
+           if bm.get(key) != cm.get(key)]
+    out += [f"bench_config.{key}: {bc.get(key)!r} vs {cc.get(key)!r}" for key in COMPARABLE
+            if bc.get(key) != cc.get(key)]
+    bs, cs = _checkpoints(base), _checkpoints(cand)
+    out += [f"{name}: started from another weights file (sha256 {bs[name]} vs {cs[name]}): accuracy would compare "
+            f"the checkpoints, not the upgrade" for name in sorted(bs.keys() & cs.keys()) if bs[name] != cs[name]]
     if allow == "none":
         bp, cp = bm.get("packages") or {}, cm.get("packages") or {}
-        for key in VERSION_KEYS:
-            if bp.get(key) != cp.get(key):
-                out.append(f"machine_info.packages.{key}: {bp.get(key)!r} vs {cp.get(key)!r}")
+        out += [f"machine_info.packages.{key}: {bp.get(key)!r} vs {cp.get(key)!r}" for key in VERSION_KEYS
+                if bp.get(key) != cp.get(key)]
     return out
 
 
-def _checkpoints(run: dict) -> dict[str, str]:
+def _checkpoints(run: Run) -> dict[str, str]:
     """Per case, the sha256 of the weights file it started from (cases that loaded one)."""
-    out = {}
-    for b in run.get("benchmarks") or []:
-        start = (b.get("extra_info") or {}).get("start") if isinstance(b, dict) else None
-        if isinstance(start, dict) and isinstance(start.get("sha256"), str):
-            out[str(b.get("name"))] = start["sha256"]
-    return out
+    return {c.name: c.start_sha256 for c in run.cases if c.start_sha256 is not None}
 
 
 def _min_p(n1: int, n2: int) -> float:
@@ -256,67 +195,30 @@ def _significant(p: float, alpha: float) -> bool:
     return p <= alpha * (1 + 1e-9)
 
 
-def compare_metric(case: str, metric: Metric, bases: list[dict], c: dict, threshold: float, alpha: float
+def compare_metric(case: str, metric: Metric, bases: list[Case], c: Case, threshold: float, alpha: float
                    ) -> Verdict | None:
     """One metric of one case: the candidate C against the baselines BASES (one, or a history)."""
     values = [v for v in (metric.extract(b) for b in bases) if v is not None]
     vc = metric.extract(c)
     if not values or vc is None:
         return None
-    vb = statistics.median(values)
     if metric.name == "time_to_accuracy":
-        reached = [v for v in values if math.isfinite(v)]
-        if math.isinf(vc) and reached:  # any baseline (or the last) reached it: a miss is a regression
-            return Verdict(case, metric.name, statistics.median(reached), vc, math.inf, threshold, "REGRESSION",
-                           f"the candidate never reached the target; {len(reached)} of {len(values)} baseline(s) did",
-                           "target missed")
-        if math.isinf(vc):
-            return Verdict(case, metric.name, vb, vc, 0.0, threshold, "ok", "neither reached the target", "missed both")
-        if not reached:
-            return Verdict(case, metric.name, vb, vc, -math.inf, threshold, "improved",
-                           "the candidate reached a target no baseline reached", "target reached")
-        if min(reached) == 0 or vc == 0:
-            return Verdict(case, metric.name, statistics.median(reached), vc, 0.0, threshold, "ok",
-                           "the target was met before training: nothing to time (choose a target above the "
-                           "accuracy before)", "not judged")
-        values, vb = reached, statistics.median(reached)  # the baselines that reached it set the time
+        settled = _target_verdict(case, metric, values, vc, threshold)
+        if settled is not None:
+            return settled
+        values = [v for v in values if math.isfinite(v)]  # the baselines that reached it set the time
+    vb = statistics.median(values)
     if metric.mode == "points":
         worse = (vb - vc) * 100 if metric.better == "higher" else (vc - vb) * 100
     else:
         diff = (vc - vb) if metric.better == "lower" else (vb - vc)
         worse = diff / vb if vb else (0.0 if diff == 0 else math.inf)
-    beyond = worse > threshold and abs(vc - vb) > metric.floor
-    band, notes = threshold, [metric.source] if metric.source else []
-    if len(values) >= 2:  # history: what identical runs already show
-        spread = stats.noise(values, relative=metric.mode == "relative") * (100 if metric.mode == "points" else 1)
-        band = max(threshold, stats.NOISE_FACTOR * spread)
-        beyond = beyond and worse > band
-        shown = f"{band:.1f} pt" if metric.mode == "points" else f"{band:.1%}"
-        rule = f"limit and noise band {shown} ({len(values)} runs)"
-    elif metric.name == "time":
-        db, dc = _round_times(bases[0]), _round_times(c)
-        if len(db) >= 2 and len(dc) >= 2 and _significant(_min_p(len(db), len(dc)), alpha):
-            from scipy.stats import mannwhitneyu
-            p = float(mannwhitneyu(dc, db, alternative="greater").pvalue)
-            notes.append(f"p={p:.3g}, {len(db)} vs {len(dc)} rounds")
-            beyond = beyond and _significant(p, alpha)
-            rule = "limit + Mann-Whitney (one baseline)"
-        else:
-            rule = "limit only (one baseline" + (", too few rounds)" if db and dc else ", no saved rounds)")
-    else:
-        rule = "limit only (one baseline)"
+    notes = [metric.source] if metric.source else []
+    band, rule, shown = _noise_rule(metric, values, bases[0], c, threshold, alpha, worse, notes)
+    beyond = worse > threshold and abs(vc - vb) > metric.floor and shown
     if metric.name == "accuracy_after":
-        n_b = [(b.get("extra_info") or {}).get("test_size") for b in bases]
-        n_c = (c.get("extra_info") or {}).get("test_size")
-        if all(isinstance(n, int) and n > 0 for n in [*n_b, n_c]):
-            n_base = int(statistics.median(n_b))
-            p = stats.accuracy_drop_p(vb, n_base, vc, n_c)
-            beyond = beyond and p < alpha
-            rule += f" + two-proportion test (p={p:.3g}, n={n_c})"
-            resolves = stats.resolvable_drop(vb, n_c, alpha) * 100
-            if resolves > threshold:
-                notes.append(f"{n_c} test images resolve drops of {resolves:.1f} pt or more, not {threshold:g} pt: "
-                             f"use a larger --test-size to gate accuracy this finely")
+        test, resolved = _accuracy_test(bases, c, vb, vc, threshold, alpha, notes)
+        rule, beyond = rule + test, beyond and resolved
     if not metric.judged:
         verdict, rule = "shown", ""
     else:
@@ -324,16 +226,72 @@ def compare_metric(case: str, metric: Metric, bases: list[dict], c: dict, thresh
     return Verdict(case, metric.name, vb, vc, worse, threshold, verdict, "; ".join(notes), rule)
 
 
-def compare(bases: dict | list[dict], cand: dict, thresholds: Thresholds, alpha: float = 0.05
+def _target_verdict(case: str, metric: Metric, values: list[float], vc: float, threshold: float) -> Verdict | None:
+    """time_to_accuracy when a side missed the target (inf) or met it before training; None: both
+    reached it, judged as a time by the baselines that reached it."""
+    reached = [v for v in values if math.isfinite(v)]
+    vb = statistics.median(values)
+    if math.isinf(vc) and reached:  # any baseline (or the last) reached it: a miss is a regression
+        return Verdict(case, metric.name, statistics.median(reached), vc, math.inf, threshold, "REGRESSION",
+                       f"the candidate never reached the target; {len(reached)} of {len(values)} baseline(s) did",
+                       "target missed")
+    if math.isinf(vc):
+        return Verdict(case, metric.name, vb, vc, 0.0, threshold, "ok", "neither reached the target", "missed both")
+    if not reached:
+        return Verdict(case, metric.name, vb, vc, -math.inf, threshold, "improved",
+                       "the candidate reached a target no baseline reached", "target reached")
+    if min(reached) == 0 or vc == 0:
+        return Verdict(case, metric.name, statistics.median(reached), vc, 0.0, threshold, "ok",
+                       "the target was met before training: nothing to time (choose a target above the "
+                       "accuracy before)", "not judged")
+    return None
+
+
+def _noise_rule(metric: Metric, values: list[float], base: Case, c: Case, threshold: float, alpha: float,
+                worse: float, notes: list[str]) -> tuple[float, str, bool]:
+    """(band, rule, whether the measurement shows the change): a history's own spread as the noise
+    band; one baseline: time's Mann-Whitney test on the saved rounds, else the limit alone."""
+    if len(values) >= 2:  # history: what identical runs already show
+        spread = stats.noise(values, relative=metric.mode == "relative") * (100 if metric.mode == "points" else 1)
+        band = max(threshold, stats.NOISE_FACTOR * spread)
+        shown = f"{band:.1f} pt" if metric.mode == "points" else f"{band:.1%}"
+        return band, f"limit and noise band {shown} ({len(values)} runs)", worse > band
+    if metric.name != "time":
+        return threshold, "limit only (one baseline)", True
+    db, dc = base.round_times, c.round_times
+    if len(db) >= 2 and len(dc) >= 2 and _significant(_min_p(len(db), len(dc)), alpha):
+        from scipy.stats import mannwhitneyu
+        p = float(mannwhitneyu(dc, db, alternative="greater").pvalue)
+        notes.append(f"p={p:.3g}, {len(db)} vs {len(dc)} rounds")
+        return threshold, "limit + Mann-Whitney (one baseline)", _significant(p, alpha)
+    return threshold, "limit only (one baseline" + (", too few rounds)" if db and dc else ", no saved rounds)"), True
+
+
+def _accuracy_test(bases: list[Case], c: Case, vb: float, vc: float, threshold: float, alpha: float,
+                   notes: list[str]) -> tuple[str, bool]:
+    """(the rule's words, whether a drop is significant): the two-proportion test on the test sets,
+    and a note when the test set is too small to resolve the limit; ("", True) without test sizes."""
+    n_b, n_c = [b.test_size for b in bases], c.test_size
+    if not all(n is not None and n > 0 for n in [*n_b, n_c]):
+        return "", True
+    p = stats.accuracy_drop_p(vb, int(statistics.median(n_b)), vc, n_c)
+    resolves = stats.resolvable_drop(vb, n_c, alpha) * 100
+    if resolves > threshold:
+        notes.append(f"{n_c} test images resolve drops of {resolves:.1f} pt or more, not {threshold:g} pt: "
+                     f"use a larger --test-size to gate accuracy this finely")
+    return f" + two-proportion test (p={p:.3g}, n={n_c})", p < alpha
+
+
+def compare(bases: Run | dict | list[Run | dict], cand: Run | dict, thresholds: Thresholds, alpha: float = 0.05
             ) -> tuple[list[Verdict], list[str], list[str]]:
     """Verdicts for every case in the candidate and the (last) baseline, and the cases only in the
     baseline / candidate. BASES: one run, or several (history, oldest first)."""
-    bases = [bases] if isinstance(bases, dict) else bases
-    per_run = [{case_name(b): b for b in base["benchmarks"]} for base in bases]
-    bb, cb = per_run[-1], {case_name(b): b for b in cand["benchmarks"]}
+    bases = [bases] if isinstance(bases, (dict, Run)) else bases
+    per_run = [as_run(base).by_name() for base in bases]
+    bb, cb = per_run[-1], as_run(cand).by_name()
     verdicts = []
     for case in sorted(bb.keys() & cb.keys()):
-        history = [run[case] for run in per_run if case in run and not failed(run[case])] or [bb[case]]
+        history = [run[case] for run in per_run if case in run and not run[case].failed] or [bb[case]]
         for metric in METRICS.values():
             if metric.name == "peak_memory":
                 metric = _same_memory(metric, [*history, cb[case]])
@@ -343,16 +301,15 @@ def compare(bases: dict | list[dict], cand: dict, thresholds: Thresholds, alpha:
     return verdicts, sorted(bb.keys() - cb.keys()), sorted(cb.keys() - bb.keys())
 
 
-def unreadable_cases(base: dict, cand: dict) -> tuple[list[str], list[str], list[str]]:
+def unreadable_cases(base: Run | dict, cand: Run | dict) -> tuple[list[str], list[str], list[str]]:
     """Cases whose test failed in the candidate (never a pass); cases whose baseline test failed (no
     reference to compare with); metrics the baseline measured and the candidate did not."""
-    bb = {case_name(b): b for b in base["benchmarks"]}
-    cb = {case_name(b): b for b in cand["benchmarks"]}
+    bb, cb = as_run(base).by_name(), as_run(cand).by_name()
     failed_now, failed_before, missing = [], [], []
     for case in sorted(bb.keys() & cb.keys()):
-        if failed(cb[case]):
+        if cb[case].failed:
             failed_now.append(case)
-        if failed(bb[case]):
+        if bb[case].failed:
             failed_before.append(f"{case}: its test failed in the baseline; record a baseline whose tests pass")
         for metric in METRICS.values():
             if not metric.judged:
@@ -393,16 +350,16 @@ def format_table(verdicts: list[Verdict]) -> str:
     return "\n".join(lines)
 
 
-def github_entries(cand: dict) -> tuple[list[dict], list[dict]]:
+def github_entries(cand: Run | dict) -> tuple[list[dict], list[dict]]:
     """github-action-benchmark 'customSmallerIsBetter' and 'customBiggerIsBetter' entries."""
     smaller, bigger = [], []
-    for b in cand["benchmarks"]:
+    for c in as_run(cand).cases:
         for metric in METRICS.values():
-            value = metric.extract(b)
+            value = metric.extract(c)
             if value is None or not math.isfinite(value):  # a missed target has no value to chart
                 continue
             unit = {"%": "fraction"}.get(metric.unit, metric.unit)
-            entry = dict(name=f"{case_name(b)} {metric.name}", unit=unit, value=value)
+            entry = dict(name=f"{c.name} {metric.name}", unit=unit, value=value)
             (smaller if metric.better == "lower" else bigger).append(entry)
     return smaller, bigger
 
@@ -422,21 +379,19 @@ def check_alpha(alpha: float) -> None:
                         f"would ever be flagged; above 0.5 noise is more often flagged than not")
 
 
-def disturbed_cases(paths: list[str], runs: list[dict], cand_path: str, cand: dict) -> tuple[list[str], list[str]]:
+def disturbed_cases(paths: list[str], runs: list[Run], cand_path: str, cand: Run) -> tuple[list[str], list[str]]:
     """(disturbed, unmeasured): for every case the gate compares (in the candidate and the last
     baseline), each run holding it in which other load crossed the threshold while it was timed:
     '<file> <case>: <first reason>'; and the files with compared cases whose disturbance was not
     measured (runs recorded before it was)."""
-    compared = {case_name(b) for b in cand["benchmarks"]} & {case_name(b) for b in runs[-1]["benchmarks"]}
+    compared = cand.by_name().keys() & runs[-1].by_name().keys()
     disturbed, unmeasured = [], []
     for path, run in [*zip(paths, runs), (cand_path, cand)]:
         blind = 0
-        for b in run["benchmarks"]:
-            if case_name(b) not in compared:
-                continue
-            status, reasons = disturbance_of(b)
+        for c in (c for c in run.cases if c.name in compared):
+            status, reasons = c.disturbance
             if status:
-                disturbed.append(f"{path} {case_name(b)}: {reasons[0]}")
+                disturbed.append(f"{path} {c.name}: {reasons[0]}")
             blind += status is None
         if blind:
             unmeasured.append(f"{path}: {blind} compared case(s) without a disturbance record (a run from before it "
@@ -455,7 +410,7 @@ def _stamp(value: object) -> str | None:
     return (t if t.tzinfo is None else t.astimezone(timezone.utc).replace(tzinfo=None)).isoformat()
 
 
-def same_sessions(paths: list[str], bases: list[dict], cand_path: str, cand: dict) -> None:
+def same_sessions(paths: list[str], bases: list[Run], cand_path: str, cand: Run) -> None:
     """In history mode (two baselines or more), refuse a baseline that is the candidate's own session
     (its --benchmark-json beside its autosave, or a copy: it widens the noise band around itself and
     once hid a 100x slowdown) or one session given twice (it claims a band of no noise). A session is
@@ -466,10 +421,10 @@ def same_sessions(paths: list[str], bases: list[dict], cand_path: str, cand: dic
         return
     seen: dict[object, str] = {}
     for path, run in [*zip(paths, bases), (cand_path, cand)]:
-        keys = [("file", os.path.realpath(path)), ("the same figures",
-                tuple(sorted((case_name(b), tuple(_round_times(b)) or b["stats"]["median"]) for b in run["benchmarks"])))]
-        if _stamp(run.get("datetime")):
-            keys.append(("datetime", _stamp(run.get("datetime"))))
+        keys = [("file", os.path.realpath(path)),
+                ("the same figures", tuple(sorted((c.name, tuple(c.round_times) or c.median) for c in run.cases)))]
+        if _stamp(run.datetime):
+            keys.append(("datetime", _stamp(run.datetime)))
         for kind, key in keys:
             if (kind, key) in seen:
                 what = "the candidate's own session" if path == cand_path else "a session given twice"
@@ -504,7 +459,7 @@ def _bare_allow_mismatch(argv: list[str]) -> list[str]:
     return out
 
 
-def main(argv: list[str] | None = None, prog: str = "bench gate") -> int:
+def _parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("baseline", nargs="+", help="one run, or several stored runs of the same configuration "
@@ -529,22 +484,108 @@ def main(argv: list[str] | None = None, prog: str = "bench gate") -> int:
                         "or a baseline is cannot compare (exit 2)")
     p.add_argument("--github-json", metavar="OUT", help="write github-action-benchmark JSON: OUT "
                    "(customSmallerIsBetter) and OUT with .bigger before .json (customBiggerIsBetter)")
-    a = p.parse_args(_bare_allow_mismatch(sys.argv[1:] if argv is None else argv))
+    return p
+
+
+def _load(a: argparse.Namespace) -> tuple[list[Run], Run, Thresholds]:
+    """The runs and thresholds the arguments name, or GateError / ResultsError: they cannot be compared."""
+    check_alpha(a.alpha)
+    thresholds = Thresholds()
+    if a.config:
+        thresholds.load(a.config)
+    for spec in a.threshold:
+        thresholds.set(spec)
+    bases, cand = [read_run(b) for b in a.baseline], read_run(a.candidate)
+    same_sessions(a.baseline, bases, a.candidate, cand)
+    problems = [f"{path}: {p}" if len(bases) > 1 else p for path, b in zip(a.baseline, bases)
+                for p in mismatches(b, cand, a.allow_mismatch)]
+    if problems:
+        raise GateError("the runs are not comparable (pass --allow-mismatch versions for an upgrade, "
+                        "--allow-mismatch to force):\n  " + "\n  ".join(problems))
+    return bases, cand, thresholds
+
+
+@dataclass
+class Outcome:
+    """What the comparison found, as the gate prints it and decides its exit code from it."""
+    verdicts: list[Verdict]
+    removed: list[str]        # cases missing from the candidate
+    added: list[str]          # cases with no baseline
+    failed_now: list[str]     # cases whose test failed in the candidate
+    failed_before: list[str]  # cases whose test failed in the baseline: nothing to compare with
+    missing: list[str]        # metrics measured on one side only
+    disturbed: list[str]
+    unmeasured: list[str]
+
+    @property
+    def judged(self) -> list[Verdict]:
+        return [v for v in self.verdicts if METRICS[v.metric].judged]
+
+
+def _outcome(bases: list[Run], cand: Run, thresholds: Thresholds, alpha: float, disturbed: list[str],
+             unmeasured: list[str]) -> Outcome:
+    verdicts, removed, added = compare(bases, cand, thresholds, alpha)
+    failed_now, failed_before, missing = unreadable_cases(bases[-1], cand)
+    return Outcome(verdicts, removed, added, failed_now, failed_before, missing, disturbed, unmeasured)
+
+
+def _print_outcome(a: argparse.Namespace, bases: list[Run], o: Outcome) -> None:
+    mode = f"history of {len(bases)} runs" if len(bases) > 1 else "one baseline: the weakest mode (bench gate --help)"
+    print(f"gate: {' '.join(a.baseline)} -> {a.candidate} ({mode})")
+    for line in o.disturbed:
+        print(f"WARNING: disturbed: {line}; judged anyway (--allow-disturbed)")
+    for line in o.unmeasured:
+        print(f"note: {line}")
+    print(format_table(o.verdicts))
+    for case in o.added:
+        print(f"added (no baseline): {case}")
+    for case in o.removed:
+        print(f"MISSING from the candidate: {case}")
+    for case in o.failed_now:
+        print(f"FAILED in the candidate: {case} (its test failed; its numbers are not a result)")
+    for line in o.failed_before + o.missing:
+        print(f"cannot compare: {line}")
+
+
+def _write_github(out: Path, cand: Run) -> None:
+    """OUT and OUT.bigger for github-action-benchmark (OSError: they cannot be written there)."""
+    targets = (out, out.with_name(out.stem + ".bigger" + out.suffix))
+    for target in targets:
+        why = _not_a_file(target)
+        if why:
+            raise OSError(f"{target} is {why}; give a file name")
+    smaller, bigger = github_entries(cand)
+    write_json_atomic(targets[0], smaller)
+    write_json_atomic(targets[1], bigger)
+
+
+def _verdict(a: argparse.Namespace, o: Outcome) -> int:
+    """The last line and the exit code: a regression first, then what keeps the gate from a pass."""
+    regressions = [v for v in o.judged if v.verdict == "REGRESSION"]
+    if regressions or o.failed_now:
+        named = [f"{v.case} {v.metric}" for v in regressions] + [f"{case} test failed" for case in o.failed_now]
+        print(f"\nREGRESSION: {len(named)} finding(s) in "
+              f"{', '.join(dict.fromkeys(n.rsplit(' ', 1)[0].removesuffix(' test') for n in named))}: "
+              f"{', '.join(named)}")
+        return REGRESSION
+    if o.removed and not a.allow_missing:
+        print(f"\ncannot compare: {len(o.removed)} case(s) missing from the candidate (--allow-missing to accept)")
+        return CANNOT_COMPARE
+    if o.failed_before or (o.missing and not a.allow_missing):
+        print(f"\ncannot compare: {len(o.failed_before) + len(o.missing)} problem(s) above"
+              f"{' (--allow-missing accepts missing metrics)' if o.missing else ''}")
+        return CANNOT_COMPARE
+    if not o.judged:
+        print("\ncannot compare: no case in common")
+        return CANNOT_COMPARE
+    print(f"\nPASS: {len(o.judged)} metric(s) over {len(set(v.case for v in o.judged))} case(s)")
+    return PASS
+
+
+def main(argv: list[str] | None = None, prog: str = "bench gate") -> int:
+    a = _parser(prog).parse_args(_bare_allow_mismatch(sys.argv[1:] if argv is None else argv))
     try:
-        check_alpha(a.alpha)
-        thresholds = Thresholds()
-        if a.config:
-            thresholds.load(a.config)
-        for spec in a.threshold:
-            thresholds.set(spec)
-        bases, cand = [load_run(b) for b in a.baseline], load_run(a.candidate)
-        same_sessions(a.baseline, bases, a.candidate, cand)
-        base = bases[-1]
-        problems = [f"{path}: {p}" if len(bases) > 1 else p for path, b in zip(a.baseline, bases)
-                    for p in mismatches(b, cand, a.allow_mismatch)]
-        if problems:
-            raise GateError("the runs are not comparable (pass --allow-mismatch versions for an upgrade, "
-                            "--allow-mismatch to force):\n  " + "\n  ".join(problems))
+        bases, cand, thresholds = _load(a)
     except (GateError, ResultsError) as e:
         print(f"gate: cannot compare: {e}", file=sys.stderr)
         return CANNOT_COMPARE
@@ -554,58 +595,13 @@ def main(argv: list[str] | None = None, prog: str = "bench gate") -> int:
             print(f"gate: cannot compare: disturbed: {line} (its times are not a clean measurement: rerun it on a "
                   f"quiet machine, or --allow-disturbed to judge it anyway)", file=sys.stderr)
         return CANNOT_COMPARE
-    verdicts, removed, added = compare(bases, cand, thresholds, a.alpha)
-    failed_now, failed_before, missing = unreadable_cases(base, cand)
-    mode = f"history of {len(bases)} runs" if len(bases) > 1 else "one baseline: the weakest mode (bench gate --help)"
-    print(f"gate: {' '.join(a.baseline)} -> {a.candidate} ({mode})")
-    for line in disturbed:
-        print(f"WARNING: disturbed: {line}; judged anyway (--allow-disturbed)")
-    for line in unmeasured:
-        print(f"note: {line}")
-    print(format_table(verdicts))
-    for case in added:
-        print(f"added (no baseline): {case}")
-    for case in removed:
-        print(f"MISSING from the candidate: {case}")
-    for case in failed_now:
-        print(f"FAILED in the candidate: {case} (its test failed; its numbers are not a result)")
-    for line in failed_before + missing:
-        print(f"cannot compare: {line}")
+    outcome = _outcome(bases, cand, thresholds, a.alpha, disturbed, unmeasured)
+    _print_outcome(a, bases, outcome)
     if a.github_json:
         try:
-            out = Path(a.github_json)
-            targets = (out, out.with_name(out.stem + ".bigger" + out.suffix))
-            for target in targets:
-                why = _not_a_file(target)
-                if why:
-                    raise OSError(f"{target} is {why}; give a file name")
-            smaller, bigger = github_entries(cand)
-            write_json_atomic(targets[0], smaller)
-            write_json_atomic(targets[1], bigger)
+            _write_github(Path(a.github_json), cand)
         except OSError as e:
             print(f"gate: cannot compare: --github-json {a.github_json}: {e.strerror or e}", file=sys.stderr)
             return CANNOT_COMPARE
-    judged = [v for v in verdicts if METRICS[v.metric].judged]
-    regressions = [v for v in judged if v.verdict == "REGRESSION"]
-    if regressions or failed_now:
-        named = [f"{v.case} {v.metric}" for v in regressions] + [f"{case} test failed" for case in failed_now]
-        print(f"\nREGRESSION: {len(named)} finding(s) in "
-              f"{', '.join(dict.fromkeys(n.rsplit(' ', 1)[0].removesuffix(' test') for n in named))}: "
-              f"{', '.join(named)}")
-        return REGRESSION
-    if removed and not a.allow_missing:
-        print(f"\ncannot compare: {len(removed)} case(s) missing from the candidate (--allow-missing to accept)")
-        return CANNOT_COMPARE
-    if failed_before or (missing and not a.allow_missing):
-        print(f"\ncannot compare: {len(failed_before) + len(missing)} problem(s) above"
-              f"{' (--allow-missing accepts missing metrics)' if missing else ''}")
-        return CANNOT_COMPARE
-    if not judged:
-        print("\ncannot compare: no case in common")
-        return CANNOT_COMPARE
-    print(f"\nPASS: {len(judged)} metric(s) over {len(set(v.case for v in judged))} case(s)")
-    return PASS
+    return _verdict(a, outcome)
 
-
-if __name__ == "__main__":
-    sys.exit(main(prog="python -m bench_fixtures.analysis.gate"))

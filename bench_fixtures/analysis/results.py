@@ -1,6 +1,6 @@
 """Reading result files: a pytest-benchmark JSON run and the telemetry (timeline) files its cases
-name, validated once on load against one schema for every reader (gate, report, findings), and the
-cases in it.
+name, validated once on load against one schema for every reader (gate, report, findings), old runs
+upgraded in one place, and the cases in it as typed records.
 
 A reader that cannot interpret a field must not guess: a NaN time, a string where a number belongs,
 a zero peak, a test listed twice, a FIFO where a timeline file belongs are refused here with one line
@@ -8,6 +8,31 @@ naming the file, the field as a JSON path (`benchmarks[3].extra_info.memory.proc
 fix. Every field a reader uses is checked for its type and a sane range; every other number in the
 file must still be finite, and nothing may nest deeper than any file this suite writes. Files are
 read only when they are regular files, and only up to a size cap: never a hang, never a huge read.
+
+Schema: a run file carries `bench_schema` (SCHEMA_VERSION) at its top level; a file without it is
+version 1. `upgrade(doc)` brings an older one to the current version, keyed on the version (v1 -> v2:
+the settings it lacks ran with `settings.ABSENT`); a newer one is refused (upgrade the suite).
+
+The records (frozen; their dicts are the file's own, read-only by convention):
+    read_run(path) -> Run          validated, upgraded, typed (load_run(path): the same as a dict)
+    Run.from_doc(doc, path=None)   a run already in memory (upgraded here; not validated)
+    Run: path, schema (as written), datetime, command, machine_info, bench_config (every ABSENT
+         setting present), dx, cases (tuple[Case]); .by_name() {test name: Case};
+         .select(test, setup=None) {(framework, model): Case}; .setups (matched first); .machine
+    Case.from_entry(entry)         one `benchmarks` entry
+    Case: name, test, framework, model, setup, outcome, stats, extra_info, entry (the raw dict);
+         .key (framework, model); .failed; .median (stats.median); .disturbance (disturbed, reasons)
+         .accuracy_before / .accuracy_after (the last round); .accuracy_after_median (over rounds)
+         .peak_memory(kind=None) (framework peak where measured, else the process peak; or KIND);
+         .memory_kind; same_memory_kind(cases): the one quantity every side has
+         .round_times (pytest-benchmark's saved rounds, else the case's own: the gate's test)
+         .finetune_times (the case's own fine-tune rounds, else pytest-benchmark's, else the median)
+         .rounds (the fine-tune round records); .round_rates (images/s per test_train_step round)
+         .train_images_per_s, .time_to_first_step, .mean_gap, .time_to_accuracy (inf: missed),
+         .test_size, .settings, .projection, .start_sha256, .telemetry_problems
+    is_number(v): a finite int or float, not a bool (the one check readers use before arithmetic)
+    Compatibility while the readers move onto the records: cases(doc, test, setup) and setups(doc)
+    on dicts, failed / disturbance_of / round_rates on a dict or a Case, load_run -> dict.
 """
 from __future__ import annotations
 
@@ -17,11 +42,13 @@ import os
 import re
 import stat
 import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from ..config import MAX_EPOCHS, MAX_REPLICAS, MAX_ROUNDS, MODELS, PEAK_TFLOPS_RANGE
-from ..frameworks import NAMES as FRAMEWORK_NAMES
+from ..registry import NAMES as FRAMEWORK_NAMES
+from ..settings import ABSENT
 from ..telemetry.timeline import EPOCH_START
 
 # Outcome of the test around a benchmark (the plugin records it: pytest-benchmark keeps the numbers
@@ -119,9 +146,18 @@ def read_json_file(path: str | Path, limit: int) -> Any:
 
 
 def load_run(path: str | Path) -> dict[str, Any]:
-    """The run in PATH, validated, and every timeline file it names that exists, validated too: the
-    gate and the report refuse the same files, for the same reasons."""
-    path = Path(path)
+    """The run in PATH as a dict: validated (and every timeline file it names that exists, too: the
+    gate and the report refuse the same files, for the same reasons), upgraded to SCHEMA_VERSION."""
+    return upgrade(_validated(Path(path)))
+
+
+def read_run(path: str | Path) -> Run:
+    """The run in PATH as a typed record: validated, upgraded (its `schema` says as what it was written)."""
+    return Run.from_doc(_validated(Path(path)), Path(path))
+
+
+def _validated(path: Path) -> dict[str, Any]:
+    """The run in PATH as written, checked: every reader's one door (ResultsError: one line)."""
     try:
         run = read_json_file(path, MAX_RUN_BYTES)
     except Invalid as e:
@@ -130,6 +166,9 @@ def load_run(path: str | Path) -> dict[str, Any]:
         fix = "rerun the benchmark with --benchmark-json" if "JSON" in str(e) or "wrote" in str(e) \
             else "give the --benchmark-json file"
         raise ResultsError(f"{path}: {e}; {fix}") from None
+    newer = _newer_schema(run)  # before the checks: a newer file may hold what this validator does not know
+    if newer:
+        raise ResultsError(f"{path}: {newer}")
     problem = validate(run)
     if problem:
         raise ResultsError(f"{path}: {problem}; {RUN_FIX}")
@@ -625,20 +664,13 @@ def _check_run(run: Any) -> None:
     if not isinstance(run, dict) or not isinstance(run.get("benchmarks"), list):
         raise Invalid("", "not a pytest-benchmark JSON file (no 'benchmarks' list)")
     _list(run["benchmarks"], "benchmarks", most=MAX_CASES)
+    _count(run.get(SCHEMA_KEY), SCHEMA_KEY, 1, MAX_INT)
     _check_machine(_object(run.get("machine_info"), "machine_info"))
     _check_config(_object(run.get("bench_config"), "bench_config"))
     _check_dx(_object(run.get("dx"), "dx"))
     for key in ("datetime", "command"):
         if run.get(key) is not None and not isinstance(run[key], str):
             raise Invalid(key, f"must be a string, found {_found(run[key])}")
-
-
-def _case_key(b: dict) -> tuple | None:
-    """What the report files a benchmark under: (test, framework, model, setup)."""
-    e = b.get("extra_info") or {}
-    if e.get("framework") is None or e.get("model") is None:
-        return None
-    return case_name(b).split("[")[0], e["framework"], e["model"], e.get("setup") or "matched"
 
 
 def validate(run: Any) -> str | None:
@@ -648,27 +680,38 @@ def validate(run: Any) -> str | None:
     except Invalid as e:
         return str(e)
     names: dict[str, int] = {}
-    keys: dict[tuple, int] = {}
     for i, b in enumerate(run["benchmarks"]):
         problem = _benchmark_problem(b, f"benchmarks[{i}]")
         if problem:
             return problem
-        name, key = case_name(b), _case_key(b)
+        name = case_name(b)
         if name in names:  # the gate compares tests by this name, whatever their file
             first = run["benchmarks"][names[name]]["fullname"]
             return (f"{name}: listed twice ('benchmarks[{names[name]}]' {first!r:.80} and 'benchmarks[{i}]' "
                     f"{b['fullname']!r:.80}): the gate compares tests by name; which one counts?")
-        if key is not None and key in keys:
-            return (f"{name}: 'benchmarks[{i}]' is {key[0]} of {key[1]}-{key[2]} (setup {key[3]}) again, as "
-                    f"'benchmarks[{keys[key]}]' {case_name(run['benchmarks'][keys[key]])}: which one counts?")
         names[name] = i
-        if key is not None:
-            keys[key] = i
+    problem = _same_case_twice(upgrade(run)) if _newer_schema(run) is None else None
+    if problem:
+        return problem
     problem = _walk_problem(run, "")
     if problem is None:
         return None
     inside = re.match(r"benchmarks\[(\d+)\]", problem.where)
     return str(problem) if inside is None else _in_benchmark(run["benchmarks"][int(inside.group(1))], problem)
+
+
+def _same_case_twice(run: dict) -> str | None:
+    """Two entries the report files under one (test, framework, model, setup): which one counts?"""
+    keys: dict[tuple, int] = {}
+    for i, case in enumerate(Case.from_entry(b) for b in run["benchmarks"]):
+        if case.key is None:
+            continue
+        key = (case.test, *case.key, case.setup)
+        if key in keys:
+            return (f"{case.name}: 'benchmarks[{i}]' is {key[0]} of {key[1]}-{key[2]} (setup {key[3]}) again, as "
+                    f"'benchmarks[{keys[key]}]' {case_name(run['benchmarks'][keys[key]])}: which one counts?")
+        keys[key] = i
+    return None
 
 
 def _in_benchmark(b: Any, e: Invalid) -> str:
@@ -732,23 +775,323 @@ def check_telemetry(tel: Any) -> None:
         raise problem
 
 
+# --------------------------------------------------------------------------- the schema: old runs upgraded here
+
+NEWER_FIX = "upgrade the suite (pull it and pip install -r requirements.txt again) to read it"
+CASE_ABSENT = ("setup", "train_layers", "replicas")  # the ABSENT settings every case's extra_info repeats
+
+
+def schema_of(doc: dict) -> int:
+    """The schema version DOC was written with: its SCHEMA_KEY, 1 without it (written before it existed)."""
+    version = doc.get(SCHEMA_KEY)
+    return version if isinstance(version, int) and not isinstance(version, bool) else 1
+
+
+def _newer_schema(doc: Any) -> str | None:
+    """Why DOC cannot be read here: a schema newer than this suite's (None: not newer)."""
+    version = schema_of(doc) if isinstance(doc, dict) else 1
+    if version <= SCHEMA_VERSION:
+        return None
+    return (f"'{SCHEMA_KEY}' is {version}: written by a newer version of this suite, which this one (run schema "
+            f"{SCHEMA_VERSION}) cannot read; {NEWER_FIX}")
+
+
+def _v1_to_v2(doc: dict) -> dict:
+    """A run from before the schema key: the settings its bench_config lacks ran with settings.ABSENT;
+    each case recorded without its setup, trained layers or replicas ran with the same; a
+    test_train_step case without the worker's per-round rates gets them from pytest-benchmark's round
+    times (the IPC included: the closest figure such a run holds)."""
+    config = doc.get("bench_config") or {}
+    config = {**config, **{k: v for k, v in ABSENT.items() if k not in config}}
+    return {**doc, "bench_config": config, "benchmarks": [_v1_case(b) for b in doc["benchmarks"]]}
+
+
+def _v1_case(b: dict) -> dict:
+    """One v1 entry, completed as _v1_to_v2 says (the entry itself when it lacks nothing)."""
+    e = b.get("extra_info") or {}
+    suite = e.get("framework") is not None and e.get("model") is not None
+    fill = {k: ABSENT[k] for k in CASE_ABSENT if e.get(k) is None and (suite or k == "setup")}
+    images = (e.get("steps_per_round") or 0) * (e.get("global_batch_size") or e.get("batch_size") or 0)
+    if e.get("round_images_per_s") is None and images:
+        data = (b.get("stats") or {}).get("data") or []
+        fill["round_images_per_s"] = [images / t for t in data if is_number(t) and t > 0]
+    return {**b, "extra_info": {**e, **fill}} if fill else b
+
+
+UPGRADES = {1: _v1_to_v2}  # version -> the step that brings a run of it to the next
+
+
+def upgrade(doc: dict) -> dict:
+    """DOC (a validated run) as the current schema writes it: each step from its version on, in
+    order; DOC itself when it is current. The one place that knows what older runs lack."""
+    newer = _newer_schema(doc)
+    if newer:
+        raise ResultsError(newer)
+    version = schema_of(doc)
+    if version == SCHEMA_VERSION:
+        return doc
+    for step in range(version, SCHEMA_VERSION):
+        doc = UPGRADES[step](doc)
+    return {**doc, SCHEMA_KEY: SCHEMA_VERSION}
+
+
+# --------------------------------------------------------------------------- the records
+
+def is_number(v: Any) -> bool:
+    """A finite int or float, not a bool: what a reader may compute with."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _numbers_in(values: Any) -> list[float]:
+    """The positive finite numbers of a list (anything else: none)."""
+    return [v for v in values if is_number(v) and v > 0] if isinstance(values, list) else []
+
+
+MEMORY_KINDS = ("framework_peak", "process_peak")  # the framework's own peak in use; the worker's process
+
+
+@dataclass(frozen=True)
+class Case:
+    """One `benchmarks` entry: a test of one (framework, model) in one setup, and its figures. Its
+    dicts are the run file's own: read them, never change them."""
+    name: str                 # the test as pytest names it: test_finetune[torch-resnet50]
+    test: str                 # test_finetune, test_train_step
+    framework: str | None     # None (and model None): a benchmark that is not one of the suite's cases
+    model: str | None
+    setup: str | None         # matched, defaults
+    outcome: str | None       # passed, failed (OUTCOME_KEY); None: not recorded
+    stats: dict               # pytest-benchmark's: median, data (the saved rounds), rounds, ...
+    extra_info: dict          # everything the case recorded; the properties below are what readers share
+    entry: dict = field(repr=False, compare=False)  # the entry as the (upgraded) run holds it
+
+    @classmethod
+    def from_entry(cls, b: dict) -> Case:
+        e = b.get("extra_info") or {}
+        name = case_name(b)
+        return cls(name, name.split("[")[0], e.get("framework"), e.get("model"), e.get("setup"), e.get(OUTCOME_KEY),
+                   b.get("stats") or {}, e, b)
+
+    @property
+    def key(self) -> tuple[str, str] | None:
+        """(framework, model); None for a benchmark that is not one of the suite's cases."""
+        return None if self.framework is None or self.model is None else (self.framework, self.model)
+
+    @property
+    def failed(self) -> bool:
+        """The test around the benchmark failed: its numbers are kept, its verdict is not."""
+        return self.outcome == "failed"
+
+    @property
+    def median(self) -> float | None:
+        """pytest-benchmark's median round: the fine-tune time the tables and the gate judge."""
+        v = self.stats.get("median")
+        return v if is_number(v) else None
+
+    @property
+    def disturbance(self) -> tuple[bool | None, list[str]]:
+        """(disturbed, reasons): see disturbance_of."""
+        return disturbance_of(self.entry)
+
+    def _figure(self, key: str) -> float | None:
+        v = self.extra_info.get(key)
+        return v if is_number(v) else None
+
+    @property
+    def accuracy_before(self) -> float | None:
+        return self._figure("accuracy_before")
+
+    @property
+    def accuracy_after(self) -> float | None:
+        """After the last fine-tune round (the tables' figure)."""
+        return self._figure("accuracy_after")
+
+    @property
+    def rounds(self) -> list[dict]:
+        """The fine-tune rounds' records (each a fresh model, same seed); test_train_step records a count: none."""
+        listed = self.extra_info.get("rounds")
+        return [r for r in listed if isinstance(r, dict)] if isinstance(listed, list) else []
+
+    @property
+    def accuracy_after_median(self) -> float | None:
+        """The median over the fine-tune rounds (the gate's); one round: its value."""
+        rounds = [r.get("accuracy_after") for r in self.rounds]
+        rounds = [r for r in rounds if is_number(r)]
+        return statistics.median(rounds) if len(rounds) >= 2 else self.accuracy_after
+
+    @property
+    def round_times(self) -> list[float]:
+        """The timed rounds as the gate tests them: pytest-benchmark's saved data (--benchmark-save-data),
+        else the case's own record of its fine-tune rounds."""
+        data = self.stats.get("data") or []
+        if data:
+            return list(data)
+        return [r["finetune_s"] for r in self.rounds if is_number(r.get("finetune_s"))]
+
+    @property
+    def finetune_times(self) -> list[float]:
+        """Seconds of each fine-tune round as the findings judge them: the case's own record, else
+        pytest-benchmark's saved rounds, else its median (their median is the table's fine-tune time)."""
+        times = _numbers_in([r.get("finetune_s") for r in self.rounds]) or _numbers_in(self.stats.get("data"))
+        return times or _numbers_in([self.stats.get("median")])
+
+    @property
+    def round_rates(self) -> list[float]:
+        """Images/s of each test_train_step round as the worker timed it (their median is the
+        table's steady images/s)."""
+        return _numbers_in(self.extra_info.get("round_images_per_s"))
+
+    def peak_memory(self, kind: str | None = None) -> float | None:
+        """Peak memory in bytes: KIND (one of MEMORY_KINDS), or by default the framework's own peak
+        where it reports one, else the process's (the tables'). Compare two cases with
+        `same_memory_kind`: a framework peak against a process peak compares two different things."""
+        memory = self.extra_info.get("memory") or {}
+        for k in (kind,) if kind else MEMORY_KINDS:
+            v = memory.get(k)
+            if is_number(v) and v > 0:
+                return v
+        return None
+
+    @property
+    def memory_kind(self) -> str:
+        """Which peak `peak_memory()` gives: the framework's where it reports one, else the process's."""
+        return MEMORY_KINDS[0] if self.peak_memory(MEMORY_KINDS[0]) is not None else MEMORY_KINDS[1]
+
+    @property
+    def train_images_per_s(self) -> float | None:
+        return self._figure("train_images_per_s")
+
+    @property
+    def time_to_first_step(self) -> float | None:
+        return self._figure("time_to_first_step_s")
+
+    @property
+    def mean_gap(self) -> float | None:
+        """The mean gap between epochs (s); None when none was measured."""
+        gaps = [g for g in self.extra_info.get("inter_epoch_gaps_s") or [] if is_number(g)]
+        return statistics.fmean(gaps) if gaps else None
+
+    @property
+    def time_to_accuracy(self) -> float | None:
+        """Wall seconds until the target accuracy; inf when the run had a target and never reached it
+        (so a miss reads as worse than any time); None when the run had no target, or its curve was
+        cut short (missing events): not measured."""
+        tta = self.extra_info.get("time_to_accuracy")
+        if not isinstance(tta, dict):
+            return None
+        if tta.get("reached") is not True:
+            epochs, evaluated = self.extra_info.get("epochs"), tta.get("evaluated_epochs")
+            cut = isinstance(epochs, int) and isinstance(evaluated, int) and evaluated < epochs
+            return None if cut else math.inf
+        wall = tta.get("wall_s")
+        return float(wall) if is_number(wall) and wall >= 0 else None
+
+    @property
+    def test_size(self) -> int | None:
+        n = self.extra_info.get("test_size")
+        return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+    @property
+    def settings(self) -> dict:
+        """The settings the framework read back (compute dtype, XLA, BatchNorm momentum, ...)."""
+        s = self.extra_info.get("settings")
+        return s if isinstance(s, dict) else {}
+
+    @property
+    def projection(self) -> dict | None:
+        """The overhead projection (None: not recorded, or its timeline lacked events)."""
+        p = self.extra_info.get("overhead_projection")
+        return p if isinstance(p, dict) else None
+
+    @property
+    def start_sha256(self) -> str | None:
+        """The sha256 of the weights file the case started from (None: it loaded none)."""
+        start = self.extra_info.get("start")
+        sha = start.get("sha256") if isinstance(start, dict) else None
+        return sha if isinstance(sha, str) else None
+
+    @property
+    def telemetry_problems(self) -> list[str]:
+        problems = self.extra_info.get("telemetry_problems")
+        return [p for p in problems if isinstance(p, str)] if isinstance(problems, list) else []
+
+
+def same_memory_kind(cases: Iterable[Case]) -> str:
+    """The peak every one of CASES has: the framework's own where all report one, else the process's."""
+    return MEMORY_KINDS[0] if all(c.memory_kind == MEMORY_KINDS[0] for c in cases) else MEMORY_KINDS[1]
+
+
+def _setup_order(setup: str) -> tuple:
+    return setup != "matched", setup != "defaults", str(setup)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run file, validated and upgraded to SCHEMA_VERSION. Its dicts are the file's own."""
+    path: Path | None
+    schema: int               # the version the file was written with (its contents are upgraded)
+    datetime: str | None      # pytest-benchmark's session time
+    command: str | None
+    machine_info: dict
+    bench_config: dict        # every setting of settings.ABSENT present (an older run: what it ran with)
+    dx: dict                  # developer-experience figures per framework
+    cases: tuple[Case, ...]
+
+    @classmethod
+    def from_doc(cls, doc: dict, path: str | Path | None = None) -> Run:
+        """DOC (validated: load_run's, or a run the caller vouches for) as a record, upgraded here."""
+        schema, doc = schema_of(doc), upgrade(doc)
+        return cls(None if path is None else Path(path), schema, doc.get("datetime"), doc.get("command"),
+                   doc.get("machine_info") or {}, doc.get("bench_config") or {}, doc.get("dx") or {},
+                   tuple(Case.from_entry(b) for b in doc["benchmarks"]))
+
+    def by_name(self) -> dict[str, Case]:
+        """Every case by its test name (what the gate compares cases by)."""
+        return {c.name: c for c in self.cases}
+
+    def select(self, test: str, setup: str | None = None) -> dict[tuple[str, str], Case]:
+        """TEST's cases by (framework, model); with SETUP, only that setup's (a `--setup both` run
+        holds each case twice)."""
+        return {c.key: c for c in self.cases if c.test == test and c.key is not None and setup in (None, c.setup)}
+
+    @property
+    def setups(self) -> list[str]:
+        """The setups the run's cases ran in, matched first, then defaults (the report's columns)."""
+        return sorted({c.setup for c in self.cases if c.setup is not None} or {"matched"}, key=_setup_order)
+
+    @property
+    def machine(self) -> str | None:
+        """The machine in one name: its GPU, else its CPU."""
+        return self.machine_info.get("gpu_name") or self.machine_info.get("cpu_model")
+
+
+def as_run(run: Run | dict) -> Run:
+    """RUN as a record (a dict: a validated run, upgraded here)."""
+    return run if isinstance(run, Run) else Run.from_doc(run)
+
+
+def as_case(b: Case | dict) -> Case:
+    """B as a record (a dict: one entry of a validated, upgraded run)."""
+    return b if isinstance(b, Case) else Case.from_entry(b)
+
+
 # --------------------------------------------------------------------------- what readers ask
 
 def models_in(by_case: dict) -> list[str]:
-    """The models with a case in BY_CASE ((framework, model) -> benchmark), in the suite's order."""
+    """The models with a case in BY_CASE ((framework, model) -> case), in the suite's order."""
     return [m for m in MODELS if any(model == m for _, model in by_case)]
 
 
-def failed(b: dict) -> bool:
+def failed(b: Case | dict) -> bool:
     """Whether the test around this benchmark failed (its numbers are kept, its verdict is not)."""
-    return (b.get("extra_info") or {}).get(OUTCOME_KEY) == "failed"
+    return b.failed if isinstance(b, Case) else (b.get("extra_info") or {}).get(OUTCOME_KEY) == "failed"
 
 
-def disturbance_of(b: dict) -> tuple[bool | None, list[str]]:
+def disturbance_of(b: Case | dict) -> tuple[bool | None, list[str]]:
     """(disturbed, reasons) of a case: True with its reasons when other load on the machine crossed
     the threshold while it was timed; None when it was not measured (a run recorded before the key
     existed, or no CPU figures): not disturbed, and not known to be clean either."""
-    d = (b.get("extra_info") or {}).get("disturbance")
+    e = b.extra_info if isinstance(b, Case) else (b.get("extra_info") or {})
+    d = e.get("disturbance")
     if not isinstance(d, dict):
         return None, []
     if d.get("disturbed") is True:  # each reason on one line, of a sane length: it is quoted in one-line messages
@@ -757,26 +1100,22 @@ def disturbance_of(b: dict) -> tuple[bool | None, list[str]]:
     return (None if d.get("measured") is False else False), []
 
 
+def round_rates(b: Case | dict | None) -> list[float]:
+    """Images/s of each test_train_step round (`Case.round_rates`); none for no case."""
+    return [] if not b else as_case(b).round_rates
+
+
 def case_name(b: dict) -> str:
     """The test as pytest names it: `test_finetune[torch-resnet50]`."""
     return b["fullname"].split("::")[-1]
 
 
 def cases(run: dict, test: str, setup: str | None = None) -> dict[tuple[str, str], dict]:
-    """TEST's benchmarks in RUN by (framework, model); with SETUP, only that setup's (a `--setup both`
-    run holds each case twice). A benchmark recorded before setups existed ran `matched`."""
-    out = {}
-    for b in run["benchmarks"]:
-        e = b.get("extra_info") or {}
-        if b.get("name", case_name(b)).startswith(test + "[") and e.get("framework") is not None \
-                and e.get("model") is not None \
-                and setup in (None, e.get("setup") or "matched"):
-            out[(e["framework"], e["model"])] = b
-    return out
+    """TEST's benchmark entries in RUN (a dict) by (framework, model); with SETUP, only that setup's.
+    The dict form of `Run.select`, for readers not yet on the records."""
+    return {key: c.entry for key, c in as_run(run).select(test, setup).items()}
 
 
 def setups(run: dict) -> list[str]:
-    """The setups RUN's benchmarks ran in, matched first, then defaults (the order of the report's
-    columns); a benchmark without `setup` ran matched."""
-    found = {(b.get("extra_info") or {}).get("setup") or "matched" for b in run["benchmarks"]}
-    return sorted(found, key=lambda s: (s != "matched", s != "defaults", str(s)))
+    """The setups RUN's cases ran in, matched first, then defaults (`Run.setups`)."""
+    return as_run(run).setups
