@@ -323,7 +323,9 @@ def _resolve(options: Mapping[str, Any], gpu_count: int, gpu_reason: str) -> Ben
     values = _defaults(profile, given)
     _check_choice("setup", values["setup"])
     _check_choice("train_layers", values["train_layers"])
-    _weights(values)
+    _weights(values)  # first: a staged folder means imagenet, which keeps the backbones' BatchNorm epsilon
+    values.update(setup_values("matched" if values["setup"] == "both" else values["setup"], values["overrides"],
+                               values["weights"]))
     if values["device"] == "auto":
         values["device"] = "gpu" if gpu_count else "cpu"
         device_reason = f"auto: {gpu_count} GPU(s) seen by NVML" if gpu_count else "auto: " + (gpu_reason or "no GPU")
@@ -356,7 +358,7 @@ def _profile(profile: str, device: str, gpu_count: int, gpu_reason: str) -> tupl
 
 def _defaults(profile: str, given: dict[str, Any]) -> dict[str, Any]:
     """The table's defaults for PROFILE, then the data set's and the layers' own, then GIVEN; the
-    framework settings under the session's setup (`overrides`: those set explicitly)."""
+    framework settings set explicitly (`overrides`), which apply in every setup."""
     dataset = given.get("dataset", PROFILES[profile]["dataset"])
     layers = given.get("train_layers", COMMON["train_layers"])
     by_dataset = DATASET_OVERRIDES.get((profile, dataset), {})
@@ -372,9 +374,6 @@ def _defaults(profile: str, given: dict[str, Any]) -> dict[str, Any]:
     # (smoke on real CIFAR-10 goes back to the usual momentum: matched's, or each framework's own).
     values["overrides"] = {k: values[k] for k in MATCHED
                            if k in given or (k in PROFILES[profile] and k not in by_dataset)}
-    if isinstance(values["setup"], str) and isinstance(values["weights"], str):
-        values.update(setup_values("matched" if values["setup"] == "both" else values["setup"],
-                                   values["overrides"], values["weights"]))
     return values
 
 

@@ -195,8 +195,9 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 
 
 def _prepare(config: pytest.Config, state: BenchState) -> None:
-    from .data import DataError
-    from .runner.experiment import CaseRunner, prepare_data
+    from .data import DataError, prepare_data
+    from .runner.experiment import CaseRunner
+    from .runner.replicas import world_size
     telemetry = telemetry_dir(config)
     _require_writable(telemetry, "--telemetry-dir")
     if (claim := _telemetry_claim(config)) is not None:
@@ -206,7 +207,7 @@ def _prepare(config: pytest.Config, state: BenchState) -> None:
     except OutputError as e:
         raise pytest.UsageError(str(e)) from None
     try:
-        bundle_dir, state.bundle_meta = prepare_data(state.cfg, state.work.path)
+        bundle_dir, state.bundle_meta = prepare_data(state.cfg, state.work.path, world_size(state.cfg.replicas))
     except DataError as e:
         raise pytest.UsageError(str(e)) from None
     state.runner = CaseRunner(state.cfg, bundle_dir, state.bundle_meta, state.work.path, telemetry)

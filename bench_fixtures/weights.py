@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import MODELS
-from .data.download import _TooSlow, _open_within
+from .data.cache import env_path, user_cache
+from .data.http import DOWNLOAD_DEADLINE_S, TooSlow, chunks_within, open_within
 from .files import exclusive_lock, folder_problem
-from .frameworks import FRAMEWORKS
+from .registry import FRAMEWORKS
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,6 @@ FILES: dict[tuple[str, str], WeightFile] = {(f.zoo, f.model): f for f in (
                _KERAS + "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
                None, None, "keras.applications.mobilenet_v2 downloads it without a hash"),
 )}
-DOWNLOAD_DEADLINE_S = 1800.0
 
 
 KERAS_MOBILENET_V2_ROWS = (96, 128, 160, 192, 224)  # keras.applications has one file per input size; else 224
@@ -88,17 +88,16 @@ def zoo_of(framework: str, weights: str) -> str:
 
 
 def cache_dir(zoo: str) -> Path:
-    """Where the zoo itself caches its files, found as it finds it: torch.hub's checkpoints
-    ($TORCH_HOME, else $XDG_CACHE_HOME/torch, else ~/.cache/torch), Keras' models folder ($KERAS_HOME,
-    else ~/.keras, or /tmp/.keras where that cannot be written); `~` expanded, as both do."""
+    """Where the zoo itself caches its files, found as it finds it (not the suite's cache: a file
+    the framework already has is not fetched twice): torch.hub's checkpoints ($TORCH_HOME, else
+    $XDG_CACHE_HOME/torch, else ~/.cache/torch), Keras' models folder ($KERAS_HOME, else ~/.keras,
+    or /tmp/.keras where that cannot be written); `~` expanded, as both do."""
     if zoo == "torchvision":
-        home = os.path.expanduser(os.environ.get("TORCH_HOME") or os.path.join(
-            os.environ.get("XDG_CACHE_HOME") or "~/.cache", "torch"))
-        return Path(home) / "hub" / "checkpoints"
-    base = os.path.expanduser(os.environ.get("KERAS_HOME") or "~/.keras")
+        return env_path("TORCH_HOME", user_cache() / "torch") / "hub" / "checkpoints"
+    base = env_path("KERAS_HOME", "~/.keras")
     if not os.access(base, os.W_OK):
-        base = os.path.join("/tmp", ".keras")
-    return Path(base) / "models"
+        base = Path("/tmp", ".keras")
+    return base / "models"
 
 
 def location(zoo: str, model: str, weights_dir: str | None, image_size: int = 32) -> Path:
@@ -228,10 +227,6 @@ def verdict(v: dict) -> str:
     return {True: "the published file", False: "NOT the published file"}.get(v.get("verified"), "no published hash")
 
 
-class _Deadline(Exception):
-    pass
-
-
 def fetch_one(f: WeightFile, folder: Path, url: str, timeout: float = 30.0,
               deadline: float = DOWNLOAD_DEADLINE_S) -> dict:
     """Download F into FOLDER: to a temporary file, verified against the published hash (a file
@@ -253,19 +248,16 @@ def _fetch_locked(f: WeightFile, folder: Path, url: str, timeout: float, deadlin
     try:
         with os.fdopen(fd, "wb") as out:
             try:
-                with _open_within(url, timeout, start + deadline) as resp:
-                    read = getattr(resp, "read1", resp.read)
-                    while chunk := read(1 << 20):
+                with open_within(url, timeout, start + deadline) as resp:
+                    for chunk in chunks_within(resp, start + deadline):
                         out.write(chunk)
                         received += len(chunk)
-                        if time.monotonic() - start > deadline:
-                            raise _Deadline()
                     length = resp.headers.get("Content-Length") or ""
                     expected = int(length) if length.isdigit() else received
                     if received < expected:
                         raise WeightsFileError(f"{url}: the connection ended after {received:,} of {expected:,} "
                                                f"bytes; retry")
-            except (_TooSlow, _Deadline):
+            except TooSlow:
                 raise WeightsFileError(f"cannot download {f.name} from {url}: not complete after {deadline:g} s "
                                        f"({received / 2**20:.1f} MiB received); retry, or copy a folder fetched "
                                        f"elsewhere") from None

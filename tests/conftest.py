@@ -76,7 +76,7 @@ def staged():
     """A staged weights folder made here (tests/staged_weights.py): all six files, three models in
     two zoos, each zoo in its own process. Built once into the cache, keyed by the maker's source
     and the framework versions (as the real CIFAR-10 subset is), so a warm machine pays nothing."""
-    from bench_fixtures.runner.experiment import cache_dir
+    from bench_fixtures.data import cache_dir
     from bench_fixtures.weights import FILES
     maker = ROOT / "tests" / "staged_weights.py"
     versions = subprocess.run([sys.executable, "-c", "import importlib.metadata as m; print([m.version(p) for p in "

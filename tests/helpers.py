@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench_fixtures import data
-from bench_fixtures.runner.experiment import cache_dir
+from bench_fixtures.data import cache_dir
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "cifar10"
 

@@ -428,3 +428,31 @@ def test_two_processes_downloading_into_one_folder_download_once(tmp_path, mirro
     assert len(handler.gets) == 1, handler.gets
     assert sum("another session is downloading CIFAR-10 into" in err for _, err in outs) == 1, outs
     assert len(data.read_canonical(tmp_path / "d" / data.BATCHES_DIR).train) == 50
+
+
+# --------------------------------------------------------------------------- cache folders
+
+def test_one_cache_rule_for_the_suite_and_the_frameworks(monkeypatch, tmp_path):
+    """Every cache folder: its variable, else its default (unset or empty alike), `~` expanded.
+    CIFAR-10 defaults into the suite's cache, so BENCH_CACHE_DIR moves it too."""
+    from bench_fixtures import weights
+    for name in ("BENCH_CACHE_DIR", "XDG_CACHE_HOME", "CIFAR10_DIR", "TORCH_HOME", "KERAS_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert data.cache_dir() == tmp_path / ".cache" / "bench_fixtures"
+    assert data.default_data_dir() == tmp_path / ".cache" / "bench_fixtures" / "cifar10"
+    assert weights.cache_dir("torchvision") == tmp_path / ".cache" / "torch" / "hub" / "checkpoints"
+    monkeypatch.setenv("XDG_CACHE_HOME", "")  # empty: the default, not the current folder
+    assert data.cache_dir() == tmp_path / ".cache" / "bench_fixtures"
+    monkeypatch.setenv("XDG_CACHE_HOME", "~/xdg")
+    assert data.cache_dir() == tmp_path / "xdg" / "bench_fixtures"
+    assert weights.cache_dir("torchvision") == tmp_path / "xdg" / "torch" / "hub" / "checkpoints"
+    monkeypatch.setenv("BENCH_CACHE_DIR", "~/bench")
+    assert data.cache_dir() == tmp_path / "bench" and data.default_data_dir() == tmp_path / "bench" / "cifar10"
+    monkeypatch.setenv("CIFAR10_DIR", "~/cifar")
+    monkeypatch.setenv("TORCH_HOME", "~/th")
+    (tmp_path / "kh").mkdir()
+    monkeypatch.setenv("KERAS_HOME", "~/kh")
+    assert data.default_data_dir() == tmp_path / "cifar"
+    assert weights.cache_dir("torchvision") == tmp_path / "th" / "hub" / "checkpoints"
+    assert weights.cache_dir("keras") == tmp_path / "kh" / "models"

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from bench_fixtures.config import resolve
-from bench_fixtures.runner.experiment import Experiment, prepare_data
+from bench_fixtures.data import prepare_data
+from bench_fixtures.runner.experiment import Experiment
 from bench_fixtures.telemetry import monitor as mon
 
 HOG = "while True: pass\n"
@@ -73,7 +74,7 @@ def test_a_hog_started_in_the_middle_of_a_real_case_marks_it_disturbed(tmp_path)
     started when the first epoch ends. The second is disturbed, the first is not."""
     pytest.importorskip("torch")
     cfg = resolve({"device": "cpu", "epochs": 3, "data_dir": str(tmp_path / "data")}, gpu_count=0)
-    bundle, meta = prepare_data(cfg, tmp_path)
+    bundle, meta = prepare_data(cfg, tmp_path, world=1)
     exp = Experiment("torch", "mobilenet_v2", cfg, bundle, tmp_path, meta)
     hogs: list[subprocess.Popen] = []
 

@@ -6,7 +6,7 @@ import pytest
 from bench_fixtures import data
 from bench_fixtures.config import resolve
 from bench_fixtures.frameworks import installed
-from bench_fixtures.runner.experiment import Experiment, prepare_data
+from bench_fixtures.runner.experiment import Experiment
 from tests.helpers import real_subset
 
 pytestmark = pytest.mark.real_data
@@ -27,7 +27,7 @@ def test_reader_on_the_real_subset():
 def test_mobilenet_v2_learns_real_images_in_every_framework(tmp_path):
     cfg = resolve(dict(profile="smoke", dataset="cifar10", data_dir=str(real_subset()), train_size=2000,
                        test_size=0, epochs=2, bn_momentum=0.1), gpu_count=0)
-    bundle_dir, meta = prepare_data(cfg, tmp_path)
+    bundle_dir, meta = data.prepare_data(cfg, tmp_path, world=1)
     assert meta["train_size"] == 2000 and meta["test_size"] == 1000
     results = {}
     for framework in installed():

@@ -18,11 +18,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench_fixtures.config import ConfigError, resolve
-from bench_fixtures.data import Bundle
+from bench_fixtures.data import Bundle, prepare_data
 from bench_fixtures.data.bundle import replica_shard
 from bench_fixtures.frameworks import FRAMEWORKS, installed
 from bench_fixtures.runner import replicas as replicas_mod
-from bench_fixtures.runner.experiment import prepare_data
 from bench_fixtures.runner.replicas import ReplicaGroup, rendezvous_env, world_size
 from bench_fixtures.runner.worker import _LIVE, WorkerError
 from bench_fixtures.telemetry.monitor import PsutilSampler
@@ -104,7 +103,7 @@ def test_an_incomplete_rendezvous_is_one_clear_error():
 
 def test_replicas_option_is_checked_and_the_smoke_subset_grows_with_it():
     for bad, match in ((0, "--replicas 0: must be an integer >= 1"), (1.5, "--replicas 1.5"),
-                       (10**4, "at most 1024")):
+                       (10**4, "at most 1,?024")):  # the settings table writes its bounds with commas
         with pytest.raises(ConfigError, match=match.replace("(", r"\(")):
             resolve({"device": "cpu", "replicas": bad}, 0)
     assert resolve({"device": "cpu", "replicas": 2}, 0).train_size == 512  # smoke's 256 per replica
@@ -146,7 +145,7 @@ def two_replicas(tmp_path_factory):
     """The smoke data for two replicas of 32 (a global batch of 64)."""
     cfg = resolve({"device": "cpu", "replicas": 2, "worker_timeout": 300}, 0)
     folder = tmp_path_factory.mktemp("replicas")
-    bundle_dir, _ = prepare_data(cfg, folder)
+    bundle_dir, _ = prepare_data(cfg, folder, world_size(cfg.replicas))
     return cfg, bundle_dir, folder
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from bench_fixtures import models, weights
+from bench_fixtures.analysis import parity
 from bench_fixtures.config import ConfigError, resolve
 from bench_fixtures.frameworks import installed
 from bench_fixtures.frameworks.keras_port import PAIRS, backbone_keys, convert
@@ -78,16 +79,16 @@ def test_name_maps_cover_every_torchvision_backbone_tensor():
 # -- parity: the same start, checked --------------------------------------------------------------
 def test_logit_gap_decides_the_same_start():
     a = [[1.0, -2.0], [0.5, 4.0]]
-    assert models.logit_gap(a, a) == 0 and models.logit_gap(a, [[1.0, -2.0], [0.5, 4.0004]]) == pytest.approx(1e-4)
-    assert models.logit_gap(a, [[1.0, -2.0]]) == float("inf") and models.logit_gap(a, None) is None
-    rows = lambda b: models.parity_rows([  # noqa: E731
+    assert parity.logit_gap(a, a) == 0 and parity.logit_gap(a, [[1.0, -2.0], [0.5, 4.0004]]) == pytest.approx(1e-4)
+    assert parity.logit_gap(a, [[1.0, -2.0]]) == float("inf") and parity.logit_gap(a, None) is None
+    rows = lambda b: parity.parity_rows([  # noqa: E731
         dict(model="vgg19", framework=fw, trainable_params=10, non_trainable_params=0, batchnorm="none",
              optimizer={}, loss="ce", input_transform="torch", precision="fp32", logits=lg)
         for fw, lg in (("torch", a), ("tensorflow", b))])
-    assert models.parity_problems(rows(a), weights="same") == []
-    assert "differ by 9.99e-04" in models.parity_problems(rows([[1.0, -2.0], [0.5, 4.004]]), weights="same")[0]
-    assert "unmeasured" in models.parity_problems(rows(None), weights="same")[0]
-    assert "differ by at most 0.00e+00" in models.same_start_notes(rows(a))[0]
+    assert parity.parity_problems(rows(a), weights="same") == []
+    assert "differ by 9.99e-04" in parity.parity_problems(rows([[1.0, -2.0], [0.5, 4.004]]), weights="same")[0]
+    assert "unmeasured" in parity.parity_problems(rows(None), weights="same")[0]
+    assert "differ by at most 0.00e+00" in parity.same_start_notes(rows(a))[0]
 
 
 # -- staged files: startup check, fetch, check ----------------------------------------------------
@@ -203,9 +204,9 @@ def test_same_start_gives_every_framework_the_same_logits_and_accuracy(tmp_path,
     described = describe_models(cfg, bundle, tmp_path, tuple(sorted(PAIRS)), frameworks=("torch", "tensorflow"))
     if "jax" in installed():  # the same Keras port on another runtime: one model (the rebuilt padding) is enough
         described += describe_models(cfg, bundle, tmp_path, ("mobilenet_v2",), frameworks=("jax",))
-    rows = models.parity_rows(described)
-    print("\n" + models.format_parity(rows))
-    assert models.parity_problems(rows, weights="same") == []  # logits within 1e-4, accuracy equal
+    rows = parity.parity_rows(described)
+    print("\n" + parity.format_parity(rows))
+    assert parity.parity_problems(rows, weights="same") == []  # logits within 1e-4, accuracy equal
     digest = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()[:12] for p in staged.iterdir()}
     for r in rows:
         start = r["start"]
@@ -216,7 +217,7 @@ def test_same_start_gives_every_framework_the_same_logits_and_accuracy(tmp_path,
         assert r["train_layers"] == "head" and r["trainable_params"] == models.SPECS[r["model"]].feature_dim * 10 + 10
         assert r["flops"]["train_per_image"] < 1.01 * r["flops"]["forward_per_image"]  # no backbone backward
     assert len({r["accuracy_before"] for r in rows if r["model"] == "vgg19"}) == 1
-    notes = models.same_start_notes(rows)  # one per framework compared with torch, per model
+    notes = parity.same_start_notes(rows)  # one per framework compared with torch, per model
     assert len(notes) == len([r for r in rows if r["framework"] != "torch"]) and all("in both" in n for n in notes), notes
     resnet = {r["framework"]: r for r in rows if r["model"] == "resnet50"}  # Keras builds torchvision's v1.5
     assert resnet["torch"]["trainable_params"] == resnet["tensorflow"]["trainable_params"] == 20_490  # the head

@@ -5,17 +5,16 @@ import hashlib
 import http.client
 import os
 import shutil
-import tarfile
 import sys
+import tarfile
 import tempfile
-import threading
 import time
 import urllib.error
-import urllib.request
 from pathlib import Path
 
 from ..files import NO_SPACE, exclusive_lock, folder_problem, free_bytes, space_message
 from .cifar10 import BATCHES_DIR, DataError, find_batches_dir, read_canonical
+from .http import DOWNLOAD_DEADLINE_S, TooSlow, chunks_within, open_within
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -33,37 +32,10 @@ def _safe_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
 
 ARCHIVE_BYTES = 170_498_071      # the official archive
 EXTRACTED_BYTES = 186_214_114    # cifar-10-batches-py/ unpacked
-DOWNLOAD_DEADLINE_S = 1800.0     # for the whole download: a mirror that trickles must not hang a run
 SPACE_FIX = "free space there, or pass --data-dir / set CIFAR10_DIR to a folder on a larger disk"
 
 
 MAX_ARCHIVE_BYTES = ARCHIVE_BYTES + (1 << 20)  # a server sending more is not sending the archive
-
-
-class _TooSlow(Exception):
-    pass
-
-
-def _open_within(url: str, timeout: float, deadline: float):
-    """urlopen, but given up at DEADLINE (monotonic) even if the server sends its headers (or a chain
-    of redirects) a byte at a time: each wait is bounded by TIMEOUT, their sum is not. The request
-    runs on a daemon thread; one given up on is abandoned and ends with its socket's timeout."""
-    box: dict = {}
-
-    def fetch() -> None:
-        try:
-            box["resp"] = urllib.request.urlopen(url, timeout=timeout)
-        except BaseException as e:  # handed to the caller
-            box["error"] = e
-
-    thread = threading.Thread(target=fetch, name="cifar10-download", daemon=True)
-    thread.start()
-    thread.join(max(deadline - time.monotonic(), 0))
-    if thread.is_alive():
-        raise _TooSlow()
-    if "error" in box:
-        raise box["error"]
-    return box["resp"]
 
 
 def download_cifar10(data_dir: str | os.PathLike, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5,
@@ -106,13 +78,12 @@ def _download(data_dir: Path, url: str, md5: str, timeout: float, deadline: floa
         digest, received, start = hashlib.md5(), 0, time.monotonic()
         with os.fdopen(fd, "wb") as out:
             try:
-                with _open_within(url, timeout, start + deadline) as resp:
+                with open_within(url, timeout, start + deadline) as resp:
                     length = int(resp.headers.get("Content-Length") or 0)
                     if length > MAX_ARCHIVE_BYTES:
                         raise DataError(f"cannot download CIFAR-10 from {url}: it announces {length:,} bytes, the "
                                         f"archive has {ARCHIVE_BYTES:,}; not the CIFAR-10 archive; {offline}")
-                    read = getattr(resp, "read1", resp.read)  # read1: what has arrived, so the deadline is seen
-                    while chunk := read(1 << 20):
+                    for chunk in chunks_within(resp, start + deadline):
                         digest.update(chunk)
                         received += len(chunk)
                         if received > MAX_ARCHIVE_BYTES:
@@ -123,13 +94,11 @@ def _download(data_dir: Path, url: str, md5: str, timeout: float, deadline: floa
                             out.write(chunk)
                         except OSError as e:
                             raise _write_error(data_dir, e) from None
-                        if time.monotonic() - start > deadline:
-                            raise _TooSlow()
                     expected = int(resp.headers.get("Content-Length") or received)
                     if received < expected:  # read1 ends quietly where read() raised IncompleteRead
                         raise DataError(f"cannot download CIFAR-10 from {url}: the connection ended after "
                                         f"{received:,} of {expected:,} bytes; retry, or {offline}")
-            except _TooSlow:
+            except TooSlow:
                 raise DataError(f"cannot download CIFAR-10 from {url}: not complete after {deadline:g} s "
                                 f"({received / 2**20:.1f} MiB received; the mirror is too slow); {offline}") from None
             except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
@@ -168,13 +137,6 @@ def _write_error(data_dir: Path, e: OSError) -> DataError:
         return DataError(space_message(data_dir, ARCHIVE_BYTES + EXTRACTED_BYTES, "CIFAR-10 (archive + extracted)",
                                        SPACE_FIX, e))
     return DataError(f"{data_dir}: cannot write the download ({e.strerror}); pass a writable --data-dir")
-
-
-def default_data_dir() -> Path:
-    env = os.environ.get("CIFAR10_DIR")
-    if env:
-        return Path(env).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bench_fixtures" / "cifar10"
 
 
 def ensure_cifar10(data_dir: str | os.PathLike, download: bool = True, url: str | None = None,

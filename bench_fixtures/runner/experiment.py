@@ -18,10 +18,10 @@ from typing import Any
 
 from .. import peaks
 from ..config import MODELS, BenchConfig
-from ..data import default_data_dir, ensure_cifar10, ensure_synthetic, make_bundle, read_canonical
-from ..data.bundle import CIFAR10_TEST, CIFAR10_TRAIN, ITEM_BYTES, check_fits
+from ..data import cache_dir  # noqa: F401  moved: tests/conftest.py and .ci/gpu import it from here until switched
+from ..data import prepare_data as _prepare_data
 from ..files import write_json_atomic
-from ..frameworks import installed
+from ..registry import installed
 from ..telemetry.monitor import Monitor, disturbance, judge, peak, summarize_util
 from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, RUN_START, RUN_STOP, accuracy_curve, after_first_steps,
                                   epoch_phases, epoch_times, fit_teardown, inter_epoch_gaps, project_overhead,
@@ -32,35 +32,11 @@ from .worker import Worker, hide_for_worker_errors, kill_all
 __tracebackhide__ = hide_for_worker_errors
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("BENCH_CACHE_DIR") or
-                Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bench_fixtures")
-
-
+# moved: plugin imports it from here until the lead switches it
 def prepare_data(cfg: BenchConfig, out_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
-    """Step 1 for the whole session: read (or download, or synthesise) the data set once, take the
-    seeded subsets and the per-epoch order, and write the arrays every worker will map. Sizes that
-    cannot fit this machine's memory or disk are refused first, naming the options."""
-    epochs = max(cfg.epochs, 1)
-    bundle_dir = Path(out_dir) / "bundle"
-    if cfg.dataset == "synthetic":
-        n_train = max(5000, -(-cfg.train_size // 5) * 5)
-        n_test = max(1000, cfg.test_size)
-        check_fits(cfg.train_size or n_train, cfg.test_size or n_test, cfg.batch_size, epochs, bundle_dir,
-                   source_bytes=(n_train + n_test) * ITEM_BYTES)
-        folder = ensure_synthetic(cfg.data_dir or cache_dir(), n_train, n_test, seed=0)
-    else:
-        check_fits(cfg.train_size or CIFAR10_TRAIN, cfg.test_size or CIFAR10_TEST, cfg.batch_size, epochs, bundle_dir,
-                   source_bytes=(CIFAR10_TRAIN + CIFAR10_TEST) * ITEM_BYTES)
-        folder = ensure_cifar10(cfg.data_dir or default_data_dir())
-    dataset = read_canonical(folder)
-    # With replicas, each epoch's order is cut to whole global batches (all hosts' replicas), which
-    # the replicas then share.
-    global_batch = cfg.batch_size * world_size(cfg.replicas)
-    bundle = make_bundle(dataset, cfg.train_size, cfg.test_size, global_batch, epochs, cfg.seed)
-    bundle.write(bundle_dir)
-    return bundle_dir, dict(source=str(folder), train_size=len(bundle.train), test_size=len(bundle.test),
-                            steps_per_epoch=bundle.order.shape[1] // global_batch)
+    """Moved to `data.prepare_data`, which takes the world size: plugin.py, analysis/ab.py and
+    tests/test_disturbed.py call this until the lead switches them (then it goes)."""
+    return _prepare_data(cfg, out_dir, world_size(cfg.replicas))
 
 
 class Experiment:

@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..frameworks import FRAMEWORKS
+from ..registry import FRAMEWORKS
 from .worker import Worker, WorkerError
 
 PORT_ATTEMPTS = 3
