@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench_fixtures.frameworks import FRAMEWORKS
+from bench_fixtures.registry import FRAMEWORKS
 from tests.helpers import real_subset
 
 ROOT = Path(__file__).resolve().parents[1]

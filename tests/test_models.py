@@ -1,13 +1,15 @@
-"""Parity between the implementations of each model (torch, Keras on TensorFlow, Keras on JAX), and the
-shared input transforms."""
+"""Parity between the implementations of each model (torch, Keras on TensorFlow, Keras on JAX; the audit in
+analysis/parity.py), the shared input transforms, and the specs that let a backend build a model by its facts."""
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bench_fixtures import models, weights
+from bench_fixtures.analysis import parity
 from bench_fixtures.config import resolve
-from bench_fixtures.frameworks import installed
+from bench_fixtures.registry import installed
 from bench_fixtures.runner.experiment import describe_models
 from tests.helpers import tiny_bundle
 
@@ -21,18 +23,18 @@ def row(model, framework, trainable, **kw):
 
 
 def test_parity_flags_unexplained_parameter_gap():
-    rows = models.parity_rows([row("vgg19", "torch", 1000), row("vgg19", "tensorflow", 1010)])
+    rows = parity.parity_rows([row("vgg19", "torch", 1000), row("vgg19", "tensorflow", 1010)])
     assert rows[0]["trainable_rel_diff"] == pytest.approx(10 / 1010)
-    assert any("differ by 0.99%" in p for p in models.parity_problems(rows))
-    ok = models.parity_rows([row("vgg19", "torch", 1000), row("vgg19", "tensorflow", 1004)])
-    assert models.parity_problems(ok) == []
+    assert any("differ by 0.99%" in p for p in parity.parity_problems(rows))
+    ok = parity.parity_rows([row("vgg19", "torch", 1000), row("vgg19", "tensorflow", 1004)])
+    assert parity.parity_problems(ok) == []
 
 
 def test_parity_flags_settings_that_differ():
-    rows = models.parity_rows([row("vgg19", "torch", 10, batchnorm=[(0.1, 1e-5)]),
+    rows = parity.parity_rows([row("vgg19", "torch", 10, batchnorm=[(0.1, 1e-5)]),
                                row("vgg19", "tensorflow", 10, batchnorm=[(0.01, 1e-3)])])
-    assert models.parity_problems(rows) == ["vgg19: bn differs: tensorflow [(0.01, 0.001)] vs torch [(0.1, 1e-05)]"]
-    assert models.parity_problems(models.parity_rows([row("vgg19", "torch", 10)])) == \
+    assert parity.parity_problems(rows) == ["vgg19: bn differs: tensorflow [(0.01, 0.001)] vs torch [(0.1, 1e-05)]"]
+    assert parity.parity_problems(parity.parity_rows([row("vgg19", "torch", 10)])) == \
         ["vgg19: described by 1 framework(s), need two or more"]
 
 
@@ -59,46 +61,46 @@ def test_head_init_is_shared_and_seeded():
 
 def test_pretrained_backbones_and_the_defaults_setup_are_judged_for_what_they_align():
     keras_bn, torch_bn = [(0.1, 0.001)], [(0.1, 1e-5)]
-    rows = models.parity_rows([row("mobilenet_v2", "torch", 10, batchnorm=torch_bn),
+    rows = parity.parity_rows([row("mobilenet_v2", "torch", 10, batchnorm=torch_bn),
                                row("mobilenet_v2", "tensorflow", 10, batchnorm=keras_bn)])
-    assert models.parity_problems(rows, weights="imagenet") == []  # each keeps its epsilon, momentum aligned
-    assert models.parity_problems(rows) == ["mobilenet_v2: bn differs: tensorflow [(0.1, 0.001)] vs "
+    assert parity.parity_problems(rows, weights="imagenet") == []  # each keeps its epsilon, momentum aligned
+    assert parity.parity_problems(rows) == ["mobilenet_v2: bn differs: tensorflow [(0.1, 0.001)] vs "
                                             "torch [(0.1, 1e-05)]"]
-    shipped = models.parity_rows([row("mobilenet_v2", "torch", 10, batchnorm=torch_bn),
+    shipped = parity.parity_rows([row("mobilenet_v2", "torch", 10, batchnorm=torch_bn),
                                   row("mobilenet_v2", "tensorflow", 10, batchnorm=[(0.001, 0.001)])])
-    assert models.parity_problems(shipped, weights="imagenet") != []
-    assert models.parity_problems(shipped, setup="defaults") == []  # differences are the point there
+    assert parity.parity_problems(shipped, weights="imagenet") != []
+    assert parity.parity_problems(shipped, setup="defaults") == []  # differences are the point there
 
 
 def test_three_frameworks_are_each_compared_with_torch():
-    rows = models.parity_rows([row("vgg19", "torch", 10), row("vgg19", "tensorflow", 10),
+    rows = parity.parity_rows([row("vgg19", "torch", 10), row("vgg19", "tensorflow", 10),
                                row("vgg19", "jax", 10, optimizer={"name": "sgd", "lr": 0.1})])
-    assert models.parity_problems(rows) == [
+    assert parity.parity_problems(rows) == [
         "vgg19: optimizer differs: jax {'name': 'sgd', 'lr': 0.1} vs torch {'name': 'sgd', 'lr': 0.01}",
         "vgg19: the Keras model differs between runtimes: optimizer jax {'name': 'sgd', 'lr': 0.1} vs tensorflow "
         "{'name': 'sgd', 'lr': 0.01}"]
     # the two Keras runtimes must agree exactly, where torch may differ by an explained amount
-    keras_gap = models.parity_rows([row("resnet50", "torch", 100), row("resnet50", "tensorflow", 100),
+    keras_gap = parity.parity_rows([row("resnet50", "torch", 100), row("resnet50", "tensorflow", 100),
                                     row("resnet50", "jax", 99)])
-    assert models.parity_problems(keras_gap) == ["resnet50: the Keras model differs between runtimes: "
+    assert parity.parity_problems(keras_gap) == ["resnet50: the Keras model differs between runtimes: "
                                                  "trainable_params jax 99 vs tensorflow 100"]
     start = {"params_sha256": "abc"}  # Keras on TensorFlow and on JAX start from the same numbers
     same = [row("vgg19", "torch", 10, start={"params_sha256": "t"}, first_step_loss=2.5),
             row("vgg19", "tensorflow", 10, start=start, first_step_loss=2.30258),
             row("vgg19", "jax", 10, start=start, first_step_loss=2.30259)]
-    assert models.parity_problems(models.parity_rows(same)) == []  # 4.3e-6 apart; torch starts elsewhere
+    assert parity.parity_problems(parity.parity_rows(same)) == []  # 4.3e-6 apart; torch starts elsewhere
     same[2]["first_step_loss"] = 2.3030
-    assert models.parity_problems(models.parity_rows(same)) == [
+    assert parity.parity_problems(parity.parity_rows(same)) == [
         "vgg19: jax and tensorflow start from the same parameters, but their first-step losses 2.303 vs 2.30258 "
         "differ by 1.82e-04 (> 0.0001 relative)"]
     for r in same[1:]:  # with TF32 the losses round at ~1e-3: a note, not a check
         r["settings"] = {"tf32_matmul": True}
-    assert models.parity_problems(models.parity_rows(same)) == []
+    assert parity.parity_problems(parity.parity_rows(same)) == []
     for r in same[1:]:
         r["settings"] = {}
     same[2]["first_step_loss"] = float("nan")
-    assert "an unmeasured amount" in models.parity_problems(models.parity_rows(same))[0]
-    assert models.first_step_notes(models.parity_rows(same[:2])) == []
+    assert "an unmeasured amount" in parity.parity_problems(parity.parity_rows(same))[0]
+    assert parity.first_step_notes(parity.parity_rows(same[:2])) == []
 
 
 @pytest.mark.torch
@@ -108,15 +110,15 @@ def test_real_models_have_parity(tmp_path, staged):
     own zoo's file: torchvision's .pth, Keras' legacy .h5, on JAX too); counts and settings read back."""
     cfg = resolve({"profile": "smoke", "device": "cpu", "bn_momentum": 0.1, "weights": str(staged)}, gpu_count=0)
     bundle = tiny_bundle(tmp_path / "bundle", batch=32)
-    rows = models.parity_rows(describe_models(cfg, bundle, tmp_path, frameworks=installed()))
-    print("\n" + models.format_parity(rows))
-    assert models.parity_problems(rows, weights="imagenet") == []
+    rows = parity.parity_rows(describe_models(cfg, bundle, tmp_path, frameworks=installed()))
+    print("\n" + parity.format_parity(rows))
+    assert parity.parity_problems(rows, weights="imagenet") == []
     for r in rows:  # the file each framework loaded, as it is on disk
         f = weights.FILES[(weights.zoo_of(r["framework"], "imagenet"), r["model"])]
         digest = hashlib.sha256((staged / f.name).read_bytes()).hexdigest()[:12]
         assert (r["start"]["file"], r["start"]["sha256"], r["start"]["verified"]) == (
             f.name, digest, None if f.published is None else False), r["start"]
-    assert "NOT the published file" in models.format_parity(rows)
+    assert "NOT the published file" in parity.format_parity(rows)
     by = {(r["model"], r["framework"]): r for r in rows}
     assert by[("vgg19", "torch")]["trainable_params"] == by[("vgg19", "tensorflow")]["trainable_params"] == 20_029_514
     assert by[("mobilenet_v2", "torch")]["trainable_params"] == by[("mobilenet_v2", "tensorflow")]["trainable_params"]
@@ -131,7 +133,7 @@ def test_real_models_have_parity(tmp_path, staged):
     assert 1.02 < train[("resnet50", "torch")] / train[("resnet50", "tensorflow")] < 1.08
     assert by[("mobilenet_v2", "tensorflow")]["flops"]["uncounted_ops"] == [
         "DepthwiseConv2dNativeBackpropFilter", "DepthwiseConv2dNativeBackpropInput"]
-    assert "GFLOPs/image training" in models.format_parity(rows)
+    assert "GFLOPs/image training" in parity.format_parity(rows)
     if "jax" not in installed():
         return
     # Keras on JAX: the same Keras model as on TensorFlow (counts, settings, the same numbers to start
@@ -155,11 +157,40 @@ def test_keras_on_jax_takes_the_same_first_step_as_on_tensorflow(tmp_path):
     through `bench parity --first-step`'s path."""
     cfg = resolve({"profile": "smoke", "device": "cpu", "bn_momentum": 0.1}, gpu_count=0)
     bundle = tiny_bundle(tmp_path / "bundle", batch=32)
-    rows = models.parity_rows(describe_models(cfg, bundle, tmp_path, models=("mobilenet_v2",),
+    rows = parity.parity_rows(describe_models(cfg, bundle, tmp_path, models=("mobilenet_v2",),
                                               frameworks=("tensorflow", "jax"), first_step=True))
-    assert models.parity_problems(rows) == []
+    assert parity.parity_problems(rows) == []
     jax, tf = rows
     assert (jax["framework"], tf["framework"]) == ("jax", "tensorflow")
     assert jax["start"]["params_sha256"] == tf["start"]["params_sha256"]
     assert abs(jax["first_step_loss"] - tf["first_step_loss"]) <= 1e-4 * abs(tf["first_step_loss"])
-    print(models.first_step_notes(rows))
+    print(parity.first_step_notes(rows))
+
+
+def test_a_model_is_one_spec_row_no_backend_branches_on_its_name():
+    """What each framework needs to build a model is in its spec (torchvision's top to cut off, the
+    Keras network `--weights same` ports into, the port's layer pairs): no backend names a model."""
+    from bench_fixtures.config import MODELS
+    from bench_fixtures.frameworks import keras_port
+    assert tuple(models.SPECS) == MODELS
+    for name, spec in models.SPECS.items():
+        assert spec.name == name and callable(getattr(keras_port, spec.keras_same))
+        assert keras_port.PAIRS[name] is getattr(keras_port, spec.keras_pairs)
+    folder = Path(models.__file__).parent / "frameworks"
+    named = [f"{path.name}: {m}" for path in sorted(folder.glob("*.py")) for m in MODELS
+             if f'"{m}"' in path.read_text()]
+    assert named == []
+
+
+@pytest.mark.torch
+def test_torchvision_top_cuts_off_pooling_and_classifier():
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    from bench_fixtures.frameworks.torch_backend import without_top
+    with torch.device("meta"):
+        for name, spec in models.SPECS.items():
+            net = getattr(torchvision.models, spec.torchvision)(weights=None)
+            body = without_top(net, name)
+            assert set(spec.torchvision_top) <= {n for n, _ in net.named_children()}
+            out = body(torch.zeros(2, 3, 64, 64, device="meta"))
+            assert out.shape[:2] == (2, spec.feature_dim), name

@@ -173,7 +173,7 @@ def test_torch_bf16_channels_last_and_fp16_loss_scaling_are_read_back(tmp_path):
     bundle = Bundle.read(tiny_bundle(tmp_path / "bundle", n_train=64, n_test=16, batch=16))
     cfg = resolve(dict(profile="smoke", device="cpu", batch_size=16, precision="bf16", channels_last=True),
                   gpu_count=0)
-    backend = TorchBackend(cfg.as_dict(), bundle, tl.Timeline())
+    backend = TorchBackend(cfg, bundle, tl.Timeline())
     s = backend.build("mobilenet_v2")["settings"]
     assert (s["compute_dtype"], s["memory_format"], s["loss_scale"]) == ("bfloat16", "channels_last (NHWC)", None)
     assert s["head_dtype"].startswith("float32") and s["tf32_conv"] is False
@@ -181,7 +181,7 @@ def test_torch_bf16_channels_last_and_fp16_loss_scaling_are_read_back(tmp_path):
     flops = backend.count_flops()
     assert flops["train_per_image"] == pytest.approx(3 * flops["forward_per_image"], rel=0.02)
     cfg = resolve(dict(profile="smoke", device="cpu", batch_size=16, precision="fp16"), gpu_count=0)
-    s = TorchBackend(cfg.as_dict(), bundle, tl.Timeline()).build("mobilenet_v2")["settings"]
+    s = TorchBackend(cfg, bundle, tl.Timeline()).build("mobilenet_v2")["settings"]
     assert s["compute_dtype"] == "float16" and s["memory_format"] == "contiguous (NCHW)"
     assert s["loss_scale"]["initial"] == 2.0 ** 15 and s["loss_scaler"] == "torch.amp.GradScaler"  # Keras' start
 
@@ -190,7 +190,7 @@ def test_torch_bf16_channels_last_and_fp16_loss_scaling_are_read_back(tmp_path):
 def test_keras_mixed_float16_keeps_the_head_in_float32_and_scales_the_loss(tmp_path):
     bundle = tiny_bundle(tmp_path / "bundle", n_train=32, n_test=16, batch=8)  # fp16 on a CPU is slow
     cfg = resolve(dict(profile="smoke", device="cpu", batch_size=8, precision="fp16"), gpu_count=0)
-    with Worker("tensorflow", cfg.as_dict(), bundle, tmp_path / "w.log", 300) as w:
+    with Worker("tensorflow", cfg, bundle, tmp_path / "w.log", 300) as w:
         d = w.request("build", model="vgg19")
         s = d["settings"]
         assert (s["policy"], s["compute_dtype"], s["memory_format"]) == ("mixed_float16", "float16",

@@ -135,7 +135,7 @@ def test_work_after_the_last_step_lands_in_the_gap_not_the_steps(framework, tmp_
     cfg = resolve(dict(profile="smoke", device="cpu", batch_size=16, epochs=2, eval_every_epoch=True,
                        setup="defaults"), gpu_count=0)
     bundle = tiny_bundle(tmp_path / "bundle", n_train=64, n_test=16, batch=16, epochs=2)
-    with Worker(framework, cfg.as_dict(), bundle, tmp_path / "w.log", 300, faults=True) as w:
+    with Worker(framework, cfg, bundle, tmp_path / "w.log", 300, faults=True) as w:
         # the cheapest model of each: TensorFlow traces VGG19 5x faster than MobileNetV2; torch runs MobileNetV2
         # faster, and so does JAX (XLA's CPU convolutions: VGG19 steps take seconds)
         described = w.request("build", model="vgg19" if framework == "tensorflow" else "mobilenet_v2")

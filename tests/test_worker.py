@@ -8,12 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from bench_fixtures.frameworks import installed
+from bench_fixtures.config import resolve
+from bench_fixtures.registry import installed
 from bench_fixtures.runner.worker import Worker, WorkerError
 from tests.helpers import tiny_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
-CFG = {"device": "cpu"}
+CFG = {"device": "cpu"}  # all a worker without a framework reads of its config
+# A case's config, as the worker rebuilds it from the dict that crossed the pipe.
+CASE = resolve(dict(profile="smoke", device="cpu", batch_size=16, precision="fp32"), gpu_count=0)
 
 
 def alive(pid: int) -> bool:
@@ -60,8 +63,15 @@ def test_exception_in_worker_reports_traceback(tmp_path):
 
 def test_unknown_framework_output_tail_is_included(tmp_path):
     with pytest.raises(WorkerError) as e:
-        Worker("torch", CFG, tmp_path / "no-such-bundle", tmp_path / "w.log", 60)
+        Worker("torch", CASE, tmp_path / "no-such-bundle", tmp_path / "w.log", 60)
     assert "during 'hello'" in str(e.value) and "no-such-bundle" in str(e.value)
+
+
+def test_a_framework_worker_takes_only_a_whole_config(tmp_path):
+    """The worker rebuilds the typed config from the dict that crossed the pipe: a partial one is
+    refused at 'hello', naming what is missing, before any framework is imported."""
+    with pytest.raises(WorkerError, match=r"during 'hello': ConfigError: not a bench config: missing \[.*'seed'"):
+        Worker("torch", {"device": "cpu", "batch_size": 16}, tmp_path / "no-such-bundle", tmp_path / "w.log", 60)
 
 
 @pytest.mark.torch
@@ -69,10 +79,9 @@ def test_unknown_framework_output_tail_is_included(tmp_path):
 def test_every_framework_sees_the_same_batches_in_the_same_order(tmp_path):
     """The shared order is not a promise: read the labels each input pipeline actually yields."""
     bundle = tiny_bundle(tmp_path / "bundle", n_train=64, batch=16, epochs=2)
-    cfg = {"device": "cpu", "seed": 0, "batch_size": 16, "precision": "fp32"}
     seqs = {}
-    for fw in installed():
-        with Worker(fw, cfg, bundle, tmp_path / f"{fw}.log", 120) as w:
+    for fw in installed():  # the config as experiment.py sends it (a dict) and as a BenchConfig
+        with Worker(fw, CASE.as_dict() if fw == "torch" else CASE, bundle, tmp_path / f"{fw}.log", 120) as w:
             seqs[fw] = w.request("peek_labels", batches=8)  # both epochs, 4 batches each
     assert len(seqs["torch"]) == 8 and all(len(b) == 16 for b in seqs["torch"])
     assert all(seq == seqs["torch"] for seq in seqs.values()) and len(seqs) == len(installed())
@@ -93,7 +102,8 @@ def logged(self, i):
     fed.append(y.tolist())
     return x, y
 jb.SharedOrder.__getitem__ = logged
-cfg = {"device": "cpu", "seed": 0, "batch_size": 16, "precision": "fp32", "eval_every_epoch": False}
+from bench_fixtures.config import resolve
+cfg = resolve(dict(profile="smoke", device="cpu", batch_size=16, precision="fp32", eval_every_epoch=False), gpu_count=0)
 be = jb.JaxBackend(cfg, Bundle.read(sys.argv[1]), Timeline())
 inputs = keras.Input((32, 32, 3), dtype="uint8")
 outputs = keras.layers.Dense(10)(keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs)))
@@ -117,8 +127,7 @@ def test_keras_on_jax_fit_feeds_the_shared_order_epoch_by_epoch(tmp_path):
                        env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT)), cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
-    with Worker("torch", {"device": "cpu", "seed": 0, "batch_size": 16, "precision": "fp32"}, bundle,
-                tmp_path / "torch.log", 120) as w:
+    with Worker("torch", CASE, bundle, tmp_path / "torch.log", 120) as w:
         torch_order = w.request("peek_labels", batches=8)
     # Keras first reads one batch to build the metrics and the optimizer (shapes only), then trains on
     # both epochs, 4 batches each, in order

@@ -15,20 +15,23 @@ import importlib
 import json
 import sys
 import time
+from typing import Any, Callable
 
-from ..config import PRECISIONS
+from ..config import PRECISIONS, resolve
 from ..models import SPECS
-from . import NAMES, backend_module
+from ..registry import NAMES, backend_module
 
 
 def make_step(framework: str, model: str, batch: int, device: str, size: int, compiled: bool = False,
-              precision: str | None = None, channels_last: bool = False, train_layers: str = "all"):
-    """Each backend module carries its framework's bare step (`bare_step`), apart from its class."""
+              precision: str | None = None, channels_last: bool = False,
+              train_layers: str = "all") -> tuple[Callable[[], Any], Callable[[], Any]]:
+    """Each backend module carries its framework's bare step (`bare_step`, see protocol.BackendModule),
+    apart from its class."""
     module = importlib.import_module(backend_module(framework))
     return module.bare_step(model, batch, device, size, compiled, precision, channels_last, train_layers)
 
 
-def timed_rounds(step, sync, steps: int, rounds: int) -> list[float]:
+def timed_rounds(step: Callable[[], Any], sync: Callable[[], Any], steps: int, rounds: int) -> list[float]:
     out = []
     for _ in range(rounds):
         start = time.perf_counter()
@@ -56,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channels-last", action="store_true", help="torch: NHWC memory format")
     p.add_argument("--train-layers", choices=("all", "head"), default="all", help="as the suite's option")
     a = p.parse_args(argv)
-    precision = a.precision or ("fp32" if a.setup == "matched" else None)
-    importlib.import_module(backend_module(a.framework)).configure(dict(setup=a.setup, precision=precision,
-                                                                          device=a.device))
-    step, sync = make_step(a.framework, a.model, a.batch, a.device, a.image_size, a.compile, precision,
+    # The setup's settings as the suite resolves them (precision: the setup's unless given).
+    cfg = resolve(dict(device=a.device, setup=a.setup, precision=a.precision), gpu_count=int(a.device == "gpu"))
+    importlib.import_module(backend_module(a.framework)).configure(cfg)
+    step, sync = make_step(a.framework, a.model, a.batch, a.device, a.image_size, a.compile, cfg.precision,
                            a.channels_last, a.train_layers)
     timed_rounds(step, sync, max(a.warmup, 1), 1)
     print(json.dumps({"round_s": timed_rounds(step, sync, a.steps, a.rounds)}))

@@ -46,6 +46,7 @@ import jax  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..config import BenchConfig  # noqa: E402
 from ..data import MEAN, STD, Bundle  # noqa: E402
 from ..models import SPECS  # noqa: E402
 from ..telemetry.timeline import Timeline  # noqa: E402
@@ -57,16 +58,16 @@ MEM_FRACTION = "XLA_PYTHON_CLIENT_MEM_FRACTION"
 DENSE = ("conv_general_dilated", "dot_general")  # what MFU counts (as torch's counter)
 
 
-def configure(cfg: dict[str, Any]) -> None:
+def configure(cfg: BenchConfig) -> None:
     """The process-wide settings of a setup (the backend and the standalone bare loop share it).
     Before JAX starts its runtime: the allocator reads its environment once, at the first device use."""
-    if cfg.get("device") == "cpu":
+    if cfg.device == "cpu":
         os.environ["JAX_PLATFORMS"] = "cpu"  # a CUDA jaxlib would otherwise look for a GPU (or insist: "cuda")
-    if cfg.get("setup", "matched") == "matched":  # else JAX takes 75% of the GPU at start
+    if cfg.setup == "matched":  # else JAX takes 75% of the GPU at start
         os.environ[PREALLOCATE] = "false"
-    if cfg.get("precision") is not None:  # None: JAX's default (TF32 allowed on GPUs that have it)
-        jax.config.update("jax_default_matmul_precision", "tensorfloat32" if cfg["precision"] == "tf32" else "float32")
-    set_policy(cfg)
+    if cfg.precision is not None:  # None: JAX's default (TF32 allowed on GPUs that have it)
+        jax.config.update("jax_default_matmul_precision", "tensorfloat32" if cfg.precision == "tf32" else "float32")
+    set_policy(cfg.precision)
 
 
 def preallocates() -> bool:
@@ -110,15 +111,15 @@ class _FollowEpochs(keras.callbacks.Callback):
 class JaxBackend(KerasBackend):
     framework = "jax"
 
-    def __init__(self, cfg: dict[str, Any], bundle: Bundle, timeline: Timeline) -> None:
+    def __init__(self, cfg: BenchConfig, bundle: Bundle, timeline: Timeline) -> None:
         super().__init__(cfg, bundle, timeline)
         configure(cfg)
         devices = jax.devices()
         self.gpu = devices[0].platform == "gpu"
-        if cfg["device"] == "gpu" and not self.gpu:
+        if cfg.device == "gpu" and not self.gpu:
             raise BackendError(f"--device gpu, but JAX {jax.__version__} (jaxlib {_jaxlib()}) sees no GPU, only "
                                f"{devices[0].platform}; install jax[cuda12] (or jax[cuda13]) matching the driver")
-        keras.utils.set_random_seed(cfg["seed"])
+        keras.utils.set_random_seed(cfg.seed)
         self.device = devices[0]
         self.train_x, self.train_y = np.asarray(bundle.train.images), np.asarray(bundle.train.labels)
         self.step_batches = None
@@ -136,11 +137,11 @@ class JaxBackend(KerasBackend):
         platform = self.device.client.platform_version if self.gpu else None  # e.g. "PJRT C API\ncuda 12080"
         return dict(framework="jax", framework_version=jax.__version__, jaxlib_version=_jaxlib(),
                     keras_version=keras.__version__, cuda_build=platform.splitlines()[-1] if platform else None,
-                    cudnn_version=None, device=self.cfg["device"], device_name=self.device.device_kind,
+                    cudnn_version=None, device=self.cfg.device, device_name=self.device.device_kind,
                     cpu_threads=os.cpu_count(),  # XLA's CPU thread pool: one per core
                     gpus_visible=len(gpus), tf32_matmul=tf32_allowed(), tf32_conv=tf32_allowed(),
                     cudnn_autotune=_gpu_autotune(), memory_growth=self._memory_growth(),
-                    setup=self.cfg.get("setup", "matched"))
+                    setup=self.cfg.setup)
 
     def _memory_growth(self) -> bool | None:
         """As TensorFlow's: allocating as needed; None without a GPU."""
@@ -160,7 +161,7 @@ class JaxBackend(KerasBackend):
                      False: f"XLA BFC, reserves {float(fraction):.0%} of the GPU up front (preallocation)",
                      None: "XLA (no GPU)"}[growth]
         return dict(tf32_matmul=tf32_allowed(), tf32_conv=tf32_allowed(), xla=True,
-                    compile_requested=f"{self.cfg.get('compile') or 'auto'} (not applicable: XLA is JAX's only mode)",
+                    compile_requested=f"{self.cfg.compile or 'auto'} (not applicable: XLA is JAX's only mode)",
                     matmul_precision=str(jax.config.jax_default_matmul_precision or "default"),
                     memory_growth=growth, memory_allocator=allocator, cudnn_autotune=_gpu_autotune(),
                     input_autotune=False, prefetch="1 batch onto the GPU (Keras' JAX iterator)" if self.gpu
@@ -176,7 +177,7 @@ class JaxBackend(KerasBackend):
         convolution over the output gradient dilated with zeros; its multiply-adds with those zeros
         are not counted, as torch's formula does not. Called after the timed work."""
         assert self.model is not None
-        model, bs = self.model, self.cfg["batch_size"]
+        model, bs = self.model, self.cfg.batch_size
         loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         trainable = [v.value for v in model.trainable_variables]
         fixed = [v.value for v in model.non_trainable_variables]
@@ -214,7 +215,7 @@ class JaxBackend(KerasBackend):
 
     # -- data ------------------------------------------------------------------------------
     def _dataset(self, order: np.ndarray) -> SharedOrder:
-        return SharedOrder(self.train_x, self.train_y, order, self.cfg["batch_size"])
+        return SharedOrder(self.train_x, self.train_y, order, self.cfg.batch_size)
 
     def train_input(self, order: np.ndarray) -> tuple[Any, list]:
         data = self._dataset(order)
@@ -222,12 +223,12 @@ class JaxBackend(KerasBackend):
 
     def test_input(self) -> dict[str, Any]:
         test = self.bundle.test
-        return dict(x=np.asarray(test.images), y=np.asarray(test.labels), batch_size=self.cfg["batch_size"])
+        return dict(x=np.asarray(test.images), y=np.asarray(test.labels), batch_size=self.cfg.batch_size)
 
     def validation_input(self) -> dict[str, Any]:
         test = self.bundle.test
         return dict(validation_data=(np.asarray(test.images), np.asarray(test.labels)),
-                    validation_batch_size=self.cfg["batch_size"])
+                    validation_batch_size=self.cfg.batch_size)
 
     def peek_labels(self, batches: int) -> list[list[int]]:
         """Labels of the first BATCHES training batches exactly as `fit` feeds them (the same dataset,

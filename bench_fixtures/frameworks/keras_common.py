@@ -26,6 +26,7 @@ if os.environ.get("KERAS_BACKEND") not in ("tensorflow", "jax"):  # Keras would 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..config import BenchConfig  # noqa: E402
 from ..data import Bundle  # noqa: E402
 from ..models import SPECS, f32, head_init, input_transform, transform_mode  # noqa: E402
 from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, EVAL_START, EVAL_STOP, FIRST_STEP_END,  # noqa: E402
@@ -33,16 +34,17 @@ from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, EVAL_START, EVAL_STOP
                                   USER_WORK_STOP, Timeline)
 from ..weights import (FILES, WeightsFileError, cache_dir, file_for, get_hint, location, offline_hint,  # noqa: E402
                        staged_problem, start_record, torchvision_file)
-from .keras_port import export_state, port, torchvision_padding, torchvision_resnet50  # noqa: E402
+from .keras_port import export_state, port, same_start_network  # noqa: E402
 from .protocol import WeightsError, nonfinite_error  # noqa: E402
 
 POLICIES = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}
 
 
-def set_policy(cfg: dict[str, Any]) -> None:
-    """Keras' global dtype policy for the precision; again after every `clear_session`, which resets it."""
-    if cfg.get("precision") is not None:
-        keras.mixed_precision.set_global_policy(POLICIES.get(cfg["precision"], "float32"))
+def set_policy(precision: str | None) -> None:
+    """Keras' global dtype policy for PRECISION (None: Keras' own); again after every `clear_session`,
+    which resets it."""
+    if precision is not None:
+        keras.mixed_precision.set_global_policy(POLICIES.get(precision, "float32"))
 
 
 class InputTransform(keras.layers.Layer):
@@ -211,22 +213,22 @@ class KerasBackend:
     """The protocol's Keras implementation; a runtime subclass supplies the hooks at the end."""
     framework = "keras"
 
-    def __init__(self, cfg: dict[str, Any], bundle: Bundle, timeline: Timeline) -> None:
+    def __init__(self, cfg: BenchConfig, bundle: Bundle, timeline: Timeline) -> None:
         self.cfg, self.bundle, self.timeline = cfg, bundle, timeline
-        self.matched = cfg.get("setup", "matched") == "matched"
+        self.matched = cfg.setup == "matched"
         self.model: keras.Model | None = None
         self.ported_states: dict[str, dict[str, np.ndarray]] = {}  # --weights same: checkpoint path -> arrays
         self.clock: StepClock | None = None  # set while `fit` runs
         self.test_callbacks: list[keras.callbacks.Callback] = []  # the tests' own (a user's callbacks)
         self.diverged: tuple[int, int] | None = None
-        self.global_batch = cfg["batch_size"]  # what one step of `fit` reads: all replicas' images (TF)
+        self.global_batch = cfg.batch_size  # what one step of `fit` reads: all replicas' images (TF)
 
     # -- model -----------------------------------------------------------------------------
     def _backbone(self, name: str) -> keras.Model:
         """keras.applications' network: random init (`none`), Keras' ImageNet checkpoint (`imagenet`:
         the staged folder's file, else Keras' cache, downloaded there when absent), or torchvision's
         ported into it (`same`)."""
-        spec, size, weights = SPECS[name], self.cfg["image_size"], self.cfg["weights"]
+        spec, size, weights = SPECS[name], self.cfg.image_size, self.cfg.weights
         cls = getattr(keras.applications, spec.keras)
         build = lambda w: cls(include_top=False, weights=w, input_shape=(size, size, 3), pooling="avg")  # noqa: E731
         self.weights_file = None
@@ -234,7 +236,7 @@ class KerasBackend:
             return build(None)
         if weights == "same":
             return self._same_start(name, build)
-        f, folder = file_for("keras", name, size), self.cfg.get("weights_dir")
+        f, folder = file_for("keras", name, size), self.cfg.weights_dir
         path = location("keras", name, folder, size)
         if folder:
             if problem := staged_problem(f, folder):
@@ -257,11 +259,12 @@ class KerasBackend:
 
     def _same_start(self, name: str, build) -> keras.Model:
         """torchvision's checkpoint (the staged folder's, else torch.hub's cache, fetched there and
-        hash-checked when absent) ported into the Keras network (BUILD(None)); MobileNetV2 takes
-        torchvision's padding, ResNet50 is torchvision's v1.5 built in Keras."""
+        hash-checked when absent) ported into the Keras network its spec names (`keras_port`:
+        keras.applications' BUILD(None), with torchvision's padding for MobileNetV2, or torchvision's
+        ResNet50 v1.5 built in Keras)."""
         f = FILES[("torchvision", name)]
         try:
-            path = torchvision_file(name, self.cfg.get("weights_dir"))
+            path = torchvision_file(name, self.cfg.weights_dir)
         except WeightsFileError as e:
             raise WeightsError(str(e)) from None
         if str(path) not in self.ported_states:  # each round builds afresh; the checkpoint is read once
@@ -272,10 +275,8 @@ class KerasBackend:
             except (ValueError, OSError, subprocess.SubprocessError) as e:
                 raise WeightsError(f"{path}: not torchvision's {name} ImageNet weights ({e}); "
                                    f"{get_hint(f, path.parent)}") from None
-        size = self.cfg["image_size"]
-        net = torchvision_resnet50((size, size, 3)) if name == "resnet50" else build(None)
-        if name == "mobilenet_v2":
-            net = torchvision_padding(net)
+        size = self.cfg.image_size
+        net = same_start_network(name, build, (size, size, 3))
         try:
             port(name, self.ported_states[str(path)], net, str(path))
         except ValueError as e:
@@ -292,34 +293,34 @@ class KerasBackend:
         return self.describe(name)
 
     def _build(self, name: str) -> None:
-        set_policy(self.cfg)
-        keras.utils.set_random_seed(self.cfg["seed"])
+        set_policy(self.cfg.precision)
+        keras.utils.set_random_seed(self.cfg.seed)
         spec = SPECS[name]
-        self.transform = transform_mode(self.framework, name, self.cfg["preprocess"], self.cfg["weights"])
+        self.transform = transform_mode(self.framework, name, self.cfg.preprocess, self.cfg.weights)
         inputs = keras.Input((32, 32, 3), dtype="uint8")
         self.backbone = backbone = self._backbone(name)
         if self.weights_file is None:
-            torchvision_init(backbone, self.cfg["seed"])
-        self.head_only = self.cfg.get("train_layers", "all") == "head"
+            torchvision_init(backbone, self.cfg.seed)
+        self.head_only = self.cfg.train_layers == "head"
         if self.head_only:  # Keras: a BatchNormalization layer that is not trainable runs in inference mode
             backbone.trainable = False
         for layer in backbone.layers:  # None: as keras.applications ships it
             if isinstance(layer, keras.layers.BatchNormalization):
-                if self.cfg.get("bn_momentum") is not None:
-                    layer.momentum = 1.0 - self.cfg["bn_momentum"]  # Keras' m is torch's 1 - m
-                if self.cfg.get("bn_eps") is not None:
-                    layer.epsilon = self.cfg["bn_eps"]
+                if self.cfg.bn_momentum is not None:
+                    layer.momentum = 1.0 - self.cfg.bn_momentum  # Keras' m is torch's 1 - m
+                if self.cfg.bn_eps is not None:
+                    layer.epsilon = self.cfg.bn_eps
         head = keras.layers.Dense(10, name="head", dtype="float32")  # float32 logits under a mixed policy
-        outputs = head(backbone(InputTransform(self.transform, self.cfg["image_size"])(inputs)))
-        head.set_weights(list(head_init(spec.feature_dim, self.cfg["seed"])))
+        outputs = head(backbone(InputTransform(self.transform, self.cfg.image_size)(inputs)))
+        head.set_weights(list(head_init(spec.feature_dim, self.cfg.seed)))
         self.model = keras.Model(inputs, outputs)
         self.nonfinite = FirstNonFiniteStep()
-        if self.cfg["optimizer"] == "sgd":
-            opt = keras.optimizers.SGD(self.cfg["lr"], momentum=self.cfg["momentum"])
-        elif self.cfg.get("adam_eps") is not None:
-            opt = keras.optimizers.Adam(self.cfg["lr"], epsilon=self.cfg["adam_eps"])
+        if self.cfg.optimizer == "sgd":
+            opt = keras.optimizers.SGD(self.cfg.lr, momentum=self.cfg.momentum)
+        elif self.cfg.adam_eps is not None:
+            opt = keras.optimizers.Adam(self.cfg.lr, epsilon=self.cfg.adam_eps)
         else:
-            opt = keras.optimizers.Adam(self.cfg["lr"])
+            opt = keras.optimizers.Adam(self.cfg.lr)
         if keras.mixed_precision.global_policy().name == "mixed_float16":  # compile() would wrap it alike
             opt = keras.optimizers.LossScaleOptimizer(opt)
         self.model.compile(optimizer=opt,
@@ -332,9 +333,9 @@ class KerasBackend:
         digest = hashlib.sha256()
         for w in self.model.weights:
             digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(w)).tobytes())
-        same = self.cfg["weights"] == "same"
+        same = self.cfg.weights == "same"
         return start_record("torchvision" if same else "keras", name, self.weights_file, digest.hexdigest(),
-                            self.cfg["seed"], ported=same, image_size=self.cfg["image_size"])
+                            self.cfg.seed, ported=same, image_size=self.cfg.image_size)
 
     def _instrument(self) -> None:
         """Wrap the train function `fit` calls once per step, so the StepClock sees each step (a
@@ -355,7 +356,7 @@ class KerasBackend:
         assert self.model is not None
         bns = self._batchnorms()
         opt = inner_optimizer(self.model.optimizer)  # fp16: the optimizer inside the LossScaleOptimizer
-        if self.cfg["optimizer"] == "sgd":
+        if self.cfg.optimizer == "sgd":
             optimizer = dict(name="sgd", lr=f32(keras.ops.convert_to_numpy(opt.learning_rate)), momentum=f32(opt.momentum),
                              nesterov=opt.nesterov, weight_decay=f32(opt.weight_decay or 0))
         else:
@@ -367,10 +368,10 @@ class KerasBackend:
                     non_trainable_params=count(self.model.non_trainable_weights),
                     batchnorm=sorted({(f32(1.0 - b.momentum), f32(b.epsilon)) for b in bns}) or "none",
                     optimizer=optimizer, loss="softmax cross-entropy from logits, mean over batch",
-                    input_transform=self.transform, precision=self.cfg.get("precision") or "default",
-                    image_size=self.cfg["image_size"], compile=self.cfg.get("compile") or "default",
-                    init=self.cfg["weights"] if self.weights_file else "he_normal(fan_out), as torchvision",
-                    train_layers=self.cfg.get("train_layers", "all"), start=self.start,
+                    input_transform=self.transform, precision=self.cfg.precision or "default",
+                    image_size=self.cfg.image_size, compile=self.cfg.compile or "default",
+                    init=self.cfg.weights if self.weights_file else "he_normal(fan_out), as torchvision",
+                    train_layers=self.cfg.train_layers, start=self.start,
                     frozen_params=count(w for w in self.model.non_trainable_weights
                                         if not any(w is s for b in bns for s in (b.moving_mean, b.moving_variance))),
                     backbone_bn_in_training=("inference (frozen)" if self.head_only else "batch statistics")
@@ -385,10 +386,10 @@ class KerasBackend:
         assert self.model is not None
         bns, opt = self._batchnorms(), self.model.optimizer  # opt: the loss scaler under fp16
         scaler = isinstance(opt, keras.optimizers.LossScaleOptimizer)
-        return dict(setup=self.cfg.get("setup", "matched"), **self.runtime_settings(),
+        return dict(setup=self.cfg.setup, **self.runtime_settings(),
                     bn_momentum=sorted({f32(1.0 - b.momentum) for b in bns}) or None,
                     bn_eps=sorted({f32(b.epsilon) for b in bns}) or None,
-                    adam_eps=f32(inner_optimizer(opt).epsilon) if self.cfg["optimizer"] == "adam" else None,
+                    adam_eps=f32(inner_optimizer(opt).epsilon) if self.cfg.optimizer == "adam" else None,
                     compute_dtype=self.backbone.compute_dtype, policy=keras.mixed_precision.global_policy().name,
                     head_dtype=f"{self.model.get_layer('head').compute_dtype} (float32 policy)",
                     loss_scale=dict(kind="dynamic", initial=f32(keras.ops.convert_to_numpy(opt.initial_scale)),
@@ -429,7 +430,7 @@ class KerasBackend:
         callback = TimelineCallback(self.timeline, self, self.clock)
         self.diverged = None
         self.timeline.record(RUN_START)  # the input pipelines are built inside the run, as `fit` users do
-        validation = self.validation_input() if self.cfg["eval_every_epoch"] else {}
+        validation = self.validation_input() if self.cfg.eval_every_epoch else {}
         data, data_callbacks = self.train_input(order[:epochs])
         try:
             with self.scope():

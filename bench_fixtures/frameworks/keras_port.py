@@ -2,12 +2,14 @@
 torch and Keras (on either runtime) start from identical numbers.
 
 One mapping per model (Keras layer <- torchvision state-dict prefix, and how to convert), applied
-by one function. Layouts: a convolution's OIHW kernel becomes HWIO, a depthwise (C,1,kh,kw) kernel
-(kh,kw,C,1), BatchNorm's weight/bias/running statistics Keras' gamma/beta/moving statistics, with
-torchvision's epsilon (what the weights were trained with). The architectures must compute the
-same function: MobileNetV2 is rebuilt with torchvision's symmetric padding (Keras pads strided
-convolutions bottom/right only, which shifts every feature map by a pixel); ResNet50 is built as
-torchvision's v1.5 (`torchvision_resnet50`): keras.applications' is v1, another network.
+by one function; a model's spec names its mapping (`ModelSpec.keras_pairs`) and the Keras network
+the weights go into (`ModelSpec.keras_same`), both defined here. Layouts: a convolution's OIHW
+kernel becomes HWIO, a depthwise (C,1,kh,kw) kernel (kh,kw,C,1), BatchNorm's weight/bias/running
+statistics Keras' gamma/beta/moving statistics, with torchvision's epsilon (what the weights were
+trained with). The architectures must compute the same function: MobileNetV2 is rebuilt with
+torchvision's symmetric padding (Keras pads strided convolutions bottom/right only, which shifts
+every feature map by a pixel); ResNet50 is built as torchvision's v1.5 (`torchvision_resnet50`):
+keras.applications' is v1, another network.
 
 The torchvision checkpoint is read by torch, in a short subprocess (`export_state`): a Keras worker
 never imports torch (process isolation), and torch's own loader reads both of its file formats.
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from ..models import SPECS
 from ..weights import SAME_NEEDS_TORCH, TOP
 
 if TYPE_CHECKING:
@@ -76,8 +79,9 @@ def resnet50_pairs() -> Pairs:
 
 
 RESNET50_BLOCKS = (3, 4, 6, 3)
-PAIRS: dict[str, Callable[[], Pairs]] = {"resnet50": resnet50_pairs, "vgg19": vgg19_pairs,
-                                         "mobilenet_v2": mobilenet_v2_pairs}
+# Each model's mapping, as its spec names it.
+PAIRS: dict[str, Callable[[], Pairs]] = {name: globals()[spec.keras_pairs] for name, spec in SPECS.items()
+                                         if spec.keras_pairs}
 
 
 def convert(kind: str, state: dict[str, np.ndarray], prefix: str) -> list[np.ndarray]:
@@ -184,6 +188,31 @@ def torchvision_padding(backbone: "keras.Model") -> "keras.Model":
         return layer(*args, **kwargs)
 
     return keras.models.clone_model(backbone, clone_function=clone, call_function=call)
+
+
+# The Keras network torchvision's weights are ported into, one builder per kind (`ModelSpec.keras_same`
+# names one): each takes keras.applications' builder BUILD (weights -> network) and the input shape.
+Build = Callable[[str | None], "keras.Model"]
+
+
+def applications_network(build: Build, input_shape: tuple[int, int, int]) -> "keras.Model":
+    """keras.applications' network as it ships (its architecture is torchvision's: VGG19)."""
+    return build(None)
+
+
+def torchvision_padding_network(build: Build, input_shape: tuple[int, int, int]) -> "keras.Model":
+    """keras.applications' network with torchvision's symmetric padding (MobileNetV2)."""
+    return torchvision_padding(build(None))
+
+
+def torchvision_resnet50_network(build: Build, input_shape: tuple[int, int, int]) -> "keras.Model":
+    """torchvision's ResNet50 v1.5, built in Keras (keras.applications' is v1, another network)."""
+    return torchvision_resnet50(input_shape)
+
+
+def same_start_network(model: str, build: Build, input_shape: tuple[int, int, int]) -> "keras.Model":
+    """The Keras network MODEL's torchvision weights are ported into, as its spec says."""
+    return globals()[SPECS[model].keras_same](build, input_shape)
 
 
 def export_state(path: str | os.PathLike, timeout: float = 600.0) -> dict[str, np.ndarray]:

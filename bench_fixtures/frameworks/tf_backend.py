@@ -23,6 +23,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from ..config import BenchConfig  # noqa: E402
 from ..data import MEAN, STD, Bundle  # noqa: E402
 from ..data.bundle import replica_shard  # noqa: E402
 from ..models import SPECS  # noqa: E402
@@ -33,14 +34,14 @@ from .protocol import BackendError, collective_timeout_s, replica_from_env  # no
 PREFETCH = 4  # batches ready ahead of the training step
 
 
-def configure(cfg: dict[str, Any]) -> None:
+def configure(cfg: BenchConfig) -> None:
     """The process-wide settings of a setup (the backend and the standalone bare loop share it)."""
-    if cfg.get("setup", "matched") == "matched":  # else TF reserves nearly all GPU memory up front
+    if cfg.setup == "matched":  # else TF reserves nearly all GPU memory up front
         for gpu in tf.config.list_physical_devices("GPU"):
             tf.config.experimental.set_memory_growth(gpu, True)
-    if cfg.get("precision") is not None:  # None: TensorFlow's default (TF32 on), Keras' float32 policy
-        tf.config.experimental.enable_tensor_float_32_execution(cfg["precision"] == "tf32")
-    set_policy(cfg)
+    if cfg.precision is not None:  # None: TensorFlow's default (TF32 on), Keras' float32 policy
+        tf.config.experimental.enable_tensor_float_32_execution(cfg.precision == "tf32")
+    set_policy(cfg.precision)
 
 
 DENSE_OPS = r"^(Conv2D|Conv2DBackprop|DepthwiseConv2dNative|MatMul|BatchMatMul)"  # what MFU counts (as torch's counter)
@@ -49,7 +50,7 @@ DENSE_OPS = r"^(Conv2D|Conv2DBackprop|DepthwiseConv2dNative|MatMul|BatchMatMul)"
 class TensorFlowBackend(KerasBackend):
     framework = "tensorflow"
 
-    def __init__(self, cfg: dict[str, Any], bundle: Bundle, timeline: Timeline) -> None:
+    def __init__(self, cfg: BenchConfig, bundle: Bundle, timeline: Timeline) -> None:
         super().__init__(cfg, bundle, timeline)
         gpus = tf.config.list_physical_devices("GPU")
         configure(cfg)
@@ -57,14 +58,14 @@ class TensorFlowBackend(KerasBackend):
         self.strategy: tf.distribute.Strategy | None = None
         self.distributed: dict[str, Any] | None = None
         if self.replica.world > 1:  # before any other TensorFlow op, as the strategy requires
-            self._init_strategy(bool(gpus) and cfg["device"] == "gpu")
-        if cfg["device"] == "gpu" and not gpus:
+            self._init_strategy(bool(gpus) and cfg.device == "gpu")
+        if cfg.device == "gpu" and not gpus:
             build = tf.sysconfig.get_build_info()
             raise BackendError(f"--device gpu, but TensorFlow {tf.__version__} (built for CUDA "
                                f"{build.get('cuda_version')}, cuDNN {build.get('cudnn_version')}) sees no "
                                f"GPU; install tensorflow[and-cuda] matching the driver")
-        keras.utils.set_random_seed(cfg["seed"])
-        self.gpu = bool(gpus) and cfg["device"] == "gpu"
+        keras.utils.set_random_seed(cfg.seed)
+        self.gpu = bool(gpus) and cfg.device == "gpu"
         with tf.device("/CPU:0"):  # host-side arrays; batches go to the device through tf.data
             self.train_x = tf.constant(np.asarray(bundle.train.images))
             self.train_y = tf.constant(np.asarray(bundle.train.labels))
@@ -88,7 +89,7 @@ class TensorFlowBackend(KerasBackend):
         if self.strategy.num_replicas_in_sync != self.replica.world:
             raise BackendError(f"TF_CONFIG lists {self.replica.world} workers, but the strategy has "
                                f"{self.strategy.num_replicas_in_sync} replicas in sync: one GPU (or CPU) per worker")
-        self.global_batch = self.cfg["batch_size"] * self.replica.world
+        self.global_batch = self.cfg.batch_size * self.replica.world
         _fix_keras_multi_worker()
         self.distributed = self.replica.describe(
             "tf.distribute.MultiWorkerMirroredStrategy", f"{'NCCL' if gpu else 'RING'} all-reduce",
@@ -114,13 +115,13 @@ class TensorFlowBackend(KerasBackend):
             if self.gpu else {}
         return dict(framework="tensorflow", framework_version=tf.__version__, keras_version=keras.__version__,
                     cuda_build=build.get("cuda_version"), cudnn_version=build.get("cudnn_version"),
-                    device=self.cfg["device"], device_name=details.get("device_name", "cpu"),
+                    device=self.cfg.device, device_name=details.get("device_name", "cpu"),
                     cpu_threads=tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count(),
                     gpus_visible=len(tf.config.list_physical_devices("GPU")),
                     tf32_matmul=tf.config.experimental.tensor_float_32_execution_enabled(),
                     tf32_conv=tf.config.experimental.tensor_float_32_execution_enabled(),
                     cudnn_autotune=os.environ.get("TF_CUDNN_USE_AUTOTUNE", "1") != "0",
-                    memory_growth=self._memory_growth(), setup=self.cfg.get("setup", "matched"),
+                    memory_growth=self._memory_growth(), setup=self.cfg.setup,
                     distributed=self.distributed)
 
     @staticmethod
@@ -130,7 +131,7 @@ class TensorFlowBackend(KerasBackend):
         return all(tf.config.experimental.get_memory_growth(g) for g in gpus) if gpus else None
 
     def jit_compile(self) -> bool | str:
-        return {"on": True, "off": False, None: "auto"}[self.cfg.get("compile")]  # "auto": Keras' default
+        return {"on": True, "off": False, None: "auto"}[self.cfg.compile]  # "auto": Keras' default
 
     def built(self) -> None:
         self.step_iterator = None
@@ -150,7 +151,7 @@ class TensorFlowBackend(KerasBackend):
         allocator = {True: "BFC, grows as needed (memory growth)", False: "BFC, reserves the GPU up front",
                      None: "BFC (no GPU)"}[growth]
         return dict(tf32_matmul=tf32, tf32_conv=tf32, xla=self.compiled,
-                    compile_requested=str(self.cfg.get("compile") or "auto"),
+                    compile_requested=str(self.cfg.compile or "auto"),
                     memory_growth=growth, memory_allocator=allocator,
                     cudnn_autotune=os.environ.get("TF_CUDNN_USE_AUTOTUNE", "1") != "0",
                     input_autotune=autotune, prefetch="AUTOTUNE" if not self.matched else PREFETCH)  # as configured
@@ -167,7 +168,7 @@ class TensorFlowBackend(KerasBackend):
 
         from tensorflow.python.profiler import model_analyzer, option_builder
         assert self.model is not None
-        model, bs = self.model, self.cfg["batch_size"]
+        model, bs = self.model, self.cfg.batch_size
         loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
         @tf.function
@@ -228,7 +229,7 @@ class TensorFlowBackend(KerasBackend):
         if self.eval_forward is None:
             model = self.model
             self.eval_forward = tf.function(lambda x: model(x, training=False))
-        test, bs = self.bundle.test, self.cfg["batch_size"]
+        test, bs = self.bundle.test, self.cfg.batch_size
         correct, loss = 0, 0.0
         for i in range(0, len(test), bs):
             logits = self.eval_forward(tf.constant(np.asarray(test.images[i:i + bs]))).numpy().astype(np.float64)
@@ -253,7 +254,7 @@ class TensorFlowBackend(KerasBackend):
         return ds.prefetch(PREFETCH).with_options(options)
 
     def _train_dataset(self, order: np.ndarray, repeat: bool = False) -> tf.data.Dataset:
-        bs = self.cfg["batch_size"]
+        bs = self.cfg.batch_size
         ds = tf.data.Dataset.from_tensor_slices(np.asarray(order).reshape(-1))
         if repeat:
             ds = ds.repeat()
@@ -266,7 +267,7 @@ class TensorFlowBackend(KerasBackend):
         as per-replica batches, so no replica gathers images another one trains on."""
         if self.strategy is None:
             return self._train_dataset(order, repeat)
-        r, bs = self.replica, self.cfg["batch_size"]
+        r, bs = self.replica, self.cfg.batch_size
 
         def shard(context: tf.distribute.InputContext) -> tf.data.Dataset:
             if context.input_pipeline_id != r.rank:  # one pipeline per worker, numbered as TF_CONFIG's tasks
@@ -278,7 +279,7 @@ class TensorFlowBackend(KerasBackend):
     def _test_dataset(self) -> tf.data.Dataset:
         test = self.bundle.test
         return self._finish(tf.data.Dataset.from_tensor_slices((np.asarray(test.images), np.asarray(test.labels)))
-                            .batch(self.cfg["batch_size"]))
+                            .batch(self.cfg.batch_size))
 
     def peek_labels(self, batches: int) -> list[list[int]]:
         """Labels of the first BATCHES training batches exactly as `fit` feeds them."""

@@ -25,7 +25,7 @@ import torchvision
 from torch import nn
 from torch.utils import flop_counter
 
-from ..config import PRETRAINED
+from ..config import PRETRAINED, BenchConfig
 from ..data import MEAN, STD, Bundle
 from ..data.bundle import replica_shard
 from ..models import SPECS, f32, head_init, input_transform, transform_mode
@@ -118,27 +118,34 @@ def tf32_state() -> tuple[bool, bool]:
     return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
 
 
-def configure(cfg: dict[str, Any]) -> None:
+def configure(cfg: BenchConfig) -> None:
     """The process-wide settings of a setup (the backend and the standalone bare loop share it)."""
-    if cfg.get("precision") is not None:  # None: torch's default (TF32 for convolutions only)
-        on = cfg["precision"] == "tf32"  # bf16/fp16: what stays float32 under autocast runs as fp32
+    if cfg.precision is not None:  # None: torch's default (TF32 for convolutions only)
+        on = cfg.precision == "tf32"  # bf16/fp16: what stays float32 under autocast runs as fp32
         if TF32_API == "fp32_precision":
             torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = \
                 "tf32" if on else "ieee"
         else:
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = on
-    if cfg.get("setup", "matched") == "matched":
+    if cfg.setup == "matched":
         torch.backends.cudnn.benchmark = True  # autotuning, as TensorFlow does by default; torch's is off
+
+
+def without_top(net: nn.Module, model: str) -> nn.Module:
+    """torchvision's MODEL network NET less its pooling and classifier (`ModelSpec.torchvision_top`):
+    the one child left (VGG's and MobileNetV2's `features`), or the children left, in order."""
+    body = [m for n, m in net.named_children() if n not in SPECS[model].torchvision_top]
+    return body[0] if len(body) == 1 else nn.Sequential(*body)
 
 
 class TorchBackend:
     framework = "torch"
 
-    def __init__(self, cfg: dict[str, Any], bundle: Bundle, timeline: Timeline) -> None:
+    def __init__(self, cfg: BenchConfig, bundle: Bundle, timeline: Timeline) -> None:
         self.cfg, self.bundle, self.timeline = cfg, bundle, timeline
-        torch.manual_seed(cfg["seed"])
-        self.device = torch.device("cuda" if cfg["device"] == "gpu" else "cpu")
-        if cfg["device"] == "gpu" and not torch.cuda.is_available():
+        torch.manual_seed(cfg.seed)
+        self.device = torch.device("cuda" if cfg.device == "gpu" else "cpu")
+        if cfg.device == "gpu" and not torch.cuda.is_available():
             raise BackendError(f"--device gpu, but torch {torch.__version__} (CUDA {torch.version.cuda}) "
                                f"sees no CUDA device; check the driver and CUDA_VISIBLE_DEVICES")
         configure(cfg)
@@ -146,8 +153,8 @@ class TorchBackend:
         self.distributed: dict[str, Any] | None = None
         if self.replica.world > 1:
             self._init_process_group()
-        self.amp = AMP_DTYPES.get(cfg.get("precision") or "")
-        self.memory_format = torch.channels_last if cfg.get("channels_last") else torch.contiguous_format
+        self.amp = AMP_DTYPES.get(cfg.precision or "")
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.model: nn.Module | None = None
         self.sleep_hooks = dict(epoch_end=0.0, eval_begin=0.0)  # the tests' stand-in for a user's epoch-end code
 
@@ -155,7 +162,7 @@ class TorchBackend:
         """torch.distributed from the torchrun-style environment (gloo on a CPU, NCCL on GPUs), this
         replica's threads, and its shard of the shared order; the set-up time is reported apart."""
         import torch.distributed as dist
-        r, bs = self.replica, self.cfg["batch_size"]
+        r, bs = self.replica, self.cfg.batch_size
         if self.device.type == "cpu":
             torch.set_num_threads(r.threads)
         backend = "nccl" if self.device.type == "cuda" else "gloo"
@@ -180,11 +187,11 @@ class TorchBackend:
         return dict(framework="torch", framework_version=torch.__version__,
                     torchvision_version=torchvision.__version__, cuda_build=torch.version.cuda,
                     cudnn_version=torch.backends.cudnn.version() if cuda else None,
-                    device=self.cfg["device"],
+                    device=self.cfg.device,
                     device_name=torch.cuda.get_device_name(0) if cuda else "cpu",
                     cpu_threads=torch.get_num_threads(), gpus_visible=torch.cuda.device_count(),
                     **self._tf32(), cudnn_autotune=torch.backends.cudnn.benchmark,
-                    setup=self.cfg.get("setup", "matched"), distributed=self.distributed)
+                    setup=self.cfg.setup, distributed=self.distributed)
 
     @staticmethod
     def _tf32() -> dict[str, Any]:
@@ -197,43 +204,41 @@ class TorchBackend:
         file, else torch.hub's cache, downloaded there when absent) or random init (`none`)."""
         net = getattr(torchvision.models, SPECS[name].torchvision)(weights=None)
         self.weights_file = None
-        if self.cfg["weights"] in PRETRAINED:
-            self.weights_file = str(load_checkpoint(net, name, self.cfg.get("weights_dir")))
-        if name == "resnet50":
-            return nn.Sequential(*[m for n, m in net.named_children() if n not in ("avgpool", "fc")])
-        return net.features
+        if self.cfg.weights in PRETRAINED:
+            self.weights_file = str(load_checkpoint(net, name, self.cfg.weights_dir))
+        return without_top(net, name)
 
     def build(self, name: str) -> dict[str, Any]:
-        torch.manual_seed(self.cfg["seed"])
+        torch.manual_seed(self.cfg.seed)
         spec = SPECS[name]
         head = Float32Head(spec.feature_dim, 10)
-        kernel, bias = head_init(spec.feature_dim, self.cfg["seed"])
+        kernel, bias = head_init(spec.feature_dim, self.cfg.seed)
         with torch.no_grad():
             head.weight.copy_(torch.from_numpy(kernel.T))
             head.bias.copy_(torch.from_numpy(bias))
-        self.transform = transform_mode("torch", name, self.cfg["preprocess"], self.cfg["weights"])
+        self.transform = transform_mode("torch", name, self.cfg.preprocess, self.cfg.weights)
         model = nn.Sequential(OrderedDict(
-            transform=InputTransform(self.transform, self.cfg["image_size"]), backbone=self._backbone(name),
+            transform=InputTransform(self.transform, self.cfg.image_size), backbone=self._backbone(name),
             pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), head=head))
-        self.head_only = self.cfg.get("train_layers", "all") == "head"
+        self.head_only = self.cfg.train_layers == "head"
         if self.head_only:  # transfer learning's first step: only the new head learns
             model.backbone.requires_grad_(False)
         for m in model.modules():  # None: as torchvision ships it
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                if self.cfg.get("bn_momentum") is not None:
-                    m.momentum = self.cfg["bn_momentum"]
-                if self.cfg.get("bn_eps") is not None:
-                    m.eps = self.cfg["bn_eps"]
+                if self.cfg.bn_momentum is not None:
+                    m.momentum = self.cfg.bn_momentum
+                if self.cfg.bn_eps is not None:
+                    m.eps = self.cfg.bn_eps
         model.transform.memory_format = self.memory_format
         self.model = model.to(self.device, memory_format=self.memory_format)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        if self.cfg["optimizer"] == "sgd":
-            self.optimizer = torch.optim.SGD(params, lr=self.cfg["lr"], momentum=self.cfg["momentum"])
-        elif self.cfg.get("adam_eps") is not None:
-            self.optimizer = torch.optim.Adam(params, lr=self.cfg["lr"], eps=self.cfg["adam_eps"])
+        if self.cfg.optimizer == "sgd":
+            self.optimizer = torch.optim.SGD(params, lr=self.cfg.lr, momentum=self.cfg.momentum)
+        elif self.cfg.adam_eps is not None:
+            self.optimizer = torch.optim.Adam(params, lr=self.cfg.lr, eps=self.cfg.adam_eps)
         else:
-            self.optimizer = torch.optim.Adam(params, lr=self.cfg["lr"])
-        compile_on = self.cfg.get("compile") == "on"
+            self.optimizer = torch.optim.Adam(params, lr=self.cfg.lr)
+        compile_on = self.cfg.compile == "on"
         self.forward = torch.compile(self.model) if compile_on else self.model  # evaluation, logits
         self.step_fn = self.forward
         if self.distributed:  # gradients averaged over the replicas in backward; BN kept per replica
@@ -241,7 +246,7 @@ class TorchBackend:
             ddp = DistributedDataParallel(self.model, broadcast_buffers=False)
             self.step_fn = torch.compile(ddp) if compile_on else ddp  # compiled around DDP: overlap kept
         # fp16 only: bf16 has float32's range. Matched starts where Keras' LossScaleOptimizer does.
-        scale = dict(init_scale=LOSS_SCALE_MATCHED) if self.cfg.get("setup", "matched") == "matched" else {}
+        scale = dict(init_scale=LOSS_SCALE_MATCHED) if self.cfg.setup == "matched" else {}
         self.scaler = torch.amp.GradScaler(self.device.type, **scale) if self.amp is torch.float16 else None
         self.cursor = 0
         self.start = self._start_record(name)
@@ -262,7 +267,7 @@ class TorchBackend:
         digest = hashlib.sha256()
         for value in self.model.state_dict().values():
             digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-        return start_record("torchvision", name, self.weights_file, digest.hexdigest(), self.cfg["seed"])
+        return start_record("torchvision", name, self.weights_file, digest.hexdigest(), self.cfg.seed)
 
     def describe(self, name: str) -> dict[str, Any]:
         assert self.model is not None
@@ -271,7 +276,7 @@ class TorchBackend:
         frozen = sum(p.numel() for p in self.model.parameters() if not p.requires_grad)
         backbone_bns = [m for m in self.model.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         g = self.optimizer.param_groups[0]
-        if self.cfg["optimizer"] == "sgd":
+        if self.cfg.optimizer == "sgd":
             opt = dict(name="sgd", lr=f32(g["lr"]), momentum=f32(g["momentum"]), nesterov=g["nesterov"],
                        weight_decay=f32(g["weight_decay"]))
         else:
@@ -282,10 +287,10 @@ class TorchBackend:
                     non_trainable_params=stats + frozen,
                     batchnorm=sorted({(f32(m.momentum), f32(m.eps)) for m in bns}) or "none",
                     optimizer=opt, loss="softmax cross-entropy from logits, mean over batch",
-                    input_transform=self.transform, precision=self.cfg.get("precision") or "default",
-                    image_size=self.cfg["image_size"], compile=self.cfg.get("compile") or "default",
-                    init=self.cfg["weights"] if self.weights_file else "he_normal(fan_out), as torchvision",
-                    train_layers=self.cfg.get("train_layers", "all"), frozen_params=frozen, start=self.start,
+                    input_transform=self.transform, precision=self.cfg.precision or "default",
+                    image_size=self.cfg.image_size, compile=self.cfg.compile or "default",
+                    init=self.cfg.weights if self.weights_file else "he_normal(fan_out), as torchvision",
+                    train_layers=self.cfg.train_layers, frozen_params=frozen, start=self.start,
                     backbone_bn_in_training=("inference (frozen)" if self.head_only else "batch statistics")
                     if backbone_bns else "none",
                     settings=self.settings(bns))
@@ -293,8 +298,8 @@ class TorchBackend:
     def settings(self, bns: list) -> dict[str, Any]:
         """The framework settings the setups differ in, read back from torch."""
         g = self.optimizer.param_groups[0]
-        return dict(setup=self.cfg.get("setup", "matched"), **self._tf32(),
-                    xla=False, compile_requested=str(self.cfg.get("compile") or "off"),
+        return dict(setup=self.cfg.setup, **self._tf32(),
+                    xla=False, compile_requested=str(self.cfg.compile or "off"),
                     torch_compile=self.compiled,
                     memory_growth=None, memory_allocator="caching allocator (grows as needed; torch has no "
                                                          "up-front reservation)",
@@ -302,7 +307,7 @@ class TorchBackend:
                     input_autotune=None, prefetch=None,
                     bn_momentum=sorted({f32(m.momentum) for m in bns}) or None,
                     bn_eps=sorted({f32(m.eps) for m in bns}) or None,
-                    adam_eps=f32(g["eps"]) if self.cfg["optimizer"] == "adam" else None,
+                    adam_eps=f32(g["eps"]) if self.cfg.optimizer == "adam" else None,
                     compute_dtype=str(self.amp or torch.float32).removeprefix("torch."),
                     head_dtype=str(self.model.head.weight.dtype).removeprefix("torch.") + " (autocast off)",
                     loss_scale=self._loss_scale(), loss_scaler="torch.amp.GradScaler" if self.scaler else None,
@@ -330,7 +335,7 @@ class TorchBackend:
         matmuls, 2 per multiply-add; see `_conv_backward_flop` for the one formula replaced."""
         assert self.model is not None
         meta = copy.deepcopy(self.model).to("meta")
-        bs = self.cfg["batch_size"]
+        bs = self.cfg.batch_size
         x = torch.zeros((bs, 32, 32, 3), dtype=torch.uint8, device="meta")
         y = torch.zeros((bs,), dtype=torch.int64, device="meta")
         mapping = {torch.ops.aten.convolution_backward: _conv_backward_flop}
@@ -406,7 +411,7 @@ class TorchBackend:
 
     def _epoch_batches(self, epoch: int):
         """Index batches of EPOCH in the shared order; the last partial batch is already dropped."""
-        row, bs = self.bundle.order[epoch], self.cfg["batch_size"]
+        row, bs = self.bundle.order[epoch], self.cfg.batch_size
         for s in range(len(row) // bs):
             yield row[s * bs:(s + 1) * bs]
 
@@ -422,7 +427,7 @@ class TorchBackend:
 
     def evaluate(self) -> dict[str, Any]:
         assert self.model is not None
-        test, bs = self.bundle.test, self.cfg["batch_size"]
+        test, bs = self.bundle.test, self.cfg.batch_size
         self.model.eval()
         start = time.perf_counter()
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
@@ -443,7 +448,7 @@ class TorchBackend:
         evaluating its share with its own model, the counts summed, as Keras' validation under the
         strategy does (tf.distribute shards the test set the same way)."""
         import torch.distributed as dist
-        test, bs, r = self.bundle.test, self.cfg["batch_size"], self.replica
+        test, bs, r = self.bundle.test, self.cfg.batch_size, self.replica
         self.model.eval()
         start = time.perf_counter()
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # correct, loss sum, images
@@ -467,7 +472,7 @@ class TorchBackend:
 
     def fit(self, epochs: int) -> dict[str, Any]:
         assert self.model is not None
-        order, bs = self.bundle.order, self.cfg["batch_size"]
+        order, bs = self.bundle.order, self.cfg.batch_size
         steps = order.shape[1] // bs
         tl, losses, evals = self.timeline, [], []
         tl.record(RUN_START)
@@ -491,7 +496,7 @@ class TorchBackend:
             if bad.item() >= 0:
                 raise nonfinite_error("torch", epoch, bad.item())
             losses.append(total.item() / steps)
-            if self.cfg["eval_every_epoch"]:
+            if self.cfg.eval_every_epoch:
                 tl.record(EVAL_START, epoch=epoch)
                 self._user_work(epoch, "eval_begin")
                 evals.append(self._evaluate_shared() if self.distributed else self.evaluate())
@@ -505,7 +510,7 @@ class TorchBackend:
 
     def input_pipeline(self, count: int) -> dict[str, Any]:
         """COUNT batches through the input path alone (index, copy to the device), synchronised."""
-        flat, bs = self.bundle.order.reshape(-1), self.cfg["batch_size"]
+        flat, bs = self.bundle.order.reshape(-1), self.cfg.batch_size
         batches = len(flat) // bs
         start = time.perf_counter()
         for s in range(count):
@@ -519,7 +524,7 @@ class TorchBackend:
         """COUNT steps continuing through the shared order (cycled), then synchronise."""
         assert self.model is not None
         self._train_mode()
-        flat, bs = self.bundle.order.reshape(-1), self.cfg["batch_size"]
+        flat, bs = self.bundle.order.reshape(-1), self.cfg.batch_size
         batches = len(flat) // bs
         start = time.perf_counter()
         total = torch.zeros((), device=self.device)
@@ -577,7 +582,7 @@ format, training what the suite trains (--train-layers), and leaves the process 
         net = getattr(torchvision.models, SPECS[model].torchvision)(weights=None)
         x = torch.randint(0, 256, (batch, 32, 32, 3), dtype=torch.uint8).to(dev)
         y = torch.randint(0, 10, (batch,)).to(dev)
-    features = nn.Sequential(*list(net.children())[:-2]) if model == "resnet50" else net.features
+    features = without_top(net, model)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     m = nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                       Float32Head(SPECS[model].feature_dim, 10)).to(dev, memory_format=fmt)

@@ -2,8 +2,10 @@
 
 Parent side: `Worker` starts `python -m bench_fixtures.runner.worker FD`, sends requests, waits for each
 answer at most `timeout` seconds, and turns a crash, a hang or an exception into a `WorkerError`
-naming the exit code or signal, the phase and the tail of the worker's output. Child side:
-`serve` answers requests with the backend's results plus the timeline events recorded meanwhile.
+naming the exit code or signal, the phase and the tail of the worker's output. The config crosses
+the pipe as a dict (`BenchConfig.as_dict()`). Child side: `serve` rebuilds the typed config
+(`BenchConfig.from_dict`), hands it to the framework's backend (the `Backend` protocol) and answers
+requests with the backend's results plus the timeline events recorded meanwhile.
 The worker synchronises the device before it answers, so the parent can time around a request.
 """
 from __future__ import annotations
@@ -19,7 +21,12 @@ import time
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NoReturn
+
+from ..config import BenchConfig
+
+if TYPE_CHECKING:
+    from ..frameworks.protocol import Backend
 
 ROOT = Path(__file__).resolve().parents[2]  # the folder that holds bench_fixtures/
 TAIL_CHARS = 3000
@@ -84,13 +91,16 @@ class Worker:
     """A case's worker process. framework=None starts one that imports no framework (protocol only);
     faults=True lets the tests send it the fault-injection requests (crash, raise, sleep). PYTHON runs
     it with another interpreter (another venv: the parent never imports a framework, so one session
-    can drive two framework versions); ENV adds to its environment."""
+    can drive two framework versions); ENV adds to its environment. CFG is the case's BenchConfig,
+    or its `as_dict()` (what crosses the pipe); a worker with no framework needs only what the
+    parent reads of it (device, and for an out-of-memory account worker_memory_limit and the sizes)."""
 
-    def __init__(self, framework: str | None, cfg: dict[str, Any], bundle_dir: str | os.PathLike | None,
+    def __init__(self, framework: str | None, cfg: BenchConfig | Mapping[str, Any],
+                 bundle_dir: str | os.PathLike | None,
                  log_path: str | os.PathLike, timeout: float, name: str | None = None, faults: bool = False,
                  python: str | None = None, env: dict[str, str] | None = None, defer_hello: bool = False) -> None:
         self.framework, self.timeout, self.name = framework, timeout, name or framework or "protocol"
-        self.cfg = cfg
+        self.cfg: dict[str, Any] = cfg.as_dict() if isinstance(cfg, BenchConfig) else dict(cfg)
         self.log_path, self.phase, self.events = Path(log_path), "start", []
         self._kill_lock = threading.Lock()
         self.on_progress: Any = None  # called with (name, epoch_stop event) while a request runs
@@ -101,7 +111,7 @@ class Worker:
         env.pop(FAULTS_ENV, None)
         if faults:
             env[FAULTS_ENV] = "1"
-        if cfg["device"] == "cpu":
+        if self.cfg["device"] == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""  # every framework then runs on the CPU
         env.update(extra_env or {})
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,7 +123,7 @@ class Worker:
         _LIVE[self.proc.pid] = self.proc
         child.close()
         self.conn = Connection(parent.detach())
-        self.hello_args = dict(framework=framework, cfg=cfg, bundle=str(bundle_dir))
+        self.hello_args = dict(framework=framework, cfg=self.cfg, bundle=str(bundle_dir))
         self.info: dict[str, Any] = {}
         if not defer_hello:  # a replica group says hello to all its workers at once (they rendezvous)
             self.info = self.request("hello", **self.hello_args)
@@ -158,32 +168,7 @@ class Worker:
         except (EOFError, OSError):
             ready, answer = True, None
         if answer is None:
-            if ready:  # the connection closed: the worker died
-                try:
-                    self.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    pass
-                how = _describe_exit(self.proc.poll())
-                self.kill()
-                if self.cfg.get("worker_memory_limit") and how.removeprefix("killed by ") in NATIVE_CRASHES:
-                    from ..frameworks.protocol import out_of_memory_message
-                    detail = (f"most likely; the worker was {how} (native code that cannot allocate often "
-                              f"crashes instead of raising; worker log {self.log_path})")
-                    error = WorkerError(f"{self.name}: " + out_of_memory_message(
-                        self.framework, cmd, self.cfg, detail, _last_epoch(self.events), memory="host"), "died")
-                    if self._tail():  # one line to read; the crash's own account below it in pytest's output
-                        error.add_note(self._tail().lstrip("\n"))
-                    raise error
-                hint = ("; SIGKILL from outside the suite is what the kernel's out-of-memory killer sends "
-                        "(see dmesg): --worker-memory-limit turns that into a clean error"
-                        if how == "killed by SIGKILL" else "")
-                raise WorkerError(f"{self.name} worker died ({how}) during '{cmd}'{hint}{self._tail()}", "died")
-            stopped = self._stopped()
-            self._dump_stacks()
-            self.kill()
-            why = " (it was stopped: SIGSTOP, Ctrl-Z or a debugger)" if stopped else ""
-            raise WorkerError(f"{self.name} worker hung{why}: no answer to '{cmd}' within {timeout:g} s "
-                              f"(--worker-timeout); killed it{self._tail()}", "stopped" if stopped else "hung")
+            raise self._died(cmd) if ready else self._hung(cmd, timeout)  # ready: the connection closed
         self.events.extend(answer.get("events", []))
         if not answer["ok"]:
             self.kill()
@@ -192,6 +177,41 @@ class Worker:
             raise WorkerError(f"{self.name} worker failed during '{cmd}': {answer['error']}\n"
                               f"{answer.get('traceback', '')}{self._tail()}", "failed")
         return answer["result"]
+
+    def _died(self, cmd: str) -> WorkerError:
+        """The worker is gone during CMD: how (exit code, signal), killed and reaped; under a memory
+        cap a native crash is most likely an allocation that failed, and says so in one line."""
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        how = _describe_exit(self.proc.poll())
+        self.kill()
+        limit = self.cfg.get("worker_memory_limit")
+        if limit and how.removeprefix("killed by ") in NATIVE_CRASHES:
+            from ..frameworks.protocol import out_of_memory_message
+            detail = (f"most likely; the worker was {how} (native code that cannot allocate often "
+                      f"crashes instead of raising; worker log {self.log_path})")
+            error = WorkerError(f"{self.name}: " + out_of_memory_message(
+                self.framework, cmd, detail, _last_epoch(self.events), device=self.cfg.get("device"),
+                batch_size=self.cfg.get("batch_size"), image_size=self.cfg.get("image_size"), limit_mib=limit,
+                memory="host"), "died")
+            if self._tail():  # one line to read; the crash's own account below it in pytest's output
+                error.add_note(self._tail().lstrip("\n"))
+            return error
+        hint = ("; SIGKILL from outside the suite is what the kernel's out-of-memory killer sends "
+                "(see dmesg): --worker-memory-limit turns that into a clean error"
+                if how == "killed by SIGKILL" else "")
+        return WorkerError(f"{self.name} worker died ({how}) during '{cmd}'{hint}{self._tail()}", "died")
+
+    def _hung(self, cmd: str, timeout: float) -> WorkerError:
+        """No answer to CMD within TIMEOUT: its stacks into the log, then killed."""
+        stopped = self._stopped()
+        self._dump_stacks()
+        self.kill()
+        why = " (it was stopped: SIGSTOP, Ctrl-Z or a debugger)" if stopped else ""
+        return WorkerError(f"{self.name} worker hung{why}: no answer to '{cmd}' within {timeout:g} s "
+                           f"(--worker-timeout); killed it{self._tail()}", "stopped" if stopped else "hung")
 
     def _stopped(self) -> bool:
         """Whether the process is stopped rather than busy or waiting (a replica whose peers wait on it)."""
@@ -276,34 +296,33 @@ class _Session:
                 conn.send({"progress": event})
 
         self.timeline = Timeline(sink=progress)
-        self.backend: Any = None
-        self.cls: Any = None
-        self.cfg: dict[str, Any] = {}
+        self.backend: Backend | None = None
+        self.cls: type[Backend] | None = None
+        self.cfg: BenchConfig | None = None  # the case's, typed again from the dict that crossed the pipe
         self.bare: Any = None
 
     def hello(self, msg: dict) -> dict[str, Any]:
         if msg["framework"] is None:  # protocol only, no framework
             return {"framework": None, "pid": os.getpid()}
         from ..data import Bundle
-        from ..frameworks import load_backend
-        self.cfg = msg["cfg"]
-        if self.cfg.get("worker_memory_limit"):
-            _limit_memory(self.cfg["worker_memory_limit"])
+        from ..registry import load_backend
+        self.cfg = cfg = BenchConfig.from_dict(msg["cfg"])
+        if cfg.worker_memory_limit:
+            _limit_memory(cfg.worker_memory_limit)
         start = time.perf_counter()
         self.cls = load_backend(msg["framework"])  # imports the framework: a fresh process's import time
         import_s = time.perf_counter() - start
-        self.backend = self.cls(self.cfg, Bundle.read(msg["bundle"]), self.timeline)
+        self.backend = self.cls(cfg, Bundle.read(msg["bundle"]), self.timeline)
         return dict(self.backend.info(), import_s=import_s, pid=os.getpid())
 
     def bare_steps(self, msg: dict) -> dict[str, Any]:
         """The overhead check's reference loop, built once, in this same process."""
         from ..frameworks.bare import make_step, timed_rounds
         if self.bare is None:
-            cfg = self.backend.cfg
-            step, sync = make_step(msg["framework"], msg["model"], cfg["batch_size"], cfg["device"], cfg["image_size"],
-                                   compiled=self.backend.compiled, precision=cfg.get("precision"),
-                                   channels_last=bool(cfg.get("channels_last")),
-                                   train_layers=cfg.get("train_layers", "all"))
+            cfg = self.cfg
+            step, sync = make_step(msg["framework"], msg["model"], cfg.batch_size, cfg.device, cfg.image_size,
+                                   compiled=self.backend.compiled, precision=cfg.precision,
+                                   channels_last=cfg.channels_last, train_layers=cfg.train_layers)
             timed_rounds(step, sync, max(msg.get("warmup", 1), 1), 1)
             self.bare = (step, sync)
         return {"seconds": timed_rounds(*self.bare, msg["count"], 1)[0]}
