@@ -1,7 +1,7 @@
 """PyTorch vs TensorFlow (and Keras on JAX) fine-tuning benchmark: a pytest-benchmark plugin, its experiment and its tools.
 
 Layers, lowest first (each imports only the ones below it; tests/test_plugin.py checks):
-    files, config, machine, frameworks/__init__ (the registry)   leaf modules
+    files, settings, config, machine, peaks, registry   leaf modules (settings: the one table of options)
     data/          CIFAR-10 format, download, synthetic set, subsets and orders
     models.py      what every framework must agree on per model
     telemetry/     timeline (in the worker), monitor (in the parent)

@@ -37,6 +37,7 @@ class WeightFile:
     hash_kind: str | None  # "sha256-prefix" (torchvision: in the file name), "md5" (Keras' file_hash), None
     published: str | None  # the published hash (or prefix); None: the zoo publishes none for this file
     where: str       # where that hash is published
+    sizes: tuple[int, ...] = ()  # one ImageNet training per input size (name and url say 224); else 224's
 
     @property
     def label(self) -> str:
@@ -61,19 +62,17 @@ FILES: dict[tuple[str, str], WeightFile] = {(f.zoo, f.model): f for f in (
                "md5", "253f8cb515780f3b799900260a226db6", "keras.applications.vgg19 file_hash"),
     WeightFile("keras", "mobilenet_v2", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
                _KERAS + "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
-               None, None, "keras.applications.mobilenet_v2 downloads it without a hash"),
+               None, None, "keras.applications.mobilenet_v2 downloads it without a hash", sizes=(96, 128, 160, 192, 224)),
 )}
 
 
-KERAS_MOBILENET_V2_ROWS = (96, 128, 160, 192, 224)  # keras.applications has one file per input size; else 224
-
-
 def file_for(zoo: str, model: str, image_size: int = 32) -> WeightFile:
-    """The file ZOO's MODEL loads at IMAGE_SIZE: Keras' MobileNetV2 has one ImageNet training per input
-    size (96 ... 224) and takes the 224 one for any other size, as keras.applications does."""
+    """The file ZOO's MODEL loads at IMAGE_SIZE: a row with `sizes` (Keras' MobileNetV2: one ImageNet
+    training per input size, 96 ... 224) names the one for that size, and 224's for any other, as
+    keras.applications does."""
     f = FILES[(zoo, model)]
-    rows = image_size if image_size in KERAS_MOBILENET_V2_ROWS else 224
-    if (zoo, model) != ("keras", "mobilenet_v2") or rows == 224:
+    rows = image_size if image_size in f.sizes else 224
+    if rows == 224:
         return f
     return dataclasses.replace(f, name=f.name.replace("_224_", f"_{rows}_"), url=f.url.replace("_224_", f"_{rows}_"))
 
