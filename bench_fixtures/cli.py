@@ -9,7 +9,7 @@
     bench machine [--slug]                    what machine this is, as the results record it
     bench weights fetch|check DIR             pretrained weight files for --weights-dir: fetch (verified) or check
 
-`python -m bench_fixtures.<tool>` runs the same tools.
+`python -m bench_fixtures TOOL` runs the same tools.
 """
 from __future__ import annotations
 
@@ -75,7 +75,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: unknown command {argv[0]!r}; choose one of {', '.join(TOOLS)} (bench --help)", file=sys.stderr)
         return 2
     return run_tool(argv[0], argv[1:])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

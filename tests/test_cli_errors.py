@@ -247,3 +247,15 @@ def test_unwritable_output_folder_stops_the_session_at_startup(tmp_path, readonl
         assert_one_line_usage_error(proc, f"{option}: cannot write to {readonly_dir}", f"give {option} a writable folder")
     assert list(readonly_dir.iterdir()) == []
     assert_nothing_written(tmp_path)
+
+
+def test_the_tools_have_two_doors_bench_and_python_m_bench_fixtures():
+    """`bench TOOL` and `python -m bench_fixtures TOOL`; the per-module shims (`python -m
+    bench_fixtures.gate`, `.report`, `.parity`, `.overhead`) are gone, and the help names no other door."""
+    import importlib.util
+    r = subprocess.run([sys.executable, "-m", "bench_fixtures", "--help"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and "`python -m bench_fixtures TOOL` runs the same tools." in r.stdout
+    assert "bench_fixtures.<tool>" not in r.stdout and "bench report RUN.json" in r.stdout
+    for tool in ("gate", "report", "parity", "overhead"):
+        assert importlib.util.find_spec(f"bench_fixtures.{tool}") is None, tool

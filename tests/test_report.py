@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from bench_fixtures.analysis import dx, report
+from bench_fixtures.analysis import dx, figures, report
 from bench_fixtures.analysis.report import write_report
-from bench_fixtures.analysis.results import ResultsError, cases, setups
+from bench_fixtures.analysis.results import ResultsError, Run, cases, read_run, setups
 from bench_fixtures.telemetry import timeline as tl
 
 
@@ -63,7 +63,7 @@ def test_report_without_telemetry_notes_it(saved_runs, tmp_path):
 def test_report_cli_on_a_bad_file(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{\"benchmarks\": [")
-    r = subprocess.run([sys.executable, "-m", "bench_fixtures.report", str(bad), "--out", str(tmp_path / "o")],
+    r = subprocess.run([sys.executable, "-m", "bench_fixtures", "report", str(bad), "--out", str(tmp_path / "o")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "bad.json: not valid JSON" in r.stderr
 
@@ -98,7 +98,7 @@ def test_dx_recorded_in_a_real_run(saved_runs):
 def test_report_refuses_a_file_as_out_and_writes_nothing(saved_runs, tmp_path):
     target = tmp_path / "report.txt"
     target.write_text("keep me")
-    r = subprocess.run([sys.executable, "-m", "bench_fixtures.report", str(saved_runs[0]), "--out", str(target)],
+    r = subprocess.run([sys.executable, "-m", "bench_fixtures", "report", str(saved_runs[0]), "--out", str(target)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "is a file, not a folder" in r.stderr and "Traceback" not in r.stderr
     assert target.read_text() == "keep me" and sorted(p.name for p in tmp_path.iterdir()) == ["report.txt"]
@@ -286,12 +286,12 @@ def test_a_gpu_run_plots_the_memory_nvml_sees(tmp_path):
     md = report.write_report([path], tmp_path / "out").read_text()
     assert "a CPU run cannot show" not in md and "timeline_mobilenet_v2_defaults.png" in md
     tel = json.loads((tmp_path / "run" / "test_finetune-tensorflow-mobilenet_v2-defaults.json").read_text())
-    assert report._memory_series(tel) == ("proc_mem", "GPU memory, this process (MiB)")
-    assert "NVML" in report._memory_caption({"tensorflow": (tel, EPOCHS)})
+    assert figures._memory_series(tel) == ("proc_mem", "GPU memory, this process (MiB)")
+    assert "NVML" in figures._memory_caption({"tensorflow": (tel, EPOCHS)})
     telemetry(tmp_path / "unlisted.json", "nvml", mem_key="device_mem")
     unlisted = json.loads((tmp_path / "unlisted.json").read_text())
-    assert report._memory_series(unlisted)[0] == "device_mem"  # NVML did not list the worker: the device's
-    assert report._memory_series(dict(monitor=dict(backend="psutil"), samples=[]))[1] == "resident host memory (MiB)"
+    assert figures._memory_series(unlisted)[0] == "device_mem"  # NVML did not list the worker: the device's
+    assert figures._memory_series(dict(monitor=dict(backend="psutil"), samples=[]))[1] == "resident host memory (MiB)"
 
 
 def test_a_setup_that_is_not_a_name_is_refused_and_nothing_is_written(tmp_path):
@@ -315,7 +315,7 @@ def test_a_one_and_a_two_replica_run_give_the_scaling_table_and_plot(tmp_path):
     two = json.loads(open(two_path).read())
     two["benchmarks"] = [b for b in two["benchmarks"] if b["extra_info"]["framework"] == "torch"]
     open(two_path, "w").write(json.dumps(two))
-    points = report.scaling_points([json.loads(open(one).read()), two], "matched")
+    points = report.scaling_points([read_run(one), Run.from_doc(two)], "matched")
     assert points == {("torch", "mobilenet_v2"): {1: 200.0, 2: 300.0}}
     assert report.efficiency(points["torch", "mobilenet_v2"], 2) == 0.75
     out = tmp_path / "out"

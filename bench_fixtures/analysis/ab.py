@@ -281,6 +281,14 @@ def run_file(side: str, cfg: Any, results: dict[str, dict[str, Any]], measure: s
 
 
 def main(argv: list[str] | None = None, prog: str = "bench ab") -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    a = parse(argv, prog)
+    outcome = run(a, argv, prog)
+    return outcome if isinstance(outcome, int) else conclude(outcome, a)
+
+
+def parse(argv: list[str], prog: str) -> argparse.Namespace:
+    """bench ab's options (argparse exits 2 on a bad one, naming it as typed)."""
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 allow_abbrev=False)  # an error names the option as typed, never a longer one
     for side in SIDES:
@@ -304,8 +312,13 @@ def main(argv: list[str] | None = None, prog: str = "bench ab") -> int:
     p.add_argument("--accuracy-points", type=float, default=2.0, help="accuracy: the drop that counts (2.0 pt)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (0.05)")
     p.add_argument("--out", required=True, help="folder for baseline.json, candidate.json, verdict.json")
-    argv = sys.argv[1:] if argv is None else argv
-    a = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def run(a: argparse.Namespace, argv: list[str], prog: str) -> tuple[list[dict[str, Any]], Path] | int:
+    """The session: every case's alternated rounds and verdict (printed as it comes), the three files
+    written to --out; (verdicts, out folder), or CANNOT_RUN once the reason is printed. The workers
+    and the work folder go, whatever happens."""
     interrupt_on_termination()  # SIGTERM, SIGHUP: like Ctrl-C, so the cleanup below runs
     work = claim = None
     try:
@@ -320,11 +333,7 @@ def main(argv: list[str] | None = None, prog: str = "bench ab") -> int:
         except DataError as e:
             print(f"{prog}: {rename_options(str(e), OPTION_NAMES)}", file=sys.stderr)
             return CANNOT_RUN
-        print(f"{prog}: {cfg.headline().removeprefix('bench: ')}; {a.pairs} alternated pairs of "
-              f"{'%d steps' % cfg.step_count if a.measure == 'steps' else 'fine-tunes'}")
-        for side in SIDES:
-            env = " ".join(f"{k}={v}" for k, v in sides[side]["env"].items())
-            print(f"  {side}: {sides[side]['python']}{' with ' + env if env else ''}")
+        announce(a, cfg, sides, prog)
         results, verdicts = {}, []
         for model in a.model:
             for framework in a.framework:
@@ -336,12 +345,7 @@ def main(argv: list[str] | None = None, prog: str = "bench ab") -> int:
         files = {f"{side}.json": run_file(side, cfg, results, a.measure, sides, argv) for side in SIDES}
         files["verdict.json"] = dict(threshold=a.threshold, alpha=a.alpha, measure=a.measure, pairs=a.pairs,
                                      sides=sides, cases=verdicts)
-        try:
-            for name, payload in files.items():
-                write_json_atomic(out / name, payload)
-        except OSError as e:  # the disk filled up during the session: the verdict, then say it was not kept
-            print(f"{prog}: --out {a.out}: cannot write {name} ({e.strerror or e}); the verdict above was not "
-                  f"kept", file=sys.stderr)
+        if not save(files, out, a.out, prog):
             return CANNOT_RUN
     except KeyboardInterrupt as e:
         kill_all()
@@ -353,6 +357,33 @@ def main(argv: list[str] | None = None, prog: str = "bench ab") -> int:
             work.remove()
         if claim is not None:
             claim.release()
+    return verdicts, out
+
+
+def announce(a: argparse.Namespace, cfg: Any, sides: dict[str, dict[str, Any]], prog: str) -> None:
+    """What the session measures and with which interpreters, before the first round."""
+    print(f"{prog}: {cfg.headline().removeprefix('bench: ')}; {a.pairs} alternated pairs of "
+          f"{'%d steps' % cfg.step_count if a.measure == 'steps' else 'fine-tunes'}")
+    for side in SIDES:
+        env = " ".join(f"{k}={v}" for k, v in sides[side]["env"].items())
+        print(f"  {side}: {sides[side]['python']}{' with ' + env if env else ''}")
+
+
+def save(files: dict[str, dict[str, Any]], out: Path, given: str, prog: str) -> bool:
+    """FILES written into OUT, each atomically; False (said on stderr) when the disk refuses one."""
+    try:
+        for name, payload in files.items():
+            write_json_atomic(out / name, payload)
+    except OSError as e:  # the disk filled up during the session: the verdict, then say it was not kept
+        print(f"{prog}: --out {given}: cannot write {name} ({e.strerror or e}); the verdict above was not "
+              f"kept", file=sys.stderr)
+        return False
+    return True
+
+
+def conclude(outcome: tuple[list[dict[str, Any]], Path], a: argparse.Namespace) -> int:
+    """The session's verdict line and exit code: a regression first, then a case that could not be compared."""
+    verdicts, out = outcome
     bad = [v for v in verdicts if v["verdict"] == "REGRESSION"]
     unreadable = [v for v in verdicts if v["verdict"] == "cannot compare"]
     if bad:
@@ -413,7 +444,3 @@ def format_verdict(v: dict[str, Any], result: dict[str, Any]) -> str:
                      f"(n={acc['test_size']}, p={acc['p']:.3g})")
     lines += [f"  {f}" for f in v["findings"]]
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    sys.exit(main(prog="python -m bench_fixtures.analysis.ab"))

@@ -217,7 +217,3 @@ def main(argv: list[str] | None = None, prog: str = "bench overhead") -> int:
     if a.out:
         write_json_atomic(a.out, rows)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(prog="python -m bench_fixtures.analysis.overhead"))

@@ -20,265 +20,26 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from ..config import MODELS  # noqa: E402
-from ..files import OutputError as Unwritable, check_writable, folder_problem  # noqa: E402
-from ..models import gflops, start_text  # noqa: E402
-from ..frameworks import FRAMEWORKS as REGISTRY  # noqa: E402
-from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, FIRST_STEP_END, PROJECTED_EPOCHS,  # noqa: E402
-                                  RUN_START, step_intervals)
-from .findings import findings, round_rates  # noqa: E402
-from .html import to_html  # noqa: E402
-from .results import (ResultsError, case_name, cases, disturbance_of, failed, load_run, load_telemetry,  # noqa: E402
-                      models_in, setups)
-
-FRAMEWORKS = tuple(REGISTRY)
-COLORS = {f.name: f.color for f in REGISTRY.values()}
-LIGHT = {f.name: f.light for f in REGISTRY.values()}
+from ..config import MODELS
+from ..files import OutputError as Unwritable, check_writable, folder_problem
+from .parity import gflops, start_text
+from ..registry import NAMES
+from ..settings import COMPARABLE
+from ..telemetry.timeline import PROJECTED_EPOCHS
+from .figures import (ByCase, plot_accuracy, plot_accuracy_curves, plot_overhead_share, plot_scaling,
+                      plot_throughput, plot_time, plot_timelines, plot_trend)
+from .findings import findings
+from .html import to_html
+from .results import Case, ResultsError, Run, is_number, models_in, read_run
 
 
 class OutputError(ResultsError):
     """The report's folder cannot take the report; the message names it and the fix."""
 
 
-def _telemetry(b: dict, base: Path) -> dict | None:
-    """The case's timeline through the one validator (a regular file, size-capped, its schema
-    checked); None when the run names none or it is not there."""
-    return load_telemetry(b, base)
-
-
-def _save(fig, path: Path, where: str = "") -> str:
-    """PATH from FIG, headed by WHERE: the profile, device and setup it shows (every figure says it)."""
-    if where:
-        fig.suptitle(where, fontsize=9, color="#444444")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
-
-
-def _ran(*sources: dict) -> list[str]:
-    """The frameworks with a case in any of SOURCES, in registry order (one bar each per model)."""
-    return [fw for fw in FRAMEWORKS if any(f == fw for src in sources for f, _ in src)]
-
-
-def _offsets(n: int, span: float = 0.8) -> tuple[list[float], float]:
-    """Bar offsets around each model's tick for N bars side by side, and their width."""
-    width = span / max(n, 1)
-    return [(i - (n - 1) / 2) * width for i in range(n)], width
-
-
-def plot_accuracy(ft: dict, out: Path, setup: str, where: str = "") -> str:
-    models = models_in(ft)
-    fig, ax = plt.subplots(figsize=(8, 4))
-    fws = _ran(ft)
-    offsets, width = _offsets(2 * len(fws))
-    for i, fw in enumerate(fws):
-        for j, (key, label) in enumerate((("accuracy_before", "before"), ("accuracy_after", "after"))):
-            xs = [k + offsets[2 * i + j] for k in range(len(models))]
-            vals = [100 * _num(ft[(fw, m)]["extra_info"].get(key)) if (fw, m) in ft else 0 for m in models]
-            ax.bar(xs, vals, width, color=COLORS[fw] if j else LIGHT[fw], label=f"{fw} {label}")
-    ax.set_xticks(range(len(models)), models)
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Accuracy before and after fine-tuning (setup: {setup})")
-    ax.legend(fontsize=8)
-    return _save(fig, out / "accuracy.png", where)
-
-
-def plot_accuracy_curves(ft: dict, out: Path, setup: str, where: str = "") -> str | None:
-    """Test accuracy after each epoch over the training seconds so far, per model and framework
-    (the time-to-accuracy view; the target as a line). None without per-epoch evaluation."""
-    models = [m for m in models_in(ft) if any(len(ft[(fw, m)]["extra_info"].get("accuracy_curve") or []) >= 1
-                                            for fw in FRAMEWORKS if (fw, m) in ft)]
-    if not models:
-        return None
-    target = _target(ft)
-    fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 3.8), squeeze=False)
-    for ax, m in zip(axes[0], models):
-        for fw in FRAMEWORKS:
-            curve = (ft.get((fw, m)) or {}).get("extra_info", {}).get("accuracy_curve") or []
-            pts = [(p["train_s"], 100 * p["accuracy"]) for p in curve if isinstance(p, dict)]
-            if pts:
-                ax.plot([0] + [p[0] for p in pts], [100 * _num(ft[(fw, m)]["extra_info"].get("accuracy_before"))]
-                        + [p[1] for p in pts], marker="o", color=COLORS[fw], label=fw)
-        if target is not None:
-            ax.axhline(100 * target, color="grey", linestyle="--", linewidth=1, label=f"target {100 * target:.0f}%")
-        ax.set_xlabel("training seconds (steps only)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{m}: accuracy over training time ({setup})", fontsize=9)
-        ax.legend(fontsize=8)
-    return _save(fig, out / "accuracy_curve.png", where)
-
-
-def plot_time(ft: dict, out: Path, setup: str, where: str = "") -> str:
-    models = models_in(ft)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, (title, get) in zip(axes, (
-            ("Total fine-tuning time (s)", lambda b: b["stats"]["median"]),
-            ("Median epoch time (s)", lambda b: _median(b["extra_info"].get("epoch_times_s"))))):
-        fws = _ran(ft)
-        offsets, width = _offsets(len(fws))
-        for i, fw in enumerate(fws):
-            vals = [get(ft[(fw, m)]) if (fw, m) in ft else 0 for m in models]
-            ax.bar([k + offsets[i] for k in range(len(models))], vals, width, color=COLORS[fw], label=fw)
-        ax.set_xticks(range(len(models)), models)
-        ax.set_title(f"{title}, setup: {setup}")
-        ax.legend(fontsize=8)
-    return _save(fig, out / "training_time.png", where)
-
-
-def _series(tel: dict, key: str) -> tuple[list[float], list[float], int]:
-    start = next((e["t_ns"] for e in tel["events"] if e["name"] == RUN_START), None)
-    if start is None:
-        start = min((s["t_ns"] for s in tel["samples"]), default=0)
-    pts = [((s["t_ns"] - start) / 1e9, s[key]) for s in tel["samples"] if s.get(key) is not None]
-    return [p[0] for p in pts], [p[1] for p in pts], start
-
-
-def _mark_epochs(ax, tel: dict, start: int, epochs: int) -> None:
-    _, gaps = step_intervals(tel["events"], epochs)
-    for a, b in gaps:
-        ax.axvspan((a - start) / 1e9, (b - start) / 1e9, color="grey", alpha=0.25, lw=0)
-    for e in tel["events"]:
-        if e["name"] == EPOCH_START:
-            ax.axvline((e["t_ns"] - start) / 1e9, color="black", lw=0.6, ls=":")
-
-
-def _memory_series(tel: dict) -> tuple[str, str]:
-    """Which memory a case's samples hold, and its axis label. NVML lists the worker's own GPU
-    memory (where an up-front reservation shows); inside a container's PID namespace it may not
-    list the worker, and the whole device's memory is the closest it can see (cases run one at a
-    time). psutil sees the worker's resident host memory."""
-    if (tel.get("monitor") or {}).get("backend") != "nvml":
-        return "proc_mem", "resident host memory (MiB)"
-    if any(s.get("proc_mem") is not None for s in tel["samples"]):
-        return "proc_mem", "GPU memory, this process (MiB)"
-    return "device_mem", "GPU memory, whole device (MiB)"
-
-
-def _memory_caption(tels: dict) -> str:
-    """What the memory plot can show: on a GPU the reservation NVML sees, on a CPU host memory only."""
-    if any((tel.get("monitor") or {}).get("backend") == "nvml" for tel, _ in tels.values()):
-        return ("GPU memory as NVML sees it: an up-front reservation or block-wise growth shows here\n"
-                "triangles: the framework's own peak in use per epoch"
-                + (" (JAX's: since its worker started; it cannot reset its peak)" if "jax" in tels else ""))
-    return ("the worker's resident host memory (psutil): a CPU run has no GPU memory to reserve\n"
-            "triangles, where a framework reports one: its peak per epoch")
-
-
-HATCHES = ("//", "\\\\", "xx", "..")
-
-
-def _first_step_span(tel: dict, start: int) -> tuple[float, float] | None:
-    """Seconds since run start to the end of the first step: tracing, compilation, the first batch."""
-    end = next((e["t_ns"] for e in tel["events"] if e["name"] == FIRST_STEP_END and e.get("epoch") == 0), None)
-    return None if end is None else (0.0, (end - start) / 1e9)
-
-
-def plot_timelines(ft: dict, base: Path, out: Path, notes: list[str], setup: str, suffix: str = "",
-                   label: str = "", where: str = "") -> list[str]:
-    """Per model, one figure: utilisation above, memory below, every framework on the same time
-    axis (seconds since its run start), its first step (tracing, compilation) marked as a band in
-    its colour, its inter-epoch gaps shaded and epoch starts dotted; files end in SUFFIX (another
-    setup's figures beside the first's), case names in notes in LABEL."""
-    files = []
-    for m in models_in(ft):
-        tels = {}
-        for fw in FRAMEWORKS:
-            if (fw, m) not in ft:
-                continue
-            tel = _telemetry(ft[(fw, m)], base)
-            if tel is None:
-                notes.append(f"{fw}-{m}{label}: no telemetry file (run without telemetry or file moved); "
-                             f"utilisation and memory plots omit it")
-            else:
-                tels[fw] = (tel, ft[(fw, m)]["extra_info"].get("epochs") or 0)
-        if not tels:
-            continue
-        fig, (util_ax, mem_ax) = plt.subplots(2, 1, figsize=(11, 6.6), sharex=True)
-        labels = []
-        for i, (fw, (tel, epochs)) in enumerate(tels.items()):
-            xs, ys, start = _series(tel, "util")
-            span = _first_step_span(tel, start)
-            first = f"; first step {span[1]:.2f} s" if span else ""
-            util_ax.plot(xs, [100 * y for y in ys], color=COLORS[fw], lw=1,
-                         label=f"{fw} ({(tel.get('monitor') or {}).get('backend')}{first})")
-            key, mem_label = _memory_series(tel)
-            xs, ys, _ = _series(tel, key)
-            mem_ax.plot(xs, [y / 2**20 for y in ys], color=COLORS[fw], lw=1.2, label=fw)
-            labels.append(mem_label)
-            for e in tel["events"]:
-                peak = (e.get("memory") or {}).get("peak") if e["name"] == EPOCH_STOP else None
-                if peak:
-                    mem_ax.plot((e["t_ns"] - start) / 1e9, peak / 2**20, "v", color=COLORS[fw], ms=6)
-            _, gaps = step_intervals(tel["events"], epochs)
-            for ax in (util_ax, mem_ax):
-                if span:  # a hatch of its own per framework: torch's and TensorFlow's colours are close
-                    ax.axvspan(*span, facecolor="none", edgecolor=matplotlib.colors.to_rgba(COLORS[fw], 0.35), lw=0.8,
-                               hatch=HATCHES[i % len(HATCHES)])
-                for a, b in gaps:
-                    ax.axvspan((a - start) / 1e9, (b - start) / 1e9, color=LIGHT[fw], alpha=0.45, lw=0)
-                for e in tel["events"]:
-                    if e["name"] == EPOCH_START:
-                        ax.axvline((e["t_ns"] - start) / 1e9, color=COLORS[fw], lw=0.6, ls=":")
-        util_ax.set_ylim(0, 105)
-        util_ax.set_ylabel("utilisation (%)")
-        util_ax.legend(loc="lower right", fontsize=8)
-        util_ax.set_title(f"{m}: utilisation and memory over time, setup {setup} (hatched: first step, tracing "
-                          f"or compilation; shaded: between epochs; dotted: epoch start)", fontsize=9)
-        mem_ax.set_ylabel(labels[0] if len(set(labels)) == 1 else "memory (MiB)")
-        mem_ax.set_xlabel("seconds since each framework's run start")
-        mem_ax.legend(loc="lower right", fontsize=8)
-        mem_ax.set_title(_memory_caption(tels), fontsize=8)
-        files.append(_save(fig, out / f"timeline_{m}{suffix}.png", where))
-    return files
-
-
-def plot_throughput(ft: dict, ts: dict, out: Path, setup: str, where: str = "") -> str:
-    models = models_in(ft) or models_in(ts)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, (title, src, key) in zip(axes, (("Steady-state throughput (images/s)", ts, "train_images_per_s"),
-                                            ("Time to first step (s)", ft, "time_to_first_step_s"))):
-        fws = _ran(src)
-        offsets, width = _offsets(len(fws))
-        for i, fw in enumerate(fws):
-            vals = [(src[(fw, m)]["extra_info"].get(key) or 0) if (fw, m) in src else 0 for m in models]
-            ax.bar([k + offsets[i] for k in range(len(models))], vals, width, color=COLORS[fw], label=fw)
-        ax.set_xticks(range(len(models)), models)
-        ax.set_title(f"{title}, setup: {setup}")
-        if fws:
-            ax.legend(fontsize=8)
-        else:  # a run without this kind of case (no test_train_step): say so, never an empty legend
-            ax.text(0.5, 0.5, "not measured in this run", transform=ax.transAxes, ha="center", va="center")
-    return _save(fig, out / "throughput.png", where)
-
-
-def plot_trend(runs: list[dict], out: Path, setup: str, where: str = "") -> str:
-    fig, ax = plt.subplots(figsize=(10, 4))
-    keys = sorted({k for r in runs for k in cases(r, "test_finetune", setup)})
-    for fw, m in keys:
-        ys = [(cases(r, "test_finetune", setup).get((fw, m)) or {}).get("stats", {}).get("median") for r in runs]
-        ax.plot(range(1, len(runs) + 1), ys, "o-", color=COLORS[fw], alpha=0.4 + 0.2 * MODELS.index(m), label=f"{fw}-{m}")
-    ax.set_xlabel("run")
-    ax.set_ylabel("fine-tuning time (s)")
-    ax.set_title(f"Fine-tuning time across runs (setup: {setup})")
-    ax.legend(fontsize=7, ncol=2)
-    return _save(fig, out / "trend.png", where)
-
-
-def _in_order(ft: dict) -> list[tuple[tuple[str, str], dict]]:
+def _in_order(ft: ByCase) -> list[tuple[tuple[str, str], Case]]:
     """FT's cases by model, then framework, in the suite's order (as the tables list them)."""
-    return [((fw, m), ft[(fw, m)]) for m in MODELS for fw in FRAMEWORKS if (fw, m) in ft]
-
-
-def _projection(b: dict) -> dict | None:
-    """The case's overhead projection (None: not recorded, or its timeline lacked events)."""
-    p = (b.get("extra_info") or {}).get("overhead_projection")
-    return p if isinstance(p, dict) else None
+    return [((fw, m), ft[(fw, m)]) for m in MODELS for fw in NAMES if (fw, m) in ft]
 
 
 def _share_points(p: dict) -> list[tuple[int, float]]:
@@ -296,60 +57,48 @@ def _below_noise(p: dict | None) -> bool:
     return isinstance(one_time, (int, float)) and one_time < 0
 
 
-def plot_overhead_share(fts: dict[str, dict], out: Path, where: str = "") -> str | None:
-    """Overhead share of total time vs epochs (log x), per case and setup: the fixed cost fading
-    (or a per-gap cost staying) as runs get longer. Cases whose fixed cost is below the noise are
-    left out (their shares are not figures). None when no case has a projection to draw."""
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    styles, drawn = ("-", "--", ":", "-."), False
-    for i, (setup, ft) in enumerate(fts.items()):
-        for (fw, m), b in _in_order(ft):
-            p = _projection(b)
-            pts = [] if _below_noise(p) else _share_points(p or {})
+def overhead_shares(fts: dict[str, ByCase]) -> dict[str, dict[tuple[str, str], list[tuple[int, float]]]]:
+    """Per setup, each case's (epochs, overhead share) points for overhead_share.png, in the tables'
+    order; a case whose fixed cost is below the noise has none (its shares are not figures)."""
+    shares: dict[str, dict[tuple[str, str], list[tuple[int, float]]]] = {}
+    for setup, ft in fts.items():
+        shares[setup] = {}
+        for key, c in _in_order(ft):
+            pts = [] if _below_noise(c.projection) else _share_points(c.projection or {})
             if pts:
-                ax.plot([x for x, _ in pts], [100 * y for _, y in pts], marker="osd^"[MODELS.index(m) % 4],
-                        ls=styles[i % 4], color=COLORS[fw], label=f"{fw}-{m} ({setup})")
-                drawn = True
-    if not drawn:
-        plt.close(fig)
-        return None
-    ax.set_xscale("log")
-    ax.set_xlabel("epochs (first point: measured; the others projected from it)")
-    ax.set_ylabel("overhead share of total time (%)")
-    ax.set_title(f"Overhead share vs run length, projected (setup: {', '.join(fts)})")
-    ax.legend(fontsize=8)
-    return _save(fig, out / "overhead_share.png", where)
+                shares[setup][key] = pts
+    return shares
 
 
-def scaling_points(runs: list[dict], setup: str) -> dict[tuple[str, str], dict[int, float]]:
+def scaling_points(runs: list[Run], setup: str) -> dict[tuple[str, str], dict[int, float]]:
     """(framework, model) -> {replicas: global steady images/s} over every run given (a later run
     replaces an earlier one's figure for the same replica count); only cases measured at two or
     more replica counts. The steady rate leaves the first steps (tracing, compilation) out."""
     points: dict[tuple[str, str], dict[int, float]] = {}
     for run in runs:
-        for key, b in cases(run, "test_finetune", setup).items():
-            e = b.get("extra_info") or {}
-            rate, n = e.get("step_images_per_s"), e.get("replicas", 1)
-            if isinstance(rate, (int, float)) and isinstance(n, int) and n >= 1 and rate > 0:
+        for key, c in run.select("test_finetune", setup).items():
+            rate, n = c.extra_info.get("step_images_per_s"), c.extra_info.get("replicas")
+            if is_number(rate) and isinstance(n, int) and n >= 1 and rate > 0:
                 points.setdefault(key, {})[n] = float(rate)
     return {k: v for k, v in points.items() if len(v) > 1}
 
 
-# What must match for runs' images/s to be compared across replica counts (not the training subset:
-# smoke's grows with the replicas).
-SCALING_KEYS = ("profile", "device", "dataset", "batch_size", "image_size", "precision", "compile", "weights",
-                "optimizer", "lr", "epochs", "channels_last", "train_layers")
+# What must match for runs' images/s to be compared across replica counts: every setting that makes
+# runs comparable but the replica count (what varies), the training and test subsets (smoke's training
+# subset grows with the replicas; neither changes a step's speed), the setup (the points are read per
+# setup, and a `both` run holds matched too) and the target accuracy (it judges accuracy, not speed).
+SCALING_KEYS = tuple(k for k in COMPARABLE
+                     if k not in ("replicas", "train_size", "test_size", "setup", "target_accuracy"))
 
 
-def scaling_mismatch(runs: list[dict]) -> str | None:
+def scaling_mismatch(runs: list[Run]) -> str | None:
     """Why the runs' scaling figures cannot be compared (a setting or the machine differs), or None."""
-    def signature(run: dict) -> dict:
-        cfg, mi = run.get("bench_config") or {}, run.get("machine_info") or {}
+    def signature(run: Run) -> dict:
+        cfg, mi = run.bench_config, run.machine_info
         return {**{k: cfg.get(k) for k in SCALING_KEYS}, "machine": (mi.get("cpu_model"), mi.get("gpu_name"))}
-    with_replicas = [r for r in runs if any(isinstance((b.get("extra_info") or {}).get("replicas"), int)
-                                            for b in r["benchmarks"])]
-    first = signature(with_replicas[0]) if with_replicas else {}
-    for run in with_replicas[1:]:
+    suite = [r for r in runs if any(c.key for c in r.cases)]  # each of their cases records its replica count
+    first = signature(suite[0]) if suite else {}
+    for run in suite[1:]:
         other = signature(run)
         diff = [k for k in first if first[k] != other[k]]
         if diff:
@@ -364,19 +113,19 @@ def efficiency(by_n: dict[int, float], n: int) -> float | None:
     return by_n[n] / (n * by_n[1]) if 1 in by_n and n in by_n else None
 
 
-def scaling_section(points: dict[tuple[str, str], dict[int, float]], runs: list[dict]) -> list[str]:
+def scaling_section(points: dict[tuple[str, str], dict[int, float]], runs: list[Run]) -> list[str]:
     threads = {}
     for run in runs:
-        for (fw, m), b in cases(run, "test_finetune").items():
-            e = b.get("extra_info") or {}
-            threads[(fw, m, e.get("replicas", 1))] = e.get("distributed") or {"cpu_threads": e.get("cpu_threads")}
+        for (fw, m), c in run.select("test_finetune").items():
+            e = c.extra_info
+            threads[(fw, m, e.get("replicas"))] = e.get("distributed") or {"cpu_threads": e.get("cpu_threads")}
     lines = ["## Data-parallel scaling", "",
              "Global steady images/s (first steps left out) with N replicas, one process each; efficiency = "
              "images/s with N / (N x images/s with 1). Per-replica batch as given, global batch N times it, "
              "lr not scaled.", "",
              "| case | replicas | images/s | efficiency | engine (collective) | threads per replica | "
              "set-up (s) |", "|---|---|---|---|---|---|---|"]
-    for (fw, m), by_n in sorted(points.items(), key=lambda kv: (MODELS.index(kv[0][1]), FRAMEWORKS.index(kv[0][0]))):
+    for (fw, m), by_n in sorted(points.items(), key=lambda kv: (MODELS.index(kv[0][1]), NAMES.index(kv[0][0]))):
         for n in sorted(by_n):
             d = threads.get((fw, m, n)) or {}
             eff = efficiency(by_n, n)
@@ -387,48 +136,11 @@ def scaling_section(points: dict[tuple[str, str], dict[int, float]], runs: list[
     return lines + [""]
 
 
-def plot_scaling(points: dict[tuple[str, str], dict[int, float]], out: Path, setup: str, device: str, where: str = "") -> str:
-    """Images/s against replicas per framework, one panel per model, with the ideal line (N times
-    the one-replica figure, or the smallest count's, scaled)."""
-    models = [m for m in MODELS if any(k[1] == m for k in points)]
-    fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 4), squeeze=False)
-    for ax, m in zip(axes[0], models):
-        for (fw, model), by_n in points.items():
-            if model != m:
-                continue
-            ns = sorted(by_n)
-            ax.plot(ns, [by_n[n] for n in ns], "o-", color=COLORS[fw], label=fw)
-            base = ns[0]
-            ax.plot(ns, [by_n[base] * n / base for n in ns], ":", color=COLORS[fw], alpha=0.7,
-                    label=f"{fw} ideal")
-        ax.set_xticks(sorted({n for (fw, model), by_n in points.items() if model == m for n in by_n}))
-        ax.set_xlabel("replicas")
-        ax.set_ylabel("global images/s (steady)")
-        ax.set_title(f"{m}: scaling ({device}, setup {setup})")
-        ax.legend(fontsize=8)
-    return _save(fig, out / "scaling.png", where)
-
-
-def _num(v: Any) -> float:
-    """A figure for a plot: null (not measured) is drawn as nothing."""
-    return math.nan if v is None else float(v)
-
-
-def _median(xs: list | None) -> float:
-    xs = [x for x in xs or [] if x is not None]
-    return statistics.median(xs) if xs else math.nan
-
-
 def _f(v: Any, fmt: str) -> str:
     """A number as FMT says; "–" for anything else (null, NaN, or what an unvalidated key holds)."""
     if not isinstance(v, (int, float)) or isinstance(v, bool) or math.isnan(v):
         return "–"
     return format(v, fmt)
-
-
-def _mean(xs: list | None) -> float | None:
-    xs = [x for x in xs or [] if x is not None]
-    return statistics.fmean(xs) if xs else None
 
 
 def _rounds(e: dict, key: str, scale: float, fmt: str, unit: str) -> str:
@@ -457,39 +169,40 @@ def _tta(e: dict) -> str:
     return f"{_f(t.get('wall_s'), '.1f')} s wall / {_f(t.get('train_s'), '.1f')} s training (epoch {t.get('epoch')})"
 
 
-def case_rows(ft: dict, ts: dict, model: str) -> list[tuple[str, list[str]]]:
+def case_rows(ft: ByCase, ts: ByCase, model: str) -> list[tuple[str, list[str]]]:
+    """The model table's rows: each a name and a cell per framework (its fine-tune case C, its
+    train-step case T); a figure a case lacks is "–"."""
     def get(fw: str, f) -> str:
-        b = ft.get((fw, model))
+        c = ft.get((fw, model))
         try:
-            return f(b["extra_info"], b, ts.get((fw, model))) if b else "–"
+            return f(c.extra_info, c, ts.get((fw, model))) if c else "–"
         except (KeyError, TypeError, ValueError, statistics.StatisticsError):
             return "–"
-    mem = lambda e: (e.get("memory") or {}).get("framework_peak") or (e.get("memory") or {}).get("process_peak")  # noqa: E731
     rows = [
-        ("test outcome", lambda e, b, t: "FAILED (numbers are not a result)" if failed(b) else "passed"),
-        ("other load while timed", lambda e, b, t: _disturbance_cell(b, t)),
-        ("accuracy before", lambda e, b, t: f"{100 * e['accuracy_before']:.1f}%"),
-        ("accuracy after", lambda e, b, t: f"{100 * e['accuracy_after']:.1f}%"),
-        ("total fine-tune (s)", lambda e, b, t: f"{b['stats']['median']:.2f}"),
-        ("fine-tune time over rounds (s)", lambda e, b, t: _rounds(e, "finetune_s", 1, ".2f", "")),
-        ("accuracy after over rounds", lambda e, b, t: _rounds(e, "accuracy_after", 100, ".1f", "%")),
-        *([(f"time to accuracy {_f(100 * e0, '.0f')}%", lambda e, b, t: _tta(e))] if (e0 := _target(ft)) else []),
-        ("median epoch (s)", lambda e, b, t: f"{statistics.median(x for x in e['epoch_times_s'] if x):.2f}"),
-        ("mean inter-epoch gap (s)", lambda e, b, t: _f(_mean(e.get("inter_epoch_gaps_s")), ".3f")),
-        ("fit teardown (s)", lambda e, b, t: _f(e.get("fit_teardown_s"), ".3f")),
-        ("mean utilisation in steps", lambda e, b, t: _f((e["utilization"]["steps"]["mean"] or 0) * 100, ".0f") + "%"),
-        ("peak memory (MiB)", lambda e, b, t: _f(mem(e) / 2**20 if mem(e) else None, ".0f")),
-        ("steady images/s", lambda e, b, t: _f(t["extra_info"]["train_images_per_s"] if t else None, ".1f")),
-        ("steady images/s by round: median (min–max)", lambda e, b, t: _rate_range(round_rates(t))),
-        ("time to first step (s)", lambda e, b, t: f"{e['time_to_first_step_s']:.2f}"),
-        ("training GFLOPs / image (own counter)", lambda e, b, t: gflops((e.get("flops_per_image") or {})
+        ("test outcome", lambda e, c, t: "FAILED (numbers are not a result)" if c.failed else "passed"),
+        ("other load while timed", lambda e, c, t: _disturbance_cell(c, t)),
+        ("accuracy before", lambda e, c, t: f"{100 * c.accuracy_before:.1f}%"),
+        ("accuracy after", lambda e, c, t: f"{100 * c.accuracy_after:.1f}%"),
+        ("total fine-tune (s)", lambda e, c, t: f"{c.median:.2f}"),
+        ("fine-tune time over rounds (s)", lambda e, c, t: _rounds(e, "finetune_s", 1, ".2f", "")),
+        ("accuracy after over rounds", lambda e, c, t: _rounds(e, "accuracy_after", 100, ".1f", "%")),
+        *([(f"time to accuracy {_f(100 * e0, '.0f')}%", lambda e, c, t: _tta(e))] if (e0 := _target(ft)) else []),
+        ("median epoch (s)", lambda e, c, t: f"{statistics.median(x for x in e['epoch_times_s'] if x):.2f}"),
+        ("mean inter-epoch gap (s)", lambda e, c, t: _f(c.mean_gap, ".3f")),
+        ("fit teardown (s)", lambda e, c, t: _f(e.get("fit_teardown_s"), ".3f")),
+        ("mean utilisation in steps", lambda e, c, t: _f((e["utilization"]["steps"]["mean"] or 0) * 100, ".0f") + "%"),
+        ("peak memory (MiB)", lambda e, c, t: _f(c.peak_memory() / 2**20 if c.peak_memory() else None, ".0f")),
+        ("steady images/s", lambda e, c, t: _f(t.train_images_per_s if t else None, ".1f")),
+        ("steady images/s by round: median (min–max)", lambda e, c, t: _rate_range(t.round_rates if t else [])),
+        ("time to first step (s)", lambda e, c, t: f"{c.time_to_first_step:.2f}"),
+        ("training GFLOPs / image (own counter)", lambda e, c, t: gflops((e.get("flops_per_image") or {})
                                                                          .get("train_per_image"), 3)),
-        ("achieved GFLOP/s (steady steps)", lambda e, b, t: gflops((t or {}).get("extra_info", {})
-                                                                    .get("achieved_flops_per_s"), 3)),
-        ("MFU (steady steps)", lambda e, b, t: _mfu(t["extra_info"]) if t else "–"),
-        ("trainable / non-trainable", lambda e, b, t: f"{e['trainable_params']:,} / {e['non_trainable_params']:,}"),
+        ("achieved GFLOP/s (steady steps)", lambda e, c, t: gflops(t.extra_info.get("achieved_flops_per_s")
+                                                                    if t else None, 3)),
+        ("MFU (steady steps)", lambda e, c, t: _mfu(t.extra_info) if t else "–"),
+        ("trainable / non-trainable", lambda e, c, t: f"{e['trainable_params']:,} / {e['non_trainable_params']:,}"),
     ]
-    return [(name, [get(fw, f) for fw in FRAMEWORKS]) for name, f in rows]
+    return [(name, [get(fw, f) for fw in NAMES]) for name, f in rows]
 
 
 def _rate_range(rates: list[float]) -> str:
@@ -497,30 +210,31 @@ def _rate_range(rates: list[float]) -> str:
     return f"{statistics.median(rates):.1f} ({min(rates):.1f}–{max(rates):.1f}, n={len(rates)})" if rates else "–"
 
 
-def _target(ft: dict) -> float | None:
-    return next((b["extra_info"].get("target_accuracy") for b in ft.values()
-                 if isinstance(b["extra_info"].get("target_accuracy"), (int, float))), None)
+def _target(ft: ByCase) -> float | None:
+    """The target accuracy the run's cases were timed to (None: no target)."""
+    targets = (c.extra_info.get("target_accuracy") for c in ft.values())
+    return next((t for t in targets if is_number(t)), None)
 
 
-def side_by_side_rows(fts: dict[str, dict], tss: dict[str, dict], model: str) -> list[tuple[str, list[str]]]:
+def side_by_side_rows(fts: dict[str, ByCase], tss: dict[str, ByCase], model: str) -> list[tuple[str, list[str]]]:
     """`case_rows` with one column per framework and setup (torch matched, torch defaults, ...):
     what each framework's own defaults change, next to the aligned run."""
-    cells = {s: {name: dict(zip(FRAMEWORKS, vals)) for name, vals in case_rows(fts[s], tss[s], model)} for s in fts}
+    cells = {s: {name: dict(zip(NAMES, vals)) for name, vals in case_rows(fts[s], tss[s], model)} for s in fts}
     names = list(dict.fromkeys(name for by_name in cells.values() for name in by_name))  # a row one setup lacks: "–"
-    return [(name, [cells[s].get(name, {}).get(fw, "–") for fw in FRAMEWORKS for s in fts]) for name in names]
+    return [(name, [cells[s].get(name, {}).get(fw, "–") for fw in NAMES for s in fts]) for name in names]
 
 
-def model_table(fts: dict[str, dict], tss: dict[str, dict], model: str) -> list[str]:
+def model_table(fts: dict[str, ByCase], tss: dict[str, ByCase], model: str) -> list[str]:
     """One model's table: a column per framework that ran it, or per framework and setup when there are several."""
-    ran = [fw in {f for s in fts for f, m in fts[s] if m == model} for fw in FRAMEWORKS]
+    ran = [fw in {f for s in fts for f, m in fts[s] if m == model} for fw in NAMES]
     mark = {(fw, s): f" {DISTURBED}" if _disturbed(fts[s].get((fw, model)), tss[s].get((fw, model))) else ""
-            for fw in FRAMEWORKS for s in fts}
+            for fw in NAMES for s in fts}
     if len(fts) == 1:
         setup = next(iter(fts))
-        heads, rows = [f"{fw}{mark[fw, setup]}" for fw in FRAMEWORKS], case_rows(fts[setup], tss[setup], model)
+        heads, rows = [f"{fw}{mark[fw, setup]}" for fw in NAMES], case_rows(fts[setup], tss[setup], model)
         keep = ran
     else:
-        heads = [f"{fw} {s}{mark[fw, s]}" for fw in FRAMEWORKS for s in fts]
+        heads = [f"{fw} {s}{mark[fw, s]}" for fw in NAMES for s in fts]
         rows, keep = side_by_side_rows(fts, tss, model), [r for r in ran for _ in fts]
     heads, rows = [h for h, k in zip(heads, keep) if k], [(n, [v for v, k in zip(vals, keep) if k]) for n, vals in rows]
     lines = ["| | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
@@ -553,22 +267,18 @@ def _setting(settings: dict, key: str) -> str:
     return f"{text} (requested {settings.get('compile_requested')})" if key in ("xla", "torch_compile") else text
 
 
-def _settings_of(ft: dict, fw: str) -> dict[str, dict]:
+def _settings_of(ft: ByCase, fw: str) -> dict[str, dict]:
     """Per model, the read-back settings of FW's case in FT (models without them left out)."""
-    out = {}
-    for m in MODELS:
-        s = ((ft.get((fw, m)) or {}).get("extra_info") or {}).get("settings")
-        if isinstance(s, dict):
-            out[m] = s
-    return out
+    return {m: ft[(fw, m)].settings for m in MODELS
+            if (fw, m) in ft and isinstance(ft[(fw, m)].extra_info.get("settings"), dict)}
 
 
-def setting_changes(fts: dict[str, dict]) -> list[str]:
+def setting_changes(fts: dict[str, ByCase]) -> list[str]:
     """One line per framework and setting whose read-back value differs between the first setup and
     each other one; per model where the models differ (BatchNorm values can)."""
     first, lines = next(iter(fts)), []
     for other in list(fts)[1:]:
-        for fw in FRAMEWORKS:
+        for fw in NAMES:
             a, b = _settings_of(fts[first], fw), _settings_of(fts[other], fw)
             models = [m for m in a if m in b]
             if not a and not b and not any(k[0] == fw for k in (*fts[first], *fts[other])):
@@ -593,7 +303,7 @@ def setting_changes(fts: dict[str, dict]) -> list[str]:
     return lines
 
 
-def changes_section(fts: dict[str, dict], cfg: dict) -> list[str]:
+def changes_section(fts: dict[str, ByCase], cfg: dict) -> list[str]:
     """What the setups change, read back from the frameworks (not what was asked for)."""
     given = cfg.get("overrides") or {}
     md = ["## What the setups change", "",
@@ -605,21 +315,21 @@ def changes_section(fts: dict[str, dict], cfg: dict) -> list[str]:
     return md + [""]
 
 
-def overhead_row(label: str, b: dict) -> str:
+def overhead_row(label: str, c: Case) -> str:
     """One case's fixed and per-epoch costs and its overhead share, measured and projected."""
-    e, p = b.get("extra_info") or {}, _projection(b) or {}
+    p = c.projection or {}
     measured = p.get("measured") if isinstance(p.get("measured"), dict) else {}
     projected = {r["epochs"]: r for r in p.get("projected") or []
                  if isinstance(r, dict) and isinstance(r.get("epochs"), int)}
-    seconds = [e.get("time_to_first_step_s"), p.get("one_time_s"), p.get("per_epoch_steps_s"), p.get("per_gap_s"),
-               p.get("per_epoch_eval_s"), e.get("fit_teardown_s")]
+    seconds = [c.time_to_first_step, p.get("one_time_s"), p.get("per_epoch_steps_s"), p.get("per_gap_s"),
+               p.get("per_epoch_eval_s"), c.extra_info.get("fit_teardown_s")]
     cells = [_f(v, ".3f") for v in seconds]
     cells.append(f"{_f(measured.get('overhead_share'), '.1%')} ({measured.get('epochs', '–')} epochs)" if measured else "–")
     cells += [_f((projected.get(n) or {}).get("overhead_share"), ".1%") for n in PROJECTED_EPOCHS]
     return f"| {label} | " + " | ".join(cells) + " |"
 
 
-def overhead_section(fts: dict[str, dict]) -> list[str]:
+def overhead_section(fts: dict[str, ByCase]) -> list[str]:
     """Per case and setup: the fixed cost, the per-epoch cost, and the overhead share measured and
     projected to longer runs (stated as a projection), with caveats where a figure cannot hold."""
     multi = len(fts) > 1
@@ -629,10 +339,10 @@ def overhead_section(fts: dict[str, dict]) -> list[str]:
           "| case | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
     caveats, note = [], None
     for setup, ft in fts.items():
-        for (fw, m), b in _in_order(ft):
+        for (fw, m), c in _in_order(ft):
             label = f"{fw}-{m}" + (f"-{setup}" if multi else "")
-            md.append(overhead_row(label + (f" {DISTURBED}" if _disturbed(b) else ""), b))
-            p = _projection(b)
+            md.append(overhead_row(label + (f" {DISTURBED}" if _disturbed(c) else ""), c))
+            p = c.projection
             if p is None:
                 caveats.append(f"{label}: no projection (not recorded, or its timeline lacks events)")
                 continue
@@ -658,7 +368,7 @@ def _gpu_libraries(d: dict) -> str:
 
 
 def dx_rows(dx: dict) -> list[str]:
-    lines = ["| | " + " | ".join(FRAMEWORKS) + " |", "|---|" + "---:|" * len(FRAMEWORKS)]
+    lines = ["| | " + " | ".join(NAMES) + " |", "|---|" + "---:|" * len(NAMES)]
     fields = [("import time (s, median of fresh processes)", lambda d: _f(d.get("import_s"), ".2f") + f" (n={d.get('import_samples')})"),
               ("install footprint (MiB, own packages, without GPU libraries)",
                lambda d: "not installed" if d.get("footprint_bytes") is None else
@@ -668,7 +378,7 @@ def dx_rows(dx: dict) -> list[str]:
               ("GPUs visible / seen by NVML", lambda d: f"{d.get('gpus_visible')} / {d.get('gpus_nvml')}"),
               ("lines of backend code here", lambda d: str(d.get("backend_loc")))]
     for name, f in fields:
-        lines.append(f"| {name} | " + " | ".join(f(dx[fw]) if fw in dx else "–" for fw in FRAMEWORKS) + " |")
+        lines.append(f"| {name} | " + " | ".join(f(dx[fw]) if fw in dx else "–" for fw in NAMES) + " |")
     return lines
 
 
@@ -688,8 +398,8 @@ def write_report(paths: list[str], out: str | Path) -> Path:
         check_writable(final, "--out")  # a read-only disk, a folder we may not write: said before any work
     except Unwritable as e:
         raise OutputError(str(e)) from None
-    runs = [load_run(p) for p in paths]  # every run validated before anything is written
-    empty = [p for p, r in zip(paths, runs) if not r["benchmarks"]]
+    runs = [read_run(p) for p in paths]  # every run validated (and upgraded) before anything is written
+    empty = [p for p, r in zip(paths, runs) if not r.cases]
     if empty:
         raise ResultsError(f"{empty[0]}: holds no benchmark (the session measured none: --benchmark-skip, "
                            f"or every case deselected); nothing to report")
@@ -716,30 +426,26 @@ def write_report(paths: list[str], out: str | Path) -> Path:
 DISTURBED = "⚠ disturbed"
 
 
-def _disturbed(*benchmarks: dict | None) -> bool:
-    return any(b is not None and disturbance_of(b)[0] for b in benchmarks)
+def _disturbed(*measured: Case | None) -> bool:
+    return any(c is not None and c.disturbance[0] for c in measured)
 
 
-def disturbance_section(run: dict) -> list[str]:
+def disturbance_section(run: Run) -> list[str]:
     """The cases other load on the machine disturbed while they were timed, with their reasons, as
     the report's first word (their times are kept but are not a clean measurement; the gate refuses
     them). A case without a record (an older run) says "not measured" in its table."""
-    hit = []
-    for b in run["benchmarks"]:
-        status, reasons = disturbance_of(b)
-        if status:
-            hit.append(f"`{case_name(b)}`: {'; '.join(reasons)}")
+    hit = [f"`{c.name}`: {'; '.join(c.disturbance[1])}" for c in run.cases if c.disturbance[0]]
     if not hit:
         return []
-    return [f"**{DISTURBED}** ({len(hit)} of {len(run['benchmarks'])} benchmarks): other load on the machine "
+    return [f"**{DISTURBED}** ({len(hit)} of {len(run.cases)} benchmarks): other load on the machine "
             f"crossed the threshold while they were timed, so their times are not a clean measurement (kept, "
             f"marked {DISTURBED} in the tables; `bench gate` refuses them without --allow-disturbed): "
             + "; ".join(hit) + ".", ""]
 
 
-def _disturbance_cell(b: dict, t: dict | None) -> str:
+def _disturbance_cell(c: Case, t: Case | None) -> str:
     """The model table's 'other load while timed' cell: which of the case's measurements were disturbed."""
-    parts = [(name, disturbance_of(x)[0]) for name, x in (("fine-tune", b), ("train steps", t)) if x is not None]
+    parts = [(name, x.disturbance[0]) for name, x in (("fine-tune", c), ("train steps", t)) if x is not None]
     hit = [name for name, status in parts if status]
     if hit:
         return f"{DISTURBED}: {', '.join(hit)}"
@@ -750,9 +456,9 @@ def _given(v: Any) -> Any:
     return "each framework's default" if v is None else v
 
 
-def header(path: str, run: dict, names: list[str]) -> list[str]:
+def header(path: str, run: Run, names: list[str]) -> list[str]:
     """Which run, how it was started, and what it ran: profile, device, setup(s), the options."""
-    cfg = run.get("bench_config") or {}
+    cfg = run.bench_config
     if len(names) == 1:
         setup = f"setup **{names[0]}**"
     else:
@@ -763,8 +469,8 @@ def header(path: str, run: dict, names: list[str]) -> list[str]:
     if len(names) > 1:
         options += " (in matched; defaults keeps each framework's own, except options given explicitly)"
     return ["# PyTorch vs TensorFlow (and Keras on JAX): fine-tuning report", "",
-            f"Run: `{path}` ({run.get('datetime', 'unknown time')})", "",
-            f"Command: `{run.get('command', 'not recorded')}`", "",
+            f"Run: `{path}` ({'unknown time' if run.datetime is None else run.datetime})", "",
+            f"Command: `{'not recorded' if run.command is None else run.command}`", "",
             f"Profile **{cfg.get('profile')}** on **{cfg.get('device')}**, {setup}: "
             f"dataset {cfg.get('dataset')}, "
             f"{cfg.get('epochs')} epochs at batch {cfg.get('batch_size')}, weights {cfg.get('weights')}, {options}.", ""]
@@ -776,17 +482,17 @@ def _bn(e: dict) -> str:
     return f"{_value(s.get('bn_momentum', e.get('bn_momentum')))} / {_value(s.get('bn_eps', e.get('bn_eps')))}"
 
 
-def parity_section(fts: dict[str, dict]) -> list[str]:
+def parity_section(fts: dict[str, ByCase]) -> list[str]:
     multi = len(fts) > 1
     md = ["## Parity", "", "| case | trained layers | trainable | non-trainable (frozen) | input transform | optimizer "
                            "| lr | BN momentum / eps | precision | GFLOPs / image, forward / training (own counter) "
                            "| weights: the start |",
           "|---|---|---:|---:|---|---|---:|---|---|---:|---|"]
     for setup, ft in fts.items():
-        for (fw, m), b in sorted(ft.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            e = b["extra_info"]
+        for (fw, m), c in sorted(ft.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            e = c.extra_info
             frozen = f" ({_f(e.get('frozen_params'), ',')})" if e.get("frozen_params") else ""
-            md.append(f"| {fw}-{m}{f'-{setup}' if multi else ''} | {e.get('train_layers') or 'all'} | "
+            md.append(f"| {fw}-{m}{f'-{setup}' if multi else ''} | {e.get('train_layers')} | "
                       f"{_f(e.get('trainable_params'), ',')} | {_f(e.get('non_trainable_params'), ',')}{frozen} | "
                       f"{e.get('input_transform')} | {e.get('optimizer')} | {e.get('lr')} | {_bn(e)} | "
                       f"{e.get('precision')} | {_flops_cell(e)} | {start_text(e.get('start'))} |")
@@ -811,24 +517,28 @@ def machine_section(mi: dict) -> list[str]:
     return md + [""]
 
 
-def history_section(paths: list[str], runs: list[dict], setup: str) -> list[str]:
+def history_section(paths: list[str], runs: list[Run], setup: str) -> list[str]:
     """Fine-tuning time and accuracy per case across runs, in one setup (like for like)."""
     md = [f"## History (setup {setup})", "",
-          "| run | " + " | ".join(f"{fw}-{m}" for m in MODELS for fw in FRAMEWORKS) + " |",
-          "|---|" + "---:|" * (len(MODELS) * len(FRAMEWORKS))]
+          "| run | " + " | ".join(f"{fw}-{m}" for m in MODELS for fw in NAMES) + " |",
+          "|---|" + "---:|" * (len(MODELS) * len(NAMES))]
     for p, r in zip(paths, runs):
-        c = cases(r, "test_finetune", setup)
-        cells = [f"{c[(fw, m)]['stats']['median']:.1f}s / "
-                 f"{_f(_num(c[(fw, m)]['extra_info'].get('accuracy_after')) * 100, '.0f')}%"
-                 f"{' FAILED' if failed(c[(fw, m)]) else ''}{' ⚠' if _disturbed(c[(fw, m)]) else ''}"
-                 if (fw, m) in c else "–" for m in MODELS for fw in FRAMEWORKS]
+        ft = r.select("test_finetune", setup)
+        cells = [_history_cell(ft[(fw, m)]) if (fw, m) in ft else "–" for m in MODELS for fw in NAMES]
         md.append(f"| `{Path(p).name}` | " + " | ".join(cells) + " |")
     return md + ["", "Cells: fine-tuning time / accuracy after; ⚠: disturbed by other load while timed.", ""]
 
 
-def device_notes(run: dict, names: list[str]) -> list[str]:
+def _history_cell(c: Case) -> str:
+    """Fine-tuning time / accuracy after, and the case's marks (failed, disturbed)."""
+    accuracy = None if c.accuracy_after is None else c.accuracy_after * 100
+    return (f"{c.median:.1f}s / {_f(accuracy, '.0f')}%{' FAILED' if c.failed else ''}"
+            f"{' ⚠' if _disturbed(c) else ''}")
+
+
+def device_notes(run: Run, names: list[str]) -> list[str]:
     """What the run's device can and cannot show of the setups' memory and numeric settings."""
-    if (run.get("bench_config") or {}).get("device") != "cpu" or "defaults" not in names:
+    if run.bench_config.get("device") != "cpu" or "defaults" not in names:
         return []
     return ["a CPU run cannot show what the defaults setup changes on a GPU: TensorFlow's up-front reservation "
             "of GPU memory (no memory growth), JAX's preallocation of 75% of it and torch's caching allocator act "
@@ -836,27 +546,27 @@ def device_notes(run: dict, names: list[str]) -> list[str]:
             "memory plots show the worker's resident host memory, and the TF32 and cuDNN settings have no effect"]
 
 
-def where_line(run: dict, setup: str) -> str:
+def where_line(run: Run, setup: str) -> str:
     """What every figure shows, in its heading: profile, data, device and setup."""
-    cfg, mi = run.get("bench_config") or {}, run.get("machine_info") or {}
+    cfg, mi = run.bench_config, run.machine_info
     device = f"GPU {mi.get('gpu_name')}" if cfg.get("device") == "gpu" and mi.get("gpu_name") else \
         ("CPU" + (f" {mi.get('cpu_model')}" if mi.get("cpu_model") else "")) if cfg.get("device") == "cpu" else "device ?"
-    replicas = f", {cfg['replicas']} replicas" if (cfg.get("replicas") or 1) > 1 else ""
+    replicas = f", {cfg['replicas']} replicas" if isinstance(cfg.get("replicas"), int) and cfg["replicas"] > 1 else ""
     return (f"profile {cfg.get('profile', '?')} ({cfg.get('dataset', '?')}, {cfg.get('epochs', '?')} epochs, batch "
             f"{cfg.get('batch_size', '?')}{replicas}) · {device} · setup {setup}")
 
 
-def figures(fts: dict[str, dict], tss: dict[str, dict], runs: list[dict], base: Path, out: Path,
+def figures(fts: dict[str, ByCase], tss: dict[str, ByCase], runs: list[Run], base: Path, out: Path,
             notes: list[str]) -> list[str]:
     """The first setup's figures as a one-setup run draws them; the other setups' timelines beside
     them (`_<setup>` file names); the overhead share; the trend across runs. Each headed by what it
-    shows (`where_line`)."""
+    shows (`where_line`); drawn by figures.py."""
     first, multi, files = next(iter(fts)), len(fts) > 1, []
     ft, ts = fts[first], tss[first]
     where = where_line(runs[-1], first)
     if ft:
         files += [plot_accuracy(ft, out, first, where), plot_time(ft, out, first, where)]
-        curves = plot_accuracy_curves(ft, out, first, where)
+        curves = plot_accuracy_curves(ft, out, first, where, _target(ft))
         files += [curves] if curves else []
         files += plot_timelines(ft, base, out, notes, first, label=f"-{first}" if multi else "", where=where)
         files.append(plot_throughput(ft, ts, out, first, where))
@@ -865,55 +575,55 @@ def figures(fts: dict[str, dict], tss: dict[str, dict], runs: list[dict], base: 
                                 where=where_line(runs[-1], setup))
     if not any(fts.values()):
         notes.append("no test_finetune case in the run: accuracy, time and timeline figures omitted")
-    share = plot_overhead_share(fts, out, where_line(runs[-1], " and ".join(fts)))
+    share = plot_overhead_share(overhead_shares(fts), out, where_line(runs[-1], " and ".join(fts)))
     files += [share] if share else []
     if len(runs) > 1:
         files.append(plot_trend(runs, out, first, where))
     points = scaling_points(runs, first) if not scaling_mismatch(runs) else {}
     if points:
-        device = (runs[-1].get("bench_config") or {}).get("device") or "?"
+        device = runs[-1].bench_config.get("device") or "?"
         files.append(plot_scaling(points, out, first, device, where))
     return files
 
 
-def _telemetry_notes(fts: dict[str, dict], tss: dict[str, dict]) -> list[str]:
+def _telemetry_notes(fts: dict[str, ByCase], tss: dict[str, ByCase]) -> list[str]:
     notes, multi = [], len(fts) > 1
     for setup in fts:
         for test, by_case in (("test_finetune", fts[setup]), ("test_train_step", tss[setup])):
-            for (fw, m), b in sorted(by_case.items()):
-                e, name = b.get("extra_info") or {}, f"{fw}-{m}" + (f"-{setup}" if multi else "")
-                notes += [f"{name} {test}: {text}" for text in e.get("telemetry_problems") or []]
-                notes += [f"{name} {test} (flag): {text}" for text in e.get("telemetry_flags") or []]
+            for (fw, m), c in sorted(by_case.items()):
+                name = f"{fw}-{m}" + (f"-{setup}" if multi else "")
+                notes += [f"{name} {test}: {text}" for text in c.telemetry_problems]
+                notes += [f"{name} {test} (flag): {text}" for text in c.extra_info.get("telemetry_flags") or []]
     return notes
 
 
-def _write_report(paths: list[str], runs: list[dict], out: Path) -> None:
+def _write_report(paths: list[str], runs: list[Run], out: Path) -> None:
     run, base = runs[-1], Path(paths[-1]).parent
-    names = setups(run)
-    fts = {s: cases(run, "test_finetune", s) for s in names}
-    tss = {s: cases(run, "test_train_step", s) for s in names}
+    names = run.setups
+    fts = {s: run.select("test_finetune", s) for s in names}
+    tss = {s: run.select("test_train_step", s) for s in names}
     notes: list[str] = []
     files = figures(fts, tss, runs, base, out, notes)
     notes += _telemetry_notes(fts, tss) + device_notes(run, names)
     md = header(paths[-1], run, names)
     md += disturbance_section(run)
     md += findings(fts, tss, runs)
-    for m in models_in({k: b for ft in fts.values() for k, b in ft.items()}):
+    for m in models_in({k: c for ft in fts.values() for k, c in ft.items()}):
         md += [f"## {m}", ""] + model_table(fts, tss, m) + [""]
     if len(names) > 1:
-        md += changes_section(fts, run.get("bench_config") or {})
-    if any(_projection(b) for ft in fts.values() for b in ft.values()):
+        md += changes_section(fts, run.bench_config)
+    if any(c.projection for ft in fts.values() for c in ft.values()):
         md += overhead_section(fts)
     elif any(fts.values()):
         notes.append("no overhead projection in this run (recorded since the setups exist): the fixed vs "
                      "per-epoch cost section is omitted")
     if any(fts.values()):
         md += parity_section(fts)
-    if run.get("dx"):
-        md += ["## Developer experience", ""] + dx_rows(run["dx"]) + [""]
+    if run.dx:
+        md += ["## Developer experience", ""] + dx_rows(run.dx) + [""]
     else:
         notes.append("no developer-experience figures in this run (recorded by the pytest session)")
-    md += machine_section(run.get("machine_info") or {})
+    md += machine_section(run.machine_info)
     mismatch = scaling_mismatch(runs)
     points = scaling_points(runs, names[0])
     if points and mismatch:
@@ -948,6 +658,3 @@ def main(argv: list[str] | None = None, prog: str = "bench report") -> int:
     print(path)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main(prog="python -m bench_fixtures.analysis.report"))
