@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 from .files import folder_problem, size, size_pair
 
-from .settings import MODELS, PRECISIONS, PROFILE_NAMES, SETTING, SETTINGS, UNSET, Setting
+from .settings import MODELS, PRECISIONS, PROFILE_NAMES, SETTING, SETTINGS, UNSET, Setting  # noqa: F401  (MODELS, PRECISIONS: for the layers above)
 
 # Everything below derives from the settings table (settings.py): one row per setting.
 PROFILES: dict[str, dict[str, Any]] = {p: {s.name: s.profiles[p] for s in SETTINGS if p in s.profiles}

@@ -7,7 +7,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import sys
 from typing import Any
 
 from .registry import FRAMEWORKS
@@ -97,7 +96,3 @@ def main(argv: list[str] | None = None, prog: str = "bench machine") -> int:
     a = p.parse_args(argv)
     print(storage_slug() if a.slug else json.dumps(machine_info(), indent=1))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(prog="python -m bench_fixtures.machine"))

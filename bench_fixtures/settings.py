@@ -122,7 +122,7 @@ SETTINGS: tuple[Setting, ...] = (
             why="a worker takes longer than 1 s to start, and the OS timer waits at most 2147483 s (24.8 days)"),
     Setting("worker_memory_limit", int, "MiB of host memory each worker may allocate (RLIMIT_DATA); past it "
             "the case fails as out of memory instead of the machine swapping (0 = none)", default=0, low=1024,
-            zero="no limit", why="a framework alone needs more"),
+            unit=" MiB", zero="no limit", why="a framework alone needs more"),
     Setting("finetune_rounds", int, "test_finetune rounds, each a fresh model with the same seed",
             profiles=dict(smoke=1, seed=3, quick=1), low=1, high=100_000, why=_READERS),
     Setting("step_rounds", int, "test_train_step rounds", profiles=dict(smoke=3, seed=10, quick=5), low=1,

@@ -378,7 +378,3 @@ def _run(action: str, files: list[WeightFile], folder: Path, mirror: str | None)
             continue
         print(f"ok    {f.label:24} {f.name}: {state}, {verdict(v)}, sha256 {v['sha256'][:12]}")
     return failed
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -66,11 +66,11 @@ OPTION_CASES = [
     (["--train-size=-5"], ["--train-size -5: must be an integer >= 0"]),
     (["--image-size=8"], ["--image-size 8: must be an integer >= 32"]),
     (["--train-size=64", "--batch-size=128"], ["--batch-size 128 is larger than --train-size 64"]),
-    (["--worker-memory-limit=100"], ["--worker-memory-limit 100", "at least 1024 MiB"]),
+    (["--worker-memory-limit=100"], ["--worker-memory-limit 100: must be 0 (no limit) or at least 1,024 MiB"]),
     (["--lr=-1"], ["--lr -1.0: must be a number > 0"]),
     # Every option to its real range: values that used to pass startup and fail deep in a worker.
-    (["--seed=4294967296"], ["--seed 4294967296: must be at most 4294967295 (2**32 - 1)", "32-bit"]),
-    (["--worker-timeout=1e7"], ["--worker-timeout 1e+07: must be at most 2147483 s", "OS timer"]),
+    (["--seed=4294967296"], ["--seed 4294967296: must be at most 4,294,967,295: TensorFlow's", "32-bit"]),
+    (["--worker-timeout=1e7"], ["--worker-timeout 10000000.0: must lie in [1, 2,147,483] s", "OS timer"]),
     (["--monitor-interval=0.0001"], ["--monitor-interval 0.0001: must lie in [0.01, 60] s", "share of a core"]),
     (["--epochs=1000000000"], ["--epochs 1000000000: must be at most 10,000: the gate and the report refuse"]),
     (["--epochs=10000", "--train-size=200000"], [

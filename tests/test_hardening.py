@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from bench_fixtures import config
 from bench_fixtures.config import ConfigError, replica_memory, replicas_problem, resolve
 from bench_fixtures.files import FolderClaim, size_pair
-from bench_fixtures.frameworks import installed
+from bench_fixtures.registry import installed
 from tests.test_gate import _valid_pair
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench_fixtures import benchmark_compat, machine
-from bench_fixtures.frameworks import FRAMEWORKS, NAMES, backend_module, unavailable
+from bench_fixtures.registry import FRAMEWORKS, NAMES, backend_module, unavailable
 from bench_fixtures.runner.worker import Worker, WorkerError
 
 ROOT = Path(__file__).resolve().parents[1]

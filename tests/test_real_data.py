@@ -5,7 +5,7 @@ import pytest
 
 from bench_fixtures import data
 from bench_fixtures.config import resolve
-from bench_fixtures.frameworks import installed
+from bench_fixtures.registry import installed
 from bench_fixtures.runner.experiment import Experiment
 from tests.helpers import real_subset
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from bench_fixtures.config import ConfigError, resolve
 from bench_fixtures.data import Bundle, prepare_data
 from bench_fixtures.data.bundle import replica_shard
-from bench_fixtures.frameworks import FRAMEWORKS, installed
+from bench_fixtures.registry import FRAMEWORKS, installed
 from bench_fixtures.runner import replicas as replicas_mod
 from bench_fixtures.runner.replicas import ReplicaGroup, rendezvous_env, world_size
 from bench_fixtures.runner.worker import _LIVE, WorkerError

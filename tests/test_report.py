@@ -70,7 +70,7 @@ def test_report_cli_on_a_bad_file(tmp_path):
 
 def test_dx_measured_here():
     """For each installed framework its footprint; a missing one is 'not installed', never 0 bytes."""
-    from bench_fixtures.frameworks import installed
+    from bench_fixtures.registry import installed
     fp = dx.footprint()
     for fw in fp:
         assert (fp[fw]["bytes"] > 100e6) if fw in installed() else (fp[fw]["bytes"] is None and not fp[fw]["installed"])

@@ -15,7 +15,7 @@ import pytest
 from bench_fixtures import models, weights
 from bench_fixtures.analysis import parity
 from bench_fixtures.config import ConfigError, resolve
-from bench_fixtures.frameworks import installed
+from bench_fixtures.registry import installed
 from bench_fixtures.frameworks.keras_port import PAIRS, backbone_keys, convert
 from bench_fixtures.runner.experiment import describe_models
 from tests.helpers import tiny_bundle

@@ -42,12 +42,14 @@ from typing import Any
 
 from .. import machine
 from ..config import CHOICES, MODELS, ConfigError, rename_options, resolve
-from ..data import DataError
+from ..data import DataError, prepare_data
 from ..files import FolderClaim, OutputError, WorkFolder, check_writable, interrupt_on_termination, write_json_atomic
-from ..frameworks import NAMES, installed
-from ..runner.experiment import Experiment, prepare_data
+from ..registry import NAMES, installed
+from ..runner.experiment import Experiment
+from ..runner.replicas import world_size
 from ..runner.worker import ROOT, WorkerError, kill_all
 from . import stats
+from .results import SCHEMA_KEY, SCHEMA_VERSION
 
 SIDES = ("baseline", "candidate")
 # Before each timed round: the other side's worker has just finished one, and its runtime's threads
@@ -63,7 +65,7 @@ PROBE_TIMEOUT_S = 20  # importing the project in a fresh interpreter takes about
 PROBE = """
 import sys
 import bench_fixtures.runner.worker, bench_fixtures.frameworks.protocol
-from bench_fixtures.frameworks import FRAMEWORKS
+from bench_fixtures.registry import FRAMEWORKS
 for name in sys.argv[1:]:
     why = FRAMEWORKS[name].missing()
     if why:
@@ -259,11 +261,12 @@ def run_file(side: str, cfg: Any, results: dict[str, dict[str, Any]], measure: s
         per_round = cfg.step_count * cfg.batch_size if measure == "steps" else None
         extra = dict(framework=framework, model=model, side=side, python=sides[side]["python"],
                      env=sides[side]["env"], measure=measure, framework_version=info.get("framework_version"),
-                     device=cfg.device, batch_size=cfg.batch_size, test_outcome="passed")
+                     device=cfg.device, batch_size=cfg.batch_size, test_outcome="passed", setup=cfg.setup,
+                     train_layers=cfg.train_layers, replicas=cfg.replicas)
         if per_round:
             extra.update(steps_per_round=cfg.step_count, train_images_per_s=per_round / statistics.median(data),
                          warmup_steps=cfg.step_warmup, warmup_s=max(r["warmups"], default=None),
-                         warmups_s=r["warmups"])
+                         warmups_s=r["warmups"], round_images_per_s=[per_round / t for t in data])
         if r["accuracy"]:
             extra.update(accuracy_after=r["accuracy"][-1], test_size=r.get("test_size"))
         benchmarks.append(dict(
@@ -275,7 +278,7 @@ def run_file(side: str, cfg: Any, results: dict[str, dict[str, Any]], measure: s
     info = machine.machine_info(builds)
     info["packages"] = dict(info["packages"], **{fw: b.get("framework_version") for fw, b in builds.items()})
     info["python"] = sides[side]["python"]
-    return dict(machine_info=info, bench_config=cfg.as_dict(), benchmarks=benchmarks,
+    return dict({SCHEMA_KEY: SCHEMA_VERSION}, machine_info=info, bench_config=cfg.as_dict(), benchmarks=benchmarks,
                 datetime=datetime.now(timezone.utc).isoformat(), version="bench ab",
                 command=" ".join(["bench ab", *argv]))
 
@@ -326,7 +329,7 @@ def run(a: argparse.Namespace, argv: list[str], prog: str) -> tuple[list[dict[st
             sides, cfg, out = check_options(a)
             claim = FolderClaim(out, "--out", "give each bench ab its own --out folder")
             work = WorkFolder()  # sweeps what sessions killed before their cleanup (kill -9) left behind
-            bundle_dir, meta = prepare_data(cfg, work.path)
+            bundle_dir, meta = prepare_data(cfg, work.path, world_size(cfg.replicas))
         except (ABError, ConfigError, OutputError) as e:
             print(f"{prog}: {e}", file=sys.stderr)
             return CANNOT_RUN

@@ -16,7 +16,7 @@ from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 
-from ..frameworks import FRAMEWORKS
+from ..registry import FRAMEWORKS
 
 GPU_LIBRARY = re.compile(r"^(nvidia-.*|cuda-.*|triton|jax-cuda\d+-.*)$")  # CUDA runtime wheels, GPU compilers, plugins
 GPU_LIBRARY_NOTE = "GPU libraries = nvidia-*, cuda-*, jax-cuda*-plugin/pjrt and triton distributions"

@@ -27,7 +27,7 @@ from typing import Any
 from ..config import MODELS, BenchConfig, resolve
 from ..data import LABEL_NAMES, Cifar10, make_bundle, make_synthetic
 from ..files import write_json_atomic
-from ..frameworks import NAMES, installed, unavailable
+from ..registry import NAMES, installed, unavailable
 from ..machine import nvml_gpus
 from ..runner.experiment import Experiment
 from .stats import median_interval

@@ -320,7 +320,3 @@ def main(argv: list[str] | None = None, prog: str = "bench parity") -> int:
     for line in problems:
         print("PARITY PROBLEM:", line)
     return 1 if problems else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(prog="python -m bench_fixtures.analysis.parity"))

@@ -18,8 +18,6 @@ from typing import Any
 
 from .. import peaks
 from ..config import MODELS, BenchConfig
-from ..data import cache_dir  # noqa: F401  moved: tests/conftest.py and .ci/gpu import it from here until switched
-from ..data import prepare_data as _prepare_data
 from ..files import write_json_atomic
 from ..registry import installed
 from ..telemetry.monitor import Monitor, disturbance, judge, peak, summarize_util
@@ -32,11 +30,6 @@ from .worker import Worker, hide_for_worker_errors, kill_all
 __tracebackhide__ = hide_for_worker_errors
 
 
-# moved: plugin imports it from here until the lead switches it
-def prepare_data(cfg: BenchConfig, out_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
-    """Moved to `data.prepare_data`, which takes the world size: plugin.py, analysis/ab.py and
-    tests/test_disturbed.py call this until the lead switches them (then it goes)."""
-    return _prepare_data(cfg, out_dir, world_size(cfg.replicas))
 
 
 class Experiment:

@@ -5,7 +5,6 @@ stamps every sample with `time.monotonic_ns()`, the clock the worker's timeline 
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Any

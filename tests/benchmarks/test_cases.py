@@ -4,7 +4,7 @@ import pytest
 
 from bench_fixtures.analysis import overhead
 from bench_fixtures.config import MODELS
-from bench_fixtures.frameworks import NAMES
+from bench_fixtures.registry import NAMES
 from bench_fixtures.runner.experiment import telemetry_problems
 
 CASES = [pytest.param(fw, model, id=f"{fw}-{model}", marks=getattr(pytest.mark, fw))
