@@ -4,6 +4,7 @@
     bench gate BASELINE.json... CANDIDATE.json regression gate against one or several stored runs
                                               (exit 0 pass, 1 regression, 2 cannot compare)
     bench report RUN.json... --out DIR        PNGs + report.md from one or more runs
+    bench history RUN.json|DIR... [--out DIR] when did a figure change, and what changed then (change points)
     bench parity                              the parity table, read back from every installed framework
     bench overhead                            does the harness distort what it measures?
     bench machine [--slug]                    what machine this is, as the results record it
@@ -20,7 +21,7 @@ from typing import Any
 
 # tool -> module (relative to this package) whose `main(argv, prog)` runs it
 TOOLS = {"ab": "analysis.ab", "gate": "analysis.gate", "report": "analysis.report", "parity": "analysis.parity",
-         "overhead": "analysis.overhead", "machine": "machine", "weights": "weights"}
+         "overhead": "analysis.overhead", "history": "analysis.history", "machine": "machine", "weights": "weights"}
 
 
 class _ClosedReaderSafe:

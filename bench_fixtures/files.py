@@ -48,11 +48,16 @@ def temp_beside(path: str | os.PathLike) -> tuple[int, Path]:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """Write to a temporary file in the same folder, fsync, then rename over PATH."""
+    return write_text_atomic(path, json.dumps(obj, indent=1, default=str))
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """TEXT into PATH whole or not at all: a temporary file beside it, fsynced, renamed over it."""
     path = Path(path)
     fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, default=str)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -295,3 +295,58 @@ def plot_scaling(points: dict[tuple[str, str], dict[int, float]], out: Path, set
         ax.set_title(f"{m}: scaling ({device}, setup {setup})")
         ax.legend(fontsize=8)
     return _save(fig, out / "scaling.png", where)
+
+
+def plot_history(series: list, changes: list, metric: str, out: Path) -> list[str]:
+    """history_METRIC[_sN].png per series: one panel per case, its runs in time order, each level
+    between change points with its median and band (median ± 2 robust sd of the level), and the change
+    points marked with their size."""
+    import os
+
+    import numpy as np
+
+    from .gate import METRICS
+    from .history import values_of
+    m, names = METRICS[metric], []
+    out.mkdir(parents=True, exist_ok=True)
+    for s_index, s in enumerate(series):
+        cases = sorted({c.name for run in s.runs for c in run.cases if c.key is not None})
+        drawn = [(case, values_of(s, case, m, [])) for case in cases]
+        drawn = [(case, pts) for case, pts in drawn if pts]
+        if not drawn:
+            continue
+        cols = min(3, len(drawn))
+        rows = math.ceil(len(drawn) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+        scale = 100 if m.mode == "points" else (2**-20 if m.unit == "B" else 1)
+        unit = "%" if m.mode == "points" else ("MiB" if m.unit == "B" else m.unit)
+        for ax, (case, pts) in zip(axes.flat, drawn):
+            xs, ys = [i + 1 for i, _ in pts], [v * scale for _, v in pts]
+            mine = sorted((c for c in changes if c.series == s_index and c.case == case and c.metric == metric),
+                          key=lambda c: c.at)
+            edges = [0, *(next(k for k, (i, _) in enumerate(pts) if i == c.at) for c in mine), len(pts)]
+            for a, b in zip(edges, edges[1:]):
+                level = np.asarray(ys[a:b])
+                mid = float(np.median(level))
+                sd = float(np.median(np.abs(level - mid))) / 0.6745 if len(level) > 1 else 0.0
+                ax.hlines(mid, xs[a] - 0.4, xs[b - 1] + 0.4, color="#333333", lw=1)
+                ax.fill_between([xs[a] - 0.4, xs[b - 1] + 0.4], mid - 2 * sd, mid + 2 * sd, color="#999999",
+                                alpha=0.25, lw=0)
+            ax.plot(xs, ys, "o", ms=4, color=COLORS.get(case.split("[")[-1].split("-")[0], "#1f77b4"))
+            for c in mine:
+                ax.axvline(c.at + 0.5, color="#c62828", ls="--", lw=1)
+                size = f"{c.size:+.0%}" if m.mode == "relative" else f"{100 * c.size:+.1f} pt"
+                ax.annotate(size, (c.at + 0.55, ax.get_ylim()[1]), va="top", fontsize=8, color="#c62828")
+            ax.set_title(case, fontsize=8)
+            ax.set_xlabel("run (in time order)", fontsize=7)
+            ax.set_ylabel(f"{metric} ({unit})", fontsize=7)
+            ax.tick_params(labelsize=7)
+        for ax in list(axes.flat)[len(drawn):]:
+            ax.set_visible(False)
+        name = f"history_{metric}" + (f"_s{s_index + 1}" if len(series) > 1 else "") + ".png"
+        tmp = out / f".{name}.part.png"
+        _save(fig, tmp, f"{metric}: series {s_index + 1} ({s.machine}, profile {s.settings.get('profile')}), "
+                        f"change points dashed, each level's median and band")
+        os.replace(tmp, out / name)
+        names.append(name)
+    return names

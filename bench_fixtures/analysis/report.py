@@ -26,9 +26,11 @@ from .parity import gflops, start_text
 from ..registry import NAMES
 from ..settings import COMPARABLE
 from ..telemetry.timeline import PROJECTED_EPOCHS
-from .figures import (ByCase, plot_accuracy, plot_accuracy_curves, plot_overhead_share, plot_scaling,
+from .figures import (ByCase, plot_accuracy, plot_accuracy_curves, plot_history, plot_overhead_share, plot_scaling,
                       plot_throughput, plot_time, plot_timelines, plot_trend)
 from .findings import findings
+from .history import ALPHA, METRICS_FOLLOWED, MIN_SIZE, analyse_runs, summary
+from .history import missing as history_missing
 from .html import to_html
 from .results import Case, ResultsError, Run, is_number, models_in, read_run
 
@@ -529,6 +531,16 @@ def history_section(paths: list[str], runs: list[Run], setup: str) -> list[str]:
     return md + ["", "Cells: fine-tuning time / accuracy after; ⚠: disturbed by other load while timed.", ""]
 
 
+def change_points_section(runs: list[Run], out: Path, files: list[str]) -> list[str]:
+    """`bench history` over the report's runs: its summary, one level down, and a figure per metric."""
+    lines: list[str] = []
+    series, changes = analyse_runs(runs, lines=lines)
+    for metric in METRICS_FOLLOWED:
+        files += plot_history(series, changes, metric, out)
+    text = summary(series, changes, lines, ALPHA)
+    return ["#" + line if line.startswith("#") else line for line in text]
+
+
 def _history_cell(c: Case) -> str:
     """Fine-tuning time / accuracy after, and the case's marks (failed, disturbed)."""
     accuracy = None if c.accuracy_after is None else c.accuracy_after * 100
@@ -632,6 +644,10 @@ def _write_report(paths: list[str], runs: list[Run], out: Path) -> None:
         md += scaling_section(points, runs)
     if len(runs) > 1:
         md += history_section(paths, runs, names[0])
+    if len(runs) >= 2 * MIN_SIZE and history_missing():
+        notes.append(f"no change points: {history_missing()}")
+    elif len(runs) >= 2 * MIN_SIZE:  # enough runs for a change point on either side
+        md += change_points_section(runs, out, files)
     md += ["## Figures", ""] + [f"![{f}]({f})" for f in files] + [""]
     if notes:
         md += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]

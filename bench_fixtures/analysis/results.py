@@ -1035,6 +1035,7 @@ class Run:
     bench_config: dict        # every setting of settings.ABSENT present (an older run: what it ran with)
     dx: dict                  # developer-experience figures per framework
     cases: tuple[Case, ...]
+    commit_info: dict = field(default_factory=dict)  # pytest-benchmark's: the commit id, dirty, branch
 
     @classmethod
     def from_doc(cls, doc: dict, path: str | Path | None = None) -> Run:
@@ -1042,7 +1043,8 @@ class Run:
         schema, doc = schema_of(doc), upgrade(doc)
         return cls(None if path is None else Path(path), schema, doc.get("datetime"), doc.get("command"),
                    doc.get("machine_info") or {}, doc.get("bench_config") or {}, doc.get("dx") or {},
-                   tuple(Case.from_entry(b) for b in doc["benchmarks"]))
+                   tuple(Case.from_entry(b) for b in doc["benchmarks"]),
+                   doc["commit_info"] if isinstance(doc.get("commit_info"), dict) else {})
 
     def by_name(self) -> dict[str, Case]:
         """Every case by its test name (what the gate compares cases by)."""

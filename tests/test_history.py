@@ -1,0 +1,177 @@
+"""`bench history`: change points found where they are, attributed to what changed, never in noise."""
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bench_fixtures.analysis import history
+from tests.test_gate import scaled
+
+ROOT = Path(__file__).resolve().parent.parent
+FINETUNE = "test_finetune[torch-mobilenet_v2]"
+START = datetime(2026, 11, 1, tzinfo=timezone.utc)
+
+
+# --------------------------------------------------------------------------- the detector alone
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(8, 30), st.floats(1e-3, 1e3), st.integers(0, 2**32 - 1))
+def test_a_flat_series_has_no_change_point(n, level, seed):
+    noise = np.random.default_rng(seed).normal(0, 0.01, n)  # 1% noise around one level
+    assert history.change_points(list(level * np.exp(noise))) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(8, 30), st.data(), st.floats(0.25, 1.0), st.floats(1e-3, 1e3), st.integers(0, 2**32 - 1))
+def test_a_clear_step_is_found_at_its_run(n, data, step, level, seed):
+    at = data.draw(st.integers(history.MIN_SIZE, n - history.MIN_SIZE))
+    noise = np.random.default_rng(seed).normal(0, 0.01, n)
+    values = level * np.exp(noise) * np.where(np.arange(n) >= at, 1 + step, 1.0)
+    found = history.change_points(list(values))
+    assert [i for i, _ in found] == [at] and found[0][1] < history.ALPHA
+
+
+def test_a_step_below_the_smallest_change_never_stands():
+    values = [1.0] * 6 + [1.01] * 6  # flat levels (p = 0) but a 1% move: under MIN_CHANGE
+    assert history.change_points(values) == []
+    assert [i for i, _ in history.change_points([1.0] * 6 + [1.05] * 6)] == [6]
+
+
+def test_points_metrics_move_in_points():
+    acc = [0.60, 0.61, 0.60, 0.61, 0.55, 0.54, 0.55, 0.54]
+    assert [i for i, _ in history.change_points(acc, "points")] == [4]
+
+
+# --------------------------------------------------------------------------- real runs, planted changes
+
+def _history_of(template: dict, factors: list[float], tmp: Path, torch_from: int | None = None,
+                precision_from: int | None = None) -> list[Path]:
+    """Runs made of TEMPLATE (a real run), the i-th FACTORS[i] times slower, an hour apart; torch
+    2.15.0 from run TORCH_FROM on; bf16 precision from PRECISION_FROM on."""
+    paths = []
+    for i, k in enumerate(factors):
+        run = copy.deepcopy(template)
+        for b in run["benchmarks"]:
+            scaled(b, k)
+            if isinstance(b["extra_info"].get("disturbance"), dict):  # the template's load is not this test's
+                b["extra_info"]["disturbance"].update(disturbed=False, reasons=[])
+        run["datetime"] = (START + timedelta(hours=i)).isoformat()
+        if torch_from is not None and i >= torch_from:
+            run["machine_info"]["packages"]["torch"] = "2.15.0"
+        if precision_from is not None and i >= precision_from:
+            run["bench_config"]["precision"] = "bf16"
+        path = tmp / f"run{i:02d}.json"
+        path.write_text(json.dumps(run))
+        paths.append(path)
+    return paths
+
+
+def _noise(n: int, seed: int = 0, sd: float = 0.02) -> list[float]:
+    return list(np.exp(np.random.default_rng(seed).normal(0, sd, n)))
+
+
+def test_a_planted_step_is_found_at_its_run_and_attributed_to_the_versions_that_changed(saved_runs, tmp_path):
+    template = json.loads(saved_runs[0].read_text())
+    factors = [k * (1.25 if i >= 5 else 1.0) for i, k in enumerate(_noise(10))]
+    paths = _history_of(template, factors, tmp_path, torch_from=5)
+    lines: list[str] = []
+    series, changes = history.analyse([str(p) for p in reversed(paths)], history.ALPHA, ["time"], lines)
+    assert len(series) == 1 and [r.path for r in series[0].runs] == paths  # sorted by their own time
+    found = [c for c in changes if c.case == FINETUNE]
+    assert [(c.metric, c.at) for c in found] == [("time", 5)]
+    assert 0.15 < found[0].size < 0.35
+    assert any(w.startswith("packages.torch '2.14.1' → '2.15.0'") or "packages.torch" in w
+               for w in found[0].what_changed), found[0].what_changed
+
+
+def test_identical_runs_give_no_change_point(saved_runs, tmp_path):
+    template = json.loads(saved_runs[0].read_text())
+    paths = _history_of(template, _noise(12, seed=3, sd=0.03), tmp_path)
+    lines: list[str] = []
+    _, changes = history.analyse([str(tmp_path)], history.ALPHA, list(history.METRICS_FOLLOWED), lines)
+    assert changes == [] and lines == []
+    assert len(paths) == 12
+
+
+def test_runs_of_another_precision_are_another_series_said_in_one_line(saved_runs, tmp_path):
+    template = json.loads(saved_runs[0].read_text())
+    paths = _history_of(template, [1.0] * 4 + [1.6] * 4, tmp_path, precision_from=4)
+    lines: list[str] = []
+    series, changes = history.analyse([str(p) for p in paths], history.ALPHA, ["time"], lines)
+    assert len(series) == 2 and changes == []  # a new precision is another experiment, not a regression
+    split = history.split_lines(series)
+    assert split[0].startswith("split into 2 series") and "by precision" in split[0]
+
+
+def test_malformed_and_disturbed_runs_are_refused_or_left_out_with_one_line_each(saved_runs, tmp_path):
+    template = json.loads(saved_runs[0].read_text())
+    paths = _history_of(template, _noise(6), tmp_path)
+    paths[1].write_text(paths[1].read_text()[:200])  # truncated
+    busy = json.loads(paths[2].read_text())
+    b = next(b for b in busy["benchmarks"] if b["name"] == FINETUNE)
+    b["extra_info"]["disturbance"].update(disturbed=True, reasons=["other processes used 50% of the machine's CPU"])
+    paths[2].write_text(json.dumps(busy))
+    lines: list[str] = []
+    series, _ = history.analyse([str(tmp_path)], history.ALPHA, ["time"], lines)
+    assert len(series[0].runs) == 5
+    refused = [line for line in lines if line.startswith("refused:")]
+    left = [line for line in lines if line.startswith("left out:")]
+    assert len(refused) == 1 and "run01.json" in refused[0] and "\n" not in refused[0]
+    assert len(left) == 1 and FINETUNE in left[0] and "disturbed" in left[0]
+
+
+def test_the_command_writes_the_summary_the_figures_and_warns_on_a_new_change(saved_runs, tmp_path):
+    template = json.loads(saved_runs[0].read_text())
+    folder = tmp_path / "stored"
+    folder.mkdir()
+    factors = [k * (1.5 if i >= 6 else 1.0) for i, k in enumerate(_noise(8, seed=1))]
+    _history_of(template, factors, folder, torch_from=6)
+    summary = tmp_path / "summary.md"
+    summary.write_text("# earlier step\n")
+    r = subprocess.run([sys.executable, "-m", "bench_fixtures", "history", str(folder), "--out", str(tmp_path / "h"),
+                        "--summary", str(summary), "--metric", "time", "peak_memory"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300, env={**_env(), "GITHUB_ACTIONS": "true"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "::warning title=Change point::" + FINETUNE in r.stdout
+    md = (tmp_path / "h" / "history.md").read_text()
+    assert "| " + FINETUNE + " | time | run 7" in md and "**new**" in md and "packages.torch" in md
+    assert summary.read_text().startswith("# earlier step\n## Benchmark history")
+    assert (tmp_path / "h" / "history_time.png").stat().st_size > 10_000
+    assert (tmp_path / "h" / "history_peak_memory.png").is_file()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["/nonexistent/run.json"], "no run file could be read (refused: /nonexistent/run.json: no such file"),
+    (["--alpha", "0.5", "x.json"], "argument --alpha: 0.5: must lie in [1e-09, 0.1]"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, needle):
+    r = subprocess.run([sys.executable, "-m", "bench_fixtures", "history", *args], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120, env=_env())
+    assert r.returncode == 2 and needle in r.stderr.strip().splitlines()[-1], r.stdout + r.stderr
+    assert r.stdout == ""  # nothing half-done: no summary of a history that was not read
+
+
+def _env() -> dict:
+    import os
+    return {k: v for k, v in os.environ.items() if k != "GITHUB_ACTIONS"}
+
+
+def test_a_report_of_several_runs_shows_the_change_points(saved_runs, tmp_path):
+    template = json.loads(saved_runs[0].read_text())
+    factors = [k * (1.3 if i >= 4 else 1.0) for i, k in enumerate(_noise(8, seed=2))]
+    paths = _history_of(template, factors, tmp_path, torch_from=4)
+    r = subprocess.run([sys.executable, "-m", "bench_fixtures", "report", *map(str, paths), "--out",
+                        str(tmp_path / "rep")], cwd=ROOT, capture_output=True, text=True, timeout=600, env=_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "### Benchmark history: change points" in md and "| " + FINETUNE + " | time | run 5" in md
+    assert "![history_time.png](history_time.png)" in md and (tmp_path / "rep" / "history_time.png").is_file()
