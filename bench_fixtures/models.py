@@ -3,7 +3,7 @@
 Framework-neutral on purpose: the backends read these numbers, so a difference between the two
 implementations can only come from the framework, never from two copies of a constant. A model's
 spec also carries what each framework needs to build it, so no backend branches on a model's name:
-adding a model is one SPECS row here, its weight files (weights.py) and its name in config.MODELS.
+adding a model is one SPECS row here, its weight files (weights.py) and its name in settings.MODELS.
 The audit that holds the frameworks to these facts is analysis/parity.py.
 """
 from __future__ import annotations

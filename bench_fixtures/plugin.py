@@ -52,6 +52,12 @@ class BenchState:
 STATE = pytest.StashKey[BenchState]()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """A marker per framework of the registry (`-m torch`), so adding one needs no pytest.ini line."""
+    for name, fw in FRAMEWORKS.items():
+        config.addinivalue_line("markers", f"{name}: a {fw.title or name} benchmark case")
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("bench", "PyTorch vs TensorFlow (and Keras on JAX) fine-tuning benchmark")
     group.addoption("--bench-report", dest="bench_report", default=None, metavar="DIR",

@@ -244,7 +244,7 @@ def plot_trend(runs: list[Run], out: Path, setup: str, where: str = "") -> str:
     by_run = [r.select("test_finetune", setup) for r in runs]
     for fw, m in sorted({k for ft in by_run for k in ft}):
         ys = [ft[(fw, m)].median if (fw, m) in ft else None for ft in by_run]
-        ax.plot(range(1, len(runs) + 1), ys, "o-", color=COLORS[fw], alpha=0.4 + 0.2 * MODELS.index(m), label=f"{fw}-{m}")
+        ax.plot(range(1, len(runs) + 1), ys, "o-", color=COLORS[fw], alpha=0.4 + 0.6 * MODELS.index(m) / max(1, len(MODELS) - 1), label=f"{fw}-{m}")
     ax.set_xlabel("run")
     ax.set_ylabel("fine-tuning time (s)")
     ax.set_title(f"Fine-tuning time across runs (setup: {setup})")
@@ -297,7 +297,7 @@ def plot_scaling(points: dict[tuple[str, str], dict[int, float]], out: Path, set
     return _save(fig, out / "scaling.png", where)
 
 
-def plot_history(series: list, changes: list, metric: str, out: Path) -> list[str]:
+def plot_history(series: list, changes: list, metric: str, out: Path, allow_disturbed: bool = False) -> list[str]:
     """history_METRIC[_sN].png per series: one panel per case, its runs in time order, each level
     between change points with its median and band (median ± 2 robust sd of the level), and the change
     points marked with their size."""
@@ -311,7 +311,7 @@ def plot_history(series: list, changes: list, metric: str, out: Path) -> list[st
     out.mkdir(parents=True, exist_ok=True)
     for s_index, s in enumerate(series):
         cases = sorted({c.name for run in s.runs for c in run.cases if c.key is not None})
-        drawn = [(case, values_of(s, case, m, [])) for case in cases]
+        drawn = [(case, values_of(s, case, m, [], allow_disturbed)) for case in cases]
         drawn = [(case, pts) for case, pts in drawn if pts]
         if not drawn:
             continue

@@ -59,7 +59,8 @@ def missing() -> str | None:
 def change_points(values: Sequence[float], mode: str = "relative", alpha: float = ALPHA,
                   min_change: float | None = None, floor: float = 0.0) -> list[tuple[int, float]]:
     """The indices where a new level starts in VALUES, each with its p-value: PELT proposes, Student's
-    t-test between neighbouring segments keeps (the weakest is dropped until every one stands)."""
+    t-test between neighbouring segments keeps (Bonferroni-corrected for the split's possible places;
+    the weakest is dropped until every one stands)."""
     import ruptures
     from scipy import stats
 
@@ -80,7 +81,10 @@ def change_points(values: Sequence[float], mode: str = "relative", alpha: float 
         tests = []
         for i, cp in enumerate(kept):
             before, after = x[bounds[i]:cp], x[cp:bounds[i + 2]]
-            p = _t_test_p(before, after, stats)
+            # Bonferroni over the places a change could split this span: the split is the best of
+            # them, so its own p-value overstates how rare it is (noise then passes for a step).
+            places = bounds[i + 2] - bounds[i] - 2 * MIN_SIZE + 1
+            p = min(1.0, _t_test_p(before, after, stats) * places)
             size = _effect(np.asarray(values[bounds[i]:cp]), np.asarray(values[cp:bounds[i + 2]]), mode)
             stands = p < alpha and abs(size) > smallest and _absolute(values, bounds[i], cp, bounds[i + 2]) > floor
             tests.append((stands, p, cp))
@@ -441,7 +445,7 @@ def _write(a: argparse.Namespace, series: list[Series], changes: list[Change], t
         out = Path(a.out).expanduser()
         from .figures import plot_history
         for name in a.metric:
-            plot_history(series, changes, name, out)
+            plot_history(series, changes, name, out, a.allow_disturbed)
         write_text_atomic(out / "history.md", "\n".join(text))
     if a.summary:
         with open(a.summary, "a") as f:  # the job summary is appended to, as GitHub's own steps do
