@@ -98,6 +98,8 @@ def test_a_planted_step_is_found_at_its_run_and_attributed_to_the_versions_that_
 def test_identical_runs_give_no_change_point(saved_runs, tmp_path):
     template = json.loads(saved_runs[0].read_text())
     paths = _history_of(template, _noise(12, seed=3, sd=0.03), tmp_path)
+    (tmp_path / "run00.telemetry").mkdir()
+    (tmp_path / "run00.telemetry" / "finetune-torch-mobilenet_v2.json").write_text("{}")  # a timeline, not a run
     lines: list[str] = []
     _, changes = history.analyse([str(tmp_path)], history.ALPHA, list(history.METRICS_FOLLOWED), lines)
     assert changes == [] and lines == []

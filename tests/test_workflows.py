@@ -23,7 +23,7 @@ def test_workflow_matches_the_github_schema(path):
 def test_gpu_workflow_gates_and_promotes_only_on_main():
     text = next(p for p in WORKFLOWS if p.stem == "gpu-gate").read_text()
     assert ".ci/gpu --out results" in text  # the one command for a GPU runner
-    assert "bench gate $(ls baseline/history/*.json | sort) results/run.json" in text
+    assert 'bench gate $(ls baseline/history/*.json | sort | tail -n "$GATE_HISTORY") results/run.json' in text
     assert "bench ab --baseline-python" in text
     assert "github.ref == 'refs/heads/main'" in text and "self-hosted" in text
 
@@ -39,3 +39,15 @@ def test_gpu_workflow_never_runs_a_fork_and_keeps_its_history_durably():
     assert "::warning title=No baseline::" in text
     assert text.count('>> "$GITHUB_STEP_SUMMARY"') >= 3
     assert "permissions:\n  contents: read" in text  # write only in the promote job
+
+
+def test_gpu_workflow_looks_for_change_points_on_main_as_a_warning():
+    """After main's run, bench history reads the whole stored history into the job summary; it never
+    fails the job (a change point is news for a person, not a verdict), and the history is kept long
+    enough for it (the gate still reads the last few runs only)."""
+    text = next(p for p in WORKFLOWS if p.stem == "gpu-gate").read_text()
+    step = text[text.index("- name: Change points over the stored history"):]
+    step = step[:step.index("- name:", 10)]
+    assert "github.ref == 'refs/heads/main'" in step and "continue-on-error: true" in step
+    assert 'bench history baseline/history results/run.json --out history --summary "$GITHUB_STEP_SUMMARY"' in step
+    assert "HISTORY_KEEP: 100" in text and "GATE_HISTORY: 5" in text

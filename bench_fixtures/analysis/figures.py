@@ -317,7 +317,8 @@ def plot_history(series: list, changes: list, metric: str, out: Path, allow_dist
             continue
         cols = min(3, len(drawn))
         rows = math.ceil(len(drawn) / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+        # wide enough for the heading even with one panel
+        fig, axes = plt.subplots(rows, cols, figsize=(max(8.0, 4.2 * cols), 2.8 * rows + 0.4), squeeze=False)
         scale = 100 if m.mode == "points" else (2**-20 if m.unit == "B" else 1)
         unit = "%" if m.mode == "points" else ("MiB" if m.unit == "B" else m.unit)
         for ax, (case, pts) in zip(axes.flat, drawn):

@@ -20,6 +20,7 @@ import argparse
 import math
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -102,7 +103,9 @@ def _t_test_p(a: np.ndarray, b: np.ndarray, stats: Any) -> float:
     or not at all (1)."""
     if np.ptp(a) == 0 and np.ptp(b) == 0:
         return 0.0 if a[0] != b[0] else 1.0
-    p = float(stats.ttest_ind(a, b, equal_var=True).pvalue)
+    with warnings.catch_warnings():  # nearly equal runs: scipy warns of precision; the p-value is still right
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = float(stats.ttest_ind(a, b, equal_var=True).pvalue)
     return 1.0 if math.isnan(p) else p
 
 
@@ -168,8 +171,9 @@ def _expand(paths: Iterable[str], lines: list[str]) -> list[Path]:
     out = []
     for given in paths:
         p = Path(given).expanduser()
-        if p.is_dir():
-            found = sorted(q for q in p.rglob("*.json") if q.is_file() and not q.name.startswith("."))
+        if p.is_dir():  # run files, not the timelines kept beside them (NAME.telemetry/, .benchmarks/telemetry/)
+            found = sorted(q for q in p.rglob("*.json") if q.is_file() and not q.name.startswith(".")
+                           and not any(part.endswith("telemetry") for part in q.relative_to(p).parts[:-1]))
             out += found
             if not found:
                 lines.append(f"refused: {p}: a folder with no run file (*.json) in it")
