@@ -336,8 +336,7 @@ def plot_history(series: list, changes: list, metric: str, out: Path, allow_dist
             ax.plot(xs, ys, "o", ms=4, color=COLORS.get(case.split("[")[-1].split("-")[0], "#1f77b4"))
             for c in mine:
                 ax.axvline(c.at + 0.5, color="#c62828", ls="--", lw=1)
-                size = f"{c.size:+.0%}" if m.mode == "relative" else f"{100 * c.size:+.1f} pt"
-                ax.annotate(size, (c.at + 0.55, ax.get_ylim()[1]), va="top", fontsize=8, color="#c62828")
+                ax.annotate(c.size_text(0), (c.at + 0.55, ax.get_ylim()[1]), va="top", fontsize=8, color="#c62828")
             ax.set_title(case, fontsize=8)
             ax.set_xlabel("run (in time order)", fontsize=7)
             ax.set_ylabel(f"{metric} ({unit})", fontsize=7)

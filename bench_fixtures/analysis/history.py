@@ -145,6 +145,12 @@ class Change:
     def size(self) -> float:
         return _effect(np.array([self.before]), np.array([self.after]), METRICS[self.metric].mode)
 
+    def size_text(self, digits: int = 1) -> str:
+        """The change as it reads: +25.6% (relative metrics) or -4.0 pt (accuracy)."""
+        if METRICS[self.metric].mode == "relative":
+            return f"{self.size:+.{digits}%}"
+        return f"{100 * self.size:+.1f} pt"
+
 
 def load(paths: Iterable[str], lines: list[str]) -> list[Run]:
     """Every readable run under PATHS (files, or folders of *.json), sorted by its own time; a file
@@ -360,7 +366,7 @@ def summary(series: list[Series], changes: list[Change], lines: list[str], alpha
                 "|---|---|---|---|---:|---:|---|"]
         for c in sorted(mine, key=lambda c: (c.at, c.case, c.metric)):
             m = METRICS[c.metric]
-            size = f"{c.size:+.1%}" if m.mode == "relative" else f"{100 * c.size:+.1f} pt"
+            size = c.size_text()
             new = " **new**" if is_new(c, s) else ""
             out.append(f"| {c.case} | {c.metric} | {_run_label(s.runs[c.at], c.at)}{new} | {_fmt(c.before, m)} → "
                        f"{_fmt(c.after, m)} | {size} | {c.p:.1g} | {'; '.join(c.what_changed)} |")
@@ -386,13 +392,16 @@ def main(argv: list[str] | None = None, prog: str = "bench history") -> int:
     print("\n".join(text))
     try:
         _write(a, series, changes, text)
-    except (OSError, ResultsError) as e:
+    except OutputError as e:
         print(f"{prog}: {e}", file=sys.stderr)
+        return EXIT_CANNOT
+    except OSError as e:  # --out or --summary that cannot take the file
+        print(f"{prog}: cannot write {e.filename}: {e.strerror}; give a writable file or folder", file=sys.stderr)
         return EXIT_CANNOT
     if os.environ.get("GITHUB_ACTIONS") == "true":
         for c in changes:
             if is_new(c, series[c.series]):
-                print(f"::warning title=Change point::{c.case} {c.metric}: {c.size:+.1%} from "
+                print(f"::warning title=Change point::{c.case} {c.metric}: {c.size_text()} from "
                       f"{_run_label(series[c.series].runs[c.at], c.at)}; changed: {'; '.join(c.what_changed)[:300]}")
     return EXIT_OK
 
