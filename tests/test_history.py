@@ -48,6 +48,23 @@ def test_a_step_below_the_smallest_change_never_stands():
     assert [i for i, _ in history.change_points([1.0] * 6 + [1.05] * 6)] == [6]
 
 
+def test_a_step_of_exactly_the_smallest_change_does_not_stand():
+    assert history.change_points([1.0] * 8 + [1.02] * 8) == []
+    assert history.change_points([0.30] * 8 + [0.31] * 8, "points") == []
+
+
+def test_a_step_is_found_whatever_the_unit():
+    """A flat 3% step in bytes (peak memory, ~2**30) is found as in seconds: the noise floor is 0.1% of
+    the figure, not of its logarithm."""
+    for level in (1.0, 600.0, 800 * 2**20):
+        assert [i for i, _ in history.change_points([level] * 8 + [level * 1.03] * 8)] == [8], level
+
+
+def test_two_slow_runs_in_a_row_are_a_blip_not_two_changes():
+    values = [1.0, 1.01, 0.99, 1.0, 1.02, 1.0, 0.99, 1.5, 1.51, 1.0, 1.01, 0.99, 1.0, 1.02, 1.0, 0.99]
+    assert history.change_points(values) == []
+
+
 def test_points_metrics_move_in_points():
     acc = [0.60, 0.61, 0.60, 0.61, 0.55, 0.54, 0.55, 0.54]
     assert [i for i, _ in history.change_points(acc, "points")] == [4]
@@ -116,6 +133,24 @@ def test_runs_of_another_precision_are_another_series_said_in_one_line(saved_run
     assert split[0].startswith("split into 2 series") and "by precision" in split[0]
 
 
+def test_a_time_outside_the_calendar_is_refused_in_one_line_and_news_is_the_newest_runs(saved_runs, tmp_path):
+    template = json.loads(saved_runs[0].read_text())
+    (tmp_path / "a").mkdir()
+    fp32 = _history_of(template, [1.0] * 4 + [1.5] * 4, tmp_path / "a", torch_from=4)
+    odd = json.loads(fp32[0].read_text())
+    odd["datetime"] = "9999-12-31T23:59:59-05:00"  # past the year 9999 in UTC
+    (tmp_path / "a" / "odd.json").write_text(json.dumps(odd))
+    later = copy.deepcopy(template)
+    later["bench_config"]["precision"] = "bf16"
+    later["datetime"] = (START + timedelta(days=1)).isoformat()
+    (tmp_path / "a" / "bf16.json").write_text(json.dumps(later))
+    lines: list[str] = []
+    series, changes = history.analyse([str(tmp_path / "a")], history.ALPHA, ["time"], lines)
+    assert [line for line in lines if "odd.json" in line][0].startswith("refused:")
+    assert len(series) == 2 and any(c.at == 4 for c in changes)
+    assert not any(history.is_new(c, series) for c in changes)  # the newest run is the bf16 one: not their news
+
+
 def test_malformed_and_disturbed_runs_are_refused_or_left_out_with_one_line_each(saved_runs, tmp_path):
     template = json.loads(saved_runs[0].read_text())
     paths = _history_of(template, _noise(6), tmp_path)
@@ -137,8 +172,8 @@ def test_the_command_writes_the_summary_the_figures_and_warns_on_a_new_change(sa
     template = json.loads(saved_runs[0].read_text())
     folder = tmp_path / "stored"
     folder.mkdir()
-    factors = [k * (1.5 if i >= 6 else 1.0) for i, k in enumerate(_noise(8, seed=1))]
-    _history_of(template, factors, folder, torch_from=6)
+    factors = [k * (1.5 if i >= 5 else 1.0) for i, k in enumerate(_noise(8, seed=1))]
+    _history_of(template, factors, folder, torch_from=5)
     summary = tmp_path / "summary.md"
     summary.write_text("# earlier step\n")
     r = subprocess.run([sys.executable, "-m", "bench_fixtures", "history", str(folder), "--out", str(tmp_path / "h"),
@@ -147,7 +182,8 @@ def test_the_command_writes_the_summary_the_figures_and_warns_on_a_new_change(sa
     assert r.returncode == 0, r.stdout + r.stderr
     assert "::warning title=Change point::" + FINETUNE in r.stdout
     md = (tmp_path / "h" / "history.md").read_text()
-    assert "| " + FINETUNE + " | time | run 7" in md and "**new**" in md and "packages.torch" in md
+    assert "| " + FINETUNE + " | time | run 6" in md and "**new**" in md and "packages.torch" in md
+    assert "Figures of this history: `history_time.png`" in md
     assert summary.read_text().startswith("# earlier step\n## Benchmark history")
     assert (tmp_path / "h" / "history_time.png").stat().st_size > 10_000
     assert (tmp_path / "h" / "history_peak_memory.png").is_file()

@@ -306,7 +306,7 @@ def plot_history(series: list, changes: list, metric: str, out: Path, allow_dist
     import numpy as np
 
     from .gate import METRICS
-    from .history import values_of
+    from .history import series_title, values_of
     m, names = METRICS[metric], []
     out.mkdir(parents=True, exist_ok=True)
     for s_index, s in enumerate(series):
@@ -339,14 +339,18 @@ def plot_history(series: list, changes: list, metric: str, out: Path, allow_dist
                 ax.annotate(c.size_text(0), (c.at + 0.55, ax.get_ylim()[1]), va="top", fontsize=8, color="#c62828")
             ax.set_title(case, fontsize=8)
             ax.set_xlabel("run (in time order)", fontsize=7)
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
             ax.set_ylabel(f"{metric} ({unit})", fontsize=7)
             ax.tick_params(labelsize=7)
         for ax in list(axes.flat)[len(drawn):]:
             ax.set_visible(False)
         name = f"history_{metric}" + (f"_s{s_index + 1}" if len(series) > 1 else "") + ".png"
-        tmp = out / f".{name}.part.png"
-        _save(fig, tmp, f"{metric}: series {s_index + 1} ({s.machine}, profile {s.settings.get('profile')}), "
-                        f"change points dashed, each level's median and band")
-        os.replace(tmp, out / name)
+        tmp = out / f".{name}.{os.getpid()}.{id(fig)}.png"  # this drawing's own: renamed over NAME when whole
+        try:
+            _save(fig, tmp, f"{metric}: series {s_index + 1} ({series_title(s, series)}), change points "
+                            f"dashed, each level's median and band")
+            os.replace(tmp, out / name)
+        finally:
+            tmp.unlink(missing_ok=True)
         names.append(name)
     return names

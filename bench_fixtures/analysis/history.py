@@ -28,16 +28,17 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..files import OutputError, write_text_atomic
+from ..files import OutputError, check_writable, write_text_atomic
 from ..settings import COMPARABLE
 from .gate import METRICS, Metric
 from .results import ResultsError, Run, read_run, same_memory_kind
 
 ALPHA = 0.001           # Otava's default max p-value: a change point stands at p below this
 MIN_CHANGE = {"relative": 0.02, "points": 0.01}  # smaller changes never stand (2%, 1 accuracy point)
-MIN_SIZE = 2            # runs on each side of a change point: a t-test needs two per side
+MIN_SIZE = 3            # runs a level holds at least: two slow runs in a row are a blip, not a level (and a
+#                         figure measured in steps, as accuracy is, repeats itself by chance twice far more often)
 PENALTY = 3.0           # PELT's penalty per change point, in units of the series' noise variance x log(n)
-NEW_RUNS = 2            # a change point whose later side starts within the last NEW_RUNS runs is new
+NEW_RUNS = MIN_SIZE     # a change point whose level starts within the newest NEW_RUNS runs is news of this run
 MACHINE_IGNORE = ("node", "cpu", "framework_builds.*.import_s", "framework_builds.*.pid", "gpu_reason")
 EXIT_OK, EXIT_CANNOT = 0, 2
 METRICS_FOLLOWED = tuple(m for m in METRICS if METRICS[m].judged)  # the gate's judged metrics
@@ -72,7 +73,7 @@ def change_points(values: Sequence[float], mode: str = "relative", alpha: float 
     if n < 2 * MIN_SIZE:
         return []
     noise = float(np.median(np.abs(np.diff(x)))) / (0.6745 * math.sqrt(2))  # robust sd of the noise
-    noise = max(noise, 1e-3 * max(1.0, float(np.median(np.abs(x)))))
+    noise = max(noise, 1e-3)  # 0.1% (a log) or 0.1 point: flat figures still pay a penalty per change
     proposed = ruptures.Pelt(model="l2", min_size=MIN_SIZE, jump=1).fit(x.reshape(-1, 1)) \
         .predict(pen=PENALTY * noise ** 2 * math.log(n))[:-1]
     smallest = MIN_CHANGE[mode] if min_change is None else min_change
@@ -87,7 +88,8 @@ def change_points(values: Sequence[float], mode: str = "relative", alpha: float 
             places = bounds[i + 2] - bounds[i] - 2 * MIN_SIZE + 1
             p = min(1.0, _t_test_p(before, after, stats) * places)
             size = _effect(np.asarray(values[bounds[i]:cp]), np.asarray(values[cp:bounds[i + 2]]), mode)
-            stands = p < alpha and abs(size) > smallest and _absolute(values, bounds[i], cp, bounds[i + 2]) > floor
+            stands = (p < alpha and abs(size) > smallest * (1 + 1e-9)  # "more than": 2% exactly does not stand
+                      and _absolute(values, bounds[i], cp, bounds[i + 2]) > floor)
             tests.append((stands, p, cp))
         if all(t[0] for t in tests):
             return [(cp, p) for _, p, cp in tests]
@@ -191,11 +193,12 @@ def _expand(paths: Iterable[str], lines: list[str]) -> list[Path]:
 
 
 def _when(run: Run) -> datetime | None:
+    """The run's instant in UTC (a naive time is UTC); None when it holds no usable time."""
     try:
         t = datetime.fromisoformat(str(run.datetime))
-    except ValueError:
+        return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    except (ValueError, OverflowError):  # not a time, or one that leaves the calendar in UTC (year 1, 9999)
         return None
-    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
 
 
 def split(runs: list[Run]) -> list[Series]:
@@ -208,12 +211,23 @@ def split(runs: list[Run]) -> list[Series]:
     return list(series.values())
 
 
+def _apart(series: list[Series]) -> list[str]:
+    """The keys whose values tell the series apart (machine and comparable settings)."""
+    return [k for k in ("machine", *COMPARABLE)
+            if len({(s.machine if k == "machine" else repr(s.settings[k])) for s in series}) > 1]
+
+
+def series_title(s: Series, series: list[Series]) -> str:
+    """SERIES' machine, profile, setup and precision, and whatever else sets it apart from the others."""
+    keys = dict.fromkeys(["profile", "setup", "precision", *(k for k in _apart(series) if k != "machine")])
+    return s.machine + ", " + ", ".join(f"{k} {s.settings.get(k)}" for k in keys)
+
+
 def split_lines(series: list[Series]) -> list[str]:
     """How the runs were split: per series, what sets it apart from the others."""
     if len(series) < 2:
         return []
-    keys = [k for k in ("machine", *COMPARABLE)
-            if len({(s.machine if k == "machine" else repr(s.settings[k])) for s in series}) > 1]
+    keys = _apart(series)
     out = [f"split into {len(series)} series of comparable runs, by {', '.join(keys)}:"]
     for i, s in enumerate(series, 1):
         what = ", ".join(f"{k}={s.machine if k == 'machine' else s.settings[k]}" for k in keys)
@@ -336,9 +350,12 @@ def _run_label(run: Run, index: int) -> str:
     return f"run {index + 1} ({when:%Y-%m-%d %H:%M} UTC{', ' + commit if commit else ''})"
 
 
-def is_new(change: Change, series: Series) -> bool:
-    """A change point whose later level starts within the last NEW_RUNS runs: news of this run."""
-    return change.at >= len(series.runs) - NEW_RUNS
+def is_new(change: Change, series: list[Series]) -> bool:
+    """A change point whose level starts within the newest NEW_RUNS runs of its series, in the series
+    that holds the newest run of all: news of this run (another series' change is not)."""
+    mine = series[change.series]
+    newest = max((s.runs[-1] for s in series), key=_when)
+    return mine.runs[-1] is newest and change.at >= len(mine.runs) - NEW_RUNS
 
 
 def summary(series: list[Series], changes: list[Change], lines: list[str], alpha: float) -> list[str]:
@@ -348,12 +365,11 @@ def summary(series: list[Series], changes: list[Change], lines: list[str], alpha
            f"{total} run(s) in {len(series)} series; change points from ruptures (PELT), each kept at "
            f"p < {alpha:g} (Student's t-test between the levels) and a change over "
            f"{MIN_CHANGE['relative']:.0%} ({100 * MIN_CHANGE['points']:.0f} point for accuracy).", ""]
-    out += [f"- {line.strip()}" for line in split_lines(series)[1:]]
+    out += [f"- {line.strip()}" for line in split_lines(series)]
     for i, s in enumerate(series):
         mine = [c for c in changes if c.series == i]
         first, last = _when(s.runs[0]), _when(s.runs[-1])
-        out += ["", f"### Series {i + 1}: {s.machine}, profile {s.settings.get('profile')}, "
-                    f"setup {s.settings.get('setup')}, precision {s.settings.get('precision')}", "",
+        out += ["", f"### Series {i + 1}: {series_title(s, series)}", "",
                 f"{len(s.runs)} runs, {first:%Y-%m-%d} → {last:%Y-%m-%d}."]
         if len(s.runs) < 2 * MIN_SIZE:
             out.append(f"Too few runs to find a change point: it needs {MIN_SIZE} runs on each side "
@@ -367,7 +383,7 @@ def summary(series: list[Series], changes: list[Change], lines: list[str], alpha
         for c in sorted(mine, key=lambda c: (c.at, c.case, c.metric)):
             m = METRICS[c.metric]
             size = c.size_text()
-            new = " **new**" if is_new(c, s) else ""
+            new = " **new**" if is_new(c, series) else ""
             out.append(f"| {c.case} | {c.metric} | {_run_label(s.runs[c.at], c.at)}{new} | {_fmt(c.before, m)} → "
                        f"{_fmt(c.after, m)} | {size} | {c.p:.1g} | {'; '.join(c.what_changed)} |")
     if lines:
@@ -379,13 +395,15 @@ def summary(series: list[Series], changes: list[Change], lines: list[str], alpha
 
 def main(argv: list[str] | None = None, prog: str = "bench history") -> int:
     a = _parser(prog).parse_args(sys.argv[1:] if argv is None else argv)
+    a.metric = list(dict.fromkeys(a.metric or METRICS_FOLLOWED))
     lines: list[str] = []
     if missing():
         print(f"{prog}: {missing()}", file=sys.stderr)
         return EXIT_CANNOT
     try:
+        _check_out(a.out)
         series, changes = analyse(a.runs, a.alpha, a.metric, lines, a.allow_disturbed)
-    except HistoryError as e:
+    except (HistoryError, OutputError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return EXIT_CANNOT
     text = summary(series, changes, lines, a.alpha)
@@ -396,11 +414,12 @@ def main(argv: list[str] | None = None, prog: str = "bench history") -> int:
         print(f"{prog}: {e}", file=sys.stderr)
         return EXIT_CANNOT
     except OSError as e:  # --out or --summary that cannot take the file
-        print(f"{prog}: cannot write {e.filename}: {e.strerror}; give a writable file or folder", file=sys.stderr)
+        where = e.filename or a.summary or a.out
+        print(f"{prog}: cannot write {where}: {e.strerror}; give a writable file or folder", file=sys.stderr)
         return EXIT_CANNOT
     if os.environ.get("GITHUB_ACTIONS") == "true":
         for c in changes:
-            if is_new(c, series[c.series]):
+            if is_new(c, series):
                 print(f"::warning title=Change point::{c.case} {c.metric}: {c.size_text()} from "
                       f"{_run_label(series[c.series].runs[c.at], c.at)}; changed: {'; '.join(c.what_changed)[:300]}")
     return EXIT_OK
@@ -412,12 +431,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN", help="run files or folders of them (*.json), any order")
     p.add_argument("--out", metavar="DIR", help="write history.md and a figure per metric into DIR")
     p.add_argument("--summary", metavar="FILE",
-                   help="append the Markdown summary to FILE (the workflow gives $GITHUB_STEP_SUMMARY)")
+                   help="append the Markdown summary to FILE (the workflow gives $GITHUB_STEP_SUMMARY; "
+                        "empty: none, as an unset variable gives)")
     p.add_argument("--alpha", type=_alpha, default=ALPHA, help=f"a change point stands at p below this ({ALPHA:g})")
     p.add_argument("--allow-disturbed", action="store_true",
                    help="keep cases measured on a busy machine in the series (default: left out, one line each)")
-    p.add_argument("--metric", nargs="+", choices=METRICS_FOLLOWED, default=list(METRICS_FOLLOWED),
-                   help="the gate's metrics to follow (default: every metric the gate judges)")
+    p.add_argument("--metric", action="extend", nargs="+", choices=METRICS_FOLLOWED, metavar="METRIC",
+                   help=f"a gate metric to follow, repeatable ({', '.join(METRICS_FOLLOWED)}; default: all)")
     return p
 
 
@@ -451,15 +471,21 @@ def analyse_runs(runs: Sequence[Run], alpha: float = ALPHA, metrics: Sequence[st
     return series, find(series, alpha, metrics, lines, allow_disturbed)
 
 
+def _check_out(out: str | None) -> None:
+    """--out is checked before anything is read or drawn (OutputError: one line naming it)."""
+    if out is not None:
+        if not out.strip():
+            raise OutputError("--out is empty; give a folder for the history")
+        check_writable(Path(out).expanduser(), "--out")
+
+
 def _write(a: argparse.Namespace, series: list[Series], changes: list[Change], text: list[str]) -> None:
     if a.out is not None:
-        if not a.out.strip():
-            raise OutputError("--out is empty; give a folder for the history")
         out = Path(a.out).expanduser()
         from .figures import plot_history
-        for name in a.metric:
-            plot_history(series, changes, name, out, a.allow_disturbed)
-        write_text_atomic(out / "history.md", "\n".join(text))
+        files = [f for name in a.metric for f in plot_history(series, changes, name, out, a.allow_disturbed)]
+        figures = ["", "Figures of this history: " + (", ".join(f"`{f}`" for f in files) or "none"), ""]
+        write_text_atomic(out / "history.md", "\n".join(text + figures))
     if a.summary:
         with open(a.summary, "a") as f:  # the job summary is appended to, as GitHub's own steps do
             f.write("\n".join(text) + "\n")
