@@ -39,12 +39,10 @@ DEFAULT_LR = {"sgd": 0.01, "adam": 0.001}
 # The caps the run-file readers hold files to, as the table's ranges say them.
 MIN_WORKER_MEMORY_MIB = int(SETTING["worker_memory_limit"].low)
 MAX_SEED = int(SETTING["seed"].high)
-MIN_WORKER_TIMEOUT_S, MAX_WORKER_TIMEOUT_S = SETTING["worker_timeout"].low, SETTING["worker_timeout"].high
+MAX_WORKER_TIMEOUT_S = SETTING["worker_timeout"].high
 MAX_EPOCHS = int(SETTING["epochs"].high)
 MAX_ROUNDS = int(SETTING["finetune_rounds"].high)
-MAX_STEPS = int(SETTING["step_count"].high)
 MAX_REPLICAS = int(SETTING["replicas"].high)
-MAX_IMAGE_SIZE = int(SETTING["image_size"].high)
 MONITOR_INTERVAL_RANGE = (SETTING["monitor_interval"].low, SETTING["monitor_interval"].high)
 PEAK_TFLOPS_RANGE = (SETTING["peak_tflops"].low, SETTING["peak_tflops"].high)
 # Host memory one replica's worker takes, for --replicas N at startup. Measured peaks (VmHWM) of one

@@ -60,7 +60,7 @@ class Setting:
         """The help with the defaults the table holds (as pytest-benchmark derives help from defaults)."""
         shown = {p: _shown(self.default_for(p), self.kind) for p in PROFILE_NAMES}
         if self.matched is not UNSET:
-            own = f"; defaults: {self.framework_defaults or 'each framework' + chr(39) + 's own'}"
+            own = "; defaults: " + (self.framework_defaults or "each framework's own")
             by_profile = "".join(f"; {p} {v}" for p, v in self.profiles.items())
             return f"{self.help} (matched: {_shown(self.matched, self.kind)}{own}{by_profile})"
         if self.default is None and not self.profiles:

@@ -465,3 +465,12 @@ def test_a_reader_that_goes_away_keeps_the_verdict(saved_runs, tmp_path):
     proc.stdout.close()  # the reader is gone before the first line (as `| head -0`; `head -5` once it has 5)
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == gate.REGRESSION and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_a_session_time_outside_the_calendar_stands_for_itself():
+    """The gate's session stamp and the history's sorting read one parser (results.instant); a time that
+    leaves the calendar in UTC is no instant, not a traceback, and still tells sessions apart."""
+    from bench_fixtures.analysis.results import instant
+    assert instant("9999-12-31T23:59:59-05:00") is None and instant("garbage") is None
+    assert gate._stamp("9999-12-31T23:59:59-05:00") == "9999-12-31T23:59:59-05:00"
+    assert gate._stamp("2026-12-06T01:00:00+01:00") == gate._stamp("2026-12-06T00:00:00Z") == "2026-12-06T00:00:00"

@@ -31,7 +31,6 @@ import statistics
 import sys
 import tomllib
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -39,7 +38,7 @@ from ..files import write_json_atomic
 from ..registry import FRAMEWORKS
 from ..settings import COMPARABLE
 from . import stats
-from .results import Case, ResultsError, Run, as_case, as_run, read_run, same_memory_kind
+from .results import Case, ResultsError, Run, as_case, as_run, instant, read_run, same_memory_kind
 
 PASS, REGRESSION, CANNOT_COMPARE = 0, 1, 2
 
@@ -400,14 +399,12 @@ def disturbed_cases(paths: list[str], runs: list[Run], cand_path: str, cand: Run
 
 
 def _stamp(value: object) -> str | None:
-    """pytest-benchmark's session time as one instant (UTC, to the microsecond), however it is written."""
-    if not isinstance(value, str) or not value.strip():
-        return None
-    try:
-        t = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return value.strip()
-    return (t if t.tzinfo is None else t.astimezone(timezone.utc).replace(tzinfo=None)).isoformat()
+    """pytest-benchmark's session time as one instant (UTC, to the microsecond), however it is written;
+    a text that is no time on the calendar stands for itself."""
+    t = instant(value)
+    if t is not None:
+        return t.replace(tzinfo=None).isoformat()
+    return value.strip() if isinstance(value, str) and value.strip() else None
 
 
 def same_sessions(paths: list[str], bases: list[Run], cand_path: str, cand: Run) -> None:

@@ -22,7 +22,7 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -31,7 +31,7 @@ import numpy as np
 from ..files import OutputError, check_writable, write_text_atomic
 from ..settings import COMPARABLE
 from .gate import METRICS, Metric
-from .results import ResultsError, Run, read_run, same_memory_kind
+from .results import ResultsError, Run, instant, read_run, same_memory_kind
 
 ALPHA = 0.001           # Otava's default max p-value: a change point stands at p below this
 MIN_CHANGE = {"relative": 0.02, "points": 0.01}  # smaller changes never stand (2%, 1 accuracy point)
@@ -113,8 +113,11 @@ def _t_test_p(a: np.ndarray, b: np.ndarray, stats: Any) -> float:
 
 def _effect(before: np.ndarray, after: np.ndarray, mode: str) -> float:
     """The change from BEFORE to AFTER: relative (of the medians) or in points (fractions)."""
-    b, a = float(np.median(before)), float(np.median(after))
-    return a / b - 1 if mode == "relative" else a - b
+    return _change(float(np.median(before)), float(np.median(after)), mode)
+
+
+def _change(before: float, after: float, mode: str) -> float:
+    return after / before - 1 if mode == "relative" else after - before
 
 
 def _absolute(values: Sequence[float], start: int, cp: int, end: int) -> float:
@@ -145,7 +148,7 @@ class Change:
 
     @property
     def size(self) -> float:
-        return _effect(np.array([self.before]), np.array([self.after]), METRICS[self.metric].mode)
+        return _change(self.before, self.after, METRICS[self.metric].mode)
 
     def size_text(self, digits: int = 1) -> str:
         """The change as it reads: +25.6% (relative metrics) or -4.0 pt (accuracy)."""
@@ -193,12 +196,7 @@ def _expand(paths: Iterable[str], lines: list[str]) -> list[Path]:
 
 
 def _when(run: Run) -> datetime | None:
-    """The run's instant in UTC (a naive time is UTC); None when it holds no usable time."""
-    try:
-        t = datetime.fromisoformat(str(run.datetime))
-        return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
-    except (ValueError, OverflowError):  # not a time, or one that leaves the calendar in UTC (year 1, 9999)
-        return None
+    return instant(run.datetime)
 
 
 def split(runs: list[Run]) -> list[Series]:

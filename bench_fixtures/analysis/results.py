@@ -42,6 +42,7 @@ import os
 import re
 import stat
 import statistics
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -836,6 +837,18 @@ def upgrade(doc: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- the records
+
+def instant(value: object) -> datetime | None:
+    """pytest-benchmark's session time as one instant in UTC, however it is written (`Z`, any offset;
+    a naive time is UTC); None when it is no time on the calendar (garbage, or past year 9999 in UTC)."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        t = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
+    except (ValueError, OverflowError):
+        return None
+
 
 def is_number(v: Any) -> bool:
     """A finite int or float, not a bool: what a reader may compute with."""
