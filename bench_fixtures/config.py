@@ -99,6 +99,7 @@ class BenchConfig:
     train_layers: str      # "all" (the whole network) or "head" (backbone frozen, its BatchNorm in inference mode)
     monitor_interval: float  # seconds between utilisation/memory samples
     worker_memory_limit: int  # MiB of host memory a worker may map (RLIMIT_DATA); 0 = no limit
+    price_per_hour: float | None = None  # the device's price per hour: cost per fine-tune (None: not priced)
     replicas: int = 1      # data-parallel replicas of each case on this host, one process each
     overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # MATCHED settings given by option/profile
 
@@ -110,7 +111,7 @@ class BenchConfig:
         """The config back from `as_dict()` (the worker's copy, a run file's bench_config): every field
         present and no other, so a reader on the far side of a pipe or a file reads attributes."""
         fields = {f.name for f in dataclasses.fields(cls)}
-        missing, unknown = fields - values.keys() - {"replicas", "overrides"}, values.keys() - fields
+        missing, unknown = fields - values.keys() - {"replicas", "overrides", "price_per_hour"}, values.keys() - fields
         if missing or unknown:
             raise ConfigError(f"not a bench config: missing {sorted(missing)}, unknown {sorted(unknown)}")
         return cls(**values)

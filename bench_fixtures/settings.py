@@ -174,6 +174,9 @@ SETTINGS: tuple[Setting, ...] = (
             "TensorFlow MultiWorkerMirroredStrategy; --batch-size is per replica (global batch = N x it), lr is "
             "not scaled", default=1, low=1, high=1024, why="one process per replica on this host; for more, run "
             "the same command on more hosts (docs/replicas.md)", comparable=True, absent=1),
+    Setting("price_per_hour", float, "the device's price per hour (a cloud GPU's, in any currency): the report "
+            "gives each fine-tune's cost and a 50-epoch run's (from the overhead projection) next to its joules",
+            low=0, low_open=True, high=1e6, unit=" per hour", why="no device rents for a million an hour"),
     Setting("monitor_interval", float, "seconds between utilisation/memory samples, taken from this process by "
             "the worker's PID", default=0.05, low=0.01, high=60.0, unit=" s",
             why="below 0.01 s the sampling thread takes a visible share of a core from the training it measures; "

@@ -505,6 +505,51 @@ def _check_extra(e: dict, w: str) -> None:
         _text(start.get(key), f"{w}.start.{key}")
     _flag(start.get("verified"), f"{w}.start.verified")  # the parity table looks it up
     check_disturbance(e.get("disturbance"), f"{w}.disturbance")
+    _check_energy(_object(e.get("energy"), f"{w}.energy"), f"{w}.energy")
+    _check_cost(_object(e.get("cost"), f"{w}.cost"), f"{w}.cost")
+
+
+MAX_JOULES = 1e12  # a terawatt-second: a 10 MW cluster for a day is under 1e12 J
+ENERGY_SOURCES = ("nvml_energy_counter", "nvml_power", "rapl")
+MAX_PRICE = 1e6    # settings' price_per_hour cap
+
+
+def _check_energy(en: dict, w: str) -> None:
+    """`energy`: measured, with its source and joules (above zero: a device that did something drew
+    energy), or not measured with the reason; never a zero standing for 'not measured'."""
+    if not en:
+        return
+    _count(en.get("version"), f"{w}.version")
+    measured = _flag(en.get("measured", _MISSING), f"{w}.measured", null=False)
+    _choice(en.get("source"), f"{w}.source", ENERGY_SOURCES, "an energy source this suite reads")
+    _text(en.get("reason"), f"{w}.reason", null=measured)
+    _texts(en.get("problems"), f"{w}.problems")
+    _texts(en.get("domains"), f"{w}.domains")
+    _count(en.get("wraps"), f"{w}.wraps", 0)
+    if measured:
+        _text(en.get("source", _MISSING), f"{w}.source", null=False)
+        _number(en.get("finetune_j", _MISSING), f"{w}.finetune_j", 0.0, MAX_JOULES, above=True, null=False)
+    elif en.get("finetune_j") is not None:
+        raise Invalid(f"{w}.finetune_j", "is set, but 'measured' is false: a figure not measured is null")
+    _fields(en, w, dict(per_image_j=(0, MAX_JOULES), mean_power_w=(0, MAX_JOULES), last_round_j=(0, MAX_JOULES),
+                        first_step_j=(0, MAX_JOULES), idle_j=(0, MAX_JOULES)))
+    _numbers(en.get("rounds_j"), f"{w}.rounds_j", 0.0, MAX_JOULES, above=True, most=MAX_ROUNDS)
+    _numbers(en.get("domain_finetune_j"), f"{w}.domain_finetune_j", 0.0, MAX_JOULES)
+    for part in ("epoch_phases", "inter_epoch_gaps"):
+        for i, row in enumerate(_list(en.get(part), f"{w}.{part}", most=MAX_EPOCHS)):
+            row = _object(row, f"{w}.{part}[{i}]")
+            _fields(row, f"{w}.{part}[{i}]", {k: (-MAX_JOULES, MAX_JOULES) for k in row
+                                              if k not in ("epoch", "after_epoch")})
+    _object(en.get("projection"), f"{w}.projection")
+
+
+def _check_cost(cost: dict, w: str) -> None:
+    """`cost`: the price per hour it was computed with, and money per fine-tune and per horizon."""
+    if not cost:
+        return
+    _number(cost.get("price_per_hour", _MISSING), f"{w}.price_per_hour", 0.0, MAX_PRICE, above=True, null=False)
+    _fields(cost, w, dict(finetune=(0, MAX_PRICE * MAX_SECONDS), horizon=(0, MAX_PRICE * MAX_SECONDS * MAX_EPOCHS)))
+    _count(cost.get("horizon_epochs"), f"{w}.horizon_epochs", 1, MAX_COUNT)
 
 
 MIN_PEAK = 2**20  # bytes: a process that trains a network holds far more (the tables count in MiB)
@@ -543,9 +588,10 @@ def _check_rounds(e: dict, w: str) -> None:
         for i, r in enumerate(_list(rounds, f"{w}.rounds", most=MAX_ROUNDS)):
             r = _object(r, f"{w}.rounds[{i}]", null=False)
             _number(r.get("finetune_s"), f"{w}.rounds[{i}].finetune_s", 0.0, MAX_SECONDS, above=True)
+            _number(r.get("energy_j"), f"{w}.rounds[{i}].energy_j", 0.0, MAX_JOULES, above=True)
             _fields(r, f"{w}.rounds[{i}]", dict(accuracy_before=(0, 1), accuracy_after=(0, 1)))
     summary = _object(e.get("rounds_summary"), f"{w}.rounds_summary")
-    for key, high in (("finetune_s", MAX_SECONDS), ("accuracy_after", 1.0)):
+    for key, high in (("finetune_s", MAX_SECONDS), ("accuracy_after", 1.0), ("energy_j", MAX_JOULES)):
         if summary.get(key) is None:
             continue
         s = _object(summary[key], f"{w}.rounds_summary.{key}")
@@ -771,6 +817,15 @@ def check_telemetry(tel: Any) -> None:
                 elif not isinstance(v, bool):
                     _number(v, f"{part}[{i}]{_key(key)}", -MAX_BYTES, MAX_BYTES)
     _text(_object(tel.get("monitor"), "monitor").get("backend"), "monitor.backend")
+    for i, r in enumerate(_list(tel.get("energy_reads"), "energy_reads")):  # runs before energy: none
+        r = _object(r, f"energy_reads[{i}]", null=False)
+        _count(r.get("t_ns", _MISSING), f"energy_reads[{i}].t_ns", 0, MAX_INT, null=False)
+        _numbers(r.get("values", _MISSING), f"energy_reads[{i}].values", 0.0, MAX_JOULES, nulls=True)
+    meter = _object(tel.get("energy_meter"), "energy_meter")
+    _choice(meter.get("source"), "energy_meter.source", ENERGY_SOURCES, "an energy source this suite reads")
+    _choice(meter.get("kind"), "energy_meter.kind", ("counter", "power"), "counter or power")
+    _texts(meter.get("domains"), "energy_meter.domains")
+    _numbers(meter.get("ranges"), "energy_meter.ranges", 0.0, MAX_JOULES, above=True)
     problem = _walk_problem(tel, "")
     if problem is not None:
         raise problem
@@ -1021,6 +1076,43 @@ class Case:
         start = self.extra_info.get("start")
         sha = start.get("sha256") if isinstance(start, dict) else None
         return sha if isinstance(sha, str) else None
+
+    @property
+    def energy(self) -> dict | None:
+        """The energy record (None: a run from before energy was measured); see `energy_reason`."""
+        en = self.extra_info.get("energy")
+        return en if isinstance(en, dict) else None
+
+    @property
+    def energy_j(self) -> float | None:
+        """Joules of the whole fine-tune (the median of its rounds'); None: not measured."""
+        en = self.energy or {}
+        return en["finetune_j"] if en.get("measured") and is_number(en.get("finetune_j")) else None
+
+    @property
+    def energy_rounds(self) -> list[float]:
+        """Each fine-tune round's joules, where measured (the findings' spread)."""
+        return _numbers_in([r.get("energy_j") for r in self.rounds])
+
+    @property
+    def energy_per_image(self) -> float | None:
+        """Joules per training image of the fine-tune (the gate's energy_per_image); None: not measured."""
+        en = self.energy or {}
+        v = en.get("per_image_j") if en.get("measured") else None
+        return v if is_number(v) and v > 0 else None
+
+    @property
+    def energy_reason(self) -> str | None:
+        """Why there is no energy figure: the record's reason, or that the run predates it."""
+        if self.energy is None:
+            return "not measured: recorded before energy was measured"
+        return None if self.energy_j is not None else (self.energy.get("reason") or "not measured")
+
+    @property
+    def cost(self) -> dict | None:
+        """Money per fine-tune and per the horizon's epochs at the run's --price-per-hour; None: not priced."""
+        c = self.extra_info.get("cost")
+        return c if isinstance(c, dict) else None
 
     @property
     def telemetry_problems(self) -> list[str]:

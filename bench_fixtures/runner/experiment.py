@@ -20,6 +20,7 @@ from .. import peaks
 from ..config import MODELS, BenchConfig
 from ..files import write_json_atomic
 from ..registry import installed
+from ..telemetry.energy import cost_record, energy_record
 from ..telemetry.monitor import Monitor, disturbance, judge, peak, summarize_util
 from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, RUN_START, RUN_STOP, accuracy_curve, after_first_steps,
                                   epoch_phases, epoch_times, fit_teardown, inter_epoch_gaps, project_overhead,
@@ -205,8 +206,11 @@ class Experiment:
         step_rate = steady[1] * self.global_batch / steady[0] if steady else None  # first steps left out
         curve = accuracy_curve(events, self.cfg.epochs)
         target = self.cfg.target_accuracy
+        energies = [self._energy(r) for r in self.rounds if "fit" in r]
         rounds = [dict(accuracy_before=r["before"]["accuracy"], accuracy_after=r.get("after", {}).get("accuracy"),
-                       finetune_s=r["fit"]["seconds"]) for r in self.rounds if "fit" in r]
+                       finetune_s=r["fit"]["seconds"], energy_j=e["finetune_j"])
+                  for r, e in zip((r for r in self.rounds if "fit" in r), energies)]
+        projection = project_overhead(events, self.cfg.epochs, fit["steps_per_epoch"])
         if self.cfg.replicas > 1:
             replicas = dict(replica_accuracy_after=last["after"].get("replica_accuracy"),
                             replica_pids=self.worker.pids if isinstance(self.worker, ReplicaGroup) else None,
@@ -220,7 +224,10 @@ class Experiment:
                     epoch_losses=fit["epoch_losses"], epoch_evals=fit["epoch_evals"],
                     epoch_times_s=times, time_to_first_step_s=time_to_first_step(events),
                     fit_teardown_s=fit_teardown(events, self.cfg.epochs),
-                    overhead_projection=project_overhead(events, self.cfg.epochs, fit["steps_per_epoch"]),
+                    overhead_projection=projection,
+                    energy=_energy_summary(energies[-1], [e["finetune_j"] for e in energies], fit["images"]),
+                    cost=cost_record(self.cfg.price_per_hour, statistics.median(r["finetune_s"] for r in rounds),
+                                     projection),
                     finetune_s=fit["seconds"], train_images_per_s=fit["images"] / fit["seconds"],
                     step_images_per_s=step_rate,
                     rounds=rounds, rounds_summary=rounds_summary(rounds),
@@ -229,6 +236,14 @@ class Experiment:
                     if target is not None else None,
                     **self.utilization(step_rate), **replicas,
                     **self._telemetry("finetune", events, last.get("monitor")))
+
+    def _energy(self, r: dict[str, Any]) -> dict[str, Any]:
+        """One fine-tune round's energy record, from its own monitor's counter reads and timeline."""
+        mon, fit = r.get("monitor"), r["fit"]
+        info = mon.energy_info if mon else dict(source=None, reason="not measured: the round had no monitor")
+        util = [s for s in mon.samples if "util" in s] if mon and mon.sampler.name == "nvml" else None
+        return energy_record(mon.energy_reads if mon else [], info, fit["events"], self.cfg.epochs,
+                             fit["steps_per_epoch"], fit["images"], util)
 
     def _telemetry(self, test: str, events: list[dict], mon: Monitor | None) -> dict[str, Any]:
         """The telemetry keys of extra_info, and the raw timeline + samples written beside the results."""
@@ -275,6 +290,8 @@ class Experiment:
             path = self.telemetry_dir / f"{test}-{self.name}.json"
             write_json_atomic(path, dict(case=self.name, test=test, config=self.cfg.as_dict(), events=events,
                                          samples=samples, host_samples=mon.host_samples if mon else [],
+                                         energy_reads=mon.energy_reads if mon else [],
+                                         energy_meter=mon.energy_info if mon else None,
                                          monitor=out["monitor"]))
             out["telemetry_file"] = str(path)
         return out
@@ -325,9 +342,22 @@ def spread(values: list[float], relative: bool) -> dict[str, Any] | None:
 
 
 def rounds_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """The fine-tune rounds (each a fresh model, same seed): time spread relative, accuracy in points."""
+    """The fine-tune rounds (each a fresh model, same seed): time and energy spread relative, accuracy
+    in points."""
     return dict(finetune_s=spread([r["finetune_s"] for r in rounds], relative=True),
-                accuracy_after=spread([r["accuracy_after"] for r in rounds], relative=False))
+                accuracy_after=spread([r["accuracy_after"] for r in rounds], relative=False),
+                energy_j=spread([r.get("energy_j") for r in rounds], relative=True))
+
+
+def _energy_summary(last: dict[str, Any], rounds_j: list[float | None], images: int) -> dict[str, Any]:
+    """The last round's energy record (its split by the timeline), with the fine-tune's joules and
+    joules per image as the median of the rounds that measured it (as the time is the rounds' median)."""
+    measured = [j for j in rounds_j if j is not None]
+    if not last["measured"] or not measured:
+        return dict(last, rounds_j=rounds_j)
+    mid = statistics.median(measured)
+    return dict(last, finetune_j=mid, per_image_j=mid / images if images else None, rounds_j=rounds_j,
+                last_round_j=last["finetune_j"])
 
 
 class CaseRunner:

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import psutil
 
+from . import energy
+
 IDLE_BELOW = 0.05  # utilisation under 5% counts as idle
 STOPPED = (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)  # SIGSTOP, Ctrl-Z, a debugger
 
@@ -246,6 +248,9 @@ class Monitor:
         self._thread: threading.Thread | None = None
         self.sampler: Any = None
         self.host: HostLoad | None = None  # the machine's load that is not ours
+        self.meter: Any = None  # the devices' energy counters (energy.py); None: not measured, see energy_info
+        self.energy_info: dict[str, Any] = energy.meter_info(None, "not measured: the monitor was not started")
+        self.energy_reads: list[dict[str, Any]] = []
         self.note = ""
         self.polls: list[int] = []  # monotonic ns of every sampling pass that succeeded
         self.busy_s = 0.0           # time this thread spent sampling: its own cost
@@ -254,6 +259,11 @@ class Monitor:
     def start(self) -> "Monitor":
         self.sampler, self.note = make_sampler(self.pid, self.device, self.gpu_index)
         self.host = HostLoad(self.pid if isinstance(self.pid, list) else [self.pid])
+        indices = self.gpu_index if isinstance(self.gpu_index, list) else \
+            [self.gpu_index] if not isinstance(self.pid, list) else list(range(len(self.pid)))
+        self.meter, reason = energy.make_meter(self.device, indices)
+        self.energy_info = energy.meter_info(self.meter, reason)
+        self._read_energy()  # the first read before the timed region starts
         self._stop.clear()
         self.started_ns = time.monotonic_ns()
         self._thread = threading.Thread(target=self._run, name=f"monitor-{self.pid}", daemon=True)
@@ -266,6 +276,7 @@ class Monitor:
             self.samples.extend(self.sampler.sample())
             if self.host is not None:
                 self.host_samples.append(self.host.sample())
+            self._read_energy()
             self.polls.append(time.monotonic_ns())
             return True
         except psutil.NoSuchProcess:
@@ -293,7 +304,19 @@ class Monitor:
             self._take()
             self.stopped_ns = time.monotonic_ns()
             self.sampler.close()
+            if self.meter is not None:
+                self.meter.close()
         return self
+
+    def _read_energy(self) -> None:
+        """One read of every energy counter; a read that fails is kept as a hole (None), which
+        fails the energy figure and nothing else."""
+        if self.meter is None:
+            return
+        try:
+            self.energy_reads.append(self.meter.read())
+        except Exception:
+            self.energy_reads.append(dict(t_ns=time.monotonic_ns(), values=[None] * len(self.meter.domains)))
 
     def longest_gap_s(self) -> float:
         """The longest stretch without a sample between start and stop: a thread that died, or one
@@ -312,6 +335,7 @@ class Monitor:
                     longest_gap_s=round(self.longest_gap_s(), 4), sampling_share=round(self.sampling_share(), 4),
                     buffered=getattr(self.sampler, "buffered", None),
                     processes=len(self.pid) if isinstance(self.pid, list) else 1,
+                    energy_source=self.energy_info["source"], energy_reads=len(self.energy_reads),
                     process_listed=getattr(self.sampler, "process_listed", None))
 
     def __enter__(self) -> "Monitor":

@@ -58,10 +58,18 @@ def epoch_times(events: list[dict], epochs: int) -> list[float | None]:
     return out
 
 
-def time_to_first_step(events: list[dict]) -> float | None:
-    """run_start to the end of the first (synchronised) training step: tracing and autotuning included."""
+Amount = Callable[[int, int], float]  # what accrued from one instant (ns) to another: seconds, or joules
+
+
+def seconds(a_ns: int, b_ns: int) -> float:
+    return (b_ns - a_ns) / 1e9
+
+
+def time_to_first_step(events: list[dict], amount: Amount = seconds) -> float | None:
+    """run_start to the end of the first (synchronised) training step: tracing and autotuning
+    included (AMOUNT: its seconds, or what else accrued, as its joules)."""
     start, first = _first(events, RUN_START), _first(events, FIRST_STEP_END, epoch=0)
-    return None if start is None or first is None else (first - start) / 1e9
+    return None if start is None or first is None else amount(start, first)
 
 
 def _events_by_epoch(events: list[dict]) -> dict[tuple[str, int], int]:
@@ -72,10 +80,12 @@ def _events_by_epoch(events: list[dict]) -> dict[tuple[str, int], int]:
     return out
 
 
-def epoch_phases(events: list[dict], epochs: int) -> tuple[list[dict | None], list[str]]:
+def epoch_phases(events: list[dict], epochs: int, amount: Amount = seconds, unit: str = "s"
+                 ) -> tuple[list[dict | None], list[str]]:
     """Per epoch: steps (first step start -> last step end), eval, other (epoch hooks, metrics,
     iterator set-up); they add up to the epoch exactly. Missing or out-of-order events make that
-    epoch None and are listed, never guessed."""
+    epoch None and are listed, never guessed. AMOUNT measures a stretch (seconds; the energy
+    figures pass joules, keys ending in UNIT)."""
     at = _events_by_epoch(events)
     phases: list[dict | None] = []
     problems: list[str] = []
@@ -97,18 +107,20 @@ def epoch_phases(events: list[dict], epochs: int) -> tuple[list[dict | None], li
             problems.append(f"epoch {k}: events out of order")
             phases.append(None)
             continue
-        total = chain[-1] - chain[0]
-        steps = at[LAST_STEP_END, k] - at[FIRST_STEP_START, k]
-        ev = at[EVAL_STOP, k] - at[EVAL_START, k] if has_eval else 0
-        phases.append(dict(epoch=k, total_s=total / 1e9, steps_s=steps / 1e9, eval_s=ev / 1e9,
-                           other_s=(total - steps - ev) / 1e9))
+        total = amount(chain[0], chain[-1])
+        steps = amount(at[FIRST_STEP_START, k], at[LAST_STEP_END, k])
+        ev = amount(at[EVAL_START, k], at[EVAL_STOP, k]) if has_eval else 0.0
+        phases.append({"epoch": k, f"total_{unit}": total, f"steps_{unit}": steps, f"eval_{unit}": ev,
+                       f"other_{unit}": total - steps - ev})
     return phases, problems
 
 
-def inter_epoch_gaps(events: list[dict], epochs: int) -> tuple[list[dict | None], list[str]]:
+def inter_epoch_gaps(events: list[dict], epochs: int, amount: Amount = seconds, unit: str = "s"
+                     ) -> tuple[list[dict | None], list[str]]:
     """Gap k: last step of epoch k -> first step of epoch k+1, split into eval (per-epoch
     validation), callbacks (epoch hooks and the next epoch's set-up before its first step: the
-    framework's own between-epoch work) and unaccounted; the parts add up to the gap."""
+    framework's own between-epoch work) and unaccounted; the parts add up to the gap (AMOUNT and
+    UNIT as in epoch_phases)."""
     at = _events_by_epoch(events)
     gaps: list[dict | None] = []
     problems: list[str] = []
@@ -127,12 +139,12 @@ def inter_epoch_gaps(events: list[dict], epochs: int) -> tuple[list[dict | None]
             problems.append(f"gap {k}->{k + 1}: events out of order")
             gaps.append(None)
             continue
-        total = at[FIRST_STEP_START, k + 1] - at[LAST_STEP_END, k]
-        ev = at[EVAL_STOP, k] - at[EVAL_START, k] if has_eval else 0
+        total = amount(at[LAST_STEP_END, k], at[FIRST_STEP_START, k + 1])
+        ev = amount(at[EVAL_START, k], at[EVAL_STOP, k]) if has_eval else 0.0
         after_steps = at[EVAL_STOP, k] if has_eval else at[LAST_STEP_END, k]
-        callbacks = (at[EPOCH_STOP, k] - after_steps) + (at[FIRST_STEP_START, k + 1] - at[EPOCH_START, k + 1])
-        gaps.append(dict(after_epoch=k, total_s=total / 1e9, eval_s=ev / 1e9, callbacks_s=callbacks / 1e9,
-                         unaccounted_s=(total - ev - callbacks) / 1e9))
+        callbacks = amount(after_steps, at[EPOCH_STOP, k]) + amount(at[EPOCH_START, k + 1], at[FIRST_STEP_START, k + 1])
+        gaps.append({"after_epoch": k, f"total_{unit}": total, f"eval_{unit}": ev, f"callbacks_{unit}": callbacks,
+                     f"unaccounted_{unit}": total - ev - callbacks})
     return gaps, problems
 
 
@@ -168,7 +180,8 @@ PROJECTED_EPOCHS = (5, 50, 500)
 
 
 def project_overhead(events: list[dict], epochs: int, steps_per_epoch: int,
-                     horizons: tuple[int, ...] = PROJECTED_EPOCHS) -> dict[str, Any] | None:
+                     horizons: tuple[int, ...] = PROJECTED_EPOCHS, amount: Amount = seconds, unit: str = "s"
+                     ) -> dict[str, Any] | None:
     """The fixed and the per-epoch cost of this run, and the overhead share of total time projected
     to longer runs: a projection from the measured figures, not a measurement.
 
@@ -178,36 +191,40 @@ def project_overhead(events: list[dict], epochs: int, steps_per_epoch: int,
     recurring overhead is the mean gap between epochs less its validation; the one-time overhead is
     what remains of the measured total (time to first step beyond a steady step, the first epoch's
     set-up, fit's teardown). So total(E) = one_time + E * (steps + eval) + (E - 1) * gap, which
-    reproduces the measured total at the measured E. None when events are missing."""
-    phases, problems = epoch_phases(events, epochs)
-    gaps, gap_problems = inter_epoch_gaps(events, epochs)
+    reproduces the measured total at the measured E. None when events are missing. With AMOUNT
+    and UNIT (joules, "j"), the same split of the energy: paid once, per epoch, per gap."""
+    phases, problems = epoch_phases(events, epochs, amount, unit)
+    gaps, gap_problems = inter_epoch_gaps(events, epochs, amount, unit)
     start, stop = _first(events, RUN_START), _first(events, RUN_STOP)
     first_start, first_end = _first(events, FIRST_STEP_START, epoch=0), _first(events, FIRST_STEP_END, epoch=0)
     if problems or gap_problems or None in (start, stop, first_start, first_end) or not phases or steps_per_epoch < 1:
         return None
-    total = (stop - start) / 1e9
-    first_step = (first_end - first_start) / 1e9
+    u = unit
+    total = amount(start, stop)
+    first_step = amount(first_start, first_end)
     if epochs > 1:
-        per_epoch = statistics.median(p["steps_s"] for p in phases[1:])
+        per_epoch = statistics.median(p[f"steps_{u}"] for p in phases[1:])
     elif steps_per_epoch > 1:
-        per_epoch = (phases[0]["steps_s"] - first_step) * steps_per_epoch / (steps_per_epoch - 1)
+        per_epoch = (phases[0][f"steps_{u}"] - first_step) * steps_per_epoch / (steps_per_epoch - 1)
     else:
-        per_epoch = phases[0]["steps_s"]
-    evals = [p["eval_s"] for p in phases]
+        per_epoch = phases[0][f"steps_{u}"]
+    evals = [p[f"eval_{u}"] for p in phases]
     eval_per_epoch = sum(evals) / len(evals)
-    gap = sum(g["total_s"] - g["eval_s"] for g in gaps) / len(gaps) if gaps else 0.0
+    gap = sum(g[f"total_{u}"] - g[f"eval_{u}"] for g in gaps) / len(gaps) if gaps else 0.0
     one_time = total - epochs * (per_epoch + eval_per_epoch) - (epochs - 1) * gap
 
     def at(n: int) -> dict[str, float]:
         overhead = one_time + (n - 1) * gap
         run = overhead + n * (per_epoch + eval_per_epoch)
-        return dict(epochs=n, total_s=run, overhead_s=overhead, overhead_share=overhead / run if run > 0 else None)
+        return {"epochs": n, f"total_{u}": run, f"overhead_{u}": overhead,
+                "overhead_share": overhead / run if run > 0 else None}
 
-    return dict(measured_epochs=epochs, measured_total_s=total, one_time_s=one_time, per_epoch_steps_s=per_epoch,
-                per_epoch_eval_s=eval_per_epoch, per_gap_s=gap, first_step_s=first_step,
-                step_s=per_epoch / steps_per_epoch, measured=at(epochs), projected=[at(n) for n in horizons],
-                note="projected from this run's own figures (one-time + per-epoch + per-gap costs); "
-                     "assumes later epochs cost what the measured ones did")
+    return {"measured_epochs": epochs, f"measured_total_{u}": total, f"one_time_{u}": one_time,
+            f"per_epoch_steps_{u}": per_epoch, f"per_epoch_eval_{u}": eval_per_epoch, f"per_gap_{u}": gap,
+            f"first_step_{u}": first_step, f"step_{u}": per_epoch / steps_per_epoch, "measured": at(epochs),
+            "projected": [at(n) for n in horizons],
+            "note": "projected from this run's own figures (one-time + per-epoch + per-gap costs); "
+                    "assumes later epochs cost what the measured ones did"}
 
 
 def accuracy_curve(events: list[dict], epochs: int) -> list[dict[str, Any]]:
