@@ -225,7 +225,7 @@ class Experiment:
                     epoch_times_s=times, time_to_first_step_s=time_to_first_step(events),
                     fit_teardown_s=fit_teardown(events, self.cfg.epochs),
                     overhead_projection=projection,
-                    energy=_energy_summary(energies[-1], [e["finetune_j"] for e in energies], fit["images"]),
+                    energy=_energy_summary(energies, fit["images"]),
                     cost=cost_record(self.cfg.price_per_hour, statistics.median(r["finetune_s"] for r in rounds),
                                      projection),
                     finetune_s=fit["seconds"], train_images_per_s=fit["images"] / fit["seconds"],
@@ -349,13 +349,20 @@ def rounds_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
                 energy_j=spread([r.get("energy_j") for r in rounds], relative=True))
 
 
-def _energy_summary(last: dict[str, Any], rounds_j: list[float | None], images: int) -> dict[str, Any]:
+def _energy_summary(records: list[dict[str, Any]], images: int) -> dict[str, Any]:
     """The last round's energy record (its split by the timeline), with the fine-tune's joules and
-    joules per image as the median of the rounds that measured it (as the time is the rounds' median)."""
-    measured = [j for j in rounds_j if j is not None]
-    if not last["measured"] or not measured:
-        return dict(last, rounds_j=rounds_j)
-    mid = statistics.median(measured)
+    joules per image as the median of the rounds (as the time is the rounds' median). A round whose
+    counter failed fails the case's figure: a median of the rounds that happened to read well would
+    pass for all of them."""
+    last, rounds_j = records[-1], [r["finetune_j"] for r in records]
+    failed = [(i, r) for i, r in enumerate(records) if not r["measured"]]
+    if failed:
+        i, r = failed[-1]
+        reason = r["reason"] if len(records) == 1 or all(not x["measured"] for x in records) else \
+            f"round {i + 1} of {len(records)}: {r['reason']}"
+        return dict(last, measured=False, finetune_j=None, per_image_j=None, mean_power_w=None, reason=reason,
+                    problems=[p for x in records for p in x["problems"]], rounds_j=rounds_j)
+    mid = statistics.median(rounds_j)
     return dict(last, finetune_j=mid, per_image_j=mid / images if images else None, rounds_j=rounds_j,
                 last_round_j=last["finetune_j"])
 

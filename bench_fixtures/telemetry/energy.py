@@ -229,14 +229,14 @@ def _cumulative(v: np.ndarray, t_ns: np.ndarray, kind: str, span: float | None, 
         return np.concatenate([[0.0], np.cumsum((v[1:] + v[:-1]) / 2 * dt)])
     steps = np.diff(v)
     for i in np.flatnonzero(steps < 0):
-        # A wrap can be undone where the range is known and the reads are close enough that one wrap
-        # at most fits between them (even at MAX_POWER_W); anything else went backwards.
-        if span and steps[i] + span >= 0 and dt[i] * MAX_POWER_W < span:
+        # A wrap is undone where the range is known and what it implies was drawn between the two
+        # reads is a power a device can draw; anything else went backwards (a reset, a driver reload).
+        if span and (steps[i] + span) / max(dt[i], 1e-9) <= MAX_POWER_W:
             steps[i] += span
             out.wraps += 1
         else:
-            what = "wrapped with no known range, or was reset (a driver reload)" if not span else \
-                "went back by more than one wrap explains"
+            what = "with no known range: a wrap, a reset or a driver reload" if not span else \
+                "more than a wrap at any real power explains: a reset"
             out.problems.append(f"{name}: the energy counter went backwards by {-steps[i]:.3f} J between two reads "
                                 f"{dt[i]:.3f} s apart ({what})")
             return None
@@ -249,17 +249,11 @@ def _cumulative(v: np.ndarray, t_ns: np.ndarray, kind: str, span: float | None, 
 def _stalls(out: Trace, d: int, name: str, start_ns: int | None, stop_ns: int | None) -> None:
     """A counter that did not move for STALL_S inside [start, stop] has stopped: no device draws nothing."""
     t, col = out.t_ns, out.joules[:, d]
-    moved = np.concatenate([[True], np.diff(col) > 0])
-    last = t[0]
-    for i in range(1, len(t)):
-        if moved[i]:
-            last = t[i]
-            continue
-        lo, hi = max(last, start_ns or last), min(t[i], stop_ns if stop_ns is not None else t[i])
-        if (hi - lo) / 1e9 >= STALL_S:
-            out.problems.append(f"{name}: the energy counter stopped for {(t[i] - last) / 1e9:.1f} s "
-                                f"(no device draws nothing)")
-            return
+    lo, hi = start_ns if start_ns is not None else t[0], stop_ns if stop_ns is not None else t[-1]
+    moves = [t[0], *t[1:][np.diff(col) > 0], t[-1]]  # the reads where it had moved, and the ends
+    inside, whole = max(((min(b, hi) - max(a, lo), b - a) for a, b in zip(moves, moves[1:])), default=(0, 0))
+    if inside / 1e9 >= STALL_S:
+        out.problems.append(f"{name}: the energy counter stopped for {whole / 1e9:.1f} s (no device draws nothing)")
 
 
 # --------------------------------------------------------------------------- the figures of a case
