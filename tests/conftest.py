@@ -41,7 +41,7 @@ def suite_environment(request, jax_cache, monkeypatch):
 @pytest.fixture(scope="session")
 def saved_runs(tmp_path_factory):
     """Two real smoke runs of the torch-mobilenet_v2 case (fine-tune and train steps, evaluated
-    every epoch, time to 20% accuracy), autosaved
+    every epoch, time to 20% accuracy; the second priced at 2.5 per hour), autosaved
     with their raw rounds into a storage folder, telemetry kept beside. Path options are written
     with a space and point at existing folders outside the project, as users write them."""
     store = tmp_path_factory.mktemp("storage")
@@ -54,7 +54,7 @@ def saved_runs(tmp_path_factory):
                             "--benchmark-autosave", "--benchmark-save-data", "--benchmark-storage", f"file://{store}",
                             "--telemetry-dir", str(telemetry), "--data-dir", str(data),
                             "--eval-every-epoch", "--target-accuracy", "0.2"]
-                           + (["--bench-report", str(report)] if i else []),
+                           + (["--bench-report", str(report), "--price-per-hour", "2.5"] if i else []),
                            cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     files = sorted(store.glob("*/*.json"))

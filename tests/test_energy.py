@@ -2,6 +2,7 @@
 (a wrap, a counter going backwards or stopping, failed reads), the split by the timeline, and a real
 case whose energy is measured, or not, without failing the case."""
 import os
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -342,3 +343,25 @@ def test_a_real_case_measures_energy_and_a_broken_counter_fails_only_the_figure(
     assert e2["reason"].startswith("round 2 of 2: not measured: package-0: ") and "energy reads failed" in e2["reason"]
     assert not [p for p in telemetry_problems(second, "finetune") if "energy" in p]  # the case stands
     assert second["accuracy_after"] is not None
+
+
+def test_a_cpu_run_says_why_energy_is_not_measured_and_prices_its_time(saved_runs):
+    """The saved smoke runs (this machine, a user's): energy measured where RAPL is readable, else
+    'not measured' with the reason and no joules; the second run, priced at 2.5 per hour, costs its
+    fine-tune's time and a 50-epoch run's projected time at that price."""
+    from bench_fixtures.analysis.results import read_run
+    unpriced, priced = (read_run(p).select("test_finetune")[("torch", "mobilenet_v2")] for p in saved_runs)
+    for c in (unpriced, priced):
+        en = c.energy
+        assert en is not None and en["version"] == energy.ENERGY_VERSION
+        if en["measured"]:
+            assert en["source"] == "rapl" and c.energy_j > 0 and c.energy_per_image > 0
+        else:
+            assert c.energy_j is None and en["finetune_j"] is None and en["per_image_j"] is None
+            assert en["reason"].startswith("not measured: ") and c.energy_reason == en["reason"]
+    assert unpriced.cost is None
+    cost, times = priced.cost, [r["finetune_s"] for r in priced.rounds]
+    assert cost["price_per_hour"] == 2.5 and cost["horizon_epochs"] == 50
+    assert cost["finetune"] == pytest.approx(statistics.median(times) * 2.5 / 3600)
+    fifty = next(p for p in priced.projection["projected"] if p["epochs"] == 50)
+    assert cost["horizon"] == pytest.approx(fifty["total_s"] * 2.5 / 3600)

@@ -65,6 +65,8 @@ def test_ci_gpu_runs_end_to_end_with_torch_alone(tmp_path):
     assert {"run.json", "run.telemetry", "report.md", "machine.json"} <= {p.name for p in out.iterdir()}
     assert (out / "run.telemetry" / "finetune-torch-mobilenet_v2.json").is_file()
     assert f".ci/gpu: exit 0; results in {out}/" in text
+    energy = [line for line in text.splitlines() if line.startswith("energy test_finetune[torch-mobilenet_v2]: ")]
+    assert len(energy) == 1 and (" J per fine-tune" in energy[0] or ": not measured: " in energy[0]), energy
 
 
 def test_ci_gpu_refuses_what_it_cannot_run(tmp_path):

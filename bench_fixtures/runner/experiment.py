@@ -473,7 +473,8 @@ def describe_models(cfg: BenchConfig, bundle_dir: str | os.PathLike, work_dir: s
 FINETUNE_KEYS = ("framework", "model", "profile", "dataset", "train_size", "test_size", "epochs", "batch_size",
                  "weights", "device", "precision", "accuracy_before", "accuracy_after", "trainable_params",
                  "non_trainable_params", "epoch_times_s", "time_to_first_step_s", "train_images_per_s",
-                 "inter_epoch_gaps_s", "utilization", "memory", "monitor", "epoch_phases", "disturbance")
+                 "inter_epoch_gaps_s", "utilization", "memory", "monitor", "epoch_phases", "disturbance",
+                 "energy", "cost")
 
 
 def telemetry_problems(info: dict[str, Any], test: str) -> list[str]:

@@ -334,3 +334,4 @@ def cost_record(price_per_hour: float | None, finetune_s: float | None, projecti
     return dict(price_per_hour=price_per_hour, finetune=finetune_s * price_per_hour / 3600 if finetune_s else None,
                 horizon_epochs=horizon, horizon=long_s * price_per_hour / 3600 if long_s else None,
                 basis=f"price per hour x the fine-tune's wall time; {horizon} epochs from the overhead projection")
+
