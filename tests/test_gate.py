@@ -474,3 +474,132 @@ def test_a_session_time_outside_the_calendar_stands_for_itself():
     assert instant("9999-12-31T23:59:59-05:00") is None and instant("garbage") is None
     assert gate._stamp("9999-12-31T23:59:59-05:00") == "9999-12-31T23:59:59-05:00"
     assert gate._stamp("2026-12-06T01:00:00+01:00") == gate._stamp("2026-12-06T00:00:00Z") == "2026-12-06T00:00:00"
+
+
+# --------------------------------------------------------------------------- energy per image: off by default
+
+ENERGY = "energy_per_image"
+NOT_MEASURED = "not measured: no RAPL package zone under /sys/class/powercap (a virtual machine)"
+
+
+def with_energy(b: dict, per_image: float | None, rounds: list[float] | None = None, source: str = "rapl") -> dict:
+    """B with an energy record: PER_IMAGE joules per training image (1,000 images), or not measured
+    (None) with its reason; ROUNDS: each fine-tune round's joules (the one-baseline test takes them)."""
+    measured = per_image is not None
+    b["extra_info"]["energy"] = dict(version=1, measured=measured, source=source if measured else None,
+                                     reason=None if measured else NOT_MEASURED,
+                                     finetune_j=per_image * 1000 if measured else None, per_image_j=per_image)
+    if rounds:
+        b["extra_info"]["rounds"] = [dict(energy_j=j) for j in rounds]
+    return b
+
+
+def energy_run(per_image: float | None, rounds: list[float] | None = None) -> dict:
+    return run_of([with_energy(bench("a", [1.0] * 6), per_image, rounds)])
+
+
+def judging(*names: str, **per_metric: float) -> gate.Thresholds:
+    return gate.Thresholds(defaults=dict(per_metric), judge=set(names))
+
+
+def _energy_verdict(base: dict, cand: dict, thresholds: gate.Thresholds | None = None) -> gate.Verdict:
+    (v,) = [v for v in gate.compare(base, cand, thresholds or gate.Thresholds())[0] if v.metric == ENERGY]
+    return v
+
+
+def _files(tmp_path: Path, base: dict, cand: dict) -> list[str]:
+    for name, run in (("b.json", base), ("c.json", cand)):
+        (tmp_path / name).write_text(json.dumps(run))
+    return [str(tmp_path / "b.json"), str(tmp_path / "c.json")]
+
+
+def test_energy_is_shown_never_judged_by_default(tmp_path):
+    """Off by default (a driver update moves it): doubled, it is shown with a note saying how to judge
+    it, and the run passes on the other metrics."""
+    base, cand = energy_run(0.05), energy_run(0.10)
+    v = _energy_verdict(base, cand)
+    assert v.verdict == "shown" and not v.judged and f"--judge {ENERGY}" in v.note
+    line = next(x for x in gate.format_table([v]).splitlines() if x.strip().startswith(ENERGY))
+    assert "+100.0%" in line and "–" in line and "shown" in line
+    code, out, _ = _gate_in_process(_files(tmp_path, base, cand))
+    assert code == gate.PASS and out.strip().splitlines()[-1] == "PASS: 5 metric(s) over 1 case(s)", out
+
+
+@pytest.mark.parametrize("base_energy, cand_energy", [("absent", 0.05), (0.05, None), (None, 0.05), ("absent", None)])
+def test_energy_off_never_refuses_a_run(tmp_path, base_energy, cand_energy):
+    """A baseline from before energy existed, or a CPU run that could not measure it: the other metrics
+    pass exactly as before, and nothing is said about energy."""
+    base = run_of([bench("a", [1.0] * 6)]) if base_energy == "absent" else energy_run(base_energy)
+    cand = energy_run(cand_energy)
+    assert gate.unreadable_cases(base, cand) == ([], [], [])
+    code, out, _ = _gate_in_process(_files(tmp_path, base, cand))
+    assert code == gate.PASS and ENERGY not in out and "PASS: 5 metric(s)" in out, out
+
+
+def test_energy_judged_with_its_own_threshold(tmp_path):
+    """--judge energy_per_image: +20% is a regression, +3% is not (10%, as time's); --threshold moves it."""
+    base = energy_run(0.05)
+    assert _energy_verdict(base, energy_run(0.06), judging(ENERGY)).verdict == "REGRESSION"
+    assert _energy_verdict(base, energy_run(0.0515), judging(ENERGY)).verdict == "ok"
+    assert _energy_verdict(base, energy_run(0.06), judging(ENERGY, energy_per_image=0.25)).verdict == "ok"
+    paths = _files(tmp_path, base, energy_run(0.06))
+    code, out, _ = _gate_in_process([*paths, "--judge", ENERGY])
+    assert code == gate.REGRESSION and out.strip().splitlines()[-1].endswith(f"a {ENERGY}"), out
+    code, out, _ = _gate_in_process([*paths, "--judge", ENERGY, "--threshold", f"{ENERGY}=0.25"])
+    assert code == gate.PASS and "PASS: 6 metric(s)" in out, out
+    (tmp_path / "gate.toml").write_text(f'[gate]\njudge = ["{ENERGY}"]\n')
+    assert _gate_in_process([*paths, "--config", str(tmp_path / "gate.toml")])[0] == gate.REGRESSION
+
+
+def test_energy_measured_by_other_meters_says_so():
+    """NVML's power integrated against its energy counter: the change may be the meter's, and the line
+    says so."""
+    base = energy_run(0.05)
+    cand = run_of([with_energy(bench("a", [1.0] * 6), 0.05, source="nvml_power")])
+    assert "measured by other meters: rapl (baseline) vs nvml_power (candidate)" in _energy_verdict(base, cand).note
+    assert "other meters" not in _energy_verdict(base, energy_run(0.06)).note
+
+
+def test_judged_energy_tests_the_rounds_with_one_baseline():
+    """As time: with one baseline, its rounds' Mann-Whitney test must show the rise (3 vs 3 rounds)."""
+    base = energy_run(0.05, rounds=[49.0, 50.0, 51.0])
+    clear = _energy_verdict(base, energy_run(0.06, rounds=[59.0, 60.0, 61.0]), judging(ENERGY))
+    assert clear.verdict == "REGRESSION" and "Mann-Whitney" in clear.rule and "3 vs 3 rounds" in clear.note
+    mixed = _energy_verdict(base, energy_run(0.06, rounds=[45.0, 60.0, 75.0]), judging(ENERGY))
+    assert mixed.verdict == "ok" and "Mann-Whitney" in mixed.rule
+
+
+def test_judged_energy_measured_on_one_side_is_not_a_pass(tmp_path):
+    """On, it never passes a run it cannot read: exit 2 with the unmeasured side's reason, either way
+    round; --allow-missing accepts it."""
+    paths = _files(tmp_path, energy_run(0.05), energy_run(None))
+    code, out, _ = _gate_in_process([*paths, "--judge", ENERGY])
+    assert code == gate.CANNOT_COMPARE, out
+    assert f"cannot compare: a: {ENERGY} measured in the baseline, not (null) in the candidate ({NOT_MEASURED})" in out
+    assert _gate_in_process([*paths, "--judge", ENERGY, "--allow-missing"])[0] == gate.PASS
+    old = _files(tmp_path, run_of([bench("a", [1.0] * 6)]), energy_run(0.05))
+    code, out, _ = _gate_in_process([*old, "--judge", ENERGY])
+    assert code == gate.CANNOT_COMPARE and "(not measured: recorded before energy was measured)" in out, out
+    neither = _files(tmp_path, energy_run(None), energy_run(None))
+    code, out, _ = _gate_in_process([*neither, "--judge", ENERGY])
+    assert code == gate.CANNOT_COMPARE, out
+    assert f"{ENERGY}: asked for (--judge, [gate] judge), but measured in neither run (a in the candidate: " in out
+
+
+@pytest.mark.parametrize("args, toml", [(["--judge", "energy"], None), (["--judge", "time"], None),
+                                        ([], '[gate]\njudge = ["energy"]\n'), ([], "[gate]\njudge = \"x\"\n"),
+                                        ([], "[gate]\njudged = []\n")])
+def test_an_unknown_judge_is_one_line_exit_2(tmp_path, args, toml):
+    paths = _files(tmp_path, energy_run(0.05), energy_run(0.05))
+    if toml:
+        (tmp_path / "gate.toml").write_text(toml)
+        args = ["--config", str(tmp_path / "gate.toml")]
+    code, out, err = _gate_in_process([*paths, *args])
+    assert code == gate.CANNOT_COMPARE and out == "" and len(err.strip().splitlines()) == 1, err
+    assert ("--judge" in err if not toml else "gate.toml [gate]" in err) and ENERGY in err, err
+
+
+def test_github_json_charts_energy_where_measured():
+    smaller, _ = gate.github_entries(energy_run(0.05))
+    assert {"name": f"a {ENERGY}", "unit": "J", "value": 0.05} in smaller
+    assert not any(e["name"].endswith(ENERGY) for e in gate.github_entries(energy_run(None))[0])

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench_fixtures.analysis import history
-from tests.test_gate import scaled
+from tests.test_gate import bench, run_of, scaled, with_energy
 
 ROOT = Path(__file__).resolve().parent.parent
 FINETUNE = "test_finetune[torch-mobilenet_v2]"
@@ -215,3 +215,21 @@ def test_a_report_of_several_runs_shows_the_change_points(saved_runs, tmp_path):
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "### Benchmark history: change points" in md and "| " + FINETUNE + " | time | run 5" in md
     assert "![history_time.png](history_time.png)" in md and (tmp_path / "rep" / "history_time.png").is_file()
+
+
+def test_energy_per_image_is_followed_when_asked(tmp_path, capsys):
+    """Off by default as in the gate (it mostly restates a change in time); --metric energy_per_image
+    follows it: a 20% step in joules per image, at constant time, is found at its run."""
+    assert "energy_per_image" not in history.METRICS_FOLLOWED and "energy_per_image" in history.METRICS_OFFERED
+    for i, joules in enumerate([0.050, 0.051, 0.049, 0.050, 0.060, 0.061, 0.059, 0.060]):
+        case = with_energy(bench(FINETUNE, [1.0] * 3), joules)
+        case["extra_info"].update(framework="torch", model="mobilenet_v2")
+        run = run_of([case])
+        run["datetime"] = (START + timedelta(hours=i)).isoformat()
+        (tmp_path / f"run{i}.json").write_text(json.dumps(run))
+    assert history.main([str(tmp_path)]) == 0
+    assert "No change point" in capsys.readouterr().out
+    assert history.main([str(tmp_path), "--metric", "energy_per_image"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {FINETUNE} |")]
+    assert len(rows) == 1 and rows[0].startswith(f"| {FINETUNE} | energy_per_image | run 5 ("), rows
+    assert "0.05 J → 0.06 J | +20.0% |" in rows[0], rows

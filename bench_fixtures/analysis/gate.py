@@ -2,11 +2,13 @@
 
 Compares pytest-benchmark JSON files (from --benchmark-json or the storage folder) case by case:
 time, accuracy after fine-tuning, peak memory, time to first step, inter-epoch gap (throughput is
-shown, not judged: it is the time's inverse). A change counts only beyond its limit *and* beyond
-what the measurement can show, by the rule each verdict line names:
+shown, not judged: it is the time's inverse). Energy per training image is off by default (a driver
+update can move it): shown where both runs measured it, judged with --judge energy_per_image. A
+change counts only beyond its limit *and* beyond what the measurement can show, by the rule each
+verdict line names:
 
-  one baseline     limit only (time: plus a one-sided Mann-Whitney test on the saved rounds). The
-                   weakest mode: nothing says how much identical runs differ between sessions.
+  one baseline     limit only (time, energy: plus a one-sided Mann-Whitney test on the saved rounds).
+                   The weakest mode: nothing says how much identical runs differ between sessions.
   several (history) the baselines' own spread is the noise band: a change must exceed the limit and
                    2x the largest deviation the stored runs show from their median.
   accuracy         also a two-proportion test on the test-set size; the line says when the test set
@@ -32,7 +34,7 @@ import sys
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 from ..files import write_json_atomic
 from ..registry import FRAMEWORKS
@@ -58,6 +60,9 @@ class Metric:
     floor: float = 0.0   # changes smaller than this (in the metric's own unit) never count
     judged: bool = True  # False: shown and exported, never a verdict (it restates another metric)
     source: str = ""     # where the number comes from, said beside the verdict
+    default_on: bool = True  # False: judged only when the run asks (--judge, [gate] judge), else shown
+    rounds: Callable[[Case], list[float]] | None = None  # the saved rounds one baseline's Mann-Whitney test takes
+    reason: Callable[[Case], str | None] | None = None   # why a case lacks the figure (said when a side lacks it)
 
 
 def _same_memory(metric: Metric, cases: list[Case]) -> Metric:
@@ -73,7 +78,8 @@ def _time_to_accuracy(b: Case | dict) -> float | None:
 
 
 METRICS = {m.name: m for m in [
-    Metric("time", lambda c: c.median, "lower", "relative", 0.10, "s", source="median of the rounds"),
+    Metric("time", lambda c: c.median, "lower", "relative", 0.10, "s", source="median of the rounds",
+           rounds=lambda c: c.round_times),
     Metric("accuracy_after", lambda c: c.accuracy_after_median, "higher", "points", 2.0, "%",
            source="median of the rounds"),
     Metric("peak_memory", lambda c: c.peak_memory(), "lower", "relative", 0.10, "B", source="last round"),
@@ -84,7 +90,33 @@ METRICS = {m.name: m for m in [
     Metric("inter_epoch_gap", lambda c: c.mean_gap, "lower", "relative", 0.25, "s", floor=0.05, source="last round"),
     Metric("time_to_accuracy", lambda c: c.time_to_accuracy, "lower", "relative", 0.10, "s", floor=0.05,
            source="wall seconds to --target-accuracy, last round"),
+    # Off by default: a driver or firmware update moves it with no change in the software under test.
+    # 10% as time's: NVML's counter and RAPL repeat within 1-5% between identical runs, and joules are
+    # watts x seconds, so the figure carries the time's noise as well.
+    Metric("energy_per_image", lambda c: c.energy_per_image, "lower", "relative", 0.10, "J", default_on=False,
+           source="energy.per_image_j: the fine-tune's joules (median of the rounds) per training image",
+           rounds=lambda c: c.energy_rounds, reason=lambda c: c.energy_reason),
 ]}
+OFF_BY_DEFAULT = tuple(m.name for m in METRICS.values() if m.judged and not m.default_on)  # --judge's choices
+
+
+def check_judge(names: Collection[str], where: str) -> None:
+    """Only a metric off by default can be turned on (GateError otherwise): every other one is judged
+    always, and a misspelt name must not leave the metric silently unjudged."""
+    for name in names:
+        if name not in OFF_BY_DEFAULT:
+            raise GateError(f"{where} {name!r}: choose from {', '.join(OFF_BY_DEFAULT)} (the metrics off by "
+                            f"default; every other metric is judged always)")
+
+
+def run_metrics(judge: Collection[str] = ()) -> dict[str, Metric]:
+    """METRICS as one run judges them: a metric off by default is judged only when JUDGE names it
+    (--judge, [gate] judge); otherwise it is shown, with a note saying how to judge it."""
+    return {name: m if m.default_on or name in judge else
+            replace(m, judged=False, source=f"{m.source}; shown only (off by default): --judge {name} to judge it")
+            for name, m in METRICS.items()}
+
+
 HARDWARE_KEYS = ("gpu_name", "cpu_model")
 VERSION_KEYS = tuple(dict.fromkeys(p for f in FRAMEWORKS.values() for p in f.packages))  # keras once
 
@@ -102,6 +134,11 @@ class Verdict:
     rule: str = ""       # what decided: the limit alone, a test, a noise band
 
     @property
+    def judged(self) -> bool:
+        """A verdict, not a figure shown only (whether a metric is judged can differ from run to run)."""
+        return self.verdict != "shown"
+
+    @property
     def delta(self) -> float:
         """The signed change of the value itself (relative, or points): -39.5% = it fell."""
         m = METRICS[self.metric]
@@ -112,8 +149,14 @@ class Verdict:
 
 @dataclass
 class Thresholds:
+    """The run's limits, and the metrics off by default that it judges: what --threshold, --judge and
+    --config set."""
     defaults: dict[str, float] = field(default_factory=dict)
     per_test: dict[str, dict[str, float]] = field(default_factory=dict)
+    judge: set[str] = field(default_factory=set)  # metrics off by default that this run judges
+
+    def metrics(self) -> dict[str, Metric]:
+        return run_metrics(self.judge)
 
     def get(self, case: str, metric: str) -> float:
         for table in (self.per_test.get(case, {}), self.defaults):
@@ -139,11 +182,12 @@ class Thresholds:
         (self.per_test.setdefault(case, {}) if case else self.defaults)[metric] = value
 
     def load(self, path: str) -> None:
-        """TOML: [thresholds] METRIC = VALUE, and [tests."TEST"] METRIC = VALUE."""
+        """TOML: [thresholds] METRIC = VALUE, [tests."TEST"] METRIC = VALUE, and [gate] judge = [METRIC, ...]."""
         try:
             doc = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise GateError(f"{path}: cannot read thresholds ({e})") from None
+        self._load_judge(doc.get("gate"), f"{path} [gate]")
         tables = [("", doc.get("thresholds") or {}, f"{path} [thresholds]")]
         tests = doc.get("tests") or {}
         if not isinstance(tests, dict):
@@ -156,6 +200,22 @@ class Thresholds:
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise GateError(f"{where}: {metric} = {value!r}: the threshold must be a number")
                 self._put(case, metric, float(value), where)
+
+    def _load_judge(self, table: object, where: str) -> None:
+        """[gate] judge = ["energy_per_image"]: the config's --judge."""
+        if table is None:
+            return
+        example = f'judge = ["{OFF_BY_DEFAULT[0]}"]'
+        if not isinstance(table, dict):
+            raise GateError(f"{where}: must be a table holding {example}")
+        unknown = sorted(table.keys() - {"judge"})
+        if unknown:
+            raise GateError(f"{where}: unknown key {unknown[0]!r}; the table holds {example}")
+        names = table.get("judge", [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise GateError(f"{where} judge = {names!r}: must be a list of metric names, {example}")
+        check_judge(names, f"{where} judge:")
+        self.judge.update(names)
 
 
 def mismatches(base: Run | dict, cand: Run | dict, allow: str) -> list[str]:
@@ -213,6 +273,8 @@ def compare_metric(case: str, metric: Metric, bases: list[Case], c: Case, thresh
         diff = (vc - vb) if metric.better == "lower" else (vb - vc)
         worse = diff / vb if vb else (0.0 if diff == 0 else math.inf)
     notes = [metric.source] if metric.source else []
+    if metric.name == "energy_per_image":
+        notes += _meters(bases, c)
     band, rule, shown = _noise_rule(metric, values, bases[0], c, threshold, alpha, worse, notes)
     beyond = worse > threshold and abs(vc - vb) > metric.floor and shown
     if metric.name == "accuracy_after":
@@ -223,6 +285,18 @@ def compare_metric(case: str, metric: Metric, bases: list[Case], c: Case, thresh
     else:
         verdict = "REGRESSION" if beyond else ("improved" if worse < -band else "ok")
     return Verdict(case, metric.name, vb, vc, worse, threshold, verdict, "; ".join(notes), rule)
+
+
+def _meters(bases: list[Case], c: Case) -> list[str]:
+    """A note when the runs' energy meters differ (NVML's counter, NVML's power integrated, RAPL): the
+    change may then be the meter's, not the software's."""
+    def meter(x: Case) -> str | None:
+        return (x.energy or {}).get("source")
+    base_meters = sorted({m for m in map(meter, bases) if m is not None})
+    if base_meters in ([], [meter(c)]):
+        return []
+    return [f"measured by other meters: {', '.join(base_meters)} (baseline) vs {meter(c)} (candidate): the change "
+            f"may be the meter's"]
 
 
 def _target_verdict(case: str, metric: Metric, values: list[float], vc: float, threshold: float) -> Verdict | None:
@@ -249,18 +323,19 @@ def _target_verdict(case: str, metric: Metric, values: list[float], vc: float, t
 def _noise_rule(metric: Metric, values: list[float], base: Case, c: Case, threshold: float, alpha: float,
                 worse: float, notes: list[str]) -> tuple[float, str, bool]:
     """(band, rule, whether the measurement shows the change): a history's own spread as the noise
-    band; one baseline: time's Mann-Whitney test on the saved rounds, else the limit alone."""
+    band; one baseline: a Mann-Whitney test on the saved rounds (time, energy), else the limit alone."""
     if len(values) >= 2:  # history: what identical runs already show
         spread = stats.noise(values, relative=metric.mode == "relative") * (100 if metric.mode == "points" else 1)
         band = max(threshold, stats.NOISE_FACTOR * spread)
         shown = f"{band:.1f} pt" if metric.mode == "points" else f"{band:.1%}"
         return band, f"limit and noise band {shown} ({len(values)} runs)", worse > band
-    if metric.name != "time":
+    if metric.rounds is None:
         return threshold, "limit only (one baseline)", True
-    db, dc = base.round_times, c.round_times
+    db, dc = metric.rounds(base), metric.rounds(c)
     if len(db) >= 2 and len(dc) >= 2 and _significant(_min_p(len(db), len(dc)), alpha):
         from scipy.stats import mannwhitneyu
-        p = float(mannwhitneyu(dc, db, alternative="greater").pvalue)
+        worse_side = "greater" if metric.better == "lower" else "less"
+        p = float(mannwhitneyu(dc, db, alternative=worse_side).pvalue)
         notes.append(f"p={p:.3g}, {len(db)} vs {len(dc)} rounds")
         return threshold, "limit + Mann-Whitney (one baseline)", _significant(p, alpha)
     return threshold, "limit only (one baseline" + (", too few rounds)" if db and dc else ", no saved rounds)"), True
@@ -288,10 +363,10 @@ def compare(bases: Run | dict | list[Run | dict], cand: Run | dict, thresholds: 
     bases = [bases] if isinstance(bases, (dict, Run)) else bases
     per_run = [as_run(base).by_name() for base in bases]
     bb, cb = per_run[-1], as_run(cand).by_name()
-    verdicts = []
+    verdicts, metrics = [], thresholds.metrics()
     for case in sorted(bb.keys() & cb.keys()):
         history = [run[case] for run in per_run if case in run and not run[case].failed] or [bb[case]]
-        for metric in METRICS.values():
+        for metric in metrics.values():
             if metric.name == "peak_memory":
                 metric = _same_memory(metric, [*history, cb[case]])
             v = compare_metric(case, metric, history, cb[case], thresholds.get(case, metric.name), alpha)
@@ -300,23 +375,33 @@ def compare(bases: Run | dict | list[Run | dict], cand: Run | dict, thresholds: 
     return verdicts, sorted(bb.keys() - cb.keys()), sorted(cb.keys() - bb.keys())
 
 
-def unreadable_cases(base: Run | dict, cand: Run | dict) -> tuple[list[str], list[str], list[str]]:
+def unreadable_cases(base: Run | dict, cand: Run | dict, judge: Collection[str] = ()
+                     ) -> tuple[list[str], list[str], list[str]]:
     """Cases whose test failed in the candidate (never a pass); cases whose baseline test failed (no
-    reference to compare with); metrics the baseline measured and the candidate did not."""
+    reference to compare with); judged metrics measured on one side only, and a metric JUDGE turned on
+    that no case measured at all (asked for by name, it must not pass unjudged)."""
     bb, cb = as_run(base).by_name(), as_run(cand).by_name()
+    common = sorted(bb.keys() & cb.keys())
     failed_now, failed_before, missing = [], [], []
-    for case in sorted(bb.keys() & cb.keys()):
+    for case in common:
         if cb[case].failed:
             failed_now.append(case)
         if bb[case].failed:
             failed_before.append(f"{case}: its test failed in the baseline; record a baseline whose tests pass")
-        for metric in METRICS.values():
-            if not metric.judged:
-                continue
+    for metric in (m for m in run_metrics(judge).values() if m.judged):
+        seen = False
+        for case in common:
             here, there = metric.extract(bb[case]) is not None, metric.extract(cb[case]) is not None
+            seen = seen or here or there
             if here != there:  # either way round, a metric judged on one side only is not judged at all
                 had, lacks = ("baseline", "candidate") if here else ("candidate", "baseline")
-                missing.append(f"{case}: {metric.name} measured in the {had}, not (null) in the {lacks}")
+                why = metric.reason(cb[case] if here else bb[case]) if metric.reason else None
+                missing.append(f"{case}: {metric.name} measured in the {had}, not (null) in the {lacks}"
+                               + (f" ({why})" if why else ""))
+        if metric.name in judge and common and not seen:
+            reasons = [(case, metric.reason(cb[case])) for case in common] if metric.reason else []
+            first = next((f" ({case} in the candidate: {why})" for case, why in reasons if why), "")
+            missing.append(f"{metric.name}: asked for (--judge, [gate] judge), but measured in neither run{first}")
     return failed_now, failed_before, missing
 
 
@@ -341,7 +426,7 @@ def format_table(verdicts: list[Verdict]) -> str:
             sign = "+" if m.better == "lower" else "-"
             change = f"{v.delta:+.1f} pt" if m.mode == "points" else f"{v.delta:+.1%}" if math.isfinite(v.delta) else "–"
             limit = f"{sign}{v.threshold:.1f} pt" if m.mode == "points" else f"{sign}{v.threshold:.0%}"
-            if not m.judged:
+            if not v.judged:
                 limit = "–"
             tail = "".join(f"  [{x}]" for x in (v.rule, v.note) if x)
             lines.append(f"  {v.metric:<20} {_fmt(v.baseline, m):>14} {_fmt(v.candidate, m):>14} {change:>10} "
@@ -464,9 +549,13 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("candidate")
     p.add_argument("--threshold", action="append", default=[], metavar="[TEST:]METRIC=VALUE",
                    help="relative for time/peak_memory/throughput/time_to_first_step/inter_epoch_gap/"
-                        "time_to_accuracy "
+                        "time_to_accuracy/energy_per_image "
                         "(0.10 = 10%%), percentage points for accuracy_after")
-    p.add_argument("--config", help="TOML file: [thresholds] and [tests.\"TEST\"] tables")
+    p.add_argument("--judge", action="append", default=[], metavar="METRIC",
+                   help=f"judge a metric that is off by default, repeatable ({', '.join(OFF_BY_DEFAULT)}: a driver "
+                        f"update can move it); off, it is shown where both runs measured it and never refuses a run")
+    p.add_argument("--config", help="TOML file: [thresholds] and [tests.\"TEST\"] tables, and [gate] judge = "
+                                    "[METRIC, ...] (as --judge)")
     p.add_argument("--alpha", type=float, default=0.05,
                    help="significance level of the time and accuracy tests, in [0.0001, 0.5] (0.05): the chance "
                         "of calling identical runs a regression; below, no test of these runs could reach it, above "
@@ -492,6 +581,8 @@ def _load(a: argparse.Namespace) -> tuple[list[Run], Run, Thresholds]:
         thresholds.load(a.config)
     for spec in a.threshold:
         thresholds.set(spec)
+    check_judge(a.judge, "--judge")
+    thresholds.judge.update(a.judge)
     bases, cand = [read_run(b) for b in a.baseline], read_run(a.candidate)
     same_sessions(a.baseline, bases, a.candidate, cand)
     problems = [f"{path}: {p}" if len(bases) > 1 else p for path, b in zip(a.baseline, bases)
@@ -516,13 +607,14 @@ class Outcome:
 
     @property
     def judged(self) -> list[Verdict]:
-        return [v for v in self.verdicts if METRICS[v.metric].judged]
+        """The verdicts, without the figures shown only (as this run chose: --judge)."""
+        return [v for v in self.verdicts if v.judged]
 
 
 def _outcome(bases: list[Run], cand: Run, thresholds: Thresholds, alpha: float, disturbed: list[str],
              unmeasured: list[str]) -> Outcome:
     verdicts, removed, added = compare(bases, cand, thresholds, alpha)
-    failed_now, failed_before, missing = unreadable_cases(bases[-1], cand)
+    failed_now, failed_before, missing = unreadable_cases(bases[-1], cand, thresholds.judge)
     return Outcome(verdicts, removed, added, failed_now, failed_before, missing, disturbed, unmeasured)
 
 

@@ -3,7 +3,8 @@
 Stored runs (files or folders, any order) are sorted by their own time and split into series of
 comparable runs: one machine, the same comparable settings (settings.COMPARABLE) — runs of another
 profile, setup, precision or replica count are never one series. Per case and gate metric, change
-points come from `ruptures` (PELT on the series, the log of it for relative metrics); each is kept
+points come from `ruptures` (PELT on the series, the log of it for relative metrics; a metric the gate
+keeps off by default, energy_per_image, only with --metric); each is kept
 only if the runs on either side differ by Student's t-test at --alpha and by more than the smallest
 change the metric means (MIN_CHANGE, and the gate's floor). At each kept change point, the runs on
 either side are diffed: package versions, framework builds (CUDA, cuDNN), driver, GPU, CPU, Python,
@@ -41,7 +42,11 @@ PENALTY = 3.0           # PELT's penalty per change point, in units of the serie
 NEW_RUNS = MIN_SIZE     # a change point whose level starts within the newest NEW_RUNS runs is news of this run
 MACHINE_IGNORE = ("node", "cpu", "framework_builds.*.import_s", "framework_builds.*.pid", "gpu_reason")
 EXIT_OK, EXIT_CANNOT = 0, 2
-METRICS_FOLLOWED = tuple(m for m in METRICS if METRICS[m].judged)  # the gate's judged metrics
+# The gate's judged metrics, as it judges them by default; --metric also offers those off by default
+# (energy_per_image: it mostly restates a change in time, and a driver update moves it, so following it
+# always would double the change points and their warnings).
+METRICS_FOLLOWED = tuple(m for m in METRICS if METRICS[m].judged and METRICS[m].default_on)
+METRICS_OFFERED = tuple(m for m in METRICS if METRICS[m].judged)
 
 
 class HistoryError(Exception):
@@ -434,8 +439,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=_alpha, default=ALPHA, help=f"a change point stands at p below this ({ALPHA:g})")
     p.add_argument("--allow-disturbed", action="store_true",
                    help="keep cases measured on a busy machine in the series (default: left out, one line each)")
-    p.add_argument("--metric", action="extend", nargs="+", choices=METRICS_FOLLOWED, metavar="METRIC",
-                   help=f"a gate metric to follow, repeatable ({', '.join(METRICS_FOLLOWED)}; default: all)")
+    p.add_argument("--metric", action="extend", nargs="+", choices=METRICS_OFFERED, metavar="METRIC",
+                   help=f"a gate metric to follow, repeatable ({', '.join(METRICS_OFFERED)}; default: all but "
+                        f"{', '.join(m for m in METRICS_OFFERED if m not in METRICS_FOLLOWED)}, off by default as "
+                        f"in the gate)")
     return p
 
 
