@@ -80,6 +80,7 @@ def test_a_rapl_wrap_is_undone_with_the_zones_range():
 @pytest.mark.parametrize("values, ranges, words", [
     ([10.0, 20.0, 30.0, 5.0, 15.0], (None,), "went backwards by 25.000 J"),      # NVML: no range to undo it
     ([500.0, 510.0, 520.0, 3.0, 13.0], (1e6,), "more than a wrap"),              # RAPL, far from the top: a reset
+    ([100.0, 101.0, 51.0, 52.0], (10.0,), "more than a wrap"),                   # back by more than the range
 ])
 def test_a_counter_that_goes_backwards_fails_the_figure(values, ranges, words):
     r = reads(values, 0.05)

@@ -306,3 +306,166 @@ def test_what_changed_says_what_a_framework_default_ran_with():
     assert "precision 'fp32' → each framework's default (read back: torch compute_dtype float32)" in line, line
     assert "compile 'off' → each framework's default (read back: torch torch_compile False)" in line, line
     assert "None" not in line.split(": the times")[0].replace("setup", ""), line
+
+
+# --------------------------------------------------------------------------- energy and cost (#32)
+
+RAPL = "RAPL: the whole CPU package, every process on it; on a shared machine the others' draw is included"
+NO_RAPL = "not measured: no RAPL package zone under /sys/class/powercap (no powercap driver: a virtual machine)"
+
+
+def _energy(b: dict, joules: list[float] | None, source: str = "rapl", reason: str = NO_RAPL, images: int = 1000,
+            price: float | None = None) -> dict:
+    """B (a _finetune case) with the energy record the runner writes: each round's joules (None: not
+    measured, for REASON), their median as the fine-tune's; priced at PRICE per hour when given."""
+    e = b["extra_info"]
+    if joules is None:
+        e["energy"] = dict(version=1, measured=False, source=None, reason=reason, finetune_j=None, per_image_j=None,
+                           rounds_j=[None])
+        e["rounds"] = [dict(finetune_s=b["stats"]["median"], energy_j=None)]
+    else:
+        mid = sorted(joules)[len(joules) // 2]
+        e["energy"] = dict(version=1, measured=True, source=source, reason=None, finetune_j=mid,
+                           per_image_j=mid / images, rounds_j=joules)
+        e["rounds"] = [dict(finetune_s=b["stats"]["median"], energy_j=j) for j in joules]
+    if price is not None:
+        seconds = b["stats"]["median"]
+        e["cost"] = dict(price_per_hour=price, finetune=seconds * price / 3600, horizon_epochs=50,
+                         horizon=25 * seconds * price / 3600, basis="crafted")
+    return b
+
+
+def _energy_run(torch_j, tf_j, **kw):
+    fts, tss, runs = _run(0.55, 11.3, 0.8, 2**31, [0.5, 0.52, 0.48], tf_total=9.0)
+    _energy(fts["matched"][("torch", "resnet50")], torch_j, **kw)
+    _energy(fts["matched"][("tensorflow", "resnet50")], tf_j, **kw)
+    return fts, tss, runs
+
+
+def _line(md: list[str], start: str) -> str:
+    found = [x for x in md if x.startswith(start)]
+    assert len(found) == 1, "\n".join(md)
+    return found[0]
+
+
+def _how_much(md: list[str]) -> list[str]:
+    """The lines of 'How much do the differences matter' (where energy and money are told)."""
+    i = md.index("### How much do the differences matter in a typical project?")
+    return md[i + 1:md.index("", i + 2)]
+
+
+def test_energy_over_several_rounds_is_judged_as_time_is():
+    """Ranges apart and more than 20% between medians: measurable; overlapping, or within 20%: not."""
+    md = fnd.findings(*_energy_run([100.0, 105.0, 95.0], [50.0, 52.0, 48.0]))
+    assert f"- **Energy of a fine-tune, resnet50** ({RAPL}): PyTorch 100 J, 3 rounds 95.0–105, 0.100 J per image; " \
+           f"TensorFlow 50.0 J, 3 rounds 48.0–52.0, 0.0500 J per image. TensorFlow 0.50× PyTorch's energy, " \
+           f"less." in md
+    md = fnd.findings(*_energy_run([100.0, 105.0, 95.0], [50.0, 120.0, 45.0]))
+    assert _line(md, "- **Energy of a fine-tune, resnet50**").endswith(
+        "TensorFlow 0.50× PyTorch's energy: no measurable difference (the rounds overlap).")
+    md = fnd.findings(*_energy_run([100.0, 101.0, 99.0], [90.0, 91.0, 89.0]))
+    assert _line(md, "- **Energy of a fine-tune, resnet50**").endswith(
+        "TensorFlow 0.90× PyTorch's energy: no measurable difference (within 20%).")
+    assert _line(md, "- **Energy of a fine-tune, resnet50**") in _how_much(md)
+
+
+def test_energy_of_one_round_each_says_it_is_one_measurement():
+    md = fnd.findings(*_energy_run([100.0], [150.0]))
+    assert f"- **Energy of a fine-tune, resnet50** ({RAPL}): PyTorch 100 J, one round, 0.100 J per image; " \
+           f"TensorFlow 150 J, one round, 0.150 J per image. TensorFlow 1.50× PyTorch's energy, more (one " \
+           f"measurement each)." in md
+    md = fnd.findings(*_energy_run([100.0], [110.0]))
+    assert _line(md, "- **Energy of a fine-tune, resnet50**").endswith(
+        "TensorFlow 1.10× PyTorch's energy: no measurable difference (within 20%; one measurement each).")
+    md = fnd.findings(*_energy_run([100.0, 101.0, 99.0], [150.0]))
+    assert _line(md, "- **Energy of a fine-tune, resnet50**").endswith(
+        "TensorFlow 1.50× PyTorch's energy, more (one measurement of TensorFlow's).")
+
+
+def test_energy_not_measured_says_why_once_and_never_a_zero():
+    md = fnd.findings(*_energy_run(None, None))
+    energy = [x for x in md if "nergy" in x]
+    assert energy == [f"- **Energy of a fine-tune:** {NO_RAPL}."], energy
+    assert not any(re.search(r"\d J\b", x) for x in md)  # no joules at all, no 0 J
+    fts, tss, runs = _energy_run(None, None)
+    _energy(fts["matched"][("tensorflow", "resnet50")], None, reason="not measured: the round had no monitor")
+    md = fnd.findings(fts, tss, runs)
+    assert "- **Energy of a fine-tune:** not measured. PyTorch resnet50: no RAPL package zone under " \
+           "/sys/class/powercap (no powercap driver: a virtual machine); TensorFlow resnet50: the round had no " \
+           "monitor." in md
+
+
+def test_energy_of_some_cases_only_gives_no_ratio_to_the_missing():
+    md = fnd.findings(*_energy_run([100.0], None))
+    assert f"- **Energy of a fine-tune, resnet50** ({RAPL}): PyTorch 100 J, one round, 0.100 J per image; " \
+           f"TensorFlow not measured: no RAPL package zone under /sys/class/powercap (no powercap driver: a virtual " \
+           f"machine)." in md
+    md = fnd.findings(*_energy_run(None, [100.0]))
+    line = _line(md, "- **Energy of a fine-tune, resnet50**")
+    assert line.startswith("- **Energy of a fine-tune, resnet50** (RAPL") and "PyTorch not measured: no RAPL" in line
+    assert line.endswith("TensorFlow 100 J, one round, 0.100 J per image. No ratio: PyTorch's was not measured.")
+    assert "×" not in line
+
+
+def test_the_meter_is_named_once_and_nvml_compares_with_nvml_only():
+    fts, tss, runs = _energy_run([1000.0], [2000.0], source="nvml_energy_counter")
+    for fw, j in (("torch", [500.0]), ("tensorflow", [400.0])):
+        b = _energy(_finetune(fw, 0.6, 0.3, 0.01, 2**30), j, source="nvml_power")
+        b["extra_info"]["model"] = "mobilenet_v2"
+        fts["matched"][(fw, "mobilenet_v2")] = b
+    md = fnd.findings(fts, tss, runs)
+    lines = [x for x in md if x.startswith("- **Energy of a fine-tune")]
+    assert lines == [
+        "- **Energy of a fine-tune, resnet50** (NVML: the GPU board alone, not the host's CPU): PyTorch 1,000 J, one "
+        "round, 1.00 J per image; TensorFlow 2,000 J, one round, 2.00 J per image. TensorFlow 2.00× PyTorch's "
+        "energy, more (one measurement each).",
+        "- **Energy of a fine-tune, mobilenet_v2:** PyTorch 500 J, one round, 0.500 J per image; TensorFlow 400 J, "
+        "one round, 0.400 J per image. TensorFlow 0.80× PyTorch's energy: no measurable difference (within 20%; "
+        "one measurement each)."], lines
+    _energy(fts["matched"][("tensorflow", "resnet50")], [2000.0], source="rapl")
+    line = _line(fnd.findings(fts, tss, runs), "- **Energy of a fine-tune, resnet50**")
+    assert "NVML" in line and "RAPL" in line
+    assert line.endswith("TensorFlow: measured by another meter than PyTorch's, not compared.")
+
+
+def test_a_priced_run_says_what_a_fine_tune_costs_and_an_unpriced_one_does_not():
+    md = fnd.findings(*_energy_run([100.0], [50.0], price=2.5))
+    assert "- **What a fine-tune costs, resnet50:** PyTorch 20.00 s = 0.0139 per fine-tune, 0.347 for 50 epochs " \
+           "(projected); TensorFlow 9.00 s = 0.00625 per fine-tune, 0.156 for 50 epochs (projected). At 2.5 per " \
+           "hour (--price-per-hour)." in md  # three significant digits, as the tables write money
+    fts, tss, runs = _energy_run([100.0], [50.0], price=900.0)
+    md = fnd.findings(fts, tss, runs)
+    assert _line(md, "- **What a fine-tune costs").startswith("- **What a fine-tune costs, resnet50:** PyTorch 20.00 s "
+                                                              "= 5.00 per fine-tune, 125.00 for 50 epochs (projected)")
+    md = fnd.findings(*_energy_run([100.0], [50.0]))
+    assert "- **What a fine-tune costs, resnet50:** PyTorch 20.00 s, TensorFlow 9.00 s." in md
+    assert not any("per fine-tune" in x or "per hour" in x for x in md)
+
+
+def test_a_run_recorded_before_energy_has_no_energy_line():
+    fts, tss, runs = _run(0.55, 11.3, 0.8, 2**31, [0.5, 0.52, 0.48])
+    md = fnd.findings(fts, tss, runs)
+    assert not any("nergy" in x for x in md)
+    assert "- **What a fine-tune costs, resnet50:** PyTorch 20.00 s, TensorFlow 20.00 s." in md
+
+
+def test_energy_leaves_out_disturbed_cases_and_speaks_of_one_framework_alone():
+    fts, tss, runs = _energy_run([100.0], [50.0])
+    fts["matched"][("tensorflow", "resnet50")]["extra_info"]["disturbance"] = dict(version=1, disturbed=True,
+                                                                                  reasons=["busy"])
+    md = fnd.findings(fts, tss, runs)
+    assert f"- **Energy of a fine-tune, resnet50** ({RAPL}): PyTorch 100 J, one round, 0.100 J per image. Nothing " \
+           f"to compare it with." in md  # TensorFlow's, measured on a busy machine, is not judged
+    fts, tss, runs = _energy_run([100.0], [50.0], price=2.5)
+    for src in (fts["matched"], tss["matched"]):
+        src.pop(("tensorflow", "resnet50"))
+    md = fnd.findings(fts, tss, runs)
+    assert f"- **Energy of a fine-tune, resnet50** ({RAPL}): PyTorch 100 J, one round, 0.100 J per image. Nothing " \
+           f"to compare it with." in md
+    assert "- **What a fine-tune costs, resnet50:** PyTorch 20.00 s = 0.0139 per fine-tune, 0.347 for 50 epochs " \
+           "(projected). At 2.5 per hour (--price-per-hour). Nothing to compare it with." in md
+    fts, tss, runs = _energy_run(None, None)
+    for src in (fts["matched"], tss["matched"]):
+        src.pop(("tensorflow", "resnet50"))
+    assert f"- **Energy of a fine-tune:** {NO_RAPL}." in fnd.findings(fts, tss, runs)
+    assert_no_empty_section(md)

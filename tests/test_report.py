@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from bench_fixtures.analysis import dx, figures, report
+from bench_fixtures.analysis import dx, figures, report, results
 from bench_fixtures.analysis.report import write_report
 from bench_fixtures.analysis.results import ResultsError, Run, cases, read_run, setups
 from bench_fixtures.telemetry import timeline as tl
@@ -36,7 +36,9 @@ def test_report_from_two_real_runs(saved_runs, tmp_path):
     assert "## History" in md and md.count(".json` |") == 2
     assert "## Developer experience" in md and "import time" in md
     assert "pytest tests/benchmarks" in md  # the command line that produced the run
-    assert "## Notes" not in md  # everything was there
+    notes = md.split("## Notes", 1)[1].strip().splitlines() if "## Notes" in md else []
+    assert all(n.startswith("- torch-mobilenet_v2: energy not measured") for n in notes)  # nothing else missing
+    assert "## Energy and cost" in md and "| energy per fine-tune (J) |" in md
 
 
 def test_bench_report_option_writes_the_report_at_session_end(bench_report_dir):
@@ -149,8 +151,9 @@ def projection(one_time: float, steps: float, gap: float, eval_s: float, first_s
                 note="projected from this run's own figures (crafted)")
 
 
-def telemetry(path, backend: str, mem_key: str = "proc_mem") -> str:
-    """A crafted timeline: two epochs of 1 s steps, 0.5 s between them, a sample every 0.1 s."""
+def telemetry(path, backend: str, mem_key: str = "proc_mem", energy: dict | None = None) -> str:
+    """A crafted timeline: two epochs of 1 s steps, 0.5 s between them, a sample every 0.1 s; ENERGY:
+    its energy_meter and energy_reads (none: a file from before energy was measured)."""
     s, events = 10**9, [dict(name=tl.RUN_START, t_ns=0)]
     for k, t0 in enumerate((0.2, 1.7)):
         events += [dict(name=tl.EPOCH_START, t_ns=int(t0 * s), epoch=k),
@@ -161,17 +164,18 @@ def telemetry(path, backend: str, mem_key: str = "proc_mem") -> str:
     events.append(dict(name=tl.RUN_STOP, t_ns=3 * s))
     samples = [dict(t_ns=i * s // 10, util=0.9 if i % 15 < 10 else 0.1, **{mem_key: (1 + i / 30) * 2**30})
                for i in range(30)]
-    path.write_text(json.dumps(dict(events=events, samples=samples, monitor=dict(backend=backend))))
+    path.write_text(json.dumps(dict(events=events, samples=samples, monitor=dict(backend=backend), **(energy or {}))))
     return path.name
 
 
-def benchmark(folder, test, fw, model, setup, backend="psutil", **extra) -> dict:
-    """One test's entry as the suite writes it; SETUP None: a run recorded before setups existed."""
+def benchmark(folder, test, fw, model, setup, backend="psutil", energy_tel: dict | None = None, **extra) -> dict:
+    """One test's entry as the suite writes it; SETUP None: a run recorded before setups existed;
+    ENERGY_TEL: its telemetry's energy reads and meter."""
     case = f"{fw}-{model}" + (f"-{setup}" if setup else "")
     e = dict(framework=fw, model=model, epochs=EPOCHS, accuracy_before=0.1, accuracy_after=0.6,
              epoch_times_s=[3.0, 2.5], inter_epoch_gaps_s=[0.75], time_to_first_step_s=10.0,
              trainable_params=2236682, non_trainable_params=34112, train_images_per_s=100.0,
-             telemetry_file=telemetry(folder / f"{test}-{case}.json", backend))
+             telemetry_file=telemetry(folder / f"{test}-{case}.json", backend, energy=energy_tel))
     if setup:
         e.update(setup=setup, overrides={}, settings=dict(setup=setup, **SETTINGS[fw, setup]))
     e.update(extra)
@@ -345,3 +349,173 @@ def test_a_row_only_one_setup_has_is_a_dash_in_the_other(tmp_path):
     md = report.write_report([path], tmp_path / "out").read_text()
     assert "| time to accuracy 50% | 1.5 s wall / 1.0 s training (epoch 1) | – | 1.5 s wall / 1.0 s training " \
            "(epoch 1) | – |" in table(md, "mobilenet_v2")
+
+
+# -- energy and cost (crafted: the records as experiment.finetune_info writes them) -----------------------
+
+IMAGES = 512
+
+
+def rapl_reads(watts: float, failed: int | None = None) -> dict:
+    """The telemetry's energy: a RAPL package counter drawing WATTS, read every 0.1 s over the run
+    (0 to 3 s); FAILED: the index of a read that failed (a hole, a problem of the trace)."""
+    s = 10**9
+    reads = [dict(t_ns=i * s // 10, values=[None if i == failed else 100 + watts * i / 10]) for i in range(31)]
+    return dict(energy_reads=reads, energy_meter=dict(source="rapl", kind="counter", domains=["package-0"],
+                                                      ranges=[262143.3], reason=""))
+
+
+def measured(joules: float, source: str = "rapl", idle: float | None = None, one_time: float = 4.0) -> dict:
+    """A measured `energy` record: JOULES over 3 s, split like the overhead projection."""
+    def at(n):
+        overhead = one_time + (n - 1) * 0.5
+        total = overhead + n * (joules - one_time - 0.5) / EPOCHS
+        return dict(epochs=n, total_j=total, overhead_j=overhead, overhead_share=overhead / total)
+    domains = ["gpu0"] if source.startswith("nvml") else ["package-0"]
+    return dict(version=1, measured=True, source=source, method=f"{source}'s method (crafted)", domains=domains,
+                reason=None, problems=[], wraps=0, finetune_j=joules, per_image_j=joules / IMAGES,
+                mean_power_w=joules / 3, domain_finetune_j=[joules], first_step_j=5.0, idle_j=idle,
+                epoch_phases=None, inter_epoch_gaps=None,
+                projection=dict(one_time_j=one_time, per_epoch_steps_j=(joules - one_time - 0.5) / EPOCHS,
+                                per_epoch_eval_j=0.0, per_gap_j=0.5, measured=at(EPOCHS),
+                                projected=[at(n) for n in (5, 50, 500)]),
+                rounds_j=[joules], last_round_j=joules)
+
+
+def not_measured(reason: str, problems: tuple[str, ...] = (), source: str | None = None) -> dict:
+    """An `energy` record that was not measured: its reason, never a zero."""
+    return dict(version=1, measured=False, source=source, method="", domains=[], reason=reason,
+                problems=list(problems), wraps=0, finetune_j=None, per_image_j=None, mean_power_w=None,
+                domain_finetune_j=None, first_step_j=None, idle_j=None, epoch_phases=None, inter_epoch_gaps=None,
+                projection=None, rounds_j=[None])
+
+
+NO_RAPL = ("not measured: no RAPL package zone under /sys/class/powercap (no powercap driver: a virtual machine, "
+           "a container without /sys, or a CPU without RAPL)")
+COST = dict(price_per_hour=2.5, finetune=0.0139, horizon_epochs=50, horizon=0.4321,
+            basis="price per hour x the fine-tune's wall time; 50 epochs from the overhead projection")
+
+
+def energy_run(folder, per_fw: dict, cost: dict | None = COST, tel: dict | None = None) -> str:
+    """A one-setup run whose fine-tune cases hold PER_FW's energy record (and COST); TEL: per
+    framework, its telemetry's energy (none: an old telemetry file)."""
+    path = crafted_run(folder, ["matched"])
+    run = json.loads(open(path).read())
+    for b in run["benchmarks"]:
+        fw, e = b["extra_info"]["framework"], b["extra_info"]
+        e.update(energy=per_fw[fw], cost=cost)
+        j = per_fw[fw]["finetune_j"]
+        e["rounds"] = [dict(finetune_s=20.0, accuracy_after=0.6, energy_j=j + d if j else None)
+                       for d in ((-10.0, 0.0, 5.0) if fw == "torch" else (0.0,))]
+        if tel and tel.get(fw):
+            telemetry(folder / e["telemetry_file"], "psutil", energy=tel[fw])
+    open(path, "w").write(json.dumps(run))
+    return path
+
+
+def tel_of(folder, fw: str) -> dict:
+    """FW's crafted telemetry file (setup matched)."""
+    return json.loads((folder / f"test_finetune-{fw}-mobilenet_v2-matched.json").read_text())
+
+
+def case_of(path: str, fw: str):
+    return read_run(path).select("test_finetune")[fw, "mobilenet_v2"]
+
+
+def section(md: str, title: str) -> str:
+    return md.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_energy_measured_and_priced(tmp_path):
+    """Rows per case (the rounds' min–max when several), the section's split and cost, the third
+    timeline panel drawn from the reads."""
+    path = energy_run(tmp_path / "run", dict(torch=measured(60.0), tensorflow=measured(1234.5, "nvml_energy_counter",
+                                                                                         idle=100.0)),
+                      tel=dict(torch=rapl_reads(20.0), tensorflow=rapl_reads(400.0)))
+    out = tmp_path / "out"
+    md = report.write_report([path], out).read_text()
+    rows = table(md, "mobilenet_v2")
+    assert "| energy per fine-tune (J) | 60.0 (50.0–65.0, 3 rounds) | 1,234 |" in rows
+    assert "| energy per image (J) | 0.117 | 2.41 |" in rows and "| mean power (W) | 20.0 | 412 |" in rows
+    assert "| energy measured by | RAPL (whole CPU packages) | NVML counter |" in rows
+    assert "| cost per fine-tune (at 2.5 per hour) | 0.0139 | 0.0139 |" in rows
+    assert "| cost per 50 epochs (projected) | 0.432 | 0.432 |" in rows
+    assert rows.index("| total fine-tune (s) | 20.00 | 20.00 |") < rows.index(next(r for r in rows if "energy" in r))
+    energy = section(md, "Energy and cost")
+    assert "| torch-mobilenet_v2 | 60.0 (50.0–65.0, 3 rounds) | 0.117 | 20.0 | 5.00 | 4.00 | 27.8 | 0 | 0.500 " \
+           "| – | 1,416 | 0.0139 | 0.432 |" in energy  # idle: none on a CPU
+    assert "| tensorflow-mobilenet_v2 | 1,234 | 2.41 | 412 | 5.00 | 4.00 | 615 | 0 | 0.500 | 100 | 30,778 |" in energy
+    assert "**measured** (not estimated)" in energy and "rapl's method (crafted)" in energy
+    assert "nvml_energy_counter's method (crafted)" in energy and "**projection**" in energy
+    assert "Money in the currency of --price-per-hour: price per hour x the fine-tune's wall time" in energy
+    assert md.index("## mobilenet_v2") < md.index("## Energy and cost") < md.index("## Parity")
+    assert "energy" not in section(md, "Notes")
+    power = {fw: figures._power(tel_of(tmp_path / "run", fw), case_of(path, fw), 0) for fw in ("torch", "tensorflow")}
+    assert np.allclose(power["torch"][1], 20.0) and np.allclose(power["tensorflow"][1], 400.0)
+    assert np.std(decoded(out / "timeline_mobilenet_v2.png")[..., :3]) > 0.05
+
+
+def test_energy_not_measured_shows_the_reason_never_a_zero(tmp_path):
+    """Nothing measured: "not measured" in the rows, the short reason in the table and the section's
+    one line, the whole reason once in the notes; the cost (time x price) still given."""
+    problem = "package-0: 1 of 31 energy reads failed"
+    path = energy_run(tmp_path / "run", dict(torch=not_measured(NO_RAPL), tensorflow=not_measured(NO_RAPL)),
+                      tel=dict(torch=dict(energy_reads=[], energy_meter=dict(source=None, kind=None, domains=[],
+                                                                               ranges=[], reason=NO_RAPL)),
+                               tensorflow=rapl_reads(20.0, failed=5)))
+    out = tmp_path / "out"
+    md = report.write_report([path], out).read_text()
+    rows = table(md, "mobilenet_v2")
+    assert "| energy per fine-tune (J) | not measured | not measured |" in rows
+    assert "| energy per image (J) | not measured | not measured |" in rows
+    assert "| energy measured by | not measured: no RAPL package zone under /sys/class/powercap | not measured: no " \
+           "RAPL package zone under /sys/class/powercap |" in rows
+    assert "| cost per fine-tune (at 2.5 per hour) | 0.0139 | 0.0139 |" in rows
+    energy = section(md, "Energy and cost")
+    assert energy.startswith("\nEnergy not measured in this run: no RAPL package zone under /sys/class/powercap "
+                             "(every case; the whole reason is in the notes).")
+    assert "| torch-mobilenet_v2 | 20.00 | 0.0139 | 0.432 |" in energy and "| 0 |" not in energy
+    notes = section(md, "Notes")
+    assert notes.count("no RAPL package zone") == 1  # one note per distinct reason, with its cases
+    assert f"- torch-mobilenet_v2, tensorflow-mobilenet_v2: energy {NO_RAPL}" in notes
+    assert np.std(decoded(out / "timeline_mobilenet_v2.png")[..., :3]) > 0.05
+    assert figures._power(tel_of(tmp_path / "run", "tensorflow"), case_of(path, "tensorflow"), 0) == \
+        "not measured: no RAPL package zone under /sys/class/powercap"
+
+    unpriced = energy_run(tmp_path / "unpriced", dict(torch=measured(60.0), tensorflow=not_measured(
+        f"not measured: {problem}", (problem,), "rapl")), cost=None, tel=dict(tensorflow=rapl_reads(20.0, failed=5)))
+    md = report.write_report([unpriced], tmp_path / "out2").read_text()
+    assert "cost per" not in md and "Money" not in md
+    energy = section(md, "Energy and cost")
+    assert f"| tensorflow-mobilenet_v2 | not measured: {problem} | – | – |" in energy
+    assert f"- tensorflow-mobilenet_v2: energy not measured: {problem}" in section(md, "Notes")
+    trace_says = figures._power(tel_of(tmp_path / "unpriced", "tensorflow"), case_of(unpriced, "torch"), 0)
+    assert trace_says == f"not measured: {problem}"  # the trace's own problem, not a zero line
+    assert figures._power(tel_of(tmp_path / "unpriced", "torch"), case_of(unpriced, "torch"), 0) == \
+        "60.0 J per fine-tune; its telemetry file holds no energy reads to draw"
+    odd = dict(tel_of(tmp_path / "unpriced", "tensorflow"), **rapl_reads(20.0))
+    odd["energy_meter"] = dict(source="rapl", domains=["package-0"])  # no kind, no ranges: drawn as a reason
+    assert figures._power(odd, case_of(unpriced, "torch"), 0).startswith("not drawn: the telemetry's energy_meter")
+
+
+def test_a_run_from_before_energy_has_dashes_and_still_draws(tmp_path):
+    path = crafted_run(tmp_path / "run", [None])  # no energy, no cost; telemetry without energy reads
+    out = tmp_path / "out"
+    md = report.write_report([path], out).read_text()
+    rows = table(md, "mobilenet_v2")
+    assert "| energy per fine-tune (J) | – | – |" in rows and "| energy measured by | – | – |" in rows
+    assert "cost per" not in md and "## Energy and cost" not in md
+    assert "no energy figures in this run (recorded since energy was measured)" in section(md, "Notes")
+    tel = json.loads((tmp_path / "run" / "test_finetune-torch-mobilenet_v2.json").read_text())
+    assert figures._power(tel, case_of(path, "torch"), 0).startswith("energy not recorded")
+    assert np.std(decoded(out / "timeline_mobilenet_v2.png")[..., :3]) > 0.05
+
+
+def test_short_reason_and_significant_figures():
+    assert figures.short_reason(NO_RAPL) == "not measured: no RAPL package zone under /sys/class/powercap"
+    assert figures.short_reason("not measured: nvidia-ml-py (pynvml) is not installed; pip install nvidia-ml-py") \
+        == "not measured: nvidia-ml-py (pynvml) is not installed"
+    assert figures.short_reason("round 2 of 3: not measured: gpu0: x") == "not measured: round 2 of 3: gpu0: x"
+    assert len(figures.short_reason("not measured: " + "x" * 300)) == 100
+    assert [results.significant(v) for v in (0.04453, 22.80, 153.1, 554_413.9)] == ["0.0445", "22.8", "153", "554,414"]
+    assert results.significant(12.345, 2) == "12.35" and results.significant(None) == "–"

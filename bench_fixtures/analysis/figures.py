@@ -17,14 +17,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..config import MODELS  # noqa: E402
 from ..registry import FRAMEWORKS as REGISTRY, NAMES  # noqa: E402
-from ..telemetry.timeline import EPOCH_START, EPOCH_STOP, FIRST_STEP_END, RUN_START, step_intervals  # noqa: E402
-from .results import Case, Run, load_telemetry, models_in  # noqa: E402
+from ..telemetry.energy import trace  # noqa: E402
+from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, FIRST_STEP_END, RUN_START, RUN_STOP,  # noqa: E402
+                                  step_intervals)
+from .results import Case, Run, load_telemetry, models_in, significant  # noqa: E402
 
 ByCase = dict[tuple[str, str], Case]  # one test's cases in one setup, by (framework, model)
 
 COLORS = {f.name: f.color for f in REGISTRY.values()}
 LIGHT = {f.name: f.light for f in REGISTRY.values()}
 HATCHES = ("//", "\\\\", "xx", "..")
+SOURCE_LABELS = {"nvml_energy_counter": "NVML counter", "nvml_power": "NVML power, integrated",
+                  "rapl": "RAPL (whole CPU packages)"}  # energy's `source` in a table cell or a legend
 
 
 def _save(fig, path: Path, where: str = "") -> str:
@@ -140,7 +144,23 @@ def plot_throughput(ft: ByCase, ts: ByCase, out: Path, setup: str, where: str = 
     return _save(fig, out / "throughput.png", where)
 
 
-# -- timelines: utilisation and memory over time ---------------------------------------------------
+def short_reason(reason: str, width: int = 100) -> str:
+    """A 'not measured: ...' reason short enough for a table cell or a figure: its first clause,
+    without the explanation in parentheses at its end (the report's notes hold the whole reason)."""
+    text = " ".join(reason.split()).split("; ")[0]
+    if text.endswith(")"):
+        depth = 0
+        for i in range(len(text) - 1, -1, -1):  # back to the "(" that opens the last ")"
+            depth += {")": 1, "(": -1}.get(text[i], 0)
+            if depth == 0:
+                text = text[:i].rstrip() or text
+                break
+    rest = text.replace("not measured: ", "").removeprefix("not measured").strip()  # once, also in "round 2 of 3: ..."
+    text = f"not measured: {rest}" if rest else "not measured"
+    return text if len(text) <= width else text[:width - 1].rstrip() + "…"
+
+
+# -- timelines: utilisation, memory and power over time ------------------------------------------
 
 def _series(tel: dict, key: str) -> tuple[list[float], list[float], int]:
     start = next((e["t_ns"] for e in tel["events"] if e["name"] == RUN_START), None)
@@ -178,12 +198,48 @@ def _first_step_span(tel: dict, start: int) -> tuple[float, float] | None:
     return None if end is None else (0.0, (end - start) / 1e9)
 
 
+def _power(tel: dict, c: Case, start: int) -> tuple[list[float], list[float]] | str:
+    """The case's power over time (seconds since START, watts of all its domains) from the
+    telemetry's energy reads, or why none is drawn: not recorded (a run from before energy), not
+    measured (the case's reason), or a trace with problems (its first). Never a zero line."""
+    if c.energy is None:
+        return "energy not recorded (a run from before energy was measured)"
+    if c.energy_j is None:
+        return short_reason(c.energy_reason or "not measured")
+    if "energy_reads" not in tel or not isinstance(tel.get("energy_meter"), dict):
+        return f"{significant(c.energy_j)} J per fine-tune; its telemetry file holds no energy reads to draw"
+    run = {e["name"]: e["t_ns"] for e in tel["events"] if e["name"] in (RUN_START, RUN_STOP)}
+    try:
+        tr = trace(tel["energy_reads"], tel["energy_meter"], run.get(RUN_START), run.get(RUN_STOP))
+    except (KeyError, IndexError, TypeError, ValueError) as e:  # a meter record short of what it names
+        return f"not drawn: the telemetry's energy_meter does not describe its reads ({type(e).__name__}: {e})"
+    if tr.problems:
+        more = f" (and {len(tr.problems) - 1} more)" if len(tr.problems) > 1 else ""
+        return short_reason(tr.problems[0]) + more
+    t_ns, watts = tr.power()
+    if not len(t_ns):
+        return "not measured: no two energy reads apart in time"
+    return [(t - start) / 1e9 for t in t_ns], [float(w) for w in watts]
+
+
+def _power_caption(cases: list[Case]) -> str:
+    """Where the power panel's watts come from: the sources of the CASES it draws."""
+    sources = sorted({(c.energy or {}).get("source") for c in cases} - {None})
+    if not sources:
+        return "power: none to draw"
+    labels = ", ".join(SOURCE_LABELS.get(s, s) for s in sources)
+    rapl = ": every process on the CPU, not the worker alone" if "rapl" in sources else ""
+    return f"power between consecutive energy reads, measured by {labels}{rapl}"
+
+
 def plot_timelines(ft: ByCase, base: Path, out: Path, notes: list[str], setup: str, suffix: str = "",
                    label: str = "", where: str = "") -> list[str]:
-    """Per model, one figure: utilisation above, memory below, every framework on the same time
-    axis (seconds since its run start), its first step (tracing, compilation) marked as a band in
-    its colour, its inter-epoch gaps shaded and epoch starts dotted; files end in SUFFIX (another
-    setup's figures beside the first's), case names in notes in LABEL."""
+    """Per model, one figure: utilisation on top, memory below it, power at the bottom (from the
+    energy reads, each framework's fine-tune joules in the legend; where it was not measured, the
+    reason as text, never a zero line), every framework on the same time axis (seconds since its
+    run start), its first step (tracing, compilation) marked as a band in its colour, its
+    inter-epoch gaps shaded and epoch starts dotted; files end in SUFFIX (another setup's figures
+    beside the first's), case names in notes in LABEL."""
     files = []
     for m in models_in(ft):
         tels = {}
@@ -193,13 +249,13 @@ def plot_timelines(ft: ByCase, base: Path, out: Path, notes: list[str], setup: s
             tel = load_telemetry(ft[(fw, m)].entry, base)
             if tel is None:
                 notes.append(f"{fw}-{m}{label}: no telemetry file (run without telemetry or file moved); "
-                             f"utilisation and memory plots omit it")
+                             f"utilisation, memory and power plots omit it")
             else:
                 tels[fw] = (tel, ft[(fw, m)].extra_info.get("epochs") or 0)
         if not tels:
             continue
-        fig, (util_ax, mem_ax) = plt.subplots(2, 1, figsize=(11, 6.6), sharex=True)
-        labels = []
+        fig, (util_ax, mem_ax, power_ax) = plt.subplots(3, 1, figsize=(11, 9), sharex=True)
+        labels, unmeasured, drawn = [], [], []
         for i, (fw, (tel, epochs)) in enumerate(tels.items()):
             xs, ys, start = _series(tel, "util")
             span = _first_step_span(tel, start)
@@ -214,8 +270,16 @@ def plot_timelines(ft: ByCase, base: Path, out: Path, notes: list[str], setup: s
                 peak = (e.get("memory") or {}).get("peak") if e["name"] == EPOCH_STOP else None
                 if peak:
                     mem_ax.plot((e["t_ns"] - start) / 1e9, peak / 2**20, "v", color=COLORS[fw], ms=6)
+            c = ft[(fw, m)]
+            power = _power(tel, c, start)
+            if isinstance(power, str):
+                unmeasured.append((fw, power))
+            else:
+                power_ax.plot(*power, color=COLORS[fw], lw=1,
+                              label=f"{fw}: {significant(c.energy_j)} J per fine-tune")
+                drawn.append(c)
             _, gaps = step_intervals(tel["events"], epochs)
-            for ax in (util_ax, mem_ax):
+            for ax in (util_ax, mem_ax, power_ax):
                 if span:  # a hatch of its own per framework: torch's and TensorFlow's colours are close
                     ax.axvspan(*span, facecolor="none", edgecolor=matplotlib.colors.to_rgba(COLORS[fw], 0.35), lw=0.8,
                                hatch=HATCHES[i % len(HATCHES)])
@@ -227,12 +291,22 @@ def plot_timelines(ft: ByCase, base: Path, out: Path, notes: list[str], setup: s
         util_ax.set_ylim(0, 105)
         util_ax.set_ylabel("utilisation (%)")
         util_ax.legend(loc="lower right", fontsize=8)
-        util_ax.set_title(f"{m}: utilisation and memory over time, setup {setup} (hatched: first step, tracing "
-                          f"or compilation; shaded: between epochs; dotted: epoch start)", fontsize=9)
+        util_ax.set_title(f"{m}: utilisation, memory and power over time, setup {setup}\n(hatched: first step, "
+                          f"tracing or compilation; shaded: between epochs; dotted: epoch start)", fontsize=9)
         mem_ax.set_ylabel(labels[0] if len(set(labels)) == 1 else "memory (MiB)")
-        mem_ax.set_xlabel("seconds since each framework's run start")
         mem_ax.legend(loc="lower right", fontsize=8)
         mem_ax.set_title(_memory_caption(tels), fontsize=8)
+        power_ax.set_ylabel("power (W)")
+        power_ax.set_xlabel("seconds since each framework's run start")
+        power_ax.set_title(_power_caption(drawn), fontsize=8)
+        if drawn:
+            power_ax.set_ylim(bottom=0)
+            power_ax.legend(loc="lower right", fontsize=8)
+        else:
+            power_ax.set_yticks([])
+        for k, (fw, why) in enumerate(unmeasured):  # said in the panel, where a curve would be
+            power_ax.text(0.01, 0.92 - 0.14 * k, f"{fw}: {why}", transform=power_ax.transAxes, va="top",
+                          fontsize=8, color=COLORS[fw], bbox=dict(facecolor="white", edgecolor="none", alpha=0.85))
         files.append(_save(fig, out / f"timeline_{m}{suffix}.png", where))
     return files
 

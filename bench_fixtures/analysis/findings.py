@@ -5,6 +5,8 @@ are the real advantages and disadvantages, and how much do they matter in a typi
 sentence here carries its uncertainty and says "no measurable difference" when the data cannot
 separate the frameworks:
 - steady throughput: the rounds' min-max ranges (test_train_step); apart = measurable;
+- the whole fine-tune's time and its energy: the same ranges over its rounds, and NOISE between
+  the medians (one round each: NOISE alone); energy not measured is said with its reason, never 0;
 - accuracy: the 95% margin of a difference of two proportions at the test set's size;
 - a figure measured once (time to first step, gaps, memory, import time): within NOISE of each
   other is no measurable difference, NOISE being how far this suite's repeated runs moved.
@@ -18,7 +20,8 @@ import statistics
 from ..models import REFERENCE
 from ..registry import FRAMEWORKS as REGISTRY, NAMES
 from ..settings import COMPARABLE
-from .results import Case, Run, as_case, as_run, is_number, models_in, round_rates  # noqa: F401 (report's import)
+from .results import (Case, Run, as_case, as_run, is_number, models_in, round_rates,  # noqa: F401 (report's import)
+                      significant)
 
 NOISE = 0.20  # repeated runs of one case on the shared 2-core CI machine moved by up to 20% (#18's note)
 LEAD = "whole fine-tune time"  # the seed's first metric: each answer opens with it
@@ -249,8 +252,9 @@ def _accuracy_verdict(fw: str, model: str, ref: float, p: float, n: int | None, 
 
 def project_line(model: str, ft: dict[tuple[str, str], Case], alone: bool = False) -> str | None:
     """What a user waits for: the whole fine-tune, and how much of it is paid once; of two frameworks
-    or more, or ALONE of the one that has a case."""
-    parts = []
+    or more, or ALONE of the one that has a case. Priced (`--price-per-hour`): what it costs, per
+    fine-tune and per 50-epoch run (projected), in the price's own currency."""
+    parts, prices = [], set()
     for fw in NAMES:
         c = ft.get((fw, model))
         if not c or c.median is None:
@@ -262,10 +266,127 @@ def project_line(model: str, ft: dict[tuple[str, str], Case], alone: bool = Fals
             share = (projected.get(50) or {}).get("overhead_share")
             text += (f" ({one_time:.3f} s of it paid once"
                      + (f"; overhead {100 * share:.1f}% of a 50-epoch run, projected" if is_number(share) else "") + ")")
+        money = _money_of(c)
+        if money:
+            text += f" = {money}"
+            prices.add(c.cost["price_per_hour"])
         parts.append(text)
     if len(parts) < (1 if alone else 2):
         return None
-    return f"- **What a fine-tune costs, {model}:** {', '.join(parts)}."
+    # a priced part holds commas of its own: the parts are then set apart by semicolons
+    price = f" At {next(iter(prices)):g} per hour (--price-per-hour)." if len(prices) == 1 else ""
+    return f"- **What a fine-tune costs, {model}:** {('; ' if prices else ', ').join(parts)}.{price}"
+
+
+def _money_of(c: Case) -> str:
+    """'0.00106 per fine-tune, 0.0258 for 50 epochs (projected)' of a priced case; "" when not priced."""
+    cost = c.cost or {}
+    if not is_number(cost.get("finetune")) or not is_number(cost.get("price_per_hour")):
+        return ""
+    text = f"{_money(cost['finetune'])} per fine-tune"
+    if is_number(cost.get("horizon")) and is_number(cost.get("horizon_epochs")):
+        text += f", {_money(cost['horizon'])} for {cost['horizon_epochs']:g} epochs (projected)"
+    return text
+
+
+def _money(x: float) -> str:
+    """Money in the price's currency (no symbol: the user's price is in their own): cents at least."""
+    return significant(x, 2)
+
+
+# What each meter measures, said once in the energy lines, and what that leaves in its figure.
+METERS = {
+    "rapl": "RAPL: the whole CPU package, every process on it; on a shared machine the others' draw is included",
+    "nvml": "NVML: the GPU board alone, not the host's CPU",
+}
+
+
+def _meter(source: str | None) -> str | None:
+    """The meter family of an energy source: figures of one family compare, of two do not."""
+    return "rapl" if source == "rapl" else "nvml" if source and source.startswith("nvml") else None
+
+
+def _why_not(c: Case) -> str:
+    """Why C has no energy figure, without the record's 'not measured: ' ("" when it gives none)."""
+    return (c.energy_reason or "").removeprefix("not measured").removeprefix(":").strip()
+
+
+def _not_measured(cases: dict[tuple[str, str], Case]) -> str:
+    """'not measured: why' of CASES, the reason once where they share it, else each case's."""
+    reasons: dict[str, list[str]] = {}
+    for (fw, m), c in cases.items():
+        reasons.setdefault(_why_not(c), []).append(f"{_name(fw)} {m}")
+    if len(reasons) == 1:
+        why = next(iter(reasons))
+        return f"not measured: {why}" if why else "not measured"
+    return "not measured. " + "; ".join(f"{', '.join(names)}: {why or 'no reason recorded'}"
+                                        for why, names in reasons.items())
+
+
+def energy_lines(ft: dict[tuple[str, str], Case], alone: bool = False) -> list[str]:
+    """The energy of a fine-tune per model, judged as its time is (the rounds' ranges, else NOISE),
+    with the meter said once; where nothing was measured, one line saying why (never a zero, never
+    a ratio). A run from before energy was recorded has no energy line. ALONE: of one framework too."""
+    cases = {k: c for k, c in ft.items() if c.energy is not None}
+    if not cases or (not alone and len({fw for fw, _ in cases}) < 2):
+        return []
+    if all(c.energy_j is None for c in cases.values()):
+        return [f"- **Energy of a fine-tune:** {_not_measured(cases)}."]
+    said: set[str] = set()
+    return [line for m in models_in(cases) if (line := energy_line(m, cases, said, alone))]
+
+
+def energy_line(model: str, cases: dict[tuple[str, str], Case], said: set[str], alone: bool = False) -> str | None:
+    """MODEL's joules per fine-tune (the median of its rounds; their min–max), per image, and each
+    framework's against the reference's. SAID: the meters already described (each is, once)."""
+    cs = {fw: cases[(fw, model)] for fw in NAMES if (fw, model) in cases}
+    if len(cs) < (1 if alone else 2):
+        return None
+    if all(c.energy_j is None for c in cs.values()):
+        return f"- **Energy of a fine-tune, {model}:** {_not_measured({(fw, model): c for fw, c in cs.items()})}."
+    meters = {_meter(c.energy["source"]) for c in cs.values() if c.energy_j is not None}
+    new = [METERS[k] for k in sorted(meters - said, key=str) if k in METERS]
+    said |= meters
+    parts, joules = [], {}
+    for fw, c in cs.items():
+        if c.energy_j is None:
+            parts.append(f"{_name(fw)} not measured" + (f": {_why_not(c)}" if _why_not(c) else ""))
+            continue
+        joules[fw] = j = c.energy_rounds if len(c.energy_rounds) > 1 else [c.energy_j]
+        spread = f", {len(j)} rounds {significant(min(j))}–{significant(max(j))}" if len(j) > 1 else ", one round"
+        per_image = f", {significant(c.energy_per_image)} J per image" if c.energy_per_image is not None else ""
+        parts.append(f"{_name(fw)} {significant(c.energy_j)} J{spread}{per_image}")
+    head = f"- **Energy of a fine-tune, {model}** ({'; '.join(new)}):" if new else \
+        f"- **Energy of a fine-tune, {model}:**"
+    return f"{head} {'; '.join(parts)}.{_energy_verdicts(joules, cs)}"
+
+
+def _energy_verdicts(joules: dict[str, list[float]], cs: dict[str, Case]) -> str:
+    """' TensorFlow 6.72× PyTorch's energy, more; ...' (less is better, as time is), or why none."""
+    if len(cs) == 1:
+        return " Nothing to compare it with."
+    if REFERENCE not in joules:
+        return f" No ratio: {_name(REFERENCE)}'s was not measured." if REFERENCE in cs else ""
+    ref, verdicts = joules[REFERENCE], []
+    if statistics.median(ref) <= 0:
+        return ""  # no ratio to a zero (a counter never reads one: stopped counters give no figure)
+    for fw, j in joules.items():
+        if fw == REFERENCE:
+            continue
+        if _meter(cs[fw].energy["source"]) != _meter(cs[REFERENCE].energy["source"]):
+            verdicts.append(f"{_name(fw)}: measured by another meter than {_name(REFERENCE)}'s, not compared")
+            continue
+        ratio = statistics.median(j) / statistics.median(ref)
+        v, why = judge_times(j, ref)
+        singles = [_name(x) for x, r in ((fw, j), (REFERENCE, ref)) if len(r) < 2]  # judged on NOISE alone
+        once = "one measurement each" if len(singles) == 2 else \
+            f"one measurement of {singles[0]}'s" if singles else ""
+        text = f"{_name(fw)} {ratio:.2f}× {_name(REFERENCE)}'s energy"
+        if v:
+            verdicts.append(f"{text}, {'less' if v > 0 else 'more'}" + (f" ({once})" if once else ""))
+        else:
+            verdicts.append(f"{text}: no measurable difference ({'; '.join(x for x in (why, once) if x)})")
+    return f" {'; '.join(verdicts)}." if verdicts else ""
 
 
 def dx_lines(dx: dict, ran: set[str]) -> list[str]:
@@ -506,9 +627,12 @@ def _answers(ev: Evidence, ft: dict, run: Run, evidence: list[str], missing: str
         md.append(f"- Not answered: {missing}")
     md += ["", "### The real advantages and disadvantages", ""] + (evidence or [f"- Not answered: {missing}"])
     md += ["", "### How much do the differences matter in a typical project?", ""]
-    cost = [line for m in models_in(ft) if (line := project_line(m, ft))] + dx_lines(run.dx, {fw for fw, _ in ft})
-    alone = [line for m in models_in(ft) if (line := project_line(m, ft, alone=True))] if not cost else []
-    return md + (cost or [f"- Not compared: {missing}"] + [f"{x} Nothing to compare it with." for x in alone]) + [""]
+    cost = [line for m in models_in(ft) if (line := project_line(m, ft))] + energy_lines(ft) \
+        + dx_lines(run.dx, {fw for fw, _ in ft})
+    if cost:
+        return md + cost + [""]
+    alone = [f"{line} Nothing to compare it with." for m in models_in(ft) if (line := project_line(m, ft, alone=True))]
+    return md + [f"- Not compared: {missing}"] + alone + energy_lines(ft, alone=True) + [""]
 
 
 def unanswered(ft: dict, bad: list[Case], shaken: list[tuple[str, list[str]]]) -> str:

@@ -1,10 +1,10 @@
 """`bench report RUN.json [RUN2.json ...] --out DIR`: the seed's graphs and tables.
 
-From the last run: accuracy before/after, training time, utilisation and memory over time per
-model (every framework on one figure, aligned at run start, epoch gaps shaded), throughput
+From the last run: accuracy before/after, training time, utilisation, memory and power over time
+per model (every framework on one figure, aligned at run start, epoch gaps shaded), throughput
 and time to first step, and DIR/report.md with the side-by-side tables, the overhead projection
-(fixed vs per-epoch cost), the parity columns, the developer-experience table, machine info and
-the command line. A `--setup both` run puts matched and defaults side by side per model, lists
+(fixed vs per-epoch cost), energy and cost (joules measured, money at --price-per-hour), the
+parity columns, the developer-experience table, machine info and the command line. A `--setup both` run puts matched and defaults side by side per model, lists
 the settings that differ between them, and draws the timelines of both. Several runs add a
 history table and a trend plot. Cases without telemetry get a note, not a crash.
 """
@@ -26,13 +26,13 @@ from .parity import gflops, start_text
 from ..registry import NAMES
 from ..settings import COMPARABLE
 from ..telemetry.timeline import PROJECTED_EPOCHS
-from .figures import (ByCase, plot_accuracy, plot_accuracy_curves, plot_history, plot_overhead_share, plot_scaling,
-                      plot_throughput, plot_time, plot_timelines, plot_trend)
+from .figures import (SOURCE_LABELS, ByCase, plot_accuracy, plot_accuracy_curves, plot_history, plot_overhead_share,
+                      plot_scaling, plot_throughput, plot_time, plot_timelines, plot_trend, short_reason)
 from .findings import findings
 from .history import ALPHA, METRICS_FOLLOWED, MIN_SIZE, analyse_runs, summary
 from .history import missing as history_missing
 from .html import to_html
-from .results import Case, ResultsError, Run, is_number, models_in, read_run
+from .results import Case, ResultsError, Run, is_number, models_in, read_run, significant
 
 
 class OutputError(ResultsError):
@@ -194,6 +194,11 @@ def case_rows(ft: ByCase, ts: ByCase, model: str) -> list[tuple[str, list[str]]]
         ("fit teardown (s)", lambda e, c, t: _f(e.get("fit_teardown_s"), ".3f")),
         ("mean utilisation in steps", lambda e, c, t: _f((e["utilization"]["steps"]["mean"] or 0) * 100, ".0f") + "%"),
         ("peak memory (MiB)", lambda e, c, t: _f(c.peak_memory() / 2**20 if c.peak_memory() else None, ".0f")),
+        ("energy per fine-tune (J)", lambda e, c, t: _energy_cell(c)),
+        ("energy per image (J)", lambda e, c, t: _measured(c, c.energy_per_image)),
+        ("mean power (W)", lambda e, c, t: _measured(c, (c.energy or {}).get("mean_power_w"))),
+        ("energy measured by", lambda e, c, t: _source_cell(c)),
+        *_cost_rows(ft),
         ("steady images/s", lambda e, c, t: _f(t.train_images_per_s if t else None, ".1f")),
         ("steady images/s by round: median (min–max)", lambda e, c, t: _rate_range(t.round_rates if t else [])),
         ("time to first step (s)", lambda e, c, t: f"{c.time_to_first_step:.2f}"),
@@ -205,6 +210,58 @@ def case_rows(ft: ByCase, ts: ByCase, model: str) -> list[tuple[str, list[str]]]
         ("trainable / non-trainable", lambda e, c, t: f"{e['trainable_params']:,} / {e['non_trainable_params']:,}"),
     ]
     return [(name, [get(fw, f) for fw in NAMES]) for name, f in rows]
+
+
+def _energy_cell(c: Case) -> str:
+    """The fine-tune's joules (the rounds' median, their min–max when several); "not measured"
+    (never a 0; the reason is the source row's), "–" for a run from before energy was measured."""
+    if c.energy is None:
+        return "–"
+    if c.energy_j is None:
+        return "not measured"
+    rounds = c.energy_rounds
+    if len(rounds) < 2:
+        return significant(c.energy_j)
+    return f"{significant(c.energy_j)} ({significant(min(rounds))}–{significant(max(rounds))}, {len(rounds)} rounds)"
+
+
+def _measured(c: Case, v: Any) -> str:
+    """An energy figure of C: "–" where the run predates energy, "not measured" where it was not."""
+    if c.energy is None:
+        return "–"
+    return significant(v) if c.energy_j is not None and is_number(v) else "not measured"
+
+
+def _source_cell(c: Case) -> str:
+    """Where the joules came from (the devices, when several), or why they were not measured (short:
+    the notes hold the whole reason)."""
+    if c.energy is None:
+        return "–"
+    if c.energy_j is None:
+        return short_reason(c.energy_reason or "not measured")
+    source, domains = c.energy.get("source"), c.energy.get("domains") or []
+    return SOURCE_LABELS.get(source, str(source)) + (f": {', '.join(domains)}" if len(domains) > 1 else "")
+
+
+def _money(v: Any) -> str:
+    """An amount of money in the price's currency: at least 2 decimals, 3 significant digits."""
+    return significant(v, 2) if is_number(v) else "–"
+
+
+def _priced(cases: Any) -> dict | None:
+    """The first of CASES' cost records (a run has one price): None when the run was not priced."""
+    return next((c.cost for c in cases if c.cost), None)
+
+
+def _cost_rows(ft: ByCase) -> list[tuple[str, Any]]:
+    """The model table's cost rows where the run was priced (--price-per-hour): none otherwise."""
+    cost = _priced(ft.values())
+    if cost is None:
+        return []
+    return [(f"cost per fine-tune (at {cost['price_per_hour']:g} per hour)",
+             lambda e, c, t: _money((c.cost or {}).get("finetune"))),
+            (f"cost per {cost.get('horizon_epochs')} epochs (projected)",
+             lambda e, c, t: _money((c.cost or {}).get("horizon")))]
 
 
 def _rate_range(rates: list[float]) -> str:
@@ -360,6 +417,107 @@ def overhead_section(fts: dict[str, ByCase]) -> list[str]:
     if caveats:
         md += [""] + [f"- {c}" for c in caveats]
     return md + [""]
+
+
+def _labelled(fts: dict[str, ByCase]) -> list[tuple[str, Case]]:
+    """Every fine-tune case with its label (framework-model, and the setup when there are several),
+    in the tables' order."""
+    multi = len(fts) > 1
+    return [(f"{fw}-{m}" + (f"-{setup}" if multi else ""), c)
+            for setup, ft in fts.items() for (fw, m), c in _in_order(ft)]
+
+
+def _split(c: Case) -> list[Any]:
+    """The fine-tune's joules split like the overhead projection: first step, paid once, steps and
+    evaluation per epoch, per gap, idle, and the horizon's total (projected)."""
+    en = c.energy or {}
+    p = en.get("projection") if isinstance(en.get("projection"), dict) else {}
+    projected = {r.get("epochs"): r for r in p.get("projected") or [] if isinstance(r, dict)}
+    return [en.get("first_step_j"), p.get("one_time_j"), p.get("per_epoch_steps_j"), p.get("per_epoch_eval_j"),
+            p.get("per_gap_j"), en.get("idle_j"), (projected.get(HORIZON_EPOCHS) or {}).get("total_j")]
+
+
+HORIZON_EPOCHS = 50  # the energy section's projected run, as the cost's (energy.cost_record's horizon)
+
+
+def energy_section(fts: dict[str, ByCase]) -> list[str]:
+    """Per case and setup: the fine-tune's joules, per image, their split like the overhead
+    projection's (paid once, per epoch, per gap, idle) and the cost where priced; where nothing was
+    measured, one line with the reason and, where priced, the cost (time x price) alone. Empty for
+    a run from before energy was measured."""
+    cases = [(label, c) for label, c in _labelled(fts) if c.energy is not None]
+    if not cases:
+        return []
+    cost = _priced(c for _, c in cases)
+    measured = [c for _, c in cases if c.energy_j is not None]
+    md = ["## Energy and cost", ""]
+    price = ([f"cost per fine-tune (at {cost['price_per_hour']:g} per hour)",
+              f"cost per {cost.get('horizon_epochs')} epochs (projected)"] if cost else [])
+    if not measured:
+        reasons = list(dict.fromkeys(short_reason(c.energy_reason or "").removeprefix("not measured: ")
+                                     for _, c in cases))
+        md.append(f"Energy not measured in this run: {'; '.join(reasons)} (every case; the whole reason is in "
+                  f"the notes).")
+        if cost:
+            md += ["", "| case | fine-tune (s) | " + " | ".join(price) + " |", "|---|---:|" + "---:|" * len(price)]
+            md += [f"| {label} | {_f(c.median, '.2f')} | {_money((c.cost or {}).get('finetune'))} | "
+                   f"{_money((c.cost or {}).get('horizon'))} |" for label, c in cases]
+            md += ["", f"Money in the currency of --price-per-hour: {cost.get('basis')}."]
+        return md + [""]
+    heads = (["fine-tune (J)", "per image (J)", "mean power (W)", "first step", "one-time", "steps per epoch",
+              "eval per epoch", "per gap", "idle", f"projected, {HORIZON_EPOCHS} epochs"] + price)
+    md += ["| case | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(heads)]
+    caveats = []
+    for label, c in cases:
+        if c.energy_j is None:
+            cells = [short_reason(c.energy_reason or "not measured")] + ["–"] * (len(heads) - len(price) - 1)
+        else:
+            split = _split(c)
+            cells = [_energy_cell(c), _sig(c.energy_per_image), _sig((c.energy or {}).get("mean_power_w"))]
+            cells += [_sig(v) for v in split]
+            one_time = split[1]
+            if is_number(one_time) and one_time < 0:
+                caveats.append(f"{label}: the one-time energy came out at {one_time:.1f} J: below the "
+                               f"epoch-to-epoch noise of this run, so it says only that the fixed cost is small")
+        if cost:
+            cells += [_money((c.cost or {}).get("finetune")), _money((c.cost or {}).get("horizon"))]
+        md.append(f"| {label}{f' {DISTURBED}' if _disturbed(c) else ''} | " + " | ".join(cells) + " |")
+    sources = list(dict.fromkeys((c.energy or {}).get("source") for c in measured))
+    how = "; ".join(next(c.energy.get("method") or SOURCE_LABELS.get(s, str(s)) for c in measured
+                         if c.energy.get("source") == s) for s in sources)
+    md += ["", "Joules, **measured** (not estimated) from the devices' own readings, taken by the parent process at "
+           "every sample: " + how + ". "
+           "The fine-tune's figure is the median of its rounds; the split is by the worker's timeline, as the "
+           "overhead's seconds are: first step (run start to the end of the first step), one-time (paid once), "
+           "steps and evaluation per epoch, per gap between epochs, idle (while the GPU's utilisation was under "
+           "5%; – on a CPU). The "
+           f"{HORIZON_EPOCHS}-epoch figure is a **projection** from this run's own figures, not a measurement."]
+    if cost:
+        md += ["", f"Money in the currency of --price-per-hour: {cost.get('basis')}."]
+    if caveats:
+        md += [""] + [f"- {c}" for c in caveats]
+    return md + [""]
+
+
+def _sig(v: Any) -> str:
+    """A joules figure of the split: three significant digits; "–" for none (null, NaN)."""
+    return significant(v) if is_number(v) else "–"
+
+
+def energy_notes(fts: dict[str, ByCase]) -> list[str]:
+    """Each distinct reason energy was not measured, whole, once, with the cases it holds for (the
+    tables give it short); a run from before energy was measured: one note that it has none."""
+    cases = _labelled(fts)
+    if cases and all(c.energy is None for _, c in cases):
+        return ["no energy figures in this run (recorded since energy was measured): the energy and cost "
+                "section is omitted"]
+    by_reason: dict[str, list[str]] = {}
+    for label, c in cases:
+        if c.energy is not None and c.energy_j is None:
+            problems = [p for p in c.energy.get("problems") or [] if p not in (c.energy_reason or "")]
+            why = (c.energy_reason or "not measured") + (f" (also: {'; '.join(problems)})" if problems else "")
+            by_reason.setdefault(why, []).append(label)
+    return [f"{', '.join(labels)}: energy {why}" for why, labels in by_reason.items()]
 
 
 def _gpu_libraries(d: dict) -> str:
@@ -629,6 +787,8 @@ def _write_report(paths: list[str], runs: list[Run], out: Path) -> None:
     elif any(fts.values()):
         notes.append("no overhead projection in this run (recorded since the setups exist): the fixed vs "
                      "per-epoch cost section is omitted")
+    md += energy_section(fts)
+    notes += energy_notes(fts)
     if any(fts.values()):
         md += parity_section(fts)
     if run.dx:

@@ -905,6 +905,15 @@ def instant(value: object) -> datetime | None:
         return None
 
 
+def significant(v: float | None, min_decimals: int = 0) -> str:
+    """V with three significant digits (at least MIN_DECIMALS decimals) and no exponent: joules span
+    a CPU's 20 J to a GPU's 500,000 J, money 0.001 to 1,000 in one report; "–" for None."""
+    if v is None or not math.isfinite(v):
+        return "–"
+    decimals = max(min_decimals, 2 - math.floor(math.log10(abs(v)))) if v else min_decimals
+    return f"{v:,.{decimals}f}"
+
+
 def is_number(v: Any) -> bool:
     """A finite int or float, not a bool: what a reader may compute with."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

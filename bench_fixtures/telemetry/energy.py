@@ -231,7 +231,7 @@ def _cumulative(v: np.ndarray, t_ns: np.ndarray, kind: str, span: float | None, 
     for i in np.flatnonzero(steps < 0):
         # A wrap is undone where the range is known and what it implies was drawn between the two
         # reads is a power a device can draw; anything else went backwards (a reset, a driver reload).
-        if span and (steps[i] + span) / max(dt[i], 1e-9) <= MAX_POWER_W:
+        if span and 0 <= steps[i] + span <= MAX_POWER_W * dt[i]:
             steps[i] += span
             out.wraps += 1
         else:
