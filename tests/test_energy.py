@@ -80,11 +80,15 @@ def test_a_rapl_wrap_is_undone_with_the_zones_range():
 @pytest.mark.parametrize("values, ranges, words", [
     ([10.0, 20.0, 30.0, 5.0, 15.0], (None,), "went backwards by 25.000 J"),      # NVML: no range to undo it
     ([500.0, 510.0, 520.0, 3.0, 13.0], (1e6,), "more than a wrap"),              # RAPL, far from the top: a reset
-    ([100.0, 101.0, 51.0, 52.0], (10.0,), "more than a wrap"),                   # back by more than the range
+    ([100.0, 101.0, 51.0, 52.0], (10.0,), "more than one wrap"),                 # a range that fits many times
+    ([0.0, 50.0] + [50.0 + 5 * i for i in range(1, 5)], (1e6,), None),            # (control: no step back)
 ])
 def test_a_counter_that_goes_backwards_fails_the_figure(values, ranges, words):
     r = reads(values, 0.05)
     rec = energy.energy_record(r, info(ranges=ranges), events(r[0]["t_ns"], 1, 0.2), 1, 4, 64)
+    if words is None:
+        assert rec["measured"], rec
+        return
     assert not rec["measured"] and rec["finetune_j"] is None
     assert words in rec["problems"][0] and rec["reason"].startswith("not measured: ")
 
@@ -108,10 +112,52 @@ def test_failed_reads_and_impossible_power_fail_the_figure():
     rec = energy.energy_record(r, info(), events(r[0]["t_ns"], 1, 0.1), 1, 4, 64)
     assert not rec["measured"] and "1 of 4 energy reads failed" in rec["reason"]
     r = reads([1.0, 2.0, 5000.0, 5001.0], 0.05)  # 100 kW between two reads
-    assert "jumped faster" in energy.energy_record(r, info(), events(r[0]["t_ns"], 1, 0.1), 1, 4, 64)["reason"]
+    assert "rose faster" in energy.energy_record(r, info(), events(r[0]["t_ns"], 1, 0.1), 1, 4, 64)["reason"]
     r = reads([100.0, -5.0, 100.0], 0.05)
     assert "power reading outside" in energy.energy_record(r, info("power"), events(r[0]["t_ns"], 1, 0.05), 1, 1,
                                                            64)["reason"]
+
+
+def test_reads_far_apart_with_a_moving_counter_are_no_stall():
+    """--monitor-interval up to 60 s: reads 5 s apart of a counter at 250 W measure 250 W."""
+    r = reads([250.0 * 5 * i for i in range(6)], 5.0)
+    rec = energy.energy_record(r, info(), events(r[0]["t_ns"], 2, 10.0, gap_s=1.0), 2, 4, 64)
+    assert rec["measured"] and rec["mean_power_w"] == pytest.approx(250.0), rec["problems"]
+
+
+def test_a_counter_that_never_moves_is_no_zero():
+    r = reads([7.0, 7.0, 7.0, 7.0], 0.05)  # a coarse counter over a short fine-tune
+    rec = energy.energy_record(r, info(), events(r[0]["t_ns"], 1, 0.15), 1, 4, 64)
+    assert not rec["measured"] and rec["finetune_j"] is None and "did not move over the fine-tune" in rec["reason"]
+
+
+def test_many_wraps_between_two_reads_are_not_guessed():
+    r = reads([0.5, 0.9, 0.2, 0.7], 1.0)  # a 1 J range with reads 1 s apart: any number of wraps fits
+    rec = energy.energy_record(r, info(ranges=(1.0,), source="rapl"), events(r[0]["t_ns"], 1, 2.5), 1, 4, 64)
+    assert not rec["measured"] and "more than one wrap" in rec["reason"]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "12", True])
+def test_a_read_that_is_no_number_is_a_failed_read(bad):
+    r = reads([1.0, 2.0, bad, 4.0], 0.05)
+    rec = energy.energy_record(r, info(), events(r[0]["t_ns"], 1, 0.1), 1, 4, 64)
+    assert not rec["measured"] and "1 of 4 energy reads failed" in rec["reason"]
+
+
+def test_odd_timelines_and_meter_records_give_a_reason_not_a_wrong_figure():
+    r = reads([10.0 * i for i in range(20)], 0.05)
+    ev = events(r[0]["t_ns"], 1, 0.5)
+    backwards = [dict(e, t_ns=r[0]["t_ns"]) if e["name"] == tl.RUN_STOP else e for e in ev]
+    assert "out of order" in energy.energy_record(r, info(), backwards, 1, 4, 64)["reason"]
+    twice = [dict(ev[0], t_ns=ev[0]["t_ns"] + 3 * S // 10)] + ev  # a second run_start: the first counts
+    rec = energy.energy_record(r, info(), sorted(twice, key=lambda e: e["t_ns"]), 1, 4, 64)
+    assert rec["measured"] and rec["first_step_j"] >= 0
+    assert rec["projection"]["measured"]["total_j"] == pytest.approx(rec["finetune_j"])
+    odd = [dict(x, values=[1.0, 2.0]) if i == 3 else x for i, x in enumerate(r)]
+    assert "does not match its reads" in energy.energy_record(odd, info(), ev, 1, 4, 64)["reason"]
+    assert "does not match" in energy.energy_record(r, dict(info(), kind=None), ev, 1, 4, 64)["reason"]
+    dup = r[:5] + [dict(r[4], values=[999.0])] + r[5:]  # two reads at one instant: the first
+    assert energy.energy_record(dup, info(), ev, 1, 4, 64)["measured"]
 
 
 def test_reads_that_do_not_cover_the_fine_tune_measure_nothing():
@@ -266,6 +312,21 @@ def test_rapl_absent_or_unreadable_says_why_and_how(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "read_text", denied)
     meter, why = energy.make_meter("cpu", [], root=root)
     assert meter is None and "intel-rapl:0/energy_uj is not readable by this user" in why and "chmod o+r" in why
+
+
+def test_rapl_files_that_hold_no_number_or_no_name_are_named(tmp_path, monkeypatch):
+    root = powercap(tmp_path / "a", {"intel-rapl:0": ("package-0", 1)})
+    (root / "intel-rapl:0" / "energy_uj").write_text("12.5\n")
+    meter, why = energy.make_meter("cpu", [], root=root)
+    assert meter is None and "intel-rapl:0/energy_uj: '12.5' is not a whole number of microjoules" in why
+    root = powercap(tmp_path / "b", {"intel-rapl:0": ("package-0", 1)})
+    (root / "intel-rapl:0" / "max_energy_range_uj").write_text("0\n")
+    meter, _ = energy.make_meter("cpu", [], root=root)
+    assert meter.ranges == [None]  # no range: a step back fails the figure, never a wrap from nothing
+    root = powercap(tmp_path / "c", {"intel-rapl:0": ("package-0", 1)})
+    (root / "intel-rapl:0" / "name").unlink()
+    meter, why = energy.make_meter("cpu", [], root=root)
+    assert meter is None and "intel-rapl:0/name cannot be read" in why and "virtual machine" not in why
 
 
 def test_this_machine_says_measured_or_why_not():

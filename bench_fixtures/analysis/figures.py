@@ -211,7 +211,7 @@ def _power(tel: dict, c: Case, start: int) -> tuple[list[float], list[float]] | 
     run = {e["name"]: e["t_ns"] for e in tel["events"] if e["name"] in (RUN_START, RUN_STOP)}
     try:
         tr = trace(tel["energy_reads"], tel["energy_meter"], run.get(RUN_START), run.get(RUN_STOP))
-    except (KeyError, IndexError, TypeError, ValueError) as e:  # a meter record short of what it names
+    except (KeyError, IndexError, TypeError, ValueError, OverflowError) as e:  # a record short of what it names
         return f"not drawn: the telemetry's energy_meter does not describe its reads ({type(e).__name__}: {e})"
     if tr.problems:
         more = f" (and {len(tr.problems) - 1} more)" if len(tr.problems) > 1 else ""

@@ -337,7 +337,7 @@ def energy_lines(ft: dict[tuple[str, str], Case], alone: bool = False) -> list[s
 
 
 def energy_line(model: str, cases: dict[tuple[str, str], Case], said: set[str], alone: bool = False) -> str | None:
-    """MODEL's joules per fine-tune (the median of its rounds; their min–max), per image, and each
+    """MODEL's joules per fine-tune (the round with the median joules; the rounds' min–max), per image, and each
     framework's against the reference's. SAID: the meters already described (each is, once)."""
     cs = {fw: cases[(fw, model)] for fw in NAMES if (fw, model) in cases}
     if len(cs) < (1 if alone else 2):

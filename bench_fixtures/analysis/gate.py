@@ -94,7 +94,7 @@ METRICS = {m.name: m for m in [
     # 10% as time's: NVML's counter and RAPL repeat within 1-5% between identical runs, and joules are
     # watts x seconds, so the figure carries the time's noise as well.
     Metric("energy_per_image", lambda c: c.energy_per_image, "lower", "relative", 0.10, "J", default_on=False,
-           source="energy.per_image_j: the fine-tune's joules (median of the rounds) per training image",
+           source="energy.per_image_j: the fine-tune's joules (the round with the median joules) per training image",
            rounds=lambda c: c.energy_rounds, reason=lambda c: c.energy_reason),
 ]}
 OFF_BY_DEFAULT = tuple(m.name for m in METRICS.values() if m.judged and not m.default_on)  # --judge's choices

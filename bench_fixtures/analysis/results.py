@@ -50,6 +50,7 @@ from typing import Any, Iterable
 from ..config import MAX_EPOCHS, MAX_REPLICAS, MAX_ROUNDS, MODELS, PEAK_TFLOPS_RANGE
 from ..registry import NAMES as FRAMEWORK_NAMES
 from ..settings import ABSENT
+from ..telemetry.energy import ENERGY_VERSION
 from ..telemetry.timeline import EPOCH_START
 
 # Outcome of the test around a benchmark (the plugin records it: pytest-benchmark keeps the numbers
@@ -338,8 +339,8 @@ def _texts(v: Any, where: str, *, null: bool = True) -> list[str]:
 
 
 def _numbers(v: Any, where: str, low: float, high: float, *, above: bool = False, nulls: bool = True,
-             most: int | None = None) -> list:
-    items = _list(v, where, most=most)
+             most: int | None = None, null: bool = True) -> list:
+    items = _list(v, where, most=most, null=null)
     for i, x in enumerate(items):
         _number(x, f"{where}[{i}]", low, high, above=above, null=nulls)
     return items
@@ -516,31 +517,46 @@ MAX_PRICE = 1e6    # settings' price_per_hour cap
 
 def _check_energy(en: dict, w: str) -> None:
     """`energy`: measured, with its source and joules (above zero: a device that did something drew
-    energy), or not measured with the reason; never a zero standing for 'not measured'."""
+    energy) that agree with each other, or not measured with the reason; never a zero standing for
+    'not measured'."""
     if not en:
         return
-    _count(en.get("version"), f"{w}.version")
+    version = _count(en.get("version", _MISSING), f"{w}.version", null=False)
+    if version > ENERGY_VERSION:
+        raise Invalid(f"{w}.version", f"is {version}, newer than this suite reads ({ENERGY_VERSION}); {NEWER_FIX}")
     measured = _flag(en.get("measured", _MISSING), f"{w}.measured", null=False)
     _choice(en.get("source"), f"{w}.source", ENERGY_SOURCES, "an energy source this suite reads")
+    if not isinstance(en.get("method", ""), str):
+        raise Invalid(f"{w}.method", f"must be text, found {_found(en['method'])}")
     _text(en.get("reason"), f"{w}.reason", null=measured)
     _texts(en.get("problems"), f"{w}.problems")
     _texts(en.get("domains"), f"{w}.domains")
     _count(en.get("wraps"), f"{w}.wraps", 0)
+    _count(en.get("images"), f"{w}.images")
+    _count(en.get("round"), f"{w}.round", 1, MAX_ROUNDS)
+    rounds_j = _numbers(en.get("rounds_j"), f"{w}.rounds_j", 0.0, MAX_JOULES, above=True, most=MAX_ROUNDS)
+    _fields(en, w, dict(per_image_j=(0, MAX_JOULES), mean_power_w=(0, MAX_JOULES), first_step_j=(0, MAX_JOULES),
+                        idle_j=(0, MAX_JOULES)), above=False)
     if measured:
         _text(en.get("source", _MISSING), f"{w}.source", null=False)
-        _number(en.get("finetune_j", _MISSING), f"{w}.finetune_j", 0.0, MAX_JOULES, above=True, null=False)
-    elif en.get("finetune_j") is not None:
-        raise Invalid(f"{w}.finetune_j", "is set, but 'measured' is false: a figure not measured is null")
-    _fields(en, w, dict(per_image_j=(0, MAX_JOULES), mean_power_w=(0, MAX_JOULES), last_round_j=(0, MAX_JOULES),
-                        first_step_j=(0, MAX_JOULES), idle_j=(0, MAX_JOULES)))
-    _numbers(en.get("rounds_j"), f"{w}.rounds_j", 0.0, MAX_JOULES, above=True, most=MAX_ROUNDS)
+        total = _number(en.get("finetune_j", _MISSING), f"{w}.finetune_j", 0.0, MAX_JOULES, above=True, null=False)
+        _number(en.get("mean_power_w"), f"{w}.mean_power_w", 0.0, MAX_JOULES, above=True)
+        images, per_image = en.get("images"), en.get("per_image_j")
+        if images is not None and (per_image is None or not math.isclose(per_image, total / images, rel_tol=1e-6)):
+            raise Invalid(f"{w}.per_image_j", f"is {_found(per_image)}, but finetune_j / images is {total / images:g}")
+        if rounds_j and not any(j is not None and math.isclose(j, total, rel_tol=1e-9) for j in rounds_j):
+            raise Invalid(f"{w}.finetune_j", f"{total:g} is none of the rounds' joules (rounds_j)")
+    else:
+        for key in ("finetune_j", "per_image_j", "mean_power_w"):
+            if en.get(key) is not None:
+                raise Invalid(f"{w}.{key}", "is set, but 'measured' is false: a figure not measured is null")
     _numbers(en.get("domain_finetune_j"), f"{w}.domain_finetune_j", 0.0, MAX_JOULES)
-    for part in ("epoch_phases", "inter_epoch_gaps"):
+    for part, index in (("epoch_phases", "epoch"), ("inter_epoch_gaps", "after_epoch")):
         for i, row in enumerate(_list(en.get(part), f"{w}.{part}", most=MAX_EPOCHS)):
             row = _object(row, f"{w}.{part}[{i}]")
-            _fields(row, f"{w}.{part}[{i}]", {k: (-MAX_JOULES, MAX_JOULES) for k in row
-                                              if k not in ("epoch", "after_epoch")})
-    _object(en.get("projection"), f"{w}.projection")
+            _count(row.get(index), f"{w}.{part}[{i}].{index}", 0, MAX_EPOCHS)
+            _fields(row, f"{w}.{part}[{i}]", {k: (-MAX_JOULES, MAX_JOULES) for k in row if k != index})
+    _check_projection(_object(en.get("projection"), f"{w}.projection"), f"{w}.projection", unit="j")
 
 
 def _check_cost(cost: dict, w: str) -> None:
@@ -549,7 +565,8 @@ def _check_cost(cost: dict, w: str) -> None:
         return
     _number(cost.get("price_per_hour", _MISSING), f"{w}.price_per_hour", 0.0, MAX_PRICE, above=True, null=False)
     _fields(cost, w, dict(finetune=(0, MAX_PRICE * MAX_SECONDS), horizon=(0, MAX_PRICE * MAX_SECONDS * MAX_EPOCHS)))
-    _count(cost.get("horizon_epochs"), f"{w}.horizon_epochs", 1, MAX_COUNT)
+    _count(cost.get("horizon_epochs", _MISSING), f"{w}.horizon_epochs", 1, MAX_COUNT, null=cost.get("horizon") is None)
+    _text(cost.get("basis"), f"{w}.basis")
 
 
 MIN_PEAK = 2**20  # bytes: a process that trains a network holds far more (the tables count in MiB)
@@ -619,13 +636,15 @@ def _check_curves(e: dict, w: str) -> None:
                                                  train_all_ops_per_image=(0, MAX_FLOPS)))
 
 
-def _check_projection(p: dict, w: str) -> None:
-    """The overhead projection: the report's table and figure, the findings' 'paid once'."""
+def _check_projection(p: dict, w: str, unit: str = "s") -> None:
+    """The overhead projection (UNIT s; the energy's, j): the report's table and figure, the findings'
+    'paid once'."""
     if not p:
         return
+    big = MAX_SECONDS if unit == "s" else MAX_JOULES
     _count(p.get("measured_epochs"), f"{w}.measured_epochs", 1, MAX_EPOCHS)
-    _fields(p, w, {k: (0, MAX_SECONDS) for k in PROJECTION_SECONDS})
-    _fields(p, w, {k: (-MAX_SECONDS, MAX_SECONDS) for k in PROJECTION_SIGNED})
+    _fields(p, w, {k[:-1] + unit: (0, big) for k in PROJECTION_SECONDS})
+    _fields(p, w, {k[:-1] + unit: (-big, big) for k in PROJECTION_SIGNED})
     _text(p.get("note"), f"{w}.note")
     rows = [("measured", p.get("measured"))] + [(f"projected[{i}]", r) for i, r in
                                                  enumerate(_list(p.get("projected"), f"{w}.projected", most=100))]
@@ -633,9 +652,9 @@ def _check_projection(p: dict, w: str) -> None:
         row = _object(row, f"{w}.{name}", null=name == "measured")
         if row:
             _count(row.get("epochs", _MISSING), f"{w}.{name}.epochs", 1, MAX_COUNT, null=False)
-            _fields(row, f"{w}.{name}", dict(total_s=(-MAX_SECONDS * MAX_COUNT, MAX_SECONDS * MAX_COUNT),
-                                             overhead_s=(-MAX_SECONDS * MAX_COUNT, MAX_SECONDS * MAX_COUNT),
-                                             overhead_share=(-1e6, 1e6)))
+            _fields(row, f"{w}.{name}", {f"total_{unit}": (-big * MAX_COUNT, big * MAX_COUNT),
+                                         f"overhead_{unit}": (-big * MAX_COUNT, big * MAX_COUNT),
+                                         "overhead_share": (-1e6, 1e6)})
 
 
 def check_disturbance(d: Any, w: str) -> None:
@@ -688,6 +707,7 @@ def _check_config(cfg: dict) -> None:
     _number(cfg.get("min_accuracy_gain"), "bench_config.min_accuracy_gain", -1.0, 1.0)
     _number(cfg.get("lr"), "bench_config.lr", 0.0, 1e6)
     _number(cfg.get("peak_tflops"), "bench_config.peak_tflops", *PEAK_TFLOPS_RANGE)
+    _number(cfg.get("price_per_hour"), "bench_config.price_per_hour", 0.0, MAX_PRICE, above=True)
     _flag(cfg.get("channels_last"), "bench_config.channels_last")
     _object(cfg.get("overrides"), "bench_config.overrides")
 
@@ -817,15 +837,22 @@ def check_telemetry(tel: Any) -> None:
                 elif not isinstance(v, bool):
                     _number(v, f"{part}[{i}]{_key(key)}", -MAX_BYTES, MAX_BYTES)
     _text(_object(tel.get("monitor"), "monitor").get("backend"), "monitor.backend")
+    meter = _object(tel.get("energy_meter"), "energy_meter")
+    measured = _choice(meter.get("source"), "energy_meter.source", ENERGY_SOURCES, "an energy source this suite reads")
+    if measured and meter.get("kind") not in ("counter", "power"):
+        raise Invalid("energy_meter.kind", f"must be counter or power, found {_found(meter.get('kind', _MISSING))}")
+    domains = _texts(meter.get("domains", _MISSING if measured else None), "energy_meter.domains", null=not measured)
+    ranges = _numbers(meter.get("ranges", _MISSING if measured else None), "energy_meter.ranges", 0.0, MAX_JOULES,
+                      above=True, null=not measured)
+    if measured and len(ranges) != len(domains):
+        raise Invalid("energy_meter.ranges", f"holds {len(ranges)} range(s) for {len(domains)} domain(s)")
     for i, r in enumerate(_list(tel.get("energy_reads"), "energy_reads")):  # runs before energy: none
         r = _object(r, f"energy_reads[{i}]", null=False)
-        _count(r.get("t_ns", _MISSING), f"energy_reads[{i}].t_ns", 0, MAX_INT, null=False)
-        _numbers(r.get("values", _MISSING), f"energy_reads[{i}].values", 0.0, MAX_JOULES, nulls=True)
-    meter = _object(tel.get("energy_meter"), "energy_meter")
-    _choice(meter.get("source"), "energy_meter.source", ENERGY_SOURCES, "an energy source this suite reads")
-    _choice(meter.get("kind"), "energy_meter.kind", ("counter", "power"), "counter or power")
-    _texts(meter.get("domains"), "energy_meter.domains")
-    _numbers(meter.get("ranges"), "energy_meter.ranges", 0.0, MAX_JOULES, above=True)
+        _count(r.get("t_ns", _MISSING), f"energy_reads[{i}].t_ns", 0, MAX_INT - 1, null=False)
+        values = _numbers(r.get("values", _MISSING), f"energy_reads[{i}].values", 0.0, MAX_JOULES, nulls=True,
+                          null=False)
+        if measured and len(values) != len(domains):
+            raise Invalid(f"energy_reads[{i}].values", f"holds {len(values)} value(s) for {len(domains)} domain(s)")
     problem = _walk_problem(tel, "")
     if problem is not None:
         raise problem
@@ -1094,7 +1121,7 @@ class Case:
 
     @property
     def energy_j(self) -> float | None:
-        """Joules of the whole fine-tune (the median of its rounds'); None: not measured."""
+        """Joules of the whole fine-tune (of the round with the median joules); None: not measured."""
         en = self.energy or {}
         return en["finetune_j"] if en.get("measured") and is_number(en.get("finetune_j")) else None
 

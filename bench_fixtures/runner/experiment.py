@@ -120,7 +120,7 @@ class Experiment:
     def start_monitor(self) -> Monitor:
         assert self.worker is not None
         pids = self.worker.pids if isinstance(self.worker, ReplicaGroup) else self.worker.pid  # every replica
-        gpus = getattr(self.worker, "gpus", None) or 0  # each replica's GPU, as NVML numbers them
+        gpus = getattr(self.worker, "gpus", None) or visible_gpu()  # each replica's GPU, as NVML numbers them
         self.monitor = Monitor(pids, self.cfg.device, self.cfg.monitor_interval, gpu_index=gpus).start()
         return self.monitor
 
@@ -225,7 +225,7 @@ class Experiment:
                     epoch_times_s=times, time_to_first_step_s=time_to_first_step(events),
                     fit_teardown_s=fit_teardown(events, self.cfg.epochs),
                     overhead_projection=projection,
-                    energy=_energy_summary(energies, fit["images"]),
+                    energy=_energy_summary(energies),
                     cost=cost_record(self.cfg.price_per_hour, statistics.median(r["finetune_s"] for r in rounds),
                                      projection),
                     finetune_s=fit["seconds"], train_images_per_s=fit["images"] / fit["seconds"],
@@ -238,12 +238,17 @@ class Experiment:
                     **self._telemetry("finetune", events, last.get("monitor")))
 
     def _energy(self, r: dict[str, Any]) -> dict[str, Any]:
-        """One fine-tune round's energy record, from its own monitor's counter reads and timeline."""
+        """One fine-tune round's energy record, from its own monitor's counter reads and timeline. A
+        bug in the energy code costs the energy figure, never the case's time or accuracy."""
         mon, fit = r.get("monitor"), r["fit"]
         info = mon.energy_info if mon else dict(source=None, reason="not measured: the round had no monitor")
         util = [s for s in mon.samples if "util" in s] if mon and mon.sampler.name == "nvml" else None
-        return energy_record(mon.energy_reads if mon else [], info, fit["events"], self.cfg.epochs,
-                             fit["steps_per_epoch"], fit["images"], util)
+        try:
+            return energy_record(mon.energy_reads if mon else [], info, fit["events"], self.cfg.epochs,
+                                 fit["steps_per_epoch"], fit["images"], util)
+        except Exception as e:  # noqa: BLE001 - reported as the figure's reason
+            return energy_record([], dict(source=None, reason=f"not measured: the energy split failed "
+                                                              f"({type(e).__name__}: {e})"), [], 0, 0, None)
 
     def _telemetry(self, test: str, events: list[dict], mon: Monitor | None) -> dict[str, Any]:
         """The telemetry keys of extra_info, and the raw timeline + samples written beside the results."""
@@ -321,6 +326,13 @@ def replica_peaks(samples: list[dict]) -> list[int | None] | None:
     return [peak([s for s in samples if s.get("replica") == r], "proc_mem") for r in ranks]
 
 
+def visible_gpu() -> int:
+    """The GPU a single worker uses, as NVML numbers it: the first of CUDA_VISIBLE_DEVICES where it
+    is an index (as replicas.py reads each replica's), else 0."""
+    first = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    return int(first) if first.isdigit() else 0
+
+
 def gpu_name(device: str, worker_info: dict[str, Any]) -> str | None:
     """The GPU's name as NVML reports it (the peak table's key; the first GPU, as the worker uses
     the first visible one), else as the framework reports it; None on a CPU."""
@@ -346,25 +358,32 @@ def rounds_summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     in points."""
     return dict(finetune_s=spread([r["finetune_s"] for r in rounds], relative=True),
                 accuracy_after=spread([r["accuracy_after"] for r in rounds], relative=False),
-                energy_j=spread([r.get("energy_j") for r in rounds], relative=True))
+                energy_j=spread([r.get("energy_j") for r in rounds], relative=True)
+                if all(r.get("energy_j") is not None for r in rounds) else None)
 
 
-def _energy_summary(records: list[dict[str, Any]], images: int) -> dict[str, Any]:
-    """The last round's energy record (its split by the timeline), with the fine-tune's joules and
-    joules per image as the median of the rounds (as the time is the rounds' median). A round whose
-    counter failed fails the case's figure: a median of the rounds that happened to read well would
-    pass for all of them."""
-    last, rounds_j = records[-1], [r["finetune_j"] for r in records]
+SPLIT_KEYS = ("per_image_j", "mean_power_w", "domain_finetune_j", "first_step_j", "idle_j", "epoch_phases",
+              "inter_epoch_gaps", "projection")
+
+
+def _energy_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The case's energy: the round with the median joules, whole (its per image, mean power and
+    split add up to its joules; with an even count, the lower of the middle two), and every round's
+    in `rounds_j`. A round whose counter failed fails the case's figure: a median of the rounds that
+    happened to read well would pass for all of them."""
+    rounds_j = [r["finetune_j"] for r in records]
     failed = [(i, r) for i, r in enumerate(records) if not r["measured"]]
     if failed:
-        i, r = failed[-1]
-        reason = r["reason"] if len(records) == 1 or all(not x["measured"] for x in records) else \
-            f"round {i + 1} of {len(records)}: {r['reason']}"
-        return dict(last, measured=False, finetune_j=None, per_image_j=None, mean_power_w=None, reason=reason,
-                    problems=[p for x in records for p in x["problems"]], rounds_j=rounds_j)
-    mid = statistics.median(rounds_j)
-    return dict(last, finetune_j=mid, per_image_j=mid / images if images else None, rounds_j=rounds_j,
-                last_round_j=last["finetune_j"])
+        n = len(records)
+        reason = failed[0][1]["reason"] if len(failed) == n else \
+            f"round {failed[0][0] + 1} of {n}: {failed[0][1]['reason']}"
+        if 1 < len(failed) < n:
+            reason += f" (and {len(failed) - 1} more round(s))"
+        return dict(records[-1], measured=False, finetune_j=None, reason=reason, rounds_j=rounds_j,
+                    problems=[f"round {i + 1}: {p}" for i, r in failed for p in r["problems"]],
+                    **{k: None for k in SPLIT_KEYS})
+    i = sorted(range(len(records)), key=lambda k: records[k]["finetune_j"])[(len(records) - 1) // 2]
+    return dict(records[i], rounds_j=rounds_j, round=i + 1)
 
 
 class CaseRunner:

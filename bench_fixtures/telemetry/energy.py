@@ -33,7 +33,7 @@ POWERCAP = Path("/sys/class/powercap")
 POWERCAP_ENV = "BENCH_POWERCAP_DIR"  # another powercap tree: /sys mounted elsewhere in a container, or a test's
 STALL_S = 2.0  # a counter that has not moved for this long is stopped (NVML updates every 20-100 ms;
 #                a device at idle still draws watts, so a working counter always moves)
-MAX_POWER_W = 20_000.0  # per domain: no GPU or CPU package draws 20 kW; above it a reading is garbage
+MAX_POWER_W = 5_000.0  # per domain: no GPU board (about 1.4 kW at most today) or CPU package draws 5 kW
 
 SOURCES = {
     "nvml_energy_counter": "NVML's total-energy counter of each GPU, read at every sample and interpolated at "
@@ -88,23 +88,36 @@ class NvmlMeter:
             pass
 
 
-def rapl_zones(root: Path = POWERCAP) -> list[Path]:
+def rapl_zones(root: Path = POWERCAP) -> tuple[list[Path], list[str]]:
     """The package zones (intel-rapl:N, named package-N; AMD's too) and their DRAM subzones: the
-    cores and uncore subzones are inside the package's figure, psys would count the packages twice."""
-    zones = []
+    cores and uncore subzones are inside the package's figure, psys would count the packages twice.
+    Also the zones whose name could not be read (a reason must not blame a missing driver)."""
+    zones, unnamed = [], []
     for top in sorted(root.glob("intel-rapl:*")):
-        if top.name.count(":") != 1 or not _name(top).startswith("package"):
+        if top.name.count(":") != 1:
             continue
-        zones.append(top)
-        zones += [sub for sub in sorted(top.glob(f"{top.name}:*")) if _name(sub) == "dram"]
-    return zones
+        name = _name(top)
+        if name is None:
+            unnamed.append(str(top / "name"))
+        elif name.startswith("package"):
+            zones.append(top)
+            zones += [sub for sub in sorted(top.glob(f"{top.name}:*")) if _name(sub) == "dram"]
+    return zones, unnamed
 
 
-def _name(zone: Path) -> str:
+def _name(zone: Path) -> str | None:
     try:
         return (zone / "name").read_text().strip()
     except OSError:
-        return ""
+        return None
+
+
+def _microjoules(path: Path) -> int:
+    """A whole number of microjoules from a powercap file; ValueError naming the file otherwise."""
+    text = path.read_text().strip()
+    if not text.isdigit() or len(text) > 20:  # a 64-bit counter has at most 20 digits
+        raise ValueError(f"{path}: {text[:40]!r} is not a whole number of microjoules")
+    return int(text)
 
 
 class RaplMeter:
@@ -113,16 +126,18 @@ class RaplMeter:
 
     def __init__(self, zones: list[Path]) -> None:
         self.files = [z / "energy_uj" for z in zones]
-        self.domains = [_name(z) + ("" if _name(z).startswith("package") else f"({z.name})") for z in zones]
-        self.ranges = [int((z / "max_energy_range_uj").read_text()) / 1e6 for z in zones]
+        self.domains = [(_name(z) or z.name) + ("" if (_name(z) or "").startswith("package") else f"({z.name})")
+                        for z in zones]
+        # a range of 0 says nothing: no wrap can be undone (a step back then fails the figure)
+        self.ranges = [(_microjoules(z / "max_energy_range_uj") / 1e6) or None for z in zones]
         for f in self.files:
-            int(f.read_text())  # PermissionError / ValueError to make_meter, with the file named
+            _microjoules(f)  # PermissionError / ValueError to make_meter, with the file named
 
     def read(self) -> dict[str, Any]:
         values: list[float | None] = []
         for f in self.files:
             try:
-                values.append(int(f.read_text()) / 1e6)
+                values.append(_microjoules(f) / 1e6)
             except (OSError, ValueError):
                 values.append(None)
         return dict(t_ns=time.monotonic_ns(), values=values)
@@ -142,17 +157,21 @@ def make_meter(device: str, gpu_indices: list[int], root: Path | None = None) ->
             return None, "not measured: nvidia-ml-py (pynvml) is not installed; pip install nvidia-ml-py"
         except Exception as e:  # NVMLError: no driver, no such GPU, neither counter nor power readable
             return None, f"not measured: NVML gave neither an energy counter nor power ({e})"
-    zones = rapl_zones(root)
+    zones, unnamed = rapl_zones(root)
+    if not zones and unnamed:
+        return None, (f"not measured: {unnamed[0]} cannot be read, so no RAPL zone can be told a package; "
+                      f"check the powercap tree's permissions")
     if not zones:
         return None, (f"not measured: no RAPL package zone under {root} (no powercap driver: a virtual machine, "
                       f"a container without /sys, or a CPU without RAPL)")
     try:
         return RaplMeter(zones), ""
     except PermissionError as e:
+        name = Path(e.filename or "energy_uj").name
         return None, (f"not measured: {e.filename} is not readable by this user (root only since Linux 5.10, "
-                      f"CVE-2020-8694); run as root, or `sudo chmod o+r {root}/intel-rapl:*/energy_uj`")
+                      f"CVE-2020-8694); run as root, or `sudo chmod o+r {root}/intel-rapl:*/{name}`")
     except (OSError, ValueError) as e:
-        return None, f"not measured: RAPL under {root} cannot be read ({e})"
+        return None, f"not measured: RAPL under {root} cannot be read ({e}); {POWERCAP_ENV} may point at another tree"
 
 
 def meter_info(meter: Any, reason: str) -> dict[str, Any]:
@@ -199,23 +218,31 @@ def trace(reads: list[dict[str, Any]], info: dict[str, Any], start_ns: int | Non
     beyond any device: each is a problem, and a trace with problems gives no figure. START_NS and
     STOP_NS bound where a stopped counter counts (the timed region)."""
     n = len(info.get("domains") or [])
-    reads = sorted((r for r in reads if isinstance(r.get("values"), list) and len(r["values"]) == n),
-                   key=lambda r: r["t_ns"])
-    out = Trace(np.asarray([r["t_ns"] for r in reads], dtype=np.int64), np.zeros((len(reads), n)))
+    kind, ranges = info.get("kind"), list(info.get("ranges") or [])
+    usable = [r for r in reads if isinstance(r.get("values"), list) and len(r["values"]) == n]
+    by_time: dict[int, dict] = {}
+    for r in sorted(usable, key=lambda r: r["t_ns"]):
+        by_time.setdefault(r["t_ns"], r)  # two reads at one instant: the first (no time passed between them)
+    out = Trace(np.asarray(list(by_time), dtype=np.int64), np.zeros((len(by_time), n)))
+    if len(usable) < len(reads) or kind not in ("counter", "power") or len(ranges) != n:
+        out.problems.append(f"the energy meter's record ({n} domain(s), kind {kind!r}, {len(ranges)} range(s)) does "
+                            f"not match its reads ({len(reads) - len(usable)} of {len(reads)} hold another count)")
+        return out
+    reads = list(by_time.values())
     if len(reads) < 2 or not n:
         out.problems.append(f"{len(reads)} energy read(s): too few to measure anything")
         return out
     for d in range(n):
         values = [r["values"][d] for r in reads]
-        if any(v is None for v in values):
-            missed = sum(v is None for v in values)
-            out.problems.append(f"{info['domains'][d]}: {missed} of {len(values)} energy reads failed")
+        failed = sum(isinstance(v, bool) or not (isinstance(v, (int, float)) and np.isfinite(v)) for v in values)
+        if failed:
+            out.problems.append(f"{info['domains'][d]}: {failed} of {len(values)} energy reads failed")
             continue
-        col = _cumulative(np.asarray(values, dtype=float), out.t_ns, info["kind"], info["ranges"][d],
-                          info["domains"][d], out)
+        col = _cumulative(np.asarray(values, dtype=float), out.t_ns, kind, ranges[d], info["domains"][d], out)
         if col is not None:
             out.joules[:, d] = col
-            _stalls(out, d, info["domains"][d], start_ns, stop_ns)
+            if kind == "counter":
+                _stalls(out, np.asarray(values, dtype=float), info["domains"][d], start_ns, stop_ns)
     return out
 
 
@@ -229,31 +256,42 @@ def _cumulative(v: np.ndarray, t_ns: np.ndarray, kind: str, span: float | None, 
         return np.concatenate([[0.0], np.cumsum((v[1:] + v[:-1]) / 2 * dt)])
     steps = np.diff(v)
     for i in np.flatnonzero(steps < 0):
-        # A wrap is undone where the range is known and what it implies was drawn between the two
-        # reads is a power a device can draw; anything else went backwards (a reset, a driver reload).
-        if span and 0 <= steps[i] + span <= MAX_POWER_W * dt[i]:
+        # A wrap is undone where the range is known, the reads are close enough that at most one wrap
+        # fits between them even at MAX_POWER_W, and the energy it implies is one a device can draw.
+        most = MAX_POWER_W * dt[i]
+        if span and span > most and 0 <= steps[i] + span <= most:
             steps[i] += span
             out.wraps += 1
+            continue
+        if span and span <= most:
+            what = f"reads {dt[i]:.1f} s apart, long enough for more than one wrap of its {span:g} J range"
+        elif span:
+            what = "more than a wrap at any real power explains: a reset"
         else:
-            what = "with no known range: a wrap, a reset or a driver reload" if not span else \
-                "more than a wrap at any real power explains: a reset"
-            out.problems.append(f"{name}: the energy counter went backwards by {-steps[i]:.3f} J between two reads "
-                                f"{dt[i]:.3f} s apart ({what})")
-            return None
+            what = "with no known range: a wrap, a reset or a driver reload"
+        out.problems.append(f"{name}: the energy counter went backwards by {-steps[i]:.3f} J between two reads "
+                            f"{dt[i]:.3f} s apart ({what})")
+        return None
     if (steps / np.maximum(dt, 1e-9) > MAX_POWER_W).any():
-        out.problems.append(f"{name}: the energy counter jumped faster than {MAX_POWER_W:g} W: not a reading")
+        out.problems.append(f"{name}: the energy counter rose faster than {MAX_POWER_W:g} W: not a reading")
         return None
     return np.concatenate([[0.0], np.cumsum(steps)])
 
 
-def _stalls(out: Trace, d: int, name: str, start_ns: int | None, stop_ns: int | None) -> None:
-    """A counter that did not move for STALL_S inside [start, stop] has stopped: no device draws nothing."""
-    t, col = out.t_ns, out.joules[:, d]
+def _stalls(out: Trace, values: np.ndarray, name: str, start_ns: int | None, stop_ns: int | None) -> None:
+    """A counter that read the same value for STALL_S inside [start, stop] has stopped: no device
+    draws nothing. Reads far apart with the counter moving are no stall (a long --monitor-interval)."""
+    t = out.t_ns
     lo, hi = start_ns if start_ns is not None else t[0], stop_ns if stop_ns is not None else t[-1]
-    moves = [t[0], *t[1:][np.diff(col) > 0], t[-1]]  # the reads where it had moved, and the ends
-    inside, whole = max(((min(b, hi) - max(a, lo), b - a) for a, b in zip(moves, moves[1:])), default=(0, 0))
-    if inside / 1e9 >= STALL_S:
-        out.problems.append(f"{name}: the energy counter stopped for {whole / 1e9:.1f} s (no device draws nothing)")
+    first, longest = 0, (0, 0)
+    for i in range(1, len(t) + 1):
+        if i == len(t) or values[i] != values[first]:  # the run of equal reads first..i-1 ends
+            a, b = t[first], t[i - 1]
+            longest = max(longest, (min(b, hi) - max(a, lo), b - a))
+            first = i
+    if longest[0] / 1e9 >= STALL_S:
+        out.problems.append(f"{name}: the energy counter stopped for {longest[1] / 1e9:.1f} s (no device draws "
+                            f"nothing)")
 
 
 # --------------------------------------------------------------------------- the figures of a case
@@ -274,29 +312,31 @@ def energy_record(reads: list[dict[str, Any]], info: dict[str, Any], events: lis
     if info.get("source") is None:
         out["reason"] = out["reason"] or "not measured: no energy meter"
         return out
-    run = {e["name"]: e["t_ns"] for e in events if e["name"] in (RUN_START, RUN_STOP)}
-    if len(run) < 2:
-        out.update(reason="not measured: the fine-tune's run_start/run_stop events are missing")
+    start, stop = (next((e["t_ns"] for e in events if e["name"] == n), None) for n in (RUN_START, RUN_STOP))
+    if start is None or stop is None or stop <= start:
+        out.update(reason="not measured: the fine-tune's run_start/run_stop events are missing or out of order")
         return out
-    tr = trace(reads, info, run[RUN_START], run[RUN_STOP])
+    tr = trace(reads, info, start, stop)
     out["wraps"] = tr.wraps
-    total = tr.between(run[RUN_START], run[RUN_STOP])
+    total = tr.between(start, stop)
     if total is None and not tr.problems:
         tr.problems.append("the energy reads do not cover the fine-tune (run_start to run_stop)")
+    elif total is not None and not total > 0 and not tr.problems:
+        tr.problems.append(f"the energy counter did not move over the fine-tune ({(stop - start) / 1e9:.3f} s): "
+                           f"too coarse or stopped")
     if tr.problems:
         out.update(problems=tr.problems, reason="not measured: " + tr.problems[0])
         return out
-    amount: Callable[[int, int], float] = lambda a, b: tr.between(a, b)  # noqa: E731 (inside the covered span)
-    seconds = (run[RUN_STOP] - run[RUN_START]) / 1e9
-    phases, _ = epoch_phases(events, epochs, amount=amount, unit="j")
-    gaps, _ = inter_epoch_gaps(events, epochs, amount=amount, unit="j")
-    first = time_to_first_step(events, amount=amount)
-    out.update(measured=True, reason=None, finetune_j=total, per_image_j=total / images if images else None,
-               mean_power_w=total / seconds if seconds > 0 else None,
-               domain_finetune_j=[tr.between(run[RUN_START], run[RUN_STOP], d) for d in range(len(out["domains"]))],
-               first_step_j=first, epoch_phases=phases, inter_epoch_gaps=gaps,
-               projection=project_overhead(events, epochs, steps_per_epoch, amount=amount, unit="j"),
-               idle_j=_idle(tr, util_samples, run[RUN_START], run[RUN_STOP]) if util_samples is not None else None)
+    inside = [e for e in events if start <= e["t_ns"] <= stop]  # the reads cover these, and only these
+    amount: Callable[[int, int], float] = lambda a, b: tr.between(a, b)  # noqa: E731
+    phases, _ = epoch_phases(inside, epochs, amount=amount, unit="j")
+    gaps, _ = inter_epoch_gaps(inside, epochs, amount=amount, unit="j")
+    out.update(measured=True, reason=None, finetune_j=total, images=images,
+               per_image_j=total / images if images else None, mean_power_w=total / ((stop - start) / 1e9),
+               domain_finetune_j=[tr.between(start, stop, d) for d in range(len(out["domains"]))],
+               first_step_j=time_to_first_step(inside, amount=amount), epoch_phases=phases, inter_epoch_gaps=gaps,
+               projection=project_overhead(inside, epochs, steps_per_epoch, amount=amount, unit="j"),
+               idle_j=_idle(tr, util_samples, start, stop) if util_samples is not None else None)
     return out
 
 

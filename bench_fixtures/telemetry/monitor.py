@@ -276,7 +276,6 @@ class Monitor:
             self.samples.extend(self.sampler.sample())
             if self.host is not None:
                 self.host_samples.append(self.host.sample())
-            self._read_energy()
             self.polls.append(time.monotonic_ns())
             return True
         except psutil.NoSuchProcess:
@@ -284,6 +283,7 @@ class Monitor:
         except Exception as e:
             self.errors.append(f"{type(e).__name__}: {e}")
         finally:
+            self._read_energy()  # the devices' counters, whatever happened to the worker's samples
             self.busy_s += time.perf_counter() - start
         return False
 
