@@ -1000,6 +1000,11 @@ class Case:
         v = self.extra_info.get(key)
         return v if is_number(v) else None
 
+    def _record(self, key: str) -> dict | None:
+        """A nested record of extra_info (None: not recorded)."""
+        v = self.extra_info.get(key)
+        return v if isinstance(v, dict) else None
+
     @property
     def accuracy_before(self) -> float | None:
         return self._figure("accuracy_before")
@@ -1103,8 +1108,7 @@ class Case:
     @property
     def projection(self) -> dict | None:
         """The overhead projection (None: not recorded, or its timeline lacked events)."""
-        p = self.extra_info.get("overhead_projection")
-        return p if isinstance(p, dict) else None
+        return self._record("overhead_projection")
 
     @property
     def start_sha256(self) -> str | None:
@@ -1116,8 +1120,7 @@ class Case:
     @property
     def energy(self) -> dict | None:
         """The energy record (None: a run from before energy was measured); see `energy_reason`."""
-        en = self.extra_info.get("energy")
-        return en if isinstance(en, dict) else None
+        return self._record("energy")
 
     @property
     def energy_j(self) -> float | None:
@@ -1147,8 +1150,7 @@ class Case:
     @property
     def cost(self) -> dict | None:
         """Money per fine-tune and per the horizon's epochs at the run's --price-per-hour; None: not priced."""
-        c = self.extra_info.get("cost")
-        return c if isinstance(c, dict) else None
+        return self._record("cost")
 
     @property
     def telemetry_problems(self) -> list[str]:
