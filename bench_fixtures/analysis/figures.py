@@ -198,7 +198,7 @@ def _first_step_span(tel: dict, start: int) -> tuple[float, float] | None:
     return None if end is None else (0.0, (end - start) / 1e9)
 
 
-def _power(tel: dict, c: Case, start: int) -> tuple[list[float], list[float]] | str:
+def _power(tel: dict, c: Case, start: int) -> tuple[list[float], list[float], float | None] | str:
     """The case's power over time (seconds since START, watts of all its domains) from the
     telemetry's energy reads, or why none is drawn: not recorded (a run from before energy), not
     measured (the case's reason), or a trace with problems (its first). Never a zero line."""
@@ -219,7 +219,8 @@ def _power(tel: dict, c: Case, start: int) -> tuple[list[float], list[float]] | 
     t_ns, watts = tr.power()
     if not len(t_ns):
         return "not measured: no two energy reads apart in time"
-    return [(t - start) / 1e9 for t in t_ns], [float(w) for w in watts]
+    drawn = tr.between(run[RUN_START], run[RUN_STOP]) if len(run) == 2 else None  # this round's, as drawn
+    return [(t - start) / 1e9 for t in t_ns], [float(w) for w in watts], drawn
 
 
 def _power_caption(cases: list[Case]) -> str:
@@ -275,8 +276,9 @@ def plot_timelines(ft: ByCase, base: Path, out: Path, notes: list[str], setup: s
             if isinstance(power, str):
                 unmeasured.append((fw, power))
             else:
-                power_ax.plot(*power, color=COLORS[fw], lw=1,
-                              label=f"{fw}: {significant(c.energy_j)} J per fine-tune")
+                xs, watts, joules = power
+                power_ax.plot(xs, watts, color=COLORS[fw], lw=1,
+                              label=f"{fw}: {significant(joules)} J this fine-tune" if joules is not None else fw)
                 drawn.append(c)
             _, gaps = step_intervals(tel["events"], epochs)
             for ax in (util_ax, mem_ax, power_ax):

@@ -279,11 +279,16 @@ def project_line(model: str, ft: dict[tuple[str, str], Case], alone: bool = Fals
 
 
 def _money_of(c: Case) -> str:
-    """'0.00106 per fine-tune, 0.0258 for 50 epochs (projected)' of a priced case; "" when not priced."""
+    """'0.00106 per fine-tune (3 rounds 0.00101–0.00112), 0.0258 for 50 epochs (projected)' of a priced
+    case; "" when not priced."""
     cost = c.cost or {}
     if not is_number(cost.get("finetune")) or not is_number(cost.get("price_per_hour")):
         return ""
     text = f"{_money(cost['finetune'])} per fine-tune"
+    times = c.finetune_times
+    if len(times) > 1:  # the rounds' spread, as the time's
+        price = cost["price_per_hour"] / 3600
+        text += f" ({len(times)} rounds {_money(min(times) * price)}–{_money(max(times) * price)})"
     if is_number(cost.get("horizon")) and is_number(cost.get("horizon_epochs")):
         text += f", {_money(cost['horizon'])} for {cost['horizon_epochs']:g} epochs (projected)"
     return text

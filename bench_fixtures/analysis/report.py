@@ -485,13 +485,22 @@ def energy_section(fts: dict[str, ByCase]) -> list[str]:
     sources = list(dict.fromkeys((c.energy or {}).get("source") for c in measured))
     how = "; ".join(next(c.energy.get("method") or SOURCE_LABELS.get(s, str(s)) for c in measured
                          if c.energy.get("source") == s) for s in sources)
+    spacing = [x for c in measured if is_number(x := (c.energy or {}).get("read_spacing_s"))]
+    reads = (f" The counters were read at most {max(spacing):.2g} s apart: each boundary is interpolated between "
+             f"two reads, so a phase shorter than that is an estimate from the power around it." if spacing else "")
+    domains = [f"{label}: " + ", ".join(f"{d} {_sig(j)} J" for d, j in zip(c.energy["domains"], per))
+               for label, c in cases if c.energy_j is not None
+               and len(per := c.energy.get("domain_finetune_j") or []) > 1]
     md += ["", "Joules, **measured** (not estimated) from the devices' own readings, taken by the parent process at "
-           "every sample: " + how + ". "
-           "The fine-tune's figure is the median of its rounds; the split is by the worker's timeline, as the "
+           "every sample: " + how + "." + reads + " "
+           "The fine-tune's figure is its round with the median joules, whole; the split is by the worker's "
+           "timeline, as the "
            "overhead's seconds are: first step (run start to the end of the first step), one-time (paid once), "
            "steps and evaluation per epoch, per gap between epochs, idle (while the GPU's utilisation was under "
            "5%; – on a CPU). The "
            f"{HORIZON_EPOCHS}-epoch figure is a **projection** from this run's own figures, not a measurement."]
+    if domains:
+        md += ["", "Per device (each replica's GPU, or each CPU package and its DRAM): " + "; ".join(domains) + "."]
     if cost:
         md += ["", f"Money in the currency of --price-per-hour: {cost.get('basis')}."]
     if caveats:

@@ -507,6 +507,11 @@ def _check_extra(e: dict, w: str) -> None:
     _flag(start.get("verified"), f"{w}.start.verified")  # the parity table looks it up
     check_disturbance(e.get("disturbance"), f"{w}.disturbance")
     _check_energy(_object(e.get("energy"), f"{w}.energy"), f"{w}.energy")
+    rounds_j, listed = (e.get("energy") or {}).get("rounds_j"), e.get("rounds")
+    if isinstance(rounds_j, list) and isinstance(listed, list) and \
+            [r.get("energy_j") if isinstance(r, dict) else None for r in listed] != rounds_j:
+        raise Invalid(f"{w}.rounds", "their energy_j are not energy.rounds_j: the gate's test and the headline "
+                                     "would read different rounds")
     _check_cost(_object(e.get("cost"), f"{w}.cost"), f"{w}.cost")
 
 
@@ -546,6 +551,9 @@ def _check_energy(en: dict, w: str) -> None:
             raise Invalid(f"{w}.per_image_j", f"is {_found(per_image)}, but finetune_j / images is {total / images:g}")
         if rounds_j and not any(j is not None and math.isclose(j, total, rel_tol=1e-9) for j in rounds_j):
             raise Invalid(f"{w}.finetune_j", f"{total:g} is none of the rounds' joules (rounds_j)")
+        projected = ((en.get("projection") or {}).get("measured") or {}).get("total_j")
+        if is_number(projected) and not math.isclose(projected, total, rel_tol=1e-6):
+            raise Invalid(f"{w}.projection.measured.total_j", f"is {projected:g}, but the fine-tune drew {total:g} J")
     else:
         for key in ("finetune_j", "per_image_j", "mean_power_w"):
             if en.get(key) is not None:

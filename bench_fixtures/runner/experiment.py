@@ -327,10 +327,22 @@ def replica_peaks(samples: list[dict]) -> list[int | None] | None:
 
 
 def visible_gpu() -> int:
-    """The GPU a single worker uses, as NVML numbers it: the first of CUDA_VISIBLE_DEVICES where it
-    is an index (as replicas.py reads each replica's), else 0."""
+    """The GPU a single worker uses, as NVML numbers it: the first of CUDA_VISIBLE_DEVICES, an index
+    (as replicas.py reads each replica's) or a GPU's UUID (looked up in NVML), else 0."""
     first = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
-    return int(first) if first.isdigit() else 0
+    if first.isdigit():
+        return int(first)
+    if first.startswith("GPU-"):
+        try:
+            import pynvml
+            pynvml.nvmlInit()
+            try:
+                return int(pynvml.nvmlDeviceGetIndex(pynvml.nvmlDeviceGetHandleByUUID(first)))
+            finally:
+                pynvml.nvmlShutdown()
+        except Exception:  # noqa: BLE001 - no NVML, no such GPU: the first, as before
+            pass
+    return 0
 
 
 def gpu_name(device: str, worker_info: dict[str, Any]) -> str | None:

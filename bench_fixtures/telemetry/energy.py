@@ -108,7 +108,7 @@ def rapl_zones(root: Path = POWERCAP) -> tuple[list[Path], list[str]]:
 def _name(zone: Path) -> str | None:
     try:
         return (zone / "name").read_text().strip()
-    except OSError:
+    except (OSError, ValueError):  # unreadable, or not text
         return None
 
 
@@ -169,7 +169,8 @@ def make_meter(device: str, gpu_indices: list[int], root: Path | None = None) ->
     except PermissionError as e:
         name = Path(e.filename or "energy_uj").name
         return None, (f"not measured: {e.filename} is not readable by this user (root only since Linux 5.10, "
-                      f"CVE-2020-8694); run as root, or `sudo chmod o+r {root}/intel-rapl:*/{name}`")
+                      f"CVE-2020-8694); run as root, or `sudo chmod o+r {root}/intel-rapl:*/{name} "
+                      f"{root}/intel-rapl:*/intel-rapl:*/{name}`")
     except (OSError, ValueError) as e:
         return None, f"not measured: RAPL under {root} cannot be read ({e}); {POWERCAP_ENV} may point at another tree"
 
@@ -243,6 +244,8 @@ def trace(reads: list[dict[str, Any]], info: dict[str, Any], start_ns: int | Non
             out.joules[:, d] = col
             if kind == "counter":
                 _stalls(out, np.asarray(values, dtype=float), info["domains"][d], start_ns, stop_ns)
+            else:
+                _holes(out, info["domains"][d], start_ns, stop_ns)
     return out
 
 
@@ -272,26 +275,67 @@ def _cumulative(v: np.ndarray, t_ns: np.ndarray, kind: str, span: float | None, 
         out.problems.append(f"{name}: the energy counter went backwards by {-steps[i]:.3f} J between two reads "
                             f"{dt[i]:.3f} s apart ({what})")
         return None
-    if (steps / np.maximum(dt, 1e-9) > MAX_POWER_W).any():
-        out.problems.append(f"{name}: the energy counter rose faster than {MAX_POWER_W:g} W: not a reading")
+    cum = np.concatenate([[0.0], np.cumsum(steps)])
+    rate, window = _fastest(t_ns, cum)
+    if rate > MAX_POWER_W:
+        out.problems.append(f"{name}: the energy counter rose at {rate:,.0f} W over {window:.2g} s, faster than "
+                            f"any device ({MAX_POWER_W:g} W): not a reading")
         return None
-    return np.concatenate([[0.0], np.cumsum(steps)])
+    return cum
+
+
+RATE_WINDOW_S = 1.0  # a driver updates its counter in chunks (NVML every 20-100 ms): rates are judged over 1 s
+
+
+def _fastest(t_ns: np.ndarray, cum: np.ndarray) -> tuple[float, float]:
+    """(watts, seconds): the highest mean power over any RATE_WINDOW_S (the whole trace when shorter):
+    between two reads 10 ms apart a counter updated every 100 ms jumps by a whole chunk, at ten
+    times its power."""
+    span = (t_ns[-1] - t_ns[0]) / 1e9
+    if span <= RATE_WINDOW_S:
+        return ((cum[-1] - cum[0]) / span if span > 0 else 0.0), span
+    j = np.searchsorted(t_ns, t_ns + int(RATE_WINDOW_S * 1e9))  # the first read a window after each
+    ok = j < len(t_ns)
+    i, j = np.flatnonzero(ok), j[ok]
+    rates = (cum[j] - cum[i]) / ((t_ns[j] - t_ns[i]) / 1e9)
+    k = int(np.argmax(rates))
+    return float(rates[k]), float((t_ns[j[k]] - t_ns[i[k]]) / 1e9)
+
+
+FROZEN_MIN_S = 0.5    # equal reads for longer than a counter's update period (NVML: 100 ms at most)
+FROZEN_SHARE = 0.25   # ... adding up to more than this share of the fine-tune: stopped, if in pieces
 
 
 def _stalls(out: Trace, values: np.ndarray, name: str, start_ns: int | None, stop_ns: int | None) -> None:
-    """A counter that read the same value for STALL_S inside [start, stop] has stopped: no device
-    draws nothing. Reads far apart with the counter moving are no stall (a long --monitor-interval)."""
+    """A counter that read the same value for STALL_S inside [start, stop], or for FROZEN_MIN_S at a
+    time adding up to FROZEN_SHARE of it, has stopped: no device draws nothing. Reads far apart with
+    the counter moving are no stall (a long --monitor-interval)."""
     t = out.t_ns
     lo, hi = start_ns if start_ns is not None else t[0], stop_ns if stop_ns is not None else t[-1]
-    first, longest = 0, (0, 0)
+    first, runs = 0, []
     for i in range(1, len(t) + 1):
         if i == len(t) or values[i] != values[first]:  # the run of equal reads first..i-1 ends
             a, b = t[first], t[i - 1]
-            longest = max(longest, (min(b, hi) - max(a, lo), b - a))
+            runs.append((max(min(b, hi) - max(a, lo), 0) / 1e9, (b - a) / 1e9))
             first = i
-    if longest[0] / 1e9 >= STALL_S:
-        out.problems.append(f"{name}: the energy counter stopped for {longest[1] / 1e9:.1f} s (no device draws "
-                            f"nothing)")
+    longest = max(runs)
+    frozen = sum(inside for inside, _ in runs if inside >= FROZEN_MIN_S)
+    if longest[0] >= STALL_S:
+        out.problems.append(f"{name}: the energy counter stopped for {longest[1]:.1f} s (no device draws nothing)")
+    elif hi > lo and frozen > FROZEN_SHARE * (hi - lo) / 1e9:
+        out.problems.append(f"{name}: the energy counter stood still for {frozen:.1f} s of the fine-tune's "
+                            f"{(hi - lo) / 1e9:.1f} s, in stretches of {FROZEN_MIN_S:g} s or more")
+
+
+def _holes(out: Trace, name: str, start_ns: int | None, stop_ns: int | None) -> None:
+    """Power readings integrate only where they are dense: a hole of STALL_S inside the fine-tune is
+    energy nobody read."""
+    t = out.t_ns
+    lo, hi = start_ns if start_ns is not None else t[0], stop_ns if stop_ns is not None else t[-1]
+    gaps = [(min(b, hi) - max(a, lo)) / 1e9 for a, b in zip(t, t[1:])]
+    if gaps and max(gaps) >= STALL_S:
+        out.problems.append(f"{name}: no power reading for {max(gaps):.1f} s of the fine-tune (power is integrated "
+                            f"only where read densely; --monitor-interval below {STALL_S:g} s)")
 
 
 # --------------------------------------------------------------------------- the figures of a case
@@ -331,7 +375,9 @@ def energy_record(reads: list[dict[str, Any]], info: dict[str, Any], events: lis
     amount: Callable[[int, int], float] = lambda a, b: tr.between(a, b)  # noqa: E731
     phases, _ = epoch_phases(inside, epochs, amount=amount, unit="j")
     gaps, _ = inter_epoch_gaps(inside, epochs, amount=amount, unit="j")
-    out.update(measured=True, reason=None, finetune_j=total, images=images,
+    inner = tr.t_ns[(tr.t_ns >= start) & (tr.t_ns <= stop)]
+    spacing = np.diff(np.concatenate([[start], inner, [stop]])) / 1e9
+    out.update(measured=True, reason=None, finetune_j=total, images=images, read_spacing_s=float(spacing.max()),
                per_image_j=total / images if images else None, mean_power_w=total / ((stop - start) / 1e9),
                domain_finetune_j=[tr.between(start, stop, d) for d in range(len(out["domains"]))],
                first_step_j=time_to_first_step(inside, amount=amount), epoch_phases=phases, inter_epoch_gaps=gaps,

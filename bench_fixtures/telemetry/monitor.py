@@ -261,7 +261,10 @@ class Monitor:
         self.host = HostLoad(self.pid if isinstance(self.pid, list) else [self.pid])
         indices = self.gpu_index if isinstance(self.gpu_index, list) else \
             [self.gpu_index] if not isinstance(self.pid, list) else list(range(len(self.pid)))
-        self.meter, reason = energy.make_meter(self.device, indices)
+        try:
+            self.meter, reason = energy.make_meter(self.device, indices)
+        except Exception as e:  # noqa: BLE001 - the energy figure's reason; the case goes on
+            self.meter, reason = None, f"not measured: the energy meter failed to start ({type(e).__name__}: {e})"
         self.energy_info = energy.meter_info(self.meter, reason)
         self._read_energy()  # the first read before the timed region starts
         self._stop.clear()
