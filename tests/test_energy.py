@@ -112,7 +112,7 @@ def test_failed_reads_and_impossible_power_fail_the_figure():
     rec = energy.energy_record(r, info(), events(r[0]["t_ns"], 1, 0.1), 1, 4, 64)
     assert not rec["measured"] and "1 of 4 energy reads failed" in rec["reason"]
     r = reads([1.0, 2.0, 5000.0, 5001.0], 0.05)  # 100 kW between two reads
-    assert "faster than any device" in energy.energy_record(r, info(), events(r[0]["t_ns"], 1, 0.1), 1, 4, 64)["reason"]
+    assert "more than any device draws" in energy.energy_record(r, info(), events(r[0]["t_ns"], 1, 0.1), 1, 4, 64)["reason"]
     r = reads([100.0, -5.0, 100.0], 0.05)
     assert "power reading outside" in energy.energy_record(r, info("power"), events(r[0]["t_ns"], 1, 0.05), 1, 1,
                                                            64)["reason"]
@@ -131,6 +131,20 @@ def test_a_counter_updated_in_chunks_is_read_at_its_power():
     r = reads(values, 0.01)
     rec = energy.energy_record(r, info(), events(r[0]["t_ns"], 1, 2.9), 1, 4, 64)
     assert rec["measured"] and rec["mean_power_w"] == pytest.approx(700, rel=0.05), rec["problems"]
+
+
+def test_a_burst_in_the_last_step_is_no_reading():
+    """The monitor's final read comes a few ms after its last: a jump there is judged too."""
+    r = reads([300.0 * 0.05 * i for i in range(60)], 0.05)
+    r.append(dict(t_ns=r[-1]["t_ns"] + 2_000_000, values=[r[-1]["values"][0] + 1e5]))
+    rec = energy.energy_record(r, info(), events(r[0]["t_ns"], 1, (r[-1]["t_ns"] - r[0]["t_ns"] - 1) / S), 1, 4, 64)
+    assert not rec["measured"] and "more than any device draws" in rec["reason"]
+
+
+def test_the_read_spacing_counts_the_reads_around_the_boundaries():
+    r = reads([100.0 * i for i in range(4)], 1.0)  # reads 1 s apart, a 0.3 s fine-tune between two
+    rec = energy.energy_record(r, info(), events(r[1]["t_ns"] + S // 10, 1, 0.3), 1, 4, 64)
+    assert rec["measured"] and rec["read_spacing_s"] == pytest.approx(1.0)
 
 
 def test_short_stalls_that_add_up_stop_the_counter():

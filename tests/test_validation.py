@@ -89,7 +89,25 @@ def _nested(depth: int):
     return v
 
 
+MEASURED = dict(version=1, measured=True, source="rapl", method="RAPL (crafted)", domains=["package-0"], reason=None,
+                problems=[], wraps=0, finetune_j=60.0, images=128, per_image_j=60.0 / 128, mean_power_w=20.0,
+                domain_finetune_j=[60.0])  # an energy record the suite could write (no rounds_j: none to match)
+
 HOSTILE = [  # (field to set, value, what the line must name)
+    ("0.extra_info.energy", dict(MEASURED, finetune_j=0.0), "'extra_info.energy.finetune_j' must be above 0"),
+    ("0.extra_info.energy", dict(MEASURED, measured=False, reason="not measured: x"),
+     "'extra_info.energy.finetune_j' is set, but 'measured' is false"),
+    ("0.extra_info.energy", dict(MEASURED, projection="x"), "'extra_info.energy.projection' must be an object"),
+    ("0.extra_info.energy", dict(MEASURED, projection=dict(measured="x")),
+     "'extra_info.energy.projection.measured' must be an object"),
+    ("0.extra_info.energy", dict(MEASURED, method=5), "'extra_info.energy.method' must be text"),
+    ("0.extra_info.energy", dict(MEASURED, domain_finetune_j=[30.0, 30.0]), "holds 2 figure(s) for 1 domain(s)"),
+    ("0.extra_info.energy", dict(MEASURED, per_image_j=500.0), "but finetune_j / images is 0.46875"),
+    ("0.extra_info.energy", dict(MEASURED, version=99), "newer than this suite reads"),
+    ("0.extra_info.energy", dict(MEASURED, source="smart-plug"), "'extra_info.energy.source' must be an energy source"),
+    ("0.extra_info.energy", dict(MEASURED, rounds_j=[55.0]), "60 is none of the rounds' joules (rounds_j)"),
+    ("0.extra_info.cost", dict(price_per_hour=-1.0), "'extra_info.cost.price_per_hour' must be above 0"),
+    ("bench_config.price_per_hour", "free", "'bench_config.price_per_hour' must be a number"),
     ("0.extra_info.overhead_projection", [1], "'extra_info.overhead_projection' must be an object"),
     ("0.extra_info.telemetry_file", 3, "'extra_info.telemetry_file' must be a non-empty string"),
     ("dx", "x", "'dx' must be an object"),
@@ -140,6 +158,16 @@ def test_a_hostile_run_is_refused_alike_by_the_gate_and_the_report(tmp_path, fie
     assert "rerun the benchmark" in line  # the fix
     if field[0].isdigit():  # a field inside a benchmark: its test, and its full JSON path
         assert "test_finetune[" in line and f"(at benchmarks[{field[0]}]." in line, line
+
+
+def test_a_measured_energy_record_and_its_cost_are_read_back(tmp_path):
+    """The base the energy rows above break: accepted, and read through the accessors."""
+    from bench_fixtures.analysis.results import read_run
+    path, run = valid(tmp_path / "run")
+    _set(run, "0.extra_info.energy", MEASURED)
+    _set(run, "0.extra_info.cost", dict(price_per_hour=2.5, finetune=0.01, horizon_epochs=50, horizon=0.2))
+    c = read_run(write(path, run)).cases[0]
+    assert c.energy_j == 60.0 and c.energy_per_image == pytest.approx(60.0 / 128) and c.cost["horizon"] == 0.2
 
 
 def test_a_run_from_a_newer_suite_is_refused_with_the_fix(tmp_path):

@@ -488,9 +488,10 @@ def energy_section(fts: dict[str, ByCase]) -> list[str]:
     spacing = [x for c in measured if is_number(x := (c.energy or {}).get("read_spacing_s"))]
     reads = (f" The counters were read at most {max(spacing):.2g} s apart: each boundary is interpolated between "
              f"two reads, so a phase shorter than that is an estimate from the power around it." if spacing else "")
-    domains = [f"{label}: " + ", ".join(f"{d} {_sig(j)} J" for d, j in zip(c.energy["domains"], per))
+    domains = [f"{label}: " + ", ".join(f"{d} {_sig(j)} J" for d, j in zip(names, per))
                for label, c in cases if c.energy_j is not None
-               and len(per := c.energy.get("domain_finetune_j") or []) > 1]
+               and len(per := c.energy.get("domain_finetune_j") or []) > 1
+               and len(names := c.energy.get("domains") or []) == len(per)]
     md += ["", "Joules, **measured** (not estimated) from the devices' own readings, taken by the parent process at "
            "every sample: " + how + "." + reads + " "
            "The fine-tune's figure is its round with the median joules, whole; the split is by the worker's "

@@ -551,9 +551,7 @@ def _check_energy(en: dict, w: str) -> None:
             raise Invalid(f"{w}.per_image_j", f"is {_found(per_image)}, but finetune_j / images is {total / images:g}")
         if rounds_j and not any(j is not None and math.isclose(j, total, rel_tol=1e-9) for j in rounds_j):
             raise Invalid(f"{w}.finetune_j", f"{total:g} is none of the rounds' joules (rounds_j)")
-        projected = ((en.get("projection") or {}).get("measured") or {}).get("total_j")
-        if is_number(projected) and not math.isclose(projected, total, rel_tol=1e-6):
-            raise Invalid(f"{w}.projection.measured.total_j", f"is {projected:g}, but the fine-tune drew {total:g} J")
+
     else:
         for key in ("finetune_j", "per_image_j", "mean_power_w"):
             if en.get(key) is not None:
@@ -564,7 +562,16 @@ def _check_energy(en: dict, w: str) -> None:
             row = _object(row, f"{w}.{part}[{i}]")
             _count(row.get(index), f"{w}.{part}[{i}].{index}", 0, MAX_EPOCHS)
             _fields(row, f"{w}.{part}[{i}]", {k: (-MAX_JOULES, MAX_JOULES) for k in row if k != index})
-    _check_projection(_object(en.get("projection"), f"{w}.projection"), f"{w}.projection", unit="j")
+    projection = _object(en.get("projection"), f"{w}.projection")
+    _check_projection(projection, f"{w}.projection", unit="j")
+    projected = (projection.get("measured") or {}).get("total_j")
+    if measured and is_number(projected) and not math.isclose(projected, en["finetune_j"], rel_tol=1e-6):
+        raise Invalid(f"{w}.projection.measured.total_j", f"is {projected:g}, but the fine-tune drew "
+                                                          f"{en['finetune_j']:g} J")
+    per_domain, domains = en.get("domain_finetune_j"), en.get("domains")
+    if isinstance(per_domain, list) and per_domain and (not isinstance(domains, list) or len(per_domain) != len(domains)):
+        raise Invalid(f"{w}.domain_finetune_j", f"holds {len(per_domain)} figure(s) for "
+                                                f"{len(domains) if isinstance(domains, list) else 'no'} domain(s)")
 
 
 def _check_cost(cost: dict, w: str) -> None:

@@ -332,15 +332,18 @@ def visible_gpu() -> int:
     first = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
     if first.isdigit():
         return int(first)
-    if first.startswith("GPU-"):
+    if first.startswith("GPU-"):  # a UUID, or any unique prefix of one (as CUDA takes it)
         try:
             import pynvml
             pynvml.nvmlInit()
             try:
-                return int(pynvml.nvmlDeviceGetIndex(pynvml.nvmlDeviceGetHandleByUUID(first)))
+                for i in range(pynvml.nvmlDeviceGetCount()):
+                    uuid = pynvml.nvmlDeviceGetUUID(pynvml.nvmlDeviceGetHandleByIndex(i))
+                    if (uuid.decode() if isinstance(uuid, bytes) else uuid).startswith(first):
+                        return i
             finally:
                 pynvml.nvmlShutdown()
-        except Exception:  # noqa: BLE001 - no NVML, no such GPU: the first, as before
+        except Exception:  # noqa: BLE001 - no NVML: the first GPU, as before
             pass
     return 0
 

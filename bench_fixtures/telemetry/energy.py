@@ -276,6 +276,12 @@ def _cumulative(v: np.ndarray, t_ns: np.ndarray, kind: str, span: float | None, 
                             f"{dt[i]:.3f} s apart ({what})")
         return None
     cum = np.concatenate([[0.0], np.cumsum(steps)])
+    burst = np.flatnonzero(steps > MAX_POWER_W * (dt + CHUNK_S))
+    if burst.size:  # more than any device draws in the time, even with a whole chunk of updates in it
+        k = int(burst[0])
+        out.problems.append(f"{name}: the energy counter rose by {steps[k]:,.1f} J between two reads {dt[k]:.3f} s "
+                            f"apart, more than any device draws ({MAX_POWER_W:g} W): not a reading")
+        return None
     rate, window = _fastest(t_ns, cum)
     if rate > MAX_POWER_W:
         out.problems.append(f"{name}: the energy counter rose at {rate:,.0f} W over {window:.2g} s, faster than "
@@ -285,6 +291,7 @@ def _cumulative(v: np.ndarray, t_ns: np.ndarray, kind: str, span: float | None, 
 
 
 RATE_WINDOW_S = 1.0  # a driver updates its counter in chunks (NVML every 20-100 ms): rates are judged over 1 s
+CHUNK_S = 0.1        # ... and one step between two reads may hold a whole chunk (100 ms) besides their spacing
 
 
 def _fastest(t_ns: np.ndarray, cum: np.ndarray) -> tuple[float, float]:
@@ -312,16 +319,15 @@ def _stalls(out: Trace, values: np.ndarray, name: str, start_ns: int | None, sto
     the counter moving are no stall (a long --monitor-interval)."""
     t = out.t_ns
     lo, hi = start_ns if start_ns is not None else t[0], stop_ns if stop_ns is not None else t[-1]
-    first, runs = 0, []
-    for i in range(1, len(t) + 1):
-        if i == len(t) or values[i] != values[first]:  # the run of equal reads first..i-1 ends
-            a, b = t[first], t[i - 1]
-            runs.append((max(min(b, hi) - max(a, lo), 0) / 1e9, (b - a) / 1e9))
-            first = i
-    longest = max(runs)
-    frozen = sum(inside for inside, _ in runs if inside >= FROZEN_MIN_S)
-    if longest[0] >= STALL_S:
-        out.problems.append(f"{name}: the energy counter stopped for {longest[1]:.1f} s (no device draws nothing)")
+    ends = np.flatnonzero(np.diff(values) != 0)  # the last read of each run of equal reads, but the final run's
+    first, last = np.concatenate([[0], ends + 1]), np.concatenate([ends, [len(t) - 1]])
+    a, b = t[first], t[last]
+    inside = np.maximum(np.minimum(b, hi) - np.maximum(a, lo), 0) / 1e9
+    k = int(np.argmax(inside))
+    frozen = float(inside[inside >= FROZEN_MIN_S].sum())
+    if inside[k] >= STALL_S:
+        out.problems.append(f"{name}: the energy counter stopped for {(b[k] - a[k]) / 1e9:.1f} s (no device draws "
+                            f"nothing)")
     elif hi > lo and frozen > FROZEN_SHARE * (hi - lo) / 1e9:
         out.problems.append(f"{name}: the energy counter stood still for {frozen:.1f} s of the fine-tune's "
                             f"{(hi - lo) / 1e9:.1f} s, in stretches of {FROZEN_MIN_S:g} s or more")
@@ -375,8 +381,9 @@ def energy_record(reads: list[dict[str, Any]], info: dict[str, Any], events: lis
     amount: Callable[[int, int], float] = lambda a, b: tr.between(a, b)  # noqa: E731
     phases, _ = epoch_phases(inside, epochs, amount=amount, unit="j")
     gaps, _ = inter_epoch_gaps(inside, epochs, amount=amount, unit="j")
-    inner = tr.t_ns[(tr.t_ns >= start) & (tr.t_ns <= stop)]
-    spacing = np.diff(np.concatenate([[start], inner, [stop]])) / 1e9
+    lo = max(int(np.searchsorted(tr.t_ns, start, side="right")) - 1, 0)  # the reads around the boundaries
+    hi = min(int(np.searchsorted(tr.t_ns, stop, side="left")), len(tr.t_ns) - 1)
+    spacing = np.diff(tr.t_ns[lo:hi + 1]) / 1e9 if hi > lo else np.asarray([(stop - start) / 1e9])
     out.update(measured=True, reason=None, finetune_j=total, images=images, read_spacing_s=float(spacing.max()),
                per_image_j=total / images if images else None, mean_power_w=total / ((stop - start) / 1e9),
                domain_finetune_j=[tr.between(start, stop, d) for d in range(len(out["domains"]))],
