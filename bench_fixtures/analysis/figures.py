@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ..config import MODELS  # noqa: E402
 from ..registry import FRAMEWORKS as REGISTRY, NAMES  # noqa: E402
-from ..telemetry.energy import trace  # noqa: E402
+from ..telemetry.energy import source_label, trace  # noqa: E402
 from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, FIRST_STEP_END, RUN_START, RUN_STOP,  # noqa: E402
                                   step_intervals)
 from .results import Case, Run, load_telemetry, models_in, significant  # noqa: E402
@@ -27,10 +27,6 @@ ByCase = dict[tuple[str, str], Case]  # one test's cases in one setup, by (frame
 COLORS = {f.name: f.color for f in REGISTRY.values()}
 LIGHT = {f.name: f.light for f in REGISTRY.values()}
 HATCHES = ("//", "\\\\", "xx", "..")
-SOURCE_LABELS = {"nvml_energy_counter": "NVML counter", "nvml_power": "NVML power, integrated",
-                  "rapl": "RAPL (whole CPU packages)"}  # energy's `source` in a table cell or a legend
-
-
 def _save(fig, path: Path, where: str = "") -> str:
     """PATH from FIG, headed by WHERE: the profile, device and setup it shows (every figure says it)."""
     if where:
@@ -228,7 +224,7 @@ def _power_caption(cases: list[Case]) -> str:
     sources = sorted({(c.energy or {}).get("source") for c in cases} - {None})
     if not sources:
         return "power: none to draw"
-    labels = ", ".join(SOURCE_LABELS.get(s, s) for s in sources)
+    labels = ", ".join(source_label(s) for s in sources)
     rapl = ": every process on the CPU, not the worker alone" if "rapl" in sources else ""
     return f"power between consecutive energy reads, measured by {labels}{rapl}"
 

@@ -20,6 +20,7 @@ import statistics
 from ..models import REFERENCE
 from ..registry import FRAMEWORKS as REGISTRY, NAMES
 from ..settings import COMPARABLE
+from ..telemetry.energy import SOURCES
 from .results import (Case, Run, as_case, as_run, is_number, models_in, round_rates,  # noqa: F401 (report's import)
                       significant)
 
@@ -284,31 +285,19 @@ def _money_of(c: Case) -> str:
     cost = c.cost or {}
     if not is_number(cost.get("finetune")) or not is_number(cost.get("price_per_hour")):
         return ""
-    text = f"{_money(cost['finetune'])} per fine-tune"
+    text = f"{significant(cost['finetune'], 2)} per fine-tune"
     times = c.finetune_times
     if len(times) > 1:  # the rounds' spread, as the time's
         price = cost["price_per_hour"] / 3600
-        text += f" ({len(times)} rounds {_money(min(times) * price)}–{_money(max(times) * price)})"
+        text += f" ({len(times)} rounds {significant(min(times) * price, 2)}–{significant(max(times) * price, 2)})"
     if is_number(cost.get("horizon")) and is_number(cost.get("horizon_epochs")):
-        text += f", {_money(cost['horizon'])} for {cost['horizon_epochs']:g} epochs (projected)"
+        text += f", {significant(cost['horizon'], 2)} for {cost['horizon_epochs']:g} epochs (projected)"
     return text
-
-
-def _money(x: float) -> str:
-    """Money in the price's currency (no symbol: the user's price is in their own): cents at least."""
-    return significant(x, 2)
-
-
-# What each meter measures, said once in the energy lines, and what that leaves in its figure.
-METERS = {
-    "rapl": "RAPL: the whole CPU package, every process on it; on a shared machine the others' draw is included",
-    "nvml": "NVML: the GPU board alone, not the host's CPU",
-}
 
 
 def _meter(source: str | None) -> str | None:
     """The meter family of an energy source: figures of one family compare, of two do not."""
-    return "rapl" if source == "rapl" else "nvml" if source and source.startswith("nvml") else None
+    return SOURCES[source].meter if source in SOURCES else None
 
 
 def _why_not(c: Case) -> str:
@@ -350,7 +339,8 @@ def energy_line(model: str, cases: dict[tuple[str, str], Case], said: set[str], 
     if all(c.energy_j is None for c in cs.values()):
         return f"- **Energy of a fine-tune, {model}:** {_not_measured({(fw, model): c for fw, c in cs.items()})}."
     meters = {_meter(c.energy["source"]) for c in cs.values() if c.energy_j is not None}
-    new = [METERS[k] for k in sorted(meters - said, key=str) if k in METERS]
+    counts = {x.meter: x.counts for x in SOURCES.values()}  # what each family's figure holds, said once
+    new = [counts[k] for k in sorted(meters - said, key=str) if k in counts]
     said |= meters
     parts, joules = [], {}
     for fw, c in cs.items():

@@ -25,8 +25,9 @@ from ..files import OutputError as Unwritable, check_writable, folder_problem
 from .parity import gflops, start_text
 from ..registry import NAMES
 from ..settings import COMPARABLE
+from ..telemetry.energy import HORIZON_EPOCHS, source_label
 from ..telemetry.timeline import PROJECTED_EPOCHS
-from .figures import (SOURCE_LABELS, ByCase, plot_accuracy, plot_accuracy_curves, plot_history, plot_overhead_share,
+from .figures import (ByCase, plot_accuracy, plot_accuracy_curves, plot_history, plot_overhead_share,
                       plot_scaling, plot_throughput, plot_time, plot_timelines, plot_trend, short_reason)
 from .findings import findings
 from .history import ALPHA, METRICS_FOLLOWED, MIN_SIZE, analyse_runs, summary
@@ -240,12 +241,7 @@ def _source_cell(c: Case) -> str:
     if c.energy_j is None:
         return short_reason(c.energy_reason or "not measured")
     source, domains = c.energy.get("source"), c.energy.get("domains") or []
-    return SOURCE_LABELS.get(source, str(source)) + (f": {', '.join(domains)}" if len(domains) > 1 else "")
-
-
-def _money(v: Any) -> str:
-    """An amount of money in the price's currency: at least 2 decimals, 3 significant digits."""
-    return significant(v, 2) if is_number(v) else "–"
+    return source_label(source) + (f": {', '.join(domains)}" if len(domains) > 1 else "")
 
 
 def _priced(cases: Any) -> dict | None:
@@ -259,9 +255,9 @@ def _cost_rows(ft: ByCase) -> list[tuple[str, Any]]:
     if cost is None:
         return []
     return [(f"cost per fine-tune (at {cost['price_per_hour']:g} per hour)",
-             lambda e, c, t: _money((c.cost or {}).get("finetune"))),
+             lambda e, c, t: significant((c.cost or {}).get("finetune"), 2)),
             (f"cost per {cost.get('horizon_epochs')} epochs (projected)",
-             lambda e, c, t: _money((c.cost or {}).get("horizon")))]
+             lambda e, c, t: significant((c.cost or {}).get("horizon"), 2))]
 
 
 def _rate_range(rates: list[float]) -> str:
@@ -437,7 +433,6 @@ def _split(c: Case) -> list[Any]:
             p.get("per_gap_j"), en.get("idle_j"), (projected.get(HORIZON_EPOCHS) or {}).get("total_j")]
 
 
-HORIZON_EPOCHS = 50  # the energy section's projected run, as the cost's (energy.cost_record's horizon)
 
 
 def energy_section(fts: dict[str, ByCase]) -> list[str]:
@@ -460,8 +455,8 @@ def energy_section(fts: dict[str, ByCase]) -> list[str]:
                   f"the notes).")
         if cost:
             md += ["", "| case | fine-tune (s) | " + " | ".join(price) + " |", "|---|---:|" + "---:|" * len(price)]
-            md += [f"| {label} | {_f(c.median, '.2f')} | {_money((c.cost or {}).get('finetune'))} | "
-                   f"{_money((c.cost or {}).get('horizon'))} |" for label, c in cases]
+            md += [f"| {label} | {_f(c.median, '.2f')} | {significant((c.cost or {}).get('finetune'), 2)} | "
+                   f"{significant((c.cost or {}).get('horizon'), 2)} |" for label, c in cases]
             md += ["", f"Money in the currency of --price-per-hour: {cost.get('basis')}."]
         return md + [""]
     heads = (["fine-tune (J)", "per image (J)", "mean power (W)", "first step", "one-time", "steps per epoch",
@@ -473,22 +468,22 @@ def energy_section(fts: dict[str, ByCase]) -> list[str]:
             cells = [short_reason(c.energy_reason or "not measured")] + ["–"] * (len(heads) - len(price) - 1)
         else:
             split = _split(c)
-            cells = [_energy_cell(c), _sig(c.energy_per_image), _sig((c.energy or {}).get("mean_power_w"))]
-            cells += [_sig(v) for v in split]
+            cells = [_energy_cell(c), significant(c.energy_per_image), significant((c.energy or {}).get("mean_power_w"))]
+            cells += [significant(v) for v in split]
             one_time = split[1]
             if is_number(one_time) and one_time < 0:
                 caveats.append(f"{label}: the one-time energy came out at {one_time:.1f} J: below the "
                                f"epoch-to-epoch noise of this run, so it says only that the fixed cost is small")
         if cost:
-            cells += [_money((c.cost or {}).get("finetune")), _money((c.cost or {}).get("horizon"))]
+            cells += [significant((c.cost or {}).get("finetune"), 2), significant((c.cost or {}).get("horizon"), 2)]
         md.append(f"| {label}{f' {DISTURBED}' if _disturbed(c) else ''} | " + " | ".join(cells) + " |")
     sources = list(dict.fromkeys((c.energy or {}).get("source") for c in measured))
-    how = "; ".join(next(c.energy.get("method") or SOURCE_LABELS.get(s, str(s)) for c in measured
+    how = "; ".join(next(c.energy.get("method") or source_label(s) for c in measured
                          if c.energy.get("source") == s) for s in sources)
     spacing = [x for c in measured if is_number(x := (c.energy or {}).get("read_spacing_s"))]
     reads = (f" The counters were read at most {max(spacing):.2g} s apart: each boundary is interpolated between "
              f"two reads, so a phase shorter than that is an estimate from the power around it." if spacing else "")
-    domains = [f"{label}: " + ", ".join(f"{d} {_sig(j)} J" for d, j in zip(names, per))
+    domains = [f"{label}: " + ", ".join(f"{d} {significant(j)} J" for d, j in zip(names, per))
                for label, c in cases if c.energy_j is not None
                and len(per := c.energy.get("domain_finetune_j") or []) > 1
                and len(names := c.energy.get("domains") or []) == len(per)]
@@ -507,11 +502,6 @@ def energy_section(fts: dict[str, ByCase]) -> list[str]:
     if caveats:
         md += [""] + [f"- {c}" for c in caveats]
     return md + [""]
-
-
-def _sig(v: Any) -> str:
-    """A joules figure of the split: three significant digits; "–" for none (null, NaN)."""
-    return significant(v) if is_number(v) else "–"
 
 
 def energy_notes(fts: dict[str, ByCase]) -> list[str]:

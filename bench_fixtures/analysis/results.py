@@ -50,7 +50,7 @@ from typing import Any, Iterable
 from ..config import MAX_EPOCHS, MAX_REPLICAS, MAX_ROUNDS, MODELS, PEAK_TFLOPS_RANGE
 from ..registry import NAMES as FRAMEWORK_NAMES
 from ..settings import ABSENT
-from ..telemetry.energy import ENERGY_VERSION
+from ..telemetry.energy import ENERGY_VERSION, SOURCES
 from ..telemetry.timeline import EPOCH_START
 
 # Outcome of the test around a benchmark (the plugin records it: pytest-benchmark keeps the numbers
@@ -516,7 +516,7 @@ def _check_extra(e: dict, w: str) -> None:
 
 
 MAX_JOULES = 1e12  # a terawatt-second: a 10 MW cluster for a day is under 1e12 J
-ENERGY_SOURCES = ("nvml_energy_counter", "nvml_power", "rapl")
+ENERGY_SOURCES = tuple(SOURCES)
 MAX_PRICE = 1e6    # settings' price_per_hour cap
 
 
@@ -947,10 +947,11 @@ def instant(value: object) -> datetime | None:
         return None
 
 
-def significant(v: float | None, min_decimals: int = 0) -> str:
-    """V with three significant digits (at least MIN_DECIMALS decimals) and no exponent: joules span
-    a CPU's 20 J to a GPU's 500,000 J, money 0.001 to 1,000 in one report; "–" for None."""
-    if v is None or not math.isfinite(v):
+def significant(v: Any, min_decimals: int = 0) -> str:
+    """V with three significant digits (at least MIN_DECIMALS decimals; money: 2) and no exponent:
+    joules span a CPU's 20 J to a GPU's 500,000 J, money 0.001 to 1,000 in one report; "–" for
+    anything not a number (None, NaN, text)."""
+    if not is_number(v):
         return "–"
     decimals = max(min_decimals, 2 - math.floor(math.log10(abs(v)))) if v else min_decimals
     return f"{v:,.{decimals}f}"

@@ -21,7 +21,7 @@ from ..config import MODELS, BenchConfig
 from ..files import write_json_atomic
 from ..registry import installed
 from ..telemetry.energy import cost_record, energy_record
-from ..telemetry.monitor import Monitor, disturbance, judge, peak, summarize_util
+from ..telemetry.monitor import IDLE_BELOW, Monitor, disturbance, judge, peak, summarize_util
 from ..telemetry.timeline import (EPOCH_START, EPOCH_STOP, RUN_START, RUN_STOP, accuracy_curve, after_first_steps,
                                   epoch_phases, epoch_times, fit_teardown, inter_epoch_gaps, project_overhead,
                                   step_intervals, time_to_accuracy, time_to_first_step)
@@ -245,7 +245,7 @@ class Experiment:
         util = [s for s in mon.samples if "util" in s] if mon and mon.sampler.name == "nvml" else None
         try:
             return energy_record(mon.energy_reads if mon else [], info, fit["events"], self.cfg.epochs,
-                                 fit["steps_per_epoch"], fit["images"], util)
+                                 fit["steps_per_epoch"], fit["images"], util, IDLE_BELOW)
         except Exception as e:  # noqa: BLE001 - reported as the figure's reason
             return energy_record([], dict(source=None, reason=f"not measured: the energy split failed "
                                                               f"({type(e).__name__}: {e})"), [], 0, 0, None)

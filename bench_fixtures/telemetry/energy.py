@@ -35,14 +35,36 @@ STALL_S = 2.0  # a counter that has not moved for this long is stopped (NVML upd
 #                a device at idle still draws watts, so a working counter always moves)
 MAX_POWER_W = 5_000.0  # per domain: no GPU board (about 1.4 kW at most today) or CPU package draws 5 kW
 
+HORIZON_EPOCHS = 50  # the longer run a fine-tune's cost and energy are projected to
+
+
+@dataclass(frozen=True)
+class Source:
+    """One way of reading energy: every reader (validator, report, figure, findings) takes it from here."""
+    label: str   # a table cell or a legend
+    method: str  # how the joules were read, as the report says it
+    meter: str   # the family: figures of one family compare, of two do not
+    counts: str  # what its figure holds, said once in the findings
+
+
+_NVML_COUNTS = "NVML: the GPU board alone, not the host's CPU"
 SOURCES = {
-    "nvml_energy_counter": "NVML's total-energy counter of each GPU, read at every sample and interpolated at "
-                           "the timeline's boundaries",
-    "nvml_power": "NVML's power readings of each GPU integrated over time (trapezoids): this GPU has no "
-                  "energy counter (before Volta)",
-    "rapl": "RAPL's energy counters of the CPU packages (and DRAM) under /sys/class/powercap: every process "
-            "on those CPUs, not the worker's alone",
+    "nvml_energy_counter": Source(
+        "NVML counter", "NVML's total-energy counter of each GPU, read at every sample and interpolated at the "
+        "timeline's boundaries", "nvml", _NVML_COUNTS),
+    "nvml_power": Source(
+        "NVML power, integrated", "NVML's power readings of each GPU integrated over time (trapezoids): this GPU "
+        "has no energy counter (before Volta)", "nvml", _NVML_COUNTS),
+    "rapl": Source(
+        "RAPL (whole CPU packages)", "RAPL's energy counters of the CPU packages (and DRAM) under "
+        "/sys/class/powercap: every process on those CPUs, not the worker's alone", "rapl",
+        "RAPL: the whole CPU package, every process on it; on a shared machine the others' draw is included"),
 }
+
+
+def source_label(source: str | None) -> str:
+    """SOURCE as a table cell or a legend says it (an unknown name as it is)."""
+    return SOURCES[source].label if source in SOURCES else str(source)
 
 
 # --------------------------------------------------------------------------- meters
@@ -347,15 +369,16 @@ def _holes(out: Trace, name: str, start_ns: int | None, stop_ns: int | None) -> 
 # --------------------------------------------------------------------------- the figures of a case
 
 def energy_record(reads: list[dict[str, Any]], info: dict[str, Any], events: list[dict[str, Any]], epochs: int,
-                  steps_per_epoch: int, images: int | None, util_samples: list[dict[str, Any]] | None = None
-                  ) -> dict[str, Any]:
+                  steps_per_epoch: int, images: int | None, util_samples: list[dict[str, Any]] | None = None,
+                  idle_below: float | None = None) -> dict[str, Any]:
     """extra_info's `energy` for one fine-tune round: where it came from, the joules of the fine-tune
     and per image, split by the timeline as time is (first step, each epoch's steps / evaluation /
     rest, each gap, idle), projected like the overhead; or why it was not measured. A figure that
-    cannot be trusted is None with its problems, and never fails the case."""
+    cannot be trusted is None with its problems, and never fails the case. UTIL_SAMPLES (a GPU's)
+    with IDLE_BELOW (the monitor's idle threshold) give the joules drawn while the GPU sat idle."""
     from .timeline import RUN_START, RUN_STOP, epoch_phases, inter_epoch_gaps, project_overhead, time_to_first_step
     out: dict[str, Any] = dict(version=ENERGY_VERSION, measured=False, source=info.get("source"),
-                               method=SOURCES.get(info.get("source") or "", ""), domains=info.get("domains") or [],
+                               method=SOURCES[info["source"]].method if info.get("source") in SOURCES else "", domains=info.get("domains") or [],
                                reason=info.get("reason") or None, problems=[], wraps=0, finetune_j=None,
                                per_image_j=None, mean_power_w=None, domain_finetune_j=None, first_step_j=None,
                                idle_j=None, epoch_phases=None, inter_epoch_gaps=None, projection=None)
@@ -389,16 +412,14 @@ def energy_record(reads: list[dict[str, Any]], info: dict[str, Any], events: lis
                domain_finetune_j=[tr.between(start, stop, d) for d in range(len(out["domains"]))],
                first_step_j=time_to_first_step(inside, amount=amount), epoch_phases=phases, inter_epoch_gaps=gaps,
                projection=project_overhead(inside, epochs, steps_per_epoch, amount=amount, unit="j"),
-               idle_j=_idle(tr, util_samples, start, stop) if util_samples is not None else None)
+               idle_j=_idle(tr, util_samples, start, stop, idle_below)
+               if util_samples is not None and idle_below is not None else None)
     return out
 
 
-IDLE_BELOW = 0.05  # the monitor's rule: utilisation under 5% is idle
-
-
-def _idle(tr: Trace, samples: list[dict[str, Any]], start: int, stop: int) -> float | None:
-    """Joules drawn while the GPU sat idle (utilisation < 5%: waiting on the host) during the
-    fine-tune: each utilisation sample stands for the stretch since the one before it, per GPU."""
+def _idle(tr: Trace, samples: list[dict[str, Any]], start: int, stop: int, idle_below: float) -> float | None:
+    """Joules drawn while the GPU sat idle (utilisation under IDLE_BELOW: waiting on the host) during
+    the fine-tune: each utilisation sample stands for the stretch since the one before it, per GPU."""
     by_gpu: dict[int, list[dict]] = {}
     for s in samples:
         if s.get("util") is not None and start <= s["t_ns"] <= stop:
@@ -411,13 +432,13 @@ def _idle(tr: Trace, samples: list[dict[str, Any]], start: int, stop: int) -> fl
             return None
         ss.sort(key=lambda s: s["t_ns"])
         for prev, cur in zip([dict(t_ns=start)] + ss, ss):
-            if cur["util"] < IDLE_BELOW:
+            if cur["util"] < idle_below:
                 idle += tr.between(prev["t_ns"], cur["t_ns"], d) or 0.0
     return idle
 
 
 def cost_record(price_per_hour: float | None, finetune_s: float | None, projection: dict[str, Any] | None,
-                horizon: int = 50) -> dict[str, Any] | None:
+                horizon: int = HORIZON_EPOCHS) -> dict[str, Any] | None:
     """extra_info's `cost`: the device's price per hour times the fine-tune's wall time, and a
     HORIZON-epoch run's from the overhead projection (a projection, not a measurement)."""
     if price_per_hour is None:
